@@ -1,0 +1,3 @@
+from blurdiff.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Separable orthogonal bases ``U = U_h ⊗ U_w`` and their per-frequency eigenvalues ``D``.
+
+DESIGN.md §1: ``to_spectral(x) = U_h^T x U_w``. Frequencies are ordered from the largest
+eigenvalue (the coarsest) to the smallest, so index ``(0, 0)`` is the image mean-like mode.
+Everything here is float64; the diffusion object casts to its working dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+BASES = ("gaussian", "dct", "identity")
+
+
+@dataclass(frozen=True)
+class SeparableBasis:
+    """``U_h`` ``[H, H]``, ``U_w`` ``[W, W]`` (orthogonal) and ``D`` ``[H, W]``, all float64."""
+
+    name: str
+    U_h: torch.Tensor
+    U_w: torch.Tensor
+    D: torch.Tensor
+
+
+def gaussian_kernel_1d(n: int, sigma: float) -> torch.Tensor:
+    """``g(k) ∝ exp(-k²/(2σ²))`` for ``k = -(n-1) … n-1``, normalised to sum 1."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    k = torch.arange(-(n - 1), n, dtype=torch.float64)
+    g = torch.exp(-(k**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def toeplitz_blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """``T[i, j] = g(j - i)``: the 1-D Gaussian blur with zero padding, symmetric."""
+    g = gaussian_kernel_1d(n, sigma)
+    idx = torch.arange(n)
+    return g[(idx[None, :] - idx[:, None]) + (n - 1)]
+
+
+def _fix_signs(V: torch.Tensor) -> torch.Tensor:
+    # Eigenvectors are defined up to sign; make each column's largest entry positive so the
+    # basis is the same on every machine (U diag(d) U^T does not care, saved spectra do).
+    pivot = V.abs().argmax(dim=0)
+    signs = torch.sign(V[pivot, torch.arange(V.shape[1])])
+    signs[signs == 0] = 1
+    return V * signs
+
+
+def gaussian_eigenbasis_1d(n: int, sigma: float, eig_floor: float):
+    """Eigenvectors (columns, by descending eigenvalue) and floored eigenvalues of the blur."""
+    lam, V = torch.linalg.eigh(toeplitz_blur_matrix(n, sigma))
+    order = torch.argsort(lam, descending=True)
+    return _fix_signs(V[:, order]), lam[order].clamp_min(eig_floor)
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II ``C[k, m] = s_k cos(π (m + ½) k / n)``; rows are frequencies."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    m = torch.arange(n, dtype=torch.float64)[None, :]
+    C = torch.cos(math.pi * (m + 0.5) * k / n) * math.sqrt(2.0 / n)
+    C[0] /= math.sqrt(2.0)
+    return C
+
+
+def make_basis(name: str, H: int, W: int, sigma: float = 0.4, eig_floor: float = 0.03) -> SeparableBasis:
+    """The basis ``name`` ("gaussian", "dct" or "identity") for ``H × W`` images."""
+    if H < 1 or W < 1:
+        raise ValueError(f"resolution must be positive, got {H}x{W}")
+    if name == "gaussian":
+        U_h, lam_h = gaussian_eigenbasis_1d(H, sigma, eig_floor)
+        U_w, lam_w = gaussian_eigenbasis_1d(W, sigma, eig_floor)
+        # Each frequency (a, b) gets its own eigenvalue pair: D is an outer product, laid out
+        # exactly like to_spectral's output.
+        D = (lam_h[:, None] * lam_w[None, :]).clamp_max(1.0)
+    elif name == "dct":
+        # to_spectral(x) = C_h x C_w^T, so U = C^T.
+        U_h, U_w = dct_matrix(H).T.contiguous(), dct_matrix(W).T.contiguous()
+        a = torch.arange(H, dtype=torch.float64)[:, None]
+        b = torch.arange(W, dtype=torch.float64)[None, :]
+        D = torch.exp(-(sigma**2) / 2 * ((math.pi * a / H) ** 2 + (math.pi * b / W) ** 2))
+        D = D.clamp(min=eig_floor, max=1.0)
+    elif name == "identity":
+        U_h = torch.eye(H, dtype=torch.float64)
+        U_w = torch.eye(W, dtype=torch.float64)
+        D = torch.ones(H, W, dtype=torch.float64)
+    else:
+        raise ValueError(f"basis must be one of {BASES}, got {name!r}")
+    return SeparableBasis(name, U_h, U_w, D)

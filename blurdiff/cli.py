@@ -1,0 +1,126 @@
+"""The ``blurdiff`` command: ``blurdiff data|train|sample|fid|spectrum ...`` (also ``python -m blurdiff``).
+
+Each command's options live beside its code (``add_arguments`` in the module that runs it);
+this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+
+def _data(sub) -> None:
+    p = sub.add_parser("data", help="make or export data sets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    toy = data.add_parser("toy", help="write a synthetic dead-leaves data set as an LSUN-format lmdb")
+    toy.add_argument("--out", required=True, help="lmdb folder to create")
+    toy.add_argument("--n", type=int, required=True, help="number of images")
+    toy.add_argument("--size", type=int, required=True, help="image side in pixels")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
+    toy.set_defaults(run=_run_toy)
+    export = data.add_parser("export", help="write an lmdb (or image folder) as PNGs 000000.png … (for FID)")
+    export.add_argument("--src", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--limit", type=int, default=None)
+    export.add_argument("--size", type=int, default=None, help="resize to this side, without cropping")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=_run_export)
+
+
+def _run_toy(args) -> int:
+    from blurdiff.toy_data import make_toy_lmdb
+
+    make_toy_lmdb(args.out, args.n, args.size, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.n} images of {args.size}x{args.size} to {args.out}")
+    return 0
+
+
+def _run_export(args) -> int:
+    from blurdiff.toy_data import export_lmdb_to_folder
+
+    count = export_lmdb_to_folder(args.src, args.out, limit=args.limit, resolution=args.size, overwrite=args.overwrite)
+    print(f"wrote {count} PNGs to {args.out}")
+    return 0
+
+
+def _fid(sub) -> None:
+    p = sub.add_parser("fid", help="FID between two image folders (or a folder and saved .npz statistics)")
+    p.add_argument("--real", required=True, help="folder of real images, or an .npz with mu and sigma")
+    p.add_argument("--fake", required=True, help="folder of generated images, or an .npz")
+    p.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)")
+    p.add_argument("--limit", type=int, default=10000, help="images per set (the paper reports FID-10K)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_run_fid)
+
+
+def _run_fid(args) -> int:
+    from blurdiff.fid import fid_main
+
+    value = fid_main(args.real, args.fake, inception_weights=args.inception_weights, batch_size=args.batch_size,
+                     device=args.device, limit=args.limit)
+    print(f"FID: {value:.4f}")
+    return 0
+
+
+def _spectrum(sub) -> None:
+    p = sub.add_parser("spectrum", help="radially averaged power spectrum of samples against data (no weights)")
+    p.add_argument("--samples", required=True, help="folder of generated images")
+    p.add_argument("--data", required=True, help="folder of real images (see `blurdiff data export`)")
+    p.add_argument("--out", default=None, help="PNG plot to write")
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(run=_run_spectrum)
+
+
+def _run_spectrum(args) -> int:
+    from blurdiff.spectrum import plot_spectra, spectrum_report
+
+    report = spectrum_report(args.samples, args.data, limit=args.limit)
+    print(f"{report['n_samples']} samples, {report['n_data']} data images")
+    print("radius  log10(samples/data)")
+    for f, r in zip(report["frequencies"], report["log10_ratio"]):
+        print(f"{f:6.0f}  {r:+.3f}")
+    print(f"mean |log10 ratio| over the upper half of frequencies: {report['high_freq_mean_abs_log10_ratio']:.4f}")
+    if args.out:
+        freq = report["frequencies"]
+        plot_spectra({"samples": (freq, report["power_samples"]), "data": (freq, report["power_data"])}, args.out)
+        print(f"plot: {args.out}")
+    return 0
+
+
+def _module_command(sub, name: str, module: str, help: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    p = sub.add_parser(name, help=help, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mod.add_arguments(p)
+    p.set_defaults(run=mod.main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blurdiff", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data(sub)
+    _module_command(sub, "train", "blurdiff.train", "train a blur-diffusion model")
+    _module_command(sub, "sample", "blurdiff.sample", "sample a trained run into a folder of PNGs")
+    _fid(sub)
+    _spectrum(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return int(run(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        # Bad input from the command line: say what is wrong, without a traceback.
+        print(f"blurdiff {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,587 @@
+"""Image data sets (LSUN-format lmdb, image folders) and a resumable, sharded infinite loader.
+
+Every data set returns float32 tensors ``[3, H, W]`` in ``[-1, 1]``. Images are resized to the
+target resolution *without cropping*, as the paper does for LSUN 64x64: the whole image is
+squashed to ``H x W`` (Pillow BICUBIC, which is antialiased when downscaling), after conversion
+to RGB. An optional random horizontal flip follows.
+
+    LMDBImageDataset(path, resolution, hflip=False)
+    ImageFolderDataset(path, resolution, hflip=False)
+    open_dataset(path, resolution, hflip=False)
+    infinite_loader(dataset, batch_size, seed=0, num_workers=0, rank=0, world_size=1,
+                    start_batch=0, pin_memory=False)
+
+Indexing: ``ds[i]`` flips at random (torch's global RNG, which ``torch.manual_seed`` and
+DataLoader workers seed) when ``hflip=True``; ``ds[(i, flip)]`` applies an explicit flip
+decision, which is what :func:`infinite_loader` uses so that flips are a pure function of
+``(seed, epoch, index)`` and a resumed run sees exactly the same batches.
+
+Bad records: a record that cannot be decoded is skipped. ``ds[i]`` returns the next good record
+``i+1, i+2, ...`` (wrapping around), so the data set never shrinks and its order stays
+deterministic; ``ds.bad_records`` counts the skips (in every process, DataLoader workers
+included), ``ds.bad_keys`` remembers the first few bad keys (of this process), and a warning is
+logged on ``logging.getLogger("blurdiff.data")`` the first time a key turns out bad in a process.
+If every record is bad, ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import operator
+import os
+import threading
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger("blurdiff.data")
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LMDBImageDataset",
+    "ImageFolderDataset",
+    "open_dataset",
+    "is_lmdb_path",
+    "resize_no_crop",
+    "pil_to_tensor",
+    "epoch_indices",
+    "epoch_flips",
+    "batches_per_epoch",
+    "ResumableBatchSampler",
+    "InfiniteLoader",
+    "infinite_loader",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+#: Pillow's ``reducing_gap`` for resizing; ``None`` is exact (fair) resampling. Setting e.g. 3.0
+#: speeds up large downscales with a result that is indistinguishable in practice.
+RESIZE_REDUCING_GAP: float | None = None
+
+_MAX_BAD_KEYS = 1000  # remembered in ``bad_keys`` (per process)
+_MAX_WARNED_KEYS = 100_000  # keys warned about individually (per process)
+_COUNTER_SLOTS = 64  # shared bad-record counter: slot 0 = main process, 1 + worker id otherwise
+
+
+def _as_hw(resolution) -> tuple[int, int] | None:
+    if resolution is None:
+        return None
+    if isinstance(resolution, (int, np.integer)):
+        hw = (int(resolution), int(resolution))
+    else:
+        hw = tuple(int(r) for r in resolution)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"resolution must be a positive int or (H, W), got {resolution!r}")
+    return hw  # type: ignore[return-value]
+
+
+def resize_no_crop(img: Image.Image, resolution) -> Image.Image:
+    """``img`` as RGB, squashed (no crop, aspect ratio not kept) to ``resolution`` (int or (H, W))."""
+    if img.mode != "RGB":
+        if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey: scale, don't clip
+            arr = np.asarray(img).astype(np.float64) / 257.0
+            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        elif img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        img = img.convert("RGB")
+    hw = _as_hw(resolution)
+    if hw is not None and (img.height, img.width) != hw:
+        img = img.resize((hw[1], hw[0]), resample=Image.Resampling.BICUBIC, reducing_gap=RESIZE_REDUCING_GAP)
+    return img
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 ``[3, H, W]`` in ``[-1, 1]``."""
+    arr = np.array(img, dtype=np.uint8)  # a writable copy
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).to(torch.float32)
+    return t.div_(127.5).sub_(1.0)
+
+
+def _decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+class _EncodedImageDataset(torch.utils.data.Dataset):
+    """Shared logic: resizing, flips, bad-record skipping and counting."""
+
+    path: str
+    kind = "data set"
+
+    def __init__(self, path, resolution, hflip: bool = False):
+        self.path = os.fspath(path)
+        self.resolution = _as_hw(resolution)
+        self.hflip = bool(hflip)
+        # A shared-memory counter, so skips in DataLoader workers are seen by the main process
+        # (inherited across fork; shared through torch.multiprocessing's pickler under spawn).
+        self._bad_counter = torch.zeros(_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
+        self._init_process_state()
+
+    # -- per-process state -------------------------------------------------------------------
+    def _init_process_state(self) -> None:
+        self._bad_index: set[int] = set()
+        self._warned: set[str] = set()
+        self._warned_overflow = False
+        self.bad_keys: list[str] = []
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in ("_bad_index", "_warned", "_warned_overflow", "bad_keys"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    # -- subclass API ------------------------------------------------------------------------
+    def __len__(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def key(self, index: int) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _open_image(self, index: int) -> Image.Image:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def bad_records(self) -> int:
+        """How many times a bad record was skipped, summed over this process and its workers."""
+        return int(self._bad_counter.sum())
+
+    def read_image(self, index: int) -> Image.Image:
+        """Record ``index`` decoded, RGB, resized to the resolution (native size if ``None``).
+
+        Raises whatever decoding raises; no skipping.
+        """
+        return resize_no_crop(self._open_image(index), self.resolution)
+
+    def note_bad(self, index: int, exc: BaseException | None = None) -> None:
+        """Count one skip of record ``index``; warn the first time its key is bad (per process)."""
+        info = torch.utils.data.get_worker_info()
+        slot = 0 if info is None else 1 + info.id % (_COUNTER_SLOTS - 1)
+        self._bad_counter[slot] += 1
+        self._bad_index.add(index)
+        key = self.key(index)
+        if key in self._warned:
+            return
+        if len(self.bad_keys) < _MAX_BAD_KEYS:
+            self.bad_keys.append(key)
+        if len(self._warned) < _MAX_WARNED_KEYS:
+            self._warned.add(key)
+            log.warning(
+                "%s %s: skipping undecodable record %d (key %r): %s",
+                self.kind,
+                self.path,
+                index,
+                key,
+                f"{type(exc).__name__}: {exc}" if exc is not None else "previously failed",
+            )
+        elif not self._warned_overflow:
+            self._warned_overflow = True
+            log.warning("%s %s: too many bad records; further ones are counted but not logged", self.kind, self.path)
+
+    def _parse_index(self, item) -> tuple[int, bool]:
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise TypeError(f"index must be an int or (int, flip), got {item!r}")
+            index, flip = operator.index(item[0]), bool(item[1])
+        else:
+            index = operator.index(item)
+            flip = self.hflip and bool(torch.rand(()) < 0.5)
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {item!r} out of range for {self.kind} of length {n}")
+        return index, flip
+
+    def __getitem__(self, item) -> torch.Tensor:
+        index, flip = self._parse_index(item)
+        n = len(self)
+        j = index
+        for _ in range(n):
+            if j not in self._bad_index:
+                try:
+                    img = self.read_image(j)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
+                    self.note_bad(j, exc)
+                else:
+                    x = pil_to_tensor(img)
+                    return x.flip(-1).contiguous() if flip else x
+            else:
+                self.note_bad(j)
+            j = (j + 1) % n
+        raise RuntimeError(f"every one of the {n} records of {self.kind} {self.path} is undecodable")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.path!r}, resolution={self.resolution}, hflip={self.hflip}, "
+            f"len={len(self)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# LMDB
+# --------------------------------------------------------------------------------------------
+
+
+# py-lmdb refuses to open the same environment (data file) twice in one process, and a handle
+# inherited through fork keeps that guard armed until it is closed in the child. So environments
+# are shared through this per-process registry: keyed by the data file's identity, refcounted by
+# the data sets using them, and an entry inherited from the parent is closed (the child's copy of
+# the mapping only) and reopened on first use in the child.
+_ENVS: dict[tuple, list] = {}  # file id -> [env, pid, users]
+_ENVS_LOCK = threading.Lock()
+
+
+def _data_file_id(path: str, subdir: bool) -> tuple:
+    f = os.path.join(path, "data.mdb") if subdir else path
+    st = os.stat(f)
+    return ("ino", st.st_dev, st.st_ino) if st.st_ino else ("path", os.path.realpath(f))
+
+
+def _acquire_env(path: str, subdir: bool):
+    """``(env, key)``: this process's read-only environment of the lmdb at ``path``."""
+    import lmdb
+
+    key = _data_file_id(path, subdir)
+    pid = os.getpid()
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is not None and entry[1] != pid:
+            try:
+                entry[0].close()  # the inherited copy; unmaps in this process only
+            except Exception:  # noqa: BLE001
+                pass
+            entry = None
+        if entry is None:
+            env = lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False,
+                            meminit=False, max_readers=2048)
+            entry = _ENVS[key] = [env, pid, 0]
+        entry[2] += 1
+        return entry[0], key
+
+
+def _release_env(key: tuple) -> None:
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None or entry[1] != os.getpid():
+            return
+        entry[2] -= 1
+        if entry[2] <= 0:
+            del _ENVS[key]
+            entry[0].close()
+
+
+def is_lmdb_path(path) -> bool:
+    """A directory that holds ``data.mdb``, or a ``.mdb`` file."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        return os.path.isfile(os.path.join(p, "data.mdb"))
+    return os.path.isfile(p) and p.endswith(".mdb")
+
+
+class LMDBImageDataset(_EncodedImageDataset):
+    """An LSUN-format lmdb: keys are image ids, values encoded image bytes (webp, png, jpeg ...).
+
+    ``path`` is the lmdb directory (holding ``data.mdb``) or the ``.mdb`` file itself. The
+    environment is opened read-only, ``lock=False``, ``readahead=False``, lazily in each process
+    (the pid is remembered and the environment reopened after a fork), so the data set is safe
+    with DataLoader workers. The keys are read once, at construction, into a compact bytes blob
+    plus an offset array (no per-key Python objects, so forked workers do not copy them).
+    Records are in key (byte) order.
+    """
+
+    kind = "lmdb"
+
+    def __init__(self, path, resolution, hflip: bool = False):
+        p = os.fspath(path)
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"data set path does not exist: {p}")
+        if os.path.isdir(p) and not os.path.isfile(os.path.join(p, "data.mdb")):
+            raise FileNotFoundError(f"not an lmdb (no data.mdb in the directory): {p}")
+        super().__init__(p, resolution, hflip)
+        self._subdir = os.path.isdir(p)
+        self._env = None
+        self._pid = None
+        try:
+            with self._acquire_env().begin(buffers=False) as txn:
+                keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        finally:
+            self.close()
+        if not keys:
+            raise ValueError(f"empty data set: the lmdb {p} holds no records")
+        lengths = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
+        self._key_offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self._key_offsets[1:])
+        self._key_blob = b"".join(keys)
+        del keys
+
+    def _acquire_env(self):
+        """This process's environment for the lmdb (shared by the data sets reading it)."""
+        pid = os.getpid()
+        if self._env is None or self._pid != pid:
+            # A handle inherited through fork is not ours to use; the registry reopens.
+            self._env, self._env_key = _acquire_env(self.path, self._subdir)
+            self._pid = pid
+        return self._env
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_env"] = None
+        state["_pid"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self._key_offsets) - 1
+
+    def raw_key(self, index: int) -> bytes:
+        return self._key_blob[self._key_offsets[index] : self._key_offsets[index + 1]]
+
+    def key(self, index: int) -> str:
+        return self.raw_key(index).decode("ascii", errors="backslashreplace")
+
+    def read_bytes(self, index: int) -> bytes:
+        k = self.raw_key(index)
+        with self._acquire_env().begin(buffers=False) as txn:
+            v = txn.get(k)
+        if v is None:
+            raise KeyError(f"key {k!r} vanished from {self.path}")
+        return v
+
+    def _open_image(self, index: int) -> Image.Image:
+        return _decode(self.read_bytes(index))
+
+    def close(self) -> None:
+        """Release this process's environment handle (reopened on the next read)."""
+        if self._env is not None and self._pid == os.getpid():
+            _release_env(self._env_key)
+        self._env = None
+        self._pid = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, half-built object
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# Image folder
+# --------------------------------------------------------------------------------------------
+
+
+class ImageFolderDataset(_EncodedImageDataset):
+    """Every ``.png/.jpg/.jpeg/.webp/.bmp`` file under ``path`` (recursive, case-insensitive
+    extensions, hidden files and directories skipped), sorted by relative path."""
+
+    kind = "image folder"
+
+    def __init__(self, path, resolution, hflip: bool = False):
+        p = os.fspath(path)
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"data set path does not exist: {p}")
+        if not os.path.isdir(p):
+            raise ValueError(f"not a directory of images: {p}")
+        super().__init__(p, resolution, hflip)
+        files = []
+        for root, dirs, names in os.walk(p, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in names:
+                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(os.path.relpath(os.path.join(root, name), p).replace(os.sep, "/"))
+        files.sort()
+        if not files:
+            raise ValueError(f"empty data set: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images under {p}")
+        self.files = np.array(files)  # one numpy object, not a list of str (cheap to fork)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def key(self, index: int) -> str:
+        return str(self.files[index])
+
+    def _open_image(self, index: int) -> Image.Image:
+        with open(os.path.join(self.path, str(self.files[index])), "rb") as f:
+            return _decode(f.read())
+
+
+def open_dataset(path, resolution, hflip: bool = False) -> _EncodedImageDataset:
+    """An :class:`LMDBImageDataset` for an lmdb (a directory holding ``data.mdb``, or a ``.mdb``
+    file), else an :class:`ImageFolderDataset`. A missing path raises ``FileNotFoundError``."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"data set path does not exist: {p}")
+    if is_lmdb_path(p):
+        return LMDBImageDataset(p, resolution, hflip)
+    if os.path.isdir(p):
+        return ImageFolderDataset(p, resolution, hflip)
+    raise ValueError(f"not a data set (expected an lmdb directory, a .mdb file or an image folder): {p}")
+
+
+# --------------------------------------------------------------------------------------------
+# Deterministic, sharded, resumable infinite loading
+# --------------------------------------------------------------------------------------------
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed) + int(epoch))  # DistributedSampler's convention
+    return g
+
+
+def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> list[int]:
+    """The data-set indices rank ``rank`` sees in ``epoch``, in order.
+
+    Identical to ``DistributedSampler(ds, world_size, rank, shuffle, seed, drop_last=True)``
+    after ``set_epoch(epoch)``: ``randperm(n)`` from a generator seeded ``seed + epoch``,
+    truncated to a multiple of ``world_size``, then ``[rank::world_size]``.
+    """
+    if shuffle:
+        perm = torch.randperm(n, generator=_epoch_generator(seed, epoch)).tolist()
+    else:
+        perm = list(range(n))
+    total = (n // world_size) * world_size
+    return perm[rank:total:world_size]
+
+
+def epoch_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Per-index horizontal-flip decisions (bool ``[n]``) of ``epoch``; the same on every rank."""
+    g = torch.Generator()
+    g.manual_seed(((int(seed) + int(epoch)) ^ 0x5DEECE66D) & 0x7FFFFFFFFFFFFFFF)  # not the permutation's stream
+    return torch.rand(n, generator=g) < 0.5
+
+
+def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Full batches each rank gets per epoch (``drop_last`` at both the shard and batch level)."""
+    return (n // world_size) // batch_size
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler):
+    """Yields batches of indices forever, starting at global batch number ``start_batch``.
+
+    Batch ``b`` (per rank) belongs to epoch ``b // batches_per_epoch`` at position
+    ``b % batches_per_epoch``; its indices are ``epoch_indices(...)[pos*B:(pos+1)*B]``. With
+    ``flips=True`` the items are ``(index, flip)`` pairs, the flips from :func:`epoch_flips`.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0, shuffle: bool = True, flips: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.start_batch, self.shuffle, self.flips = int(start_batch), bool(shuffle), bool(flips)
+        self.batches_per_epoch = batches_per_epoch(self.n, self.batch_size, self.world_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"data set of {self.n} images is too small for batch_size={self.batch_size} x "
+                f"world_size={self.world_size} with drop_last"
+            )
+
+    def position(self, batch: int) -> tuple[int, int]:
+        """``(epoch, batch index within the epoch)`` of global batch number ``batch``."""
+        return divmod(int(batch), self.batches_per_epoch)
+
+    def __iter__(self):
+        epoch, pos = self.position(self.start_batch)
+        B = self.batch_size
+        while True:
+            idx = epoch_indices(self.n, self.seed, epoch, self.rank, self.world_size, self.shuffle)
+            flip = epoch_flips(self.n, self.seed, epoch).tolist() if self.flips else None
+            for p in range(pos, self.batches_per_epoch):
+                batch = idx[p * B : (p + 1) * B]
+                yield [(i, flip[i]) for i in batch] if flip is not None else batch
+            epoch, pos = epoch + 1, 0
+
+
+class InfiniteLoader:
+    """Iterator returned by :func:`infinite_loader`; ``next_batch`` is the number of the batch
+    the next ``next()`` returns (= ``start_batch`` + batches yielded so far): save it in a
+    checkpoint and pass it back as ``start_batch`` to resume."""
+
+    def __init__(self, dataset, sampler: ResumableBatchSampler, num_workers: int, pin_memory: bool,
+                 prefetch_factor: int | None):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.next_batch = sampler.start_batch
+        kwargs = {}
+        if num_workers > 0 and prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+        self._loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, **kwargs
+        )
+        self._it = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def position(self) -> tuple[int, int]:
+        """``(epoch, batch within epoch)`` of the next batch."""
+        return self.sampler.position(self.next_batch)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._it is None:
+            self._it = iter(self._loader)
+        batch = next(self._it)
+        self.next_batch += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop the workers (also happens when the loader is garbage collected)."""
+        self._it = None
+
+
+def infinite_loader(
+    dataset,
+    batch_size: int,
+    seed: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+    *,
+    shuffle: bool = True,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+) -> InfiniteLoader:
+    """An endless iterator over batches ``[batch_size, 3, H, W]`` of ``dataset``.
+
+    Order: epoch ``e`` is ``randperm(len(dataset))`` from a generator seeded ``seed + e``
+    (exactly ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` with
+    ``set_epoch(e)``), truncated to a multiple of ``world_size`` and sharded ``[rank::world_size]``;
+    each rank's shard is cut into ``len(dataset) // world_size // batch_size`` full batches
+    (the remainder is dropped). Ranks therefore see disjoint samples within an epoch and the same
+    number of batches. If ``dataset.hflip`` is set (the data sets of this module), the flip of
+    each sample is also fixed by ``(seed, epoch, index)``, not by any process RNG.
+
+    Resume contract: the stream of a rank is a pure function of
+    ``(len(dataset), batch_size, seed, rank, world_size, shuffle)`` (not of ``num_workers``);
+    batches are numbered ``0, 1, 2, ...`` per rank, and ``start_batch=k`` yields batch ``k``
+    first. A trainer that has consumed ``k`` batches on this rank (``k`` = optimizer steps x
+    micro-batches per step; also ``loader.next_batch``) and checkpointed can restart with
+    ``start_batch=k`` and the same other arguments and sees exactly the batches an
+    uninterrupted run would have seen. Changing ``batch_size``/``world_size``/the data set
+    between runs breaks the contract (epochs are re-cut: still valid data, not the same stream).
+
+    Arguments are checked here (``ValueError`` if the data set has fewer than
+    ``batch_size x world_size`` images); workers start on the first ``next()``.
+    """
+    flips = bool(getattr(dataset, "hflip", False)) and isinstance(dataset, _EncodedImageDataset)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_batch, shuffle, flips)
+    return InfiniteLoader(dataset, sampler, num_workers, pin_memory, prefetch_factor)

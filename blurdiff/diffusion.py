@@ -1,0 +1,227 @@
+"""``BlurDiffusion``: the forward process, the reverse step, training loss and sampling.
+
+DESIGN.md §1. Every operator of the process is diagonal in the basis ``U``, so each one is a
+single ``blurdiff_ops.spectral_lincomb`` over per-frequency tables ``[N+1, H, W]`` indexed by
+the step. The tables are built once in float64 (in log space, so ``Ā_i`` keeps its relative
+precision when it is tiny) and cached per device in the working dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+import blurdiff_ops
+from blurdiff_ops._checks import table_dtype_for
+from blurdiff.bases import make_basis
+from blurdiff.progress import Progress
+from blurdiff.schedules import blur_f, noise_betas
+
+DIRECTIONS = ("coarse_to_fine", "fine_to_coarse")
+BACKENDS = ("auto", "fused", "reference")
+
+
+def _pair(resolution: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    if isinstance(resolution, int):
+        return resolution, resolution
+    H, W = (int(v) for v in resolution)
+    return H, W
+
+
+class BlurDiffusion:
+    """Blur diffusion in the eigenbasis of a Gaussian blur (or DCT, or identity = DDPM).
+
+    ``t`` is always an int64 tensor ``[B]`` of steps in ``1 … N``.
+    """
+
+    def __init__(
+        self,
+        resolution: Union[int, Tuple[int, int]] = 64,
+        basis: str = "gaussian",
+        sigma: float = 0.4,
+        blur_schedule: str = "quartic",
+        f_max: float = 0.140625,
+        noise_schedule: str = "linear",
+        steps: int = 1000,
+        direction: str = "coarse_to_fine",
+        backend: str = "auto",
+        eig_floor: float = 0.03,
+    ):
+        H, W = _pair(resolution)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.config = dict(
+            resolution=(H, W), basis=basis, sigma=sigma, blur_schedule=blur_schedule,
+            f_max=f_max, noise_schedule=noise_schedule, steps=steps, direction=direction,
+            eig_floor=eig_floor,
+        )
+        self.resolution = (H, W)
+        self.steps = N = steps
+        self.backend = backend
+
+        b = make_basis(basis, H, W, sigma, eig_floor)
+        D = b.D if direction == "coarse_to_fine" else (1 - b.D).clamp_min(eig_floor)
+        self.D = D
+        self.f = blur_f(blur_schedule, N, f_max)
+        self.betas = noise_betas(noise_schedule, N)
+
+        # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself).
+        log_A = torch.log1p(-self.betas)[:, None, None] + 2 * self.f[:, None, None] * torch.log(D)
+        log_A[0] = 0.0
+        log_A_bar = torch.cumsum(log_A, dim=0)
+        A, A_bar = log_A.exp(), log_A_bar.exp()
+        one_minus_A, one_minus_A_bar = -torch.expm1(log_A), -torch.expm1(log_A_bar)
+        self.A, self.A_bar = A, A_bar
+
+        # Reverse step (Eq. 12 / App. F): x̄_{i-1} = (2 - √A_i) x̄_i - (1-A_i)/√(1-Ā_i) ε̄ + √(1-A_i) z̄.
+        step_eps = torch.zeros_like(A)
+        step_eps[1:] = -one_minus_A[1:] / one_minus_A_bar[1:].sqrt()
+        step_noise = one_minus_A.sqrt()
+        step_noise[:2] = 0.0  # no noise at the last step (i = 1); row 0 is never used
+        # x̂_0 = U (x̄_t - √(1-Ā) ε̄) / √Ā, for pictures of what the model believes.
+        x0_coefs = torch.stack([1 / A_bar.sqrt(), -(one_minus_A_bar / A_bar).sqrt()])
+
+        self._tables64: Dict[str, torch.Tensor] = {
+            "U_h": b.U_h,
+            "U_w": b.U_w,
+            "q_coefs": torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()]),
+            "step_coefs": torch.stack([2 - A.sqrt(), step_eps]),
+            "step_noise": step_noise,
+            "x0_coefs": x0_coefs,
+        }
+        self._cache: Dict[Tuple[torch.device, torch.dtype], Dict[str, torch.Tensor]] = {}
+
+    # ---------------------------------------------------------------- tables and backends
+    def tables(self, device, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+        """The process tables on ``device`` in the table dtype for data of ``dtype``."""
+        key = (torch.device(device), table_dtype_for(dtype))
+        if key not in self._cache:
+            self._cache[key] = {
+                k: v.to(device=key[0], dtype=key[1]).contiguous() for k, v in self._tables64.items()
+            }
+        return self._cache[key]
+
+    def ops(self, device: torch.device):
+        """The op set for ``device``: the compiled ops (``fused``/``auto``) or the reference."""
+        if self.backend == "reference":
+            return blurdiff_ops.reference
+        if self.backend == "fused" and not blurdiff_ops.kernels_available(device.type):
+            from blurdiff_ops import _loader
+
+            raise RuntimeError(
+                f"backend='fused' needs the compiled blurdiff_ops kernels for {device.type}, "
+                f"which are not available: {_loader.unavailable_reason(device.type)}"
+            )
+        return blurdiff_ops
+
+    def _check_t(self, t: torch.Tensor, x: torch.Tensor) -> None:
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.shape != (x.shape[0],):
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t must be an int64 tensor of shape [B={x.shape[0]}], got {got}")
+        if x.dim() != 4 or tuple(x.shape[-2:]) != self.resolution:
+            raise ValueError(
+                f"images must be [B, C, {self.resolution[0]}, {self.resolution[1]}] for this "
+                f"process, got {tuple(x.shape)}"
+            )
+        if t.numel():
+            lo, hi = (int(v) for v in torch.aminmax(t))
+            if lo < 1 or hi > self.steps:
+                raise ValueError(f"t must lie in 1 … {self.steps}, got values in [{lo}, {hi}]")
+
+    @staticmethod
+    def _check_like(name: str, value: Optional[torch.Tensor], ref_name: str, ref: torch.Tensor) -> None:
+        if value is not None and (not isinstance(value, torch.Tensor) or value.shape != ref.shape):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
+
+    def _lincomb(self, inputs, t, coefs: str, rows=slice(None), noise_coef: Optional[str] = None,
+                 noise_row=None, noise=None, generator=None):
+        """One spectral_lincomb over the tables named ``coefs`` (rows ``rows``) and ``noise_coef``."""
+        x = inputs[0]
+        tab = self.tables(x.device, x.dtype)
+        nc = None
+        if noise_coef is not None:
+            nc = tab[noise_coef] if noise_row is None else tab[noise_coef][noise_row]
+        return self.ops(x.device).spectral_lincomb(
+            inputs, tab[coefs][rows], t.to(x.device), tab["U_h"], tab["U_w"], nc, noise, generator
+        )
+
+    # ---------------------------------------------------------------- the process
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``x_t = U √Ā_t U^T x_0 + U √(1-Ā_t) U^T ε`` (Eq. 4); ε drawn when not given."""
+        self._check_t(t, x0)
+        self._check_like("noise", noise, "x0", x0)
+        return self._q_sample(x0, t, noise, generator)
+
+    def _q_sample(self, x0, t, noise=None, generator=None):
+        if noise is not None:
+            return self._lincomb([x0, noise], t, "q_coefs")
+        # Fresh noise is drawn in the spectral domain by the op: the same law, one transform less.
+        return self._lincomb([x0], t, "q_coefs", slice(0, 1), "q_coefs", 1, generator=generator)
+
+    def reverse_step(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor,
+                     noise: Optional[torch.Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One step ``x_t → x_{t-1}``; ``noise`` is pixel-space ``z`` (drawn when not given)."""
+        self._check_t(t, x_t)
+        self._check_like("eps_pred", eps_pred, "x_t", x_t)
+        self._check_like("noise", noise, "x_t", x_t)
+        return self._reverse_step(x_t, eps_pred, t, noise, generator)
+
+    def _reverse_step(self, x_t, eps_pred, t, noise=None, generator=None):
+        return self._lincomb([x_t, eps_pred], t, "step_coefs", noise_coef="step_noise", noise=noise,
+                             generator=generator)
+
+    def predict_x0(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoised estimate ``x̂_0 = U (x̄_t - √(1-Ā_t) ε̄) / √Ā_t``."""
+        self._check_t(t, x_t)
+        self._check_like("eps_pred", eps_pred, "x_t", x_t)
+        return self._lincomb([x_t, eps_pred], t, "x0_coefs")
+
+    def prior_sample(self, shape, generator: Optional[torch.Generator] = None, device=None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``x_N = U √(1-Ā_N) U^T z``."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        t = torch.full((shape[0],), self.steps, dtype=torch.int64, device=device)
+        self._check_t(t, z)
+        return self._lincomb([z], t, "q_coefs", slice(1, 2))
+
+    def training_loss(self, model: Callable, x0: torch.Tensor, t: Optional[torch.Tensor] = None,
+                      noise: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Eq. 10 with λ = 1: ``mean ‖ε_θ(x_t, t) - ε‖²``, ``t ~ Uniform{1 … N}``."""
+        B = x0.shape[0]
+        if t is None:
+            t = torch.randint(1, self.steps + 1, (B,), generator=generator, device=x0.device)
+        else:
+            self._check_t(t, x0)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = self._q_sample(x0, t, noise)
+        eps_pred = model(x_t, t)
+        return torch.nn.functional.mse_loss(eps_pred.float(), noise.float())
+
+    @torch.no_grad()
+    def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
+               dtype: torch.dtype = torch.float32, progress: bool = False,
+               callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
+        """Ancestral sampling ``i = N … 1`` from the prior; returns ``x_0``.
+
+        ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories).
+        """
+        x = self.prior_sample(shape, generator, device, dtype)
+        B = shape[0]
+        with Progress(self.steps, "sampling", unit="step", enabled=progress) as bar:
+            for i in range(self.steps, 0, -1):
+                t = torch.full((B,), i, dtype=torch.int64, device=x.device)
+                eps = model(x, t).to(x.dtype)
+                if callback is not None:
+                    callback(i, x, eps)
+                x = self._reverse_step(x, eps, t, generator=generator)
+                bar.update(1)
+        return x

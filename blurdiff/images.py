@@ -1,0 +1,58 @@
+"""Images in [-1, 1] to PNG files: single images, grids and strips (rows of a trajectory)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[B, C, H, W]`` (or ``[C, H, W]``) in [-1, 1] to uint8 ``[B, H, W, C]``; C is 1 or 3."""
+    if images.dim() == 3:
+        images = images[None]
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def _pil(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
+    """One image, written atomically (a partial file never carries the final name)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    _pil(to_uint8(image)[0]).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile ``[B, C, H, W]`` into one uint8 image, ``nrow`` images per row (default: square)."""
+    arr = to_uint8(images)
+    B, H, W, C = arr.shape
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(B))))
+    rows = int(np.ceil(B / nrow))
+    out = np.full((rows * (H + pad) + pad, nrow * (W + pad) + pad, C), 255, dtype=np.uint8)
+    for i in range(B):
+        r, c = divmod(i, nrow)
+        out[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = arr[i]
+    return out
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    _pil(grid(images, nrow)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_strips(frames: Sequence[torch.Tensor], path: str | os.PathLike) -> None:
+    """``frames[j]`` is ``[B, C, H, W]`` at one time; each of the B images becomes a row."""
+    stacked = torch.stack([f.detach().cpu() for f in frames], dim=1)  # [B, T, C, H, W]
+    B, T = stacked.shape[:2]
+    save_grid(stacked.reshape(B * T, *stacked.shape[2:]), path, nrow=T)

@@ -1,0 +1,189 @@
+"""Typed wrappers over ``torch.ops.blurdiff_ops``, with their fake and autograd registrations.
+
+Each public function checks its arguments (``_checks``, the same messages as the reference),
+then calls the compiled op, or ``blurdiff_ops.reference`` when no kernels are loaded for the
+data's device (warning once why).
+
+Autograd: every op here is linear in its differentiable inputs, and the adjoint of each is
+again one of them, so backward is a compiled op too:
+
+- ``to_spectral`` and ``from_spectral`` are each other's adjoint;
+- the gradient of ``spectral_lincomb`` with respect to ``inputs[k]`` is
+  ``from_spectral(coefs[k, t] ⊙ to_spectral(grad))``: one transform of ``grad`` feeds all K,
+  which is the op ``spectral_lincomb_backward``; its own gradient is a ``spectral_lincomb``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from blurdiff_ops import _checks, _loader, reference
+
+__all__ = ["to_spectral", "from_spectral", "spectral_lincomb", "kernels_available"]
+
+kernels_available = _loader.kernels_available
+
+
+def _use_kernels(x: torch.Tensor) -> bool:
+    device_type = x.device.type
+    if device_type == "meta" or _loader.kernels_available(device_type):
+        return _loader._C is not None
+    _loader.warn_fallback(device_type)
+    return False
+
+
+def _check_t_range_here(t: torch.Tensor) -> bool:
+    # A range check reads t back; on CUDA the kernel asserts instead of synchronising, and
+    # under torch.compile t has no values to read.
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def to_spectral(x: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
+    """``U_h^T · x · U_w`` over the last two dims of ``x`` (any leading dims)."""
+    if not _use_kernels(x):
+        return reference.to_spectral(x, U_h, U_w)
+    _checks.check_transform("to_spectral", x, U_h, U_w)
+    return torch.ops.blurdiff_ops.to_spectral.default(x, U_h, U_w)
+
+
+def from_spectral(x_bar: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
+    """``U_h · x̄ · U_w^T`` over the last two dims of ``x_bar`` (any leading dims)."""
+    if not _use_kernels(x_bar):
+        return reference.from_spectral(x_bar, U_h, U_w)
+    _checks.check_transform("from_spectral", x_bar, U_h, U_w)
+    return torch.ops.blurdiff_ops.from_spectral.default(x_bar, U_h, U_w)
+
+
+def spectral_lincomb(
+    inputs: Sequence[torch.Tensor],
+    coefs: torch.Tensor,
+    t: torch.Tensor,
+    U_h: torch.Tensor,
+    U_w: torch.Tensor,
+    noise_coef: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """``from_spectral(Σ_k coefs[k, t[b]] ⊙ to_spectral(inputs[k][b]) + noise_coef[t[b]] ⊙ z̄[b])``.
+
+    ``inputs``: K tensors ``[B, C, H, W]``; ``coefs``: ``[K, T, H, W]``; ``t``: int64 ``[B]``;
+    ``noise_coef``: ``[T, H, W]`` or None. ``z̄`` is ``to_spectral(noise)`` when ``noise`` is
+    given, else standard normals drawn in the spectral domain from ``generator`` (the kernels
+    use Philox keyed by the generator's seed and offset, so a seeded generator reproduces).
+    Differentiable with respect to ``inputs`` and ``noise``.
+    """
+    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], torch.Tensor):
+        if not _use_kernels(inputs[0]):
+            return reference.spectral_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise, generator)
+    _checks.check_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise, _check_t_range_here(t))
+    _checks.check_generator(generator, inputs[0].device)
+    return torch.ops.blurdiff_ops.spectral_lincomb.default(
+        list(inputs), coefs, t, U_h, U_w, noise_coef, noise, generator
+    )
+
+
+def _register() -> None:
+    """Fake (meta) kernels for torch.compile and autograd formulas; needs the compiled ops."""
+    lib = "blurdiff_ops::"
+
+    @torch.library.register_fake(lib + "to_spectral")
+    def _(x, U_h, U_w):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "from_spectral")
+    def _(x_bar, U_h, U_w):
+        return torch.empty_like(x_bar, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "spectral_lincomb")
+    def _(inputs, coefs, t, U_h, U_w, noise_coef=None, noise=None, generator=None):
+        return torch.empty_like(inputs[0], memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "spectral_lincomb_backward")
+    def _(grad, coefs, t, U_h, U_w, noise_coef=None):
+        n = coefs.shape[0] + (noise_coef is not None)
+        return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in range(n)]
+
+    def _constant_basis(op, **tensors):
+        for name, value in tensors.items():
+            if value is not None and value.requires_grad:
+                raise RuntimeError(
+                    f"blurdiff_ops.{op}: {name} requires grad, but the op is not differentiable "
+                    f"with respect to {name} (bases and coefficient tables are constants)"
+                )
+
+    def transform_setup(op):
+        def setup(ctx, inputs, output):
+            _, U_h, U_w = inputs
+            _constant_basis(op, U_h=U_h, U_w=U_w)
+            ctx.save_for_backward(U_h, U_w)
+
+        return setup
+
+    def to_spectral_backward(ctx, grad):
+        U_h, U_w = ctx.saved_tensors
+        return torch.ops.blurdiff_ops.from_spectral.default(grad, U_h, U_w), None, None
+
+    def from_spectral_backward(ctx, grad):
+        U_h, U_w = ctx.saved_tensors
+        return torch.ops.blurdiff_ops.to_spectral.default(grad, U_h, U_w), None, None
+
+    torch.library.register_autograd(
+        lib + "to_spectral", to_spectral_backward, setup_context=transform_setup("to_spectral")
+    )
+    torch.library.register_autograd(
+        lib + "from_spectral", from_spectral_backward, setup_context=transform_setup("from_spectral")
+    )
+
+    def _with_defaults(inputs, arity):
+        # Trailing arguments left at their schema defaults may be absent.
+        return tuple(inputs) + (None,) * (arity - len(inputs))
+
+    def lincomb_setup(ctx, inputs, output):
+        xs, coefs, t, U_h, U_w, noise_coef, noise, _ = _with_defaults(inputs, 8)
+        _constant_basis(
+            "spectral_lincomb", coefs=coefs, U_h=U_h, U_w=U_w, noise_coef=noise_coef
+        )
+        ctx.num_inputs = len(xs)
+        ctx.noise_given = noise is not None
+        ctx.save_for_backward(coefs, t, U_h, U_w, noise_coef)
+
+    def lincomb_backward(ctx, grad):
+        coefs, t, U_h, U_w, noise_coef = ctx.saved_tensors
+        # The noise term only has a gradient when the noise was an input.
+        grads = torch.ops.blurdiff_ops.spectral_lincomb_backward.default(
+            grad, coefs, t, U_h, U_w, noise_coef if ctx.noise_given else None
+        )
+        grad_noise = grads[ctx.num_inputs] if ctx.noise_given else None
+        return list(grads[: ctx.num_inputs]), None, None, None, None, None, grad_noise, None
+
+    torch.library.register_autograd(
+        lib + "spectral_lincomb", lincomb_backward, setup_context=lincomb_setup
+    )
+
+    def lincomb_backward_setup(ctx, inputs, output):
+        _, coefs, t, U_h, U_w, noise_coef = _with_defaults(inputs, 6)
+        ctx.save_for_backward(coefs, t, U_h, U_w, noise_coef)
+
+    def lincomb_backward_backward(ctx, grads: List[torch.Tensor]):
+        coefs, t, U_h, U_w, noise_coef = ctx.saved_tensors
+        K = coefs.shape[0]
+        # Outputs that did not reach the loss come back as None: they contribute nothing.
+        like = next(g for g in grads if g is not None)
+        grads = [torch.zeros_like(like) if g is None else g for g in grads]
+        noise = grads[K] if noise_coef is not None else None
+        grad_grad = torch.ops.blurdiff_ops.spectral_lincomb.default(
+            grads[:K], coefs, t, U_h, U_w, noise_coef, noise, None
+        )
+        return grad_grad, None, None, None, None, None
+
+    torch.library.register_autograd(
+        lib + "spectral_lincomb_backward",
+        lincomb_backward_backward,
+        setup_context=lincomb_backward_setup,
+    )
+
+
+if _loader._C is not None:
+    _register()

@@ -1,0 +1,44 @@
+// The schemas of blurdiff_ops, declared once; each backend registers its kernels elsewhere
+// (cpu/spectral_map_cpu.cpp, cuda/spectral_map_cuda.cu). Also the Python module `_C`, whose
+// import loads this library and runs the registrations.
+#include <Python.h>
+#include <torch/library.h>
+
+// setup.py passes the torch version as bare tokens (2.14.1+cu130): quotes do not survive the
+// shell that ninja runs, so the string is made here.
+#define BLURDIFF_STRINGIFY_(x) #x
+#define BLURDIFF_STRINGIFY(x) BLURDIFF_STRINGIFY_(x)
+#ifdef BLURDIFF_TORCH_VERSION_TOKENS
+#define BLURDIFF_TORCH_VERSION BLURDIFF_STRINGIFY(BLURDIFF_TORCH_VERSION_TOKENS)
+#else
+#define BLURDIFF_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(blurdiff_ops, m) {
+  m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");
+  m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");
+  // Draws from the generator when noise_coef is given without noise.
+  m.def(
+      "spectral_lincomb(Tensor[] inputs, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
+      "Tensor? noise_coef=None, Tensor? noise=None, Generator? generator=None) -> Tensor",
+      {at::Tag::nondeterministic_seeded});
+  // The gradients of spectral_lincomb for all K inputs (and the noise, when noise_coef is given)
+  // from one transform of grad.
+  m.def(
+      "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
+      "Tensor? noise_coef=None) -> Tensor[]");
+}
+
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "Compiled kernels of blurdiff_ops.", -1,
+                                          nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  PyModule_AddStringConstant(module, "torch_version", BLURDIFF_TORCH_VERSION);
+#ifdef BLURDIFF_WITH_CUDA
+  PyModule_AddObject(module, "with_cuda", Py_NewRef(Py_True));
+#else
+  PyModule_AddObject(module, "with_cuda", Py_NewRef(Py_False));
+#endif
+  return module;
+}

@@ -1,0 +1,60 @@
+// The spectral map on CUDA: kernels and planning in spectral_kernels.cuh, launched here on the
+// current stream of the data's device, with Philox state from the CUDA generator.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <mutex>
+
+#include "spectral_kernels.cuh"
+
+namespace blurdiff {
+namespace {
+
+struct CudaLauncher {
+  int64_t max_shared_memory() const {
+    // Not ATen's device-properties cache: its header pulls in cuBLAS and cuSPARSE.
+    int device = 0, bytes = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return bytes;
+  }
+
+  RngState philox(const std::optional<at::Generator>& generator, uint64_t values_per_subsequence) {
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    return gen->philox_cuda_state(values_per_subsequence);
+  }
+
+  template <class Kernel, class Params>
+  void launch(Kernel kernel, int64_t grid, int64_t smem, const Params& params) {
+    if (smem > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    }
+    kernel<<<static_cast<unsigned int>(grid), kThreads, static_cast<size_t>(smem),
+             c10::cuda::getCurrentCUDAStream()>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+std::vector<at::Tensor> map_cuda(const MapRequest& r) {
+  const c10::cuda::CUDAGuard guard(r.inputs[0].device());
+  CudaLauncher launcher;
+  return run_spectral_map(r, launcher);
+}
+
+using CudaOps = SpectralOps<map_cuda>;
+
+}  // namespace
+}  // namespace blurdiff
+
+TORCH_LIBRARY_IMPL(blurdiff_ops, CUDA, m) {
+  m.impl("to_spectral", &blurdiff::CudaOps::to_spectral);
+  m.impl("from_spectral", &blurdiff::CudaOps::from_spectral);
+  m.impl("spectral_lincomb", &blurdiff::CudaOps::spectral_lincomb);
+  m.impl("spectral_lincomb_backward", &blurdiff::CudaOps::spectral_lincomb_backward);
+}

@@ -1,0 +1,61 @@
+// A test build: the CUDA path of blurdiff_ops (cuda/spectral_kernels.cuh, kernels and host code)
+// compiled by g++ over the SIMT emulation, registered for CPU tensors as blurdiff_emu::*.
+// tests/test_cuda_emulation.py builds it with torch.utils.cpp_extension and compares it with
+// the CPU kernels and the reference.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "../cpu/cpu_noise_key.h"
+#include "simt_host.h"
+#include "../cuda/spectral_kernels.cuh"
+
+namespace blurdiff {
+namespace {
+
+// Like a default CUDA device; tests lower it to force the GEMM path.
+int64_t g_max_shared_memory = 48 * 1024;
+
+struct EmulatedLauncher {
+  int64_t max_shared_memory() const { return g_max_shared_memory; }
+
+  RngState philox(const std::optional<at::Generator>& generator, uint64_t /*values_per_subsequence*/) {
+    const NoiseKey key = next_cpu_noise_key(generator);
+    return RngState{key.seed, key.offset};
+  }
+
+  template <class Kernel, class Params>
+  void launch(Kernel kernel, int64_t grid, int64_t smem, const Params& params) {
+    emu::launch(kernel, grid, kThreads, smem, params);
+  }
+};
+
+std::vector<at::Tensor> map_emulated(const MapRequest& r) {
+  EmulatedLauncher launcher;
+  return run_spectral_map(r, launcher);
+}
+
+using EmulatedOps = SpectralOps<map_emulated>;
+
+void set_max_shared_memory(int64_t bytes) { g_max_shared_memory = bytes; }
+
+}  // namespace
+}  // namespace blurdiff
+
+TORCH_LIBRARY(blurdiff_emu, m) {
+  m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");
+  m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");
+  m.def(
+      "spectral_lincomb(Tensor[] inputs, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
+      "Tensor? noise_coef=None, Tensor? noise=None, Generator? generator=None) -> Tensor");
+  m.def(
+      "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
+      "Tensor? noise_coef=None) -> Tensor[]");
+  m.def("set_max_shared_memory(int bytes) -> ()", &blurdiff::set_max_shared_memory);
+}
+
+TORCH_LIBRARY_IMPL(blurdiff_emu, CPU, m) {
+  m.impl("to_spectral", &blurdiff::EmulatedOps::to_spectral);
+  m.impl("from_spectral", &blurdiff::EmulatedOps::from_spectral);
+  m.impl("spectral_lincomb", &blurdiff::EmulatedOps::spectral_lincomb);
+  m.impl("spectral_lincomb_backward", &blurdiff::EmulatedOps::spectral_lincomb_backward);
+}
