@@ -81,7 +81,10 @@ def extension_modules():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = ["csrc/blurdiff_ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden", f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}"]
+    # No errno and no FP traps (as torch itself is built): lets the noise and coefficient loops
+    # vectorise (a select cannot be speculated while a multiply might trap).
+    cxx = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math",
+           f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}"]
     if cuda_home:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         nvcc = ["-O3", "--threads=2", "-DBLURDIFF_WITH_CUDA", f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}"]

@@ -56,8 +56,14 @@ def spectral_lincomb(
     spectral domain from ``generator`` (the same law, since the basis is orthogonal).
     """
     check_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise)
+    check_generator(generator, inputs[0].device)
+    return lincomb_unchecked(inputs, coefs, t, U_h, U_w, noise_coef, noise, generator)
+
+
+def lincomb_unchecked(inputs, coefs, t, U_h, U_w, noise_coef=None, noise=None, generator=None):
+    """The math of ``spectral_lincomb`` without the checks (which read ``t`` back): what the
+    benchmarks hand to ``torch.compile``."""
     x0 = inputs[0]
-    check_generator(generator, x0.device)
     dtype = _compute_dtype(x0.dtype)
     # [K, B, 1, H, W]: one coefficient plane per input and sample, broadcast over channels.
     c = coefs[:, t].unsqueeze(2)

@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "schemas.h"
+
 // setup.py passes the torch version as bare tokens (2.14.1+cu130): quotes do not survive the
 // shell that ninja runs, so the string is made here.
 #define BLURDIFF_STRINGIFY_(x) #x
@@ -15,18 +17,7 @@
 #endif
 
 TORCH_LIBRARY(blurdiff_ops, m) {
-  m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");
-  m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");
-  // Draws from the generator when noise_coef is given without noise.
-  m.def(
-      "spectral_lincomb(Tensor[] inputs, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
-      "Tensor? noise_coef=None, Tensor? noise=None, Generator? generator=None) -> Tensor",
-      {at::Tag::nondeterministic_seeded});
-  // The gradients of spectral_lincomb for all K inputs (and the noise, when noise_coef is given)
-  // from one transform of grad.
-  m.def(
-      "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
-      "Tensor? noise_coef=None) -> Tensor[]");
+  BLURDIFF_SPECTRAL_SCHEMAS(m);
 }
 
 PyMODINIT_FUNC PyInit__C(void) {

@@ -218,3 +218,10 @@ struct SpectralOps {
 };
 
 }  // namespace blurdiff
+
+// The four ops' kernels of one backend, inside a TORCH_LIBRARY_IMPL block.
+#define BLURDIFF_REGISTER_SPECTRAL_OPS(m, Ops)                          \
+  m.impl("to_spectral", &Ops::to_spectral);                             \
+  m.impl("from_spectral", &Ops::from_spectral);                         \
+  m.impl("spectral_lincomb", &Ops::spectral_lincomb);                   \
+  m.impl("spectral_lincomb_backward", &Ops::spectral_lincomb_backward)

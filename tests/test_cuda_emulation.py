@@ -72,10 +72,11 @@ def test_emulated_lincomb_matches_reference_and_cpu_kernels(emu, path, hw, dtype
     _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), tol)
     _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w), R.spectral_lincomb(xs, coefs, t, U_h, U_w), tol)
     if blurdiff_ops.kernels_available("cpu"):
-        # Drawn noise: the same generator state gives the same Philox numbers on both paths.
+        # Drawn noise: the same generator state gives the same Philox numbers on both paths; the
+        # normals are float32 (the CPU's vectorised Box-Muller may round differently by an ulp).
         a = emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, None, torch.Generator().manual_seed(3))
         b = torch.ops.blurdiff_ops.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, None, torch.Generator().manual_seed(3))
-        _check(a, b, tol)
+        _check(a, b, max(tol, 1e-6))
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -17,17 +17,69 @@
 #include "../spectral_map.h"
 #include "cpu_noise_key.h"
 
+// Compiled for the best vector unit at hand, chosen when the library loads (x86, GCC/Clang).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BLURDIFF_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BLURDIFF_VECTOR_CLONES
+#endif
+
 namespace blurdiff {
 namespace {
 
 // Elements per chunk buffer: 3 buffers of 32 Ki floats stay within a core's L2.
 constexpr int64_t kChunkElems = 32768;
+// Quads of a row drawn at once: the arrays below live on the stack.
+constexpr int64_t kQuadBatch = 64;
+
+// The noise of one row (DESIGN of spectral_common.h's noise_block), 4 * Wq values into z.
+// Philox4x32-10 exactly as at::philox_engine computes it, but over arrays of counters so the
+// compiler vectorises it (the engine's per-call state machine does not); the CUDA kernels and
+// their CPU emulation use the engine itself, and the tests check both give the same numbers.
+BLURDIFF_VECTOR_CLONES
+void noise_row(uint64_t seed, uint64_t offset, int64_t plane, int64_t row, int64_t Wq, float* z) {
+  const uint32_t c2 = static_cast<uint32_t>(plane), c3 = static_cast<uint32_t>(static_cast<uint64_t>(plane) >> 32);
+  for (int64_t q0 = 0; q0 < Wq; q0 += kQuadBatch) {
+    const int64_t count = std::min(kQuadBatch, Wq - q0);
+    uint32_t x[4][kQuadBatch];
+    const uint64_t base = offset / 4 + static_cast<uint64_t>(row * Wq + q0);
+    for (int64_t i = 0; i < count; ++i) {
+      const uint64_t ctr = base + static_cast<uint64_t>(i);
+      uint32_t v0 = static_cast<uint32_t>(ctr), v1 = static_cast<uint32_t>(ctr >> 32), v2 = c2, v3 = c3;
+      uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+      for (int round = 0; round < 10; ++round) {
+        const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * v0;
+        const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * v2;
+        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ v1 ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ v3 ^ k1;
+        v1 = static_cast<uint32_t>(p1);
+        v3 = static_cast<uint32_t>(p0);
+        v0 = n0;
+        v2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+      }
+      x[0][i] = v0;
+      x[1][i] = v1;
+      x[2][i] = v2;
+      x[3][i] = v3;
+    }
+    float n[4][kQuadBatch];
+    for (int64_t i = 0; i < count; ++i) {
+      box_muller(x[0][i], x[1][i], &n[0][i], &n[1][i]);
+      box_muller(x[2][i], x[3][i], &n[2][i], &n[3][i]);
+    }
+    for (int64_t i = 0; i < count; ++i)
+      for (int j = 0; j < 4; ++j) z[4 * (q0 + i) + j] = n[j][i];
+  }
+}
 
 template <typename scalar_t>
 void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<scalar_t, acc_t>::value;
   const int64_t H = r.H(), W = r.W(), n = H * W, P = r.planes(), C = r.planes_per_sample();
+  const int64_t Wq = quads_per_row(W);
   const at::Tensor U_h = r.U_h.contiguous(), U_w = r.U_w.contiguous();
   const at::Tensor U_hT = U_h.t(), U_wT = U_w.t();
 
@@ -40,6 +92,10 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   const at::Tensor noise_coef = table(r.noise_coef);
   const int64_t* t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
   const NoiseKey key = noise_coef.defined() ? next_cpu_noise_key(r.generator) : NoiseKey{};
+  // The plain transforms (one input, one output, one direction, no coefficients or noise) skip
+  // the accumulator: their sum is the input itself.
+  const bool passthrough = inputs.size() == 1 && outs.size() == 1 && !in_coefs[0].defined() &&
+                           !noise_coef.defined() && r.forward != r.inverse;
 
   std::vector<at::Tensor> out_planes;
   for (auto& o : outs) out_planes.push_back(o.view({P, H, W}));
@@ -53,41 +109,48 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor A = at::empty({chunk, H, W}, acc_options);
     at::Tensor B = at::empty({chunk, H, W}, acc_options);
-    at::Tensor Acc = at::empty({chunk, H, W}, acc_options);
+    at::Tensor Acc = passthrough ? at::Tensor() : at::empty({chunk, H, W}, acc_options);
+    std::vector<float> z(noise_coef.defined() ? 4 * Wq : 0);
     for (int64_t c = begin; c < end; ++c) {
       const int64_t p0 = c * chunk, pc = std::min(chunk, P - p0);
-      at::Tensor a = A.narrow(0, 0, pc), b = B.narrow(0, 0, pc), acc = Acc.narrow(0, 0, pc);
-      acc_t* acc_p = acc.data_ptr<acc_t>();
+      at::Tensor a = A.narrow(0, 0, pc), b = B.narrow(0, 0, pc);
       auto row = [&](const at::Tensor& tab, int64_t q) -> const acc_t* {
         const int64_t tb = t ? t[(p0 + q) / C] : 0;
         return table_row(tab.data_ptr<acc_t>(), tb, n);
       };
 
+      // Σ_i c_i ⊙ F(x_i) into acc (or, passing through, F(x) itself).
+      at::Tensor acc = passthrough ? at::Tensor() : Acc.narrow(0, 0, pc);
       for (size_t i = 0; i < inputs.size(); ++i) {
         at::Tensor x = inputs[i].narrow(0, p0, pc);
         if (kConvert) {
-          a.copy_(x);
-          x = a;
+          // Converted into whichever buffer the transforms below do not overwrite first.
+          at::Tensor converted = r.forward ? a : b;
+          converted.copy_(x);
+          x = converted;
         }
         at::Tensor s = x;
         if (r.forward) {
-          at::Tensor b2 = b.view({pc * H, W});
-          at::cpu::mm_out(b2, x.view({pc * H, W}), U_w);
+          at::Tensor rows = b.view({pc * H, W});
+          at::cpu::mm_out(rows, x.view({pc * H, W}), U_w);
           at::cpu::bmm_out(a, U_hT.expand({pc, H, H}), b);
           s = a;
         }
+        if (passthrough) {
+          acc = s;
+          break;
+        }
+        acc_t* dst_p = acc.data_ptr<acc_t>();
         const acc_t* s_p = s.data_ptr<acc_t>();
         const bool first = i == 0;
         for (int64_t q = 0; q < pc; ++q) {
-          acc_t* dst = acc_p + q * n;
+          acc_t* dst = dst_p + q * n;
           const acc_t* src = s_p + q * n;
-          if (in_coefs[i].defined()) {
-            const acc_t* cf = row(in_coefs[i], q);
-            if (first) {
-              for (int64_t e = 0; e < n; ++e) dst[e] = cf[e] * src[e];
-            } else {
-              for (int64_t e = 0; e < n; ++e) dst[e] += cf[e] * src[e];
-            }
+          const acc_t* cf = in_coefs[i].defined() ? row(in_coefs[i], q) : nullptr;
+          if (cf && first) {
+            for (int64_t e = 0; e < n; ++e) dst[e] = cf[e] * src[e];
+          } else if (cf) {
+            for (int64_t e = 0; e < n; ++e) dst[e] += cf[e] * src[e];
           } else if (first) {
             for (int64_t e = 0; e < n; ++e) dst[e] = src[e];
           } else {
@@ -97,28 +160,24 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
       }
 
       if (noise_coef.defined()) {
-        const int64_t Wq = quads_per_row(W);
+        acc_t* acc_p = acc.data_ptr<acc_t>();
         for (int64_t q = 0; q < pc; ++q) {
           const acc_t* nc = row(noise_coef, q);
-          acc_t* dst = acc_p + q * n;
           for (int64_t y = 0; y < H; ++y) {
-            for (int64_t cq = 0; cq < Wq; ++cq) {
-              float z[4];
-              noise_block(key.seed, key.offset, p0 + q, y, cq, W, z);
-              const int64_t lanes = std::min<int64_t>(4, W - 4 * cq);
-              for (int64_t j = 0; j < lanes; ++j) {
-                const int64_t e = y * W + 4 * cq + j;
-                dst[e] += nc[e] * static_cast<acc_t>(z[j]);
-              }
-            }
+            noise_row(key.seed, key.offset, p0 + q, y, Wq, z.data());
+            acc_t* dst = acc_p + q * n + y * W;
+            const acc_t* ncy = nc + y * W;
+            for (int64_t x = 0; x < W; ++x) dst[x] += ncy[x] * static_cast<acc_t>(z[x]);
           }
         }
       }
 
+      // out_m = G(d_m ⊙ acc).
       for (size_t m = 0; m < outs.size(); ++m) {
         at::Tensor src = acc;
         if (out_coefs[m].defined()) {
           acc_t* b_p = b.data_ptr<acc_t>();
+          const acc_t* acc_p = acc.data_ptr<acc_t>();
           for (int64_t q = 0; q < pc; ++q) {
             const acc_t* cf = row(out_coefs[m], q);
             for (int64_t e = 0; e < n; ++e) b_p[q * n + e] = cf[e] * acc_p[q * n + e];
@@ -127,6 +186,7 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
         }
         at::Tensor dst = out_planes[m].narrow(0, p0, pc);
         if (r.inverse) {
+          // src is acc, b, or (passing through) an input chunk or b: never a.
           at::cpu::bmm_out(a, U_h.expand({pc, H, H}), src);
           at::Tensor rows = (kConvert ? b : dst).view({pc * H, W});
           at::cpu::mm_out(rows, a.view({pc * H, W}), U_wT);
@@ -157,8 +217,5 @@ using CpuOps = SpectralOps<map_cpu>;
 }  // namespace blurdiff
 
 TORCH_LIBRARY_IMPL(blurdiff_ops, CPU, m) {
-  m.impl("to_spectral", &blurdiff::CpuOps::to_spectral);
-  m.impl("from_spectral", &blurdiff::CpuOps::from_spectral);
-  m.impl("spectral_lincomb", &blurdiff::CpuOps::spectral_lincomb);
-  m.impl("spectral_lincomb_backward", &blurdiff::CpuOps::spectral_lincomb_backward);
+  BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::CpuOps);
 }

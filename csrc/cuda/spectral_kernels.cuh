@@ -97,6 +97,18 @@ C10_HOST_DEVICE inline Quad quad_at(int64_t q, int64_t W) {
   return d;
 }
 
+// Calls f(k, quad) for the quads this thread owns: q = threadIdx.x + k * kThreads, k < QPT.
+template <int QPT, class F>
+C10_DEVICE inline void for_my_quads(int64_t H, int64_t W, F&& f) {
+  const int64_t nq = H * quads_per_row(W);
+#pragma unroll
+  for (int k = 0; k < QPT; ++k) {
+    const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
+    if (q >= nq) break;
+    f(k, quad_at(q, W));
+  }
+}
+
 C10_HOST_DEVICE inline int64_t row_at(int64_t p, int64_t planes_per_sample, const int64_t* t, int64_t T) {
   if (t == nullptr) return 0;
   const int64_t tb = t[p / planes_per_sample];
@@ -107,12 +119,8 @@ C10_HOST_DEVICE inline int64_t row_at(int64_t p, int64_t planes_per_sample, cons
 // buf <- buf · M, M = U_w (TRANSPOSED = false) or U_w^T: out[r][c] = Σ_l buf[r][l] M[l][c].
 template <bool TRANSPOSED, int QPT, typename acc_t>
 C10_DEVICE inline void right_multiply(acc_t* buf, const acc_t* U, int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W), nq = H * quads_per_row(W);
-#pragma unroll
-  for (int k = 0; k < QPT; ++k) {
-    const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-    if (q >= nq) break;
-    const Quad d = quad_at(q, W);
+  const int64_t W4 = 4 * quads_per_row(W);
+  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
     acc_t s[4] = {0, 0, 0, 0};
     const acc_t* row = buf + d.r * W4;
     for (int64_t l = 0; l < W; ++l) {
@@ -125,18 +133,14 @@ C10_DEVICE inline void right_multiply(acc_t* buf, const acc_t* U, int64_t H, int
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  }
+  });
 }
 
 // buf <- M · buf, M = U_h^T (TRANSPOSED = true) or U_h: out[r][c] = Σ_l M[r][l] buf[l][c].
 template <bool TRANSPOSED, int QPT, typename acc_t>
 C10_DEVICE inline void left_multiply(acc_t* buf, const acc_t* U, int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W), nq = H * quads_per_row(W);
-#pragma unroll
-  for (int k = 0; k < QPT; ++k) {
-    const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-    if (q >= nq) break;
-    const Quad d = quad_at(q, W);
+  const int64_t W4 = 4 * quads_per_row(W);
+  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
     acc_t s[4] = {0, 0, 0, 0};
     for (int64_t l = 0; l < H; ++l) {
       const acc_t m = BLURDIFF_LDG(TRANSPOSED ? U + l * H + d.r : U + d.r * H + l);
@@ -146,22 +150,18 @@ C10_DEVICE inline void left_multiply(acc_t* buf, const acc_t* U, int64_t H, int6
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  }
+  });
 }
 
 // Every thread has computed its quads into v; once all have read buf, write v back.
 template <int QPT, typename acc_t>
 C10_DEVICE inline void store_quads(acc_t* buf, int64_t H, int64_t W, const acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W), nq = H * quads_per_row(W);
+  const int64_t W4 = 4 * quads_per_row(W);
   __syncthreads();
-#pragma unroll
-  for (int k = 0; k < QPT; ++k) {
-    const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-    if (q >= nq) break;
-    const Quad d = quad_at(q, W);
+  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) buf[d.r * W4 + d.c0 + j] = v[k][j];
-  }
+  });
   __syncthreads();
 }
 
@@ -169,10 +169,8 @@ template <typename scalar_t, typename acc_t, int QPT>
 __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapParams<scalar_t, acc_t> prm) {
   BLURDIFF_DYNAMIC_SMEM(acc_t, buf);
   const int64_t p = blockIdx.x;
-  const int64_t H = prm.H, W = prm.W, n = H * W;
-  const int64_t W4 = 4 * quads_per_row(W), nq = H * quads_per_row(W);
+  const int64_t H = prm.H, W = prm.W, n = H * W, W4 = 4 * quads_per_row(W);
   const int64_t tb = row_at(p, prm.planes_per_sample, prm.t, prm.T);
-
   acc_t acc[QPT][4];
   acc_t v[QPT][4];
 #pragma unroll
@@ -180,17 +178,14 @@ __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapP
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[k][j] = 0;
 
+  // acc = Σ_i c_i[t] ⊙ F(x_i)
   for (int i = 0; i < prm.num_in; ++i) {
     const scalar_t* x = prm.in[i] + p * n;
-#pragma unroll
-    for (int k = 0; k < QPT; ++k) {
-      const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (q >= nq) break;
-      const Quad d = quad_at(q, W);
+    for_my_quads<QPT>(H, W, [&](int, const Quad& d) {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
         buf[d.r * W4 + d.c0 + j] = j < d.lanes ? static_cast<acc_t>(x[d.r * W + d.c0 + j]) : acc_t(0);
-    }
+    });
     __syncthreads();
     if (prm.forward) {
       right_multiply<false>(buf, prm.U_w, H, W, v);
@@ -199,11 +194,7 @@ __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapP
       store_quads(buf, H, W, v);
     }
     const acc_t* cf = prm.in_coef[i] == nullptr ? nullptr : table_row(prm.in_coef[i], tb, n);
-#pragma unroll
-    for (int k = 0; k < QPT; ++k) {
-      const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (q >= nq) break;
-      const Quad d = quad_at(q, W);
+    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if (j < d.lanes) {
@@ -211,40 +202,34 @@ __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapP
           acc[k][j] += cf == nullptr ? s : BLURDIFF_LDG(cf + d.r * W + d.c0 + j) * s;
         }
       }
-    }
+    });
     __syncthreads();  // buf is reloaded by the next input
   }
 
+  // + n[t] ⊙ z̄, each thread drawing the Philox blocks of its own quads
   if (prm.noise_coef != nullptr) {
     uint64_t seed, offset;
     unpack_rng(prm.rng, &seed, &offset);
     const acc_t* nc = table_row(prm.noise_coef, tb, n);
-#pragma unroll
-    for (int k = 0; k < QPT; ++k) {
-      const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (q >= nq) break;
-      const Quad d = quad_at(q, W);
+    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
       float z[4];
       noise_block(seed, offset, p, d.r, d.c0 / 4, W, z);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
         if (j < d.lanes) acc[k][j] += BLURDIFF_LDG(nc + d.r * W + d.c0 + j) * static_cast<acc_t>(z[j]);
-    }
+    });
   }
 
+  // out_m = G(d_m[t] ⊙ acc)
   for (int m = 0; m < prm.num_out; ++m) {
     const acc_t* cf = prm.out_coef[m] == nullptr ? nullptr : table_row(prm.out_coef[m], tb, n);
-#pragma unroll
-    for (int k = 0; k < QPT; ++k) {
-      const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (q >= nq) break;
-      const Quad d = quad_at(q, W);
+    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const acc_t c = (cf == nullptr || j >= d.lanes) ? acc_t(1) : BLURDIFF_LDG(cf + d.r * W + d.c0 + j);
         v[k][j] = c * acc[k][j];
       }
-    }
+    });
     if (prm.inverse) {
       store_quads(buf, H, W, v);
       left_multiply<false>(buf, prm.U_h, H, W, v);
@@ -252,15 +237,11 @@ __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapP
       right_multiply<true>(buf, prm.U_w, H, W, v);
     }
     scalar_t* y = prm.out[m] + p * n;
-#pragma unroll
-    for (int k = 0; k < QPT; ++k) {
-      const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (q >= nq) break;
-      const Quad d = quad_at(q, W);
+    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
         if (j < d.lanes) y[d.r * W + d.c0 + j] = static_cast<scalar_t>(v[k][j]);
-    }
+    });
     // The next output's store_quads synchronises before it overwrites buf.
   }
 }

@@ -53,8 +53,5 @@ using CudaOps = SpectralOps<map_cuda>;
 }  // namespace blurdiff
 
 TORCH_LIBRARY_IMPL(blurdiff_ops, CUDA, m) {
-  m.impl("to_spectral", &blurdiff::CudaOps::to_spectral);
-  m.impl("from_spectral", &blurdiff::CudaOps::from_spectral);
-  m.impl("spectral_lincomb", &blurdiff::CudaOps::spectral_lincomb);
-  m.impl("spectral_lincomb_backward", &blurdiff::CudaOps::spectral_lincomb_backward);
+  BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::CudaOps);
 }

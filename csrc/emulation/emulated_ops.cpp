@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../cpu/cpu_noise_key.h"
+#include "../schemas.h"
 #include "simt_host.h"
 #include "../cuda/spectral_kernels.cuh"
 
@@ -42,20 +43,10 @@ void set_max_shared_memory(int64_t bytes) { g_max_shared_memory = bytes; }
 }  // namespace blurdiff
 
 TORCH_LIBRARY(blurdiff_emu, m) {
-  m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");
-  m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");
-  m.def(
-      "spectral_lincomb(Tensor[] inputs, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
-      "Tensor? noise_coef=None, Tensor? noise=None, Generator? generator=None) -> Tensor");
-  m.def(
-      "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "
-      "Tensor? noise_coef=None) -> Tensor[]");
+  BLURDIFF_SPECTRAL_SCHEMAS(m);
   m.def("set_max_shared_memory(int bytes) -> ()", &blurdiff::set_max_shared_memory);
 }
 
 TORCH_LIBRARY_IMPL(blurdiff_emu, CPU, m) {
-  m.impl("to_spectral", &blurdiff::EmulatedOps::to_spectral);
-  m.impl("from_spectral", &blurdiff::EmulatedOps::from_spectral);
-  m.impl("spectral_lincomb", &blurdiff::EmulatedOps::spectral_lincomb);
-  m.impl("spectral_lincomb_backward", &blurdiff::EmulatedOps::spectral_lincomb_backward);
+  BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::EmulatedOps);
 }

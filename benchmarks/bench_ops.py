@@ -1,0 +1,106 @@
+"""The spectral ops: fused kernels against the reference (eager and under torch.compile).
+
+    pytest benchmarks/bench_ops.py --benchmark-only --benchmark-json=out.json
+    python benchmarks/report.py out.json          # the README's table, as ratios
+
+Each group is one (device, op, size); its members are the implementations, plus a "gemm"
+member for q_sample and the reverse step: one float32 matmul with the op's FLOPs, timed in the
+same run, the bound a transform-based op cannot beat. Shapes are batch x 3 x n x n with batch 16;
+on CUDA also 256 x 3 x 64 x 64, whose fused run reports its memory bandwidth (one read of each
+input, one write of the output) in extra_info.
+"""
+
+import os
+
+import pytest
+import torch
+
+import blurdiff_ops
+import blurdiff_ops.reference as R
+from blurdiff import BlurDiffusion
+
+HAS_CUDA = torch.cuda.is_available() and blurdiff_ops.kernels_available("cuda")
+QUICK = os.environ.get("BLURDIFF_BENCH_QUICK") == "1"  # the GPU check script's time budget
+
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and the CUDA kernels")),
+]
+SHAPES = [(16, 32), (16, 64), (16, 128), (16, 256), (256, 64)]
+OPS = ["to_spectral", "from_spectral", "q_sample", "reverse_step"]
+IMPLS = ["reference", "compiled", "fused", "gemm"]
+
+_processes = {}
+
+
+def _process(n):
+    if n not in _processes:
+        _processes[n] = BlurDiffusion(n)
+    return _processes[n]
+
+
+def _case(op, batch, n, device):
+    """Arguments of the op at this shape, and the matmul with the same FLOPs."""
+    tab = _process(n).tables(device)
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, 3, n, n, device=device, generator=g)
+    e = torch.randn(batch, 3, n, n, device=device, generator=g)
+    t = torch.randint(1, 1001, (batch,), device=device, generator=g)
+    U_h, U_w = tab["U_h"], tab["U_w"]
+    if op == "to_spectral":
+        return dict(fused=lambda: blurdiff_ops.to_spectral(x, U_h, U_w), reference=lambda: R._to_spectral(x, U_h, U_w)), 2
+    if op == "from_spectral":
+        return dict(fused=lambda: blurdiff_ops.from_spectral(x, U_h, U_w), reference=lambda: R._from_spectral(x, U_h, U_w)), 2
+    if op == "q_sample":  # K = 2 with the noise given
+        args = ([x, e], tab["q_coefs"], t, U_h, U_w)
+        return dict(fused=lambda: blurdiff_ops.spectral_lincomb(*args),
+                    reference=lambda: R.lincomb_unchecked(*args)), 6
+    if op == "reverse_step":  # K = 2, noise drawn: by the op in the spectral domain, by the reference itself
+        args = ([x, e], tab["step_coefs"], t, U_h, U_w, tab["step_noise"])
+        return dict(fused=lambda: blurdiff_ops.spectral_lincomb(*args, generator=g),
+                    reference=lambda: R.lincomb_unchecked(*args, generator=g)), 6
+    raise ValueError(op)
+
+
+def _timed(fn, device):
+    if device == "cuda":
+        def run():
+            fn()
+            torch.cuda.synchronize()
+        return run
+    return fn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x3x{s[1]}x{s[1]}")
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_op(benchmark, device, shape, op, impl):
+    batch, n = shape
+    if batch == 256 and device == "cpu":
+        pytest.skip("256 x 3 x 64 x 64 is the GPU bandwidth case")
+    if QUICK and impl == "compiled" and not (n == 64 and op in ("q_sample", "reverse_step")):
+        pytest.skip("quick run: compiled reference only at 64x64")
+    fns, gemms = _case(op, batch, n, device)
+    if impl == "gemm":
+        if op not in ("q_sample", "reverse_step"):
+            pytest.skip("the GEMM bound is reported for the lincomb ops")
+        # One matmul with the op's FLOPs: `gemms` n^3 products per plane.
+        a = torch.randn(batch * 3 * n, n, device=device)
+        b = torch.randn(n, gemms * n, device=device)
+        fn = lambda: torch.mm(a, b)  # noqa: E731
+    elif impl == "compiled":
+        torch._dynamo.reset()
+        fn = torch.compile(fns["reference"], dynamic=False)
+        fn()  # compile outside the timing
+    else:
+        fn = fns[impl]
+    benchmark.group = f"{device} {op} {batch}x3x{n}x{n}"
+    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                                threads=torch.get_num_threads())
+    run = _timed(fn, device)
+    benchmark.pedantic(run, rounds=20 if n <= 128 else 8, iterations=1, warmup_rounds=2)
+    if impl == "fused" and device == "cuda":
+        inputs = 2 if op in ("q_sample", "reverse_step") else 1
+        bytes_moved = (inputs + 1) * batch * 3 * n * n * 4
+        benchmark.extra_info["bandwidth_GBps"] = bytes_moved / benchmark.stats.stats.mean / 1e9

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check: one command on a CUDA machine, from a fresh copy of the tree.
+#   bash scripts/gpu_check.sh OUT_DIR
+# Builds the extension in place for the visible GPU, runs the CUDA tests, a few small kernels
+# under compute-sanitizer (memcheck, racecheck: any report fails), and the GPU benchmarks, and
+# writes report.md plus the logs to OUT_DIR. Budget: under 8 minutes on one H100.
+# Needs torch (a CUDA build), nvcc, ninja, pytest; pytest-benchmark for the benchmarks (wheels
+# in .whl/ are installed when it is missing). lmdb is not needed.
+set -uo pipefail
+OUT=${1:?usage: gpu_check.sh OUT_DIR}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 BLURDIFF_BENCH_QUICK=1
+status=0
+step() { echo "== $1" | tee -a "$OUT/report.md"; }
+: >"$OUT/report.md"
+
+step "machine"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvcc --version | tail -1; } 2>&1 | tee -a "$OUT/report.md"
+
+if ! python -c "import pytest_benchmark" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+
+step "build (in place, visible GPU's architecture)"
+start=$(date +%s)
+if MAX_JOBS=${MAX_JOBS:-16} python setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/report.md"
+else
+  echo "BUILD FAILED (see build.log)" | tee -a "$OUT/report.md"; tail -30 "$OUT/build.log"; exit 1
+fi
+python -c "import blurdiff_ops as b; assert b.kernels_available('cuda'), 'CUDA kernels not loaded'" || exit 1
+
+step "CUDA tests"
+BLURDIFF_REQUIRE_KERNELS=1 BLURDIFF_REQUIRE_CUDA_KERNELS=1 timeout 180 python -m pytest -q -m cuda \
+  tests/test_kernels.py 2>&1 | tee "$OUT/tests.log" | tail -5 | tee -a "$OUT/report.md"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+for tool in memcheck racecheck; do
+  step "compute-sanitizer $tool"
+  if [ -z "$SAN" ]; then echo "compute-sanitizer not found" | tee -a "$OUT/report.md"; status=1; continue; fi
+  timeout 150 "$SAN" --tool "$tool" --error-exitcode 3 python scripts/cuda_sanitize.py >"$OUT/sanitize_$tool.log" 2>&1
+  rc=$?
+  tail -3 "$OUT/sanitize_$tool.log" | tee -a "$OUT/report.md"
+  [ $rc = 0 ] || { echo "$tool FAILED (exit $rc)" | tee -a "$OUT/report.md"; status=1; }
+done
+
+step "GPU benchmarks"
+if python -c "import pytest_benchmark" 2>/dev/null; then
+  timeout 200 python -m pytest -q benchmarks/bench_ops.py -k cuda --benchmark-only \
+    --benchmark-json="$OUT/bench_ops.json" >"$OUT/bench.log" 2>&1 || status=1
+  python benchmarks/report.py "$OUT/bench_ops.json" | tee -a "$OUT/report.md"
+else
+  echo "pytest-benchmark missing: benchmarks skipped" | tee -a "$OUT/report.md"; status=1
+fi
+step "exit status $status"
+exit $status
