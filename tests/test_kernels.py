@@ -307,3 +307,25 @@ def test_process_through_fused_ops_matches_reference(device):
     model = lambda x, t: 0.1 * x  # noqa: E731
     out = fused.sample(model, (2, 3, 16, 24), generator=torch.Generator(device).manual_seed(1), device=device)
     assert out.shape == (2, 3, 16, 24) and torch.isfinite(out).all()
+
+
+@needs_kernels
+def test_cpu_kernels_without_direct_blas():
+    """Where torch exports no BLAS symbols the CPU kernels go through ATen's mm: same results."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, blurdiff_ops, blurdiff_ops.reference as R\n"
+        "from blurdiff.bases import make_basis\n"
+        "b = make_basis('gaussian', 12, 20); U_h, U_w = b.U_h, b.U_w\n"
+        "xs = [torch.randn(2, 3, 12, 20, dtype=torch.float64) for _ in range(2)]\n"
+        "c = torch.randn(2, 3, 12, 20, dtype=torch.float64); t = torch.tensor([0, 2])\n"
+        "d = (blurdiff_ops.spectral_lincomb(xs, c, t, U_h, U_w) - R.spectral_lincomb(xs, c, t, U_h, U_w)).abs().max()\n"
+        "assert d < 1e-12, d\n"
+        "assert (blurdiff_ops.to_spectral(xs[0], U_h, U_w) - R.to_spectral(xs[0], U_h, U_w)).abs().max() < 1e-12\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, BLURDIFF_NO_DIRECT_BLAS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

@@ -9,13 +9,15 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/bmm_cpu_dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm_cpu_dispatch.h>
 #include <torch/library.h>
+
+#include <memory>
+#include <vector>
 
 #include "../spectral_map.h"
 #include "cpu_noise_key.h"
+#include "row_major_gemm.h"
 
 // Compiled for the best vector unit at hand, chosen when the library loads (x86, GCC/Clang).
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -74,79 +76,115 @@ void noise_row(uint64_t seed, uint64_t offset, int64_t plane, int64_t row, int64
   }
 }
 
+// Buffer `slot` of this thread, at least `count` elements, 64-byte aligned; valid until the next
+// call for the same slot on this thread.
+template <typename T>
+T* thread_scratch(int slot, int64_t count) {
+  thread_local std::vector<unsigned char> buffers[4];
+  std::vector<unsigned char>& buf = buffers[slot];
+  const size_t bytes = static_cast<size_t>(count) * sizeof(T) + 64;
+  if (buf.size() < bytes) buf.resize(bytes);
+  const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((addr + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// out_p = U_h^T (x_p U_w) for the pc planes of a chunk; tmp is chunk-sized scratch.
+template <typename acc_t>
+void forward_transform(const acc_t* x, acc_t* tmp, acc_t* out, int64_t pc, int64_t H, int64_t W, const acc_t* U_h,
+                       const acc_t* U_w) {
+  gemm_row_major(false, false, pc * H, W, W, x, W, U_w, W, tmp, W);  // all rows at once
+  for (int64_t q = 0; q < pc; ++q) gemm_row_major(true, false, H, W, H, U_h, H, tmp + q * H * W, W, out + q * H * W, W);
+}
+
+// out_p = (U_h s_p) U_w^T.
+template <typename acc_t>
+void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* out, int64_t pc, int64_t H, int64_t W, const acc_t* U_h,
+                       const acc_t* U_w) {
+  for (int64_t q = 0; q < pc; ++q) gemm_row_major(false, false, H, W, H, U_h, H, s + q * H * W, W, tmp + q * H * W, W);
+  gemm_row_major(false, true, pc * H, W, W, tmp, W, U_w, W, out, W);
+}
+
 template <typename scalar_t>
 void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<scalar_t, acc_t>::value;
   const int64_t H = r.H(), W = r.W(), n = H * W, P = r.planes(), C = r.planes_per_sample();
   const int64_t Wq = quads_per_row(W);
-  const at::Tensor U_h = r.U_h.contiguous(), U_w = r.U_w.contiguous();
-  const at::Tensor U_hT = U_h.t(), U_wT = U_w.t();
+  const at::Tensor U_h_t = r.U_h.contiguous(), U_w_t = r.U_w.contiguous();
+  const acc_t* U_h = U_h_t.data_ptr<acc_t>();
+  const acc_t* U_w = U_w_t.data_ptr<acc_t>();
 
   std::vector<at::Tensor> inputs;
-  for (const auto& x : r.inputs) inputs.push_back(x.contiguous().view({P, H, W}));
-  auto table = [](const at::Tensor& x) { return x.defined() ? x.contiguous() : x; };
-  std::vector<at::Tensor> in_coefs, out_coefs;
-  for (const auto& c : r.in_coefs) in_coefs.push_back(table(c));
-  for (const auto& c : r.out_coefs) out_coefs.push_back(table(c));
-  const at::Tensor noise_coef = table(r.noise_coef);
+  for (const auto& x : r.inputs) inputs.push_back(x.contiguous());
+  std::vector<at::Tensor> keep;  // owners of contiguous copies of the tables, if any were needed
+  auto table_ptr = [&](const at::Tensor& x) -> const acc_t* {
+    if (!x.defined()) return nullptr;
+    keep.push_back(x.contiguous());
+    return keep.back().data_ptr<acc_t>();
+  };
+  std::vector<const acc_t*> in_coefs, out_coefs;
+  for (const auto& c : r.in_coefs) in_coefs.push_back(table_ptr(c));
+  for (const auto& c : r.out_coefs) out_coefs.push_back(table_ptr(c));
+  const acc_t* noise_coef = table_ptr(r.noise_coef);
   const int64_t* t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
-  const NoiseKey key = noise_coef.defined() ? next_cpu_noise_key(r.generator) : NoiseKey{};
+  const NoiseKey key = noise_coef ? next_cpu_noise_key(r.generator) : NoiseKey{};
   // The plain transforms (one input, one output, one direction, no coefficients or noise) skip
   // the accumulator: their sum is the input itself.
-  const bool passthrough = inputs.size() == 1 && outs.size() == 1 && !in_coefs[0].defined() &&
-                           !noise_coef.defined() && r.forward != r.inverse;
-
-  std::vector<at::Tensor> out_planes;
-  for (auto& o : outs) out_planes.push_back(o.view({P, H, W}));
+  const bool passthrough = inputs.size() == 1 && outs.size() == 1 && !in_coefs[0] && !noise_coef &&
+                           r.forward != r.inverse;
 
   const int64_t threads = at::get_num_threads();
   int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(n, 1));
   chunk = std::min(chunk, std::max<int64_t>(1, (P + 2 * threads - 1) / (2 * threads)));
   const int64_t num_chunks = (P + chunk - 1) / chunk;
-  const auto acc_options = U_h.options();
 
   at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor A = at::empty({chunk, H, W}, acc_options);
-    at::Tensor B = at::empty({chunk, H, W}, acc_options);
-    at::Tensor Acc = passthrough ? at::Tensor() : at::empty({chunk, H, W}, acc_options);
-    std::vector<float> z(noise_coef.defined() ? 4 * Wq : 0);
+    const SingleThreadedBlas one_thread;
+    // Scratch: a (transform results), b (transform intermediates, conversions), acc (the sum).
+    // Kept per thread across calls: freeing and re-mapping buffers this size on every call
+    // costs page faults and cross-core TLB shootdowns that undo the parallelism.
+    acc_t* a = thread_scratch<acc_t>(0, chunk * n);
+    acc_t* b = thread_scratch<acc_t>(1, chunk * n);
+    acc_t* acc_buf = passthrough ? nullptr : thread_scratch<acc_t>(2, chunk * n);
+    float* z = noise_coef ? thread_scratch<float>(3, 4 * Wq) : nullptr;
     for (int64_t c = begin; c < end; ++c) {
       const int64_t p0 = c * chunk, pc = std::min(chunk, P - p0);
-      at::Tensor a = A.narrow(0, 0, pc), b = B.narrow(0, 0, pc);
-      auto row = [&](const at::Tensor& tab, int64_t q) -> const acc_t* {
-        const int64_t tb = t ? t[(p0 + q) / C] : 0;
-        return table_row(tab.data_ptr<acc_t>(), tb, n);
+      auto row = [&](const acc_t* tab, int64_t q) { return table_row(tab, t ? t[(p0 + q) / C] : 0, n); };
+      // A chunk of an input (or the output) of scalar_t, in acc_t: converted into `into` if needed.
+      auto load = [&](const at::Tensor& x, acc_t* into) -> const acc_t* {
+        const scalar_t* src = x.data_ptr<scalar_t>() + p0 * n;
+        if constexpr (kConvert) {
+          for (int64_t e = 0; e < pc * n; ++e) into[e] = static_cast<acc_t>(src[e]);
+          return into;
+        } else {
+          return src;
+        }
       };
 
-      // Σ_i c_i ⊙ F(x_i) into acc (or, passing through, F(x) itself).
-      at::Tensor acc = passthrough ? at::Tensor() : Acc.narrow(0, 0, pc);
+      // Where a result of acc_t can go straight into the output chunk.
+      acc_t* out_direct = nullptr;
+      if constexpr (!kConvert) out_direct = outs[0].data_ptr<acc_t>() + p0 * n;
+
+      // acc = Σ_i c_i ⊙ F(x_i) (or, passing through, F(x) itself: to_spectral writes it in place).
+      const acc_t* acc = nullptr;
       for (size_t i = 0; i < inputs.size(); ++i) {
-        at::Tensor x = inputs[i].narrow(0, p0, pc);
-        if (kConvert) {
-          // Converted into whichever buffer the transforms below do not overwrite first.
-          at::Tensor converted = r.forward ? a : b;
-          converted.copy_(x);
-          x = converted;
-        }
-        at::Tensor s = x;
+        const acc_t* s = load(inputs[i], r.forward ? a : b);
         if (r.forward) {
-          at::Tensor rows = b.view({pc * H, W});
-          at::cpu::mm_out(rows, x.view({pc * H, W}), U_w);
-          at::cpu::bmm_out(a, U_hT.expand({pc, H, H}), b);
-          s = a;
+          acc_t* into = passthrough && !r.inverse && out_direct ? out_direct : a;
+          forward_transform(s, b, into, pc, H, W, U_h, U_w);
+          s = into;
         }
         if (passthrough) {
           acc = s;
           break;
         }
-        acc_t* dst_p = acc.data_ptr<acc_t>();
-        const acc_t* s_p = s.data_ptr<acc_t>();
+        acc_t* dst_all = acc_buf;
+        acc = dst_all;
         const bool first = i == 0;
         for (int64_t q = 0; q < pc; ++q) {
-          acc_t* dst = dst_p + q * n;
-          const acc_t* src = s_p + q * n;
-          const acc_t* cf = in_coefs[i].defined() ? row(in_coefs[i], q) : nullptr;
+          acc_t* dst = dst_all + q * n;
+          const acc_t* src = s + q * n;
+          const acc_t* cf = in_coefs[i] ? row(in_coefs[i], q) : nullptr;
           if (cf && first) {
             for (int64_t e = 0; e < n; ++e) dst[e] = cf[e] * src[e];
           } else if (cf) {
@@ -159,12 +197,12 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
         }
       }
 
-      if (noise_coef.defined()) {
-        acc_t* acc_p = acc.data_ptr<acc_t>();
+      if (noise_coef) {
+        acc_t* acc_p = acc_buf;
         for (int64_t q = 0; q < pc; ++q) {
           const acc_t* nc = row(noise_coef, q);
           for (int64_t y = 0; y < H; ++y) {
-            noise_row(key.seed, key.offset, p0 + q, y, Wq, z.data());
+            noise_row(key.seed, key.offset, p0 + q, y, Wq, z);
             acc_t* dst = acc_p + q * n + y * W;
             const acc_t* ncy = nc + y * W;
             for (int64_t x = 0; x < W; ++x) dst[x] += ncy[x] * static_cast<acc_t>(z[x]);
@@ -174,25 +212,24 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
 
       // out_m = G(d_m ⊙ acc).
       for (size_t m = 0; m < outs.size(); ++m) {
-        at::Tensor src = acc;
-        if (out_coefs[m].defined()) {
-          acc_t* b_p = b.data_ptr<acc_t>();
-          const acc_t* acc_p = acc.data_ptr<acc_t>();
+        const acc_t* src = acc;
+        if (out_coefs[m]) {
           for (int64_t q = 0; q < pc; ++q) {
             const acc_t* cf = row(out_coefs[m], q);
-            for (int64_t e = 0; e < n; ++e) b_p[q * n + e] = cf[e] * acc_p[q * n + e];
+            for (int64_t e = 0; e < n; ++e) b[q * n + e] = cf[e] * acc[q * n + e];
           }
           src = b;
         }
-        at::Tensor dst = out_planes[m].narrow(0, p0, pc);
+        scalar_t* dst = outs[m].data_ptr<scalar_t>() + p0 * n;
+        const acc_t* result = src;
         if (r.inverse) {
-          // src is acc, b, or (passing through) an input chunk or b: never a.
-          at::cpu::bmm_out(a, U_h.expand({pc, H, H}), src);
-          at::Tensor rows = (kConvert ? b : dst).view({pc * H, W});
-          at::cpu::mm_out(rows, a.view({pc * H, W}), U_wT);
-          if (kConvert) dst.copy_(b);
-        } else {
-          dst.copy_(src);
+          // src is acc, b, or (passing through) an input chunk or b; a is free.
+          acc_t* into = kConvert ? b : reinterpret_cast<acc_t*>(dst);
+          inverse_transform(src, a, into, pc, H, W, U_h, U_w);
+          result = into;
+        }
+        if (static_cast<const void*>(result) != static_cast<const void*>(dst)) {
+          for (int64_t e = 0; e < pc * n; ++e) dst[e] = static_cast<scalar_t>(result[e]);
         }
       }
     }
