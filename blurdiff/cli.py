@@ -21,14 +21,14 @@ def _data(sub) -> None:
     toy.add_argument("--size", type=int, required=True, help="image side in pixels")
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
-    toy.set_defaults(run=_run_toy)
+    toy.set_defaults(handler=_run_toy)
     export = data.add_parser("export", help="write an lmdb (or image folder) as PNGs 000000.png … (for FID)")
     export.add_argument("--src", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--limit", type=int, default=None)
     export.add_argument("--size", type=int, default=None, help="resize to this side, without cropping")
     export.add_argument("--overwrite", action="store_true")
-    export.set_defaults(run=_run_export)
+    export.set_defaults(handler=_run_export)
 
 
 def _run_toy(args) -> int:
@@ -56,7 +56,7 @@ def _fid(sub) -> None:
     p.add_argument("--limit", type=int, default=10000, help="images per set (the paper reports FID-10K)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default=None)
-    p.set_defaults(run=_run_fid)
+    p.set_defaults(handler=_run_fid)
 
 
 def _run_fid(args) -> int:
@@ -74,7 +74,7 @@ def _spectrum(sub) -> None:
     p.add_argument("--data", required=True, help="folder of real images (see `blurdiff data export`)")
     p.add_argument("--out", default=None, help="PNG plot to write")
     p.add_argument("--limit", type=int, default=None)
-    p.set_defaults(run=_run_spectrum)
+    p.set_defaults(handler=_run_spectrum)
 
 
 def _run_spectrum(args) -> int:
@@ -99,7 +99,7 @@ def _module_command(sub, name: str, module: str, help: str) -> None:
     mod = importlib.import_module(module)
     p = sub.add_parser(name, help=help, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mod.add_arguments(p)
-    p.set_defaults(run=mod.main)
+    p.set_defaults(handler=mod.main)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data(sub)
     _module_command(sub, "train", "blurdiff.train", "train a blur-diffusion model")
     _module_command(sub, "sample", "blurdiff.sample", "sample a trained run into a folder of PNGs")
+    _module_command(sub, "figures", "blurdiff.figures", "figures of the process (forward process on real images)")
     _fid(sub)
     _spectrum(sub)
     return parser
@@ -117,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run: Callable[[argparse.Namespace], int] = args.run
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return int(run(args) or 0)
+        return int(handler(args) or 0)
     except (FileNotFoundError, ValueError) as e:
         # Bad input from the command line: say what is wrong, without a traceback.
         print(f"blurdiff {args.command}: error: {e}", file=sys.stderr)

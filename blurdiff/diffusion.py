@@ -15,11 +15,15 @@ import torch
 import blurdiff_ops
 from blurdiff_ops._checks import table_dtype_for
 from blurdiff.bases import make_basis
-from blurdiff.progress import Progress
 from blurdiff.schedules import blur_f, noise_betas
 
 DIRECTIONS = ("coarse_to_fine", "fine_to_coarse")
 BACKENDS = ("auto", "fused", "reference")
+
+#: Regularisation of x̂_0 = √Ā/(Ā + δ(1-Ā)) ⊙ (x̄_t - √(1-Ā) ε̄): the exact inverse wherever the
+#: signal-to-noise ratio Ā/(1-Ā) is well above δ, shrinking to 0 where it is not (there the exact
+#: 1/√Ā would amplify the network's error by up to 1e80, or overflow float32).
+X0_REG = 1e-6
 
 
 def _pair(resolution: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -68,21 +72,25 @@ class BlurDiffusion:
         self.f = blur_f(blur_schedule, N, f_max)
         self.betas = noise_betas(noise_schedule, N)
 
-        # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself).
+        # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself). Kept in
+        # float64 for samplers that combine steps (blurdiff.respace).
         log_A = torch.log1p(-self.betas)[:, None, None] + 2 * self.f[:, None, None] * torch.log(D)
         log_A[0] = 0.0
         log_A_bar = torch.cumsum(log_A, dim=0)
         A, A_bar = log_A.exp(), log_A_bar.exp()
         one_minus_A, one_minus_A_bar = -torch.expm1(log_A), -torch.expm1(log_A_bar)
+        self.log_A, self.log_A_bar = log_A, log_A_bar
         self.A, self.A_bar = A, A_bar
+        self.one_minus_A, self.one_minus_A_bar = one_minus_A, one_minus_A_bar
 
         # Reverse step (Eq. 12 / App. F): x̄_{i-1} = (2 - √A_i) x̄_i - (1-A_i)/√(1-Ā_i) ε̄ + √(1-A_i) z̄.
         step_eps = torch.zeros_like(A)
         step_eps[1:] = -one_minus_A[1:] / one_minus_A_bar[1:].sqrt()
         step_noise = one_minus_A.sqrt()
         step_noise[:2] = 0.0  # no noise at the last step (i = 1); row 0 is never used
-        # x̂_0 = U (x̄_t - √(1-Ā) ε̄) / √Ā, for pictures of what the model believes.
-        x0_coefs = torch.stack([1 / A_bar.sqrt(), -(one_minus_A_bar / A_bar).sqrt()])
+        # x̂_0 ≈ U (x̄_t - √(1-Ā) ε̄) / √Ā (regularised, X0_REG), for pictures of what the model believes.
+        x0_gain = A_bar.sqrt() / (A_bar + X0_REG * one_minus_A_bar)
+        x0_coefs = torch.stack([x0_gain, -x0_gain * one_minus_A_bar.sqrt()])
 
         self._tables64: Dict[str, torch.Tensor] = {
             "U_h": b.U_h,
@@ -177,7 +185,8 @@ class BlurDiffusion:
                              generator=generator)
 
     def predict_x0(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The denoised estimate ``x̂_0 = U (x̄_t - √(1-Ā_t) ε̄) / √Ā_t``."""
+        """The denoised estimate ``x̂_0 = U (x̄_t - √(1-Ā_t) ε̄) / √Ā_t``, regularised (``X0_REG``)
+        where the signal-to-noise ratio is tiny, so it stays finite for every schedule."""
         self._check_t(t, x_t)
         self._check_like("eps_pred", eps_pred, "x_t", x_t)
         return self._lincomb([x_t, eps_pred], t, "x0_coefs")
@@ -206,22 +215,15 @@ class BlurDiffusion:
         eps_pred = model(x_t, t)
         return torch.nn.functional.mse_loss(eps_pred.float(), noise.float())
 
-    @torch.no_grad()
     def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
                dtype: torch.dtype = torch.float32, progress: bool = False,
-               callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
-        """Ancestral sampling ``i = N … 1`` from the prior; returns ``x_0``.
+               callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+               steps=None, kind: str = "ddpm") -> torch.Tensor:
+        """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
+        (a count K or a list) of the strided samplers ``kind`` of :mod:`blurdiff.respace`.
 
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories).
         """
-        x = self.prior_sample(shape, generator, device, dtype)
-        B = shape[0]
-        with Progress(self.steps, "sampling", unit="step", enabled=progress) as bar:
-            for i in range(self.steps, 0, -1):
-                t = torch.full((B,), i, dtype=torch.int64, device=x.device)
-                eps = model(x, t).to(x.dtype)
-                if callback is not None:
-                    callback(i, x, eps)
-                x = self._reverse_step(x, eps, t, generator=generator)
-                bar.update(1)
-        return x
+        from blurdiff.respace import make_sampler
+
+        return make_sampler(self, steps, kind).sample(model, shape, generator, device, dtype, progress, callback)

@@ -6,8 +6,9 @@ pytorch-fid (:mod:`blurdiff.inception`; its published weights, pool3 2048-d feat
 command line therefore uses ``limit=10000`` by default (see :func:`fid_main`). FIDs computed on
 fewer images are biased upwards and are not comparable with the paper's numbers.
 
-Pipeline (as in pytorch-fid's ``fid_score``): every png/jpg/jpeg/webp file under a folder
-(recursively, sorted by relative path) is read with Pillow, converted to RGB and scaled to
+Pipeline (as in pytorch-fid's ``fid_score``): every png/jpg/jpeg/webp file in a folder
+(its top level only, sorted by name: sub-folders such as a sample run's ``figures/`` are not
+images of the set) is read with Pillow, converted to RGB and scaled to
 ``[0, 1]``; the network resizes it to 299x299 (bilinear) and maps it to ``[-1, 1]``; the mean
 and covariance (``np.cov``, float64) of the 2048-d features are the statistics, and
 
@@ -121,13 +122,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted); at most ``limit``, evenly spaced."""
+    """Image files in ``folder`` (top level, sorted by name); at most ``limit``, evenly spaced."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder of images: {folder}")
     files = sorted(
-        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-        key=lambda p: p.relative_to(folder).as_posix(),
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        key=lambda p: p.name,
     )
     if limit is not None:
         if limit < 1:

@@ -66,7 +66,7 @@ def radial_power_spectrum(images) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
-    """png/jpg/webp images under ``folder`` (recursive, sorted) as ``[N, 3, H, W]`` in [-1, 1]."""
+    """png/jpg/webp images in ``folder`` (top level, sorted) as ``[N, 3, H, W]`` in [-1, 1]."""
     from blurdiff.fid import list_image_files, read_image  # image listing shared with FID
 
     files = list_image_files(folder, limit)

@@ -333,15 +333,14 @@ def test_missing_weights_error_names_the_file(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.pth"))
 
 
-def test_list_image_files_recursive_sorted_filtered_limited(tmp_path):
-    (tmp_path / "b").mkdir()
-    (tmp_path / "a").mkdir()
-    for name in ["b/2.png", "a/1.JPG", "a/0.webp", "z.jpeg", "notes.txt", "b/x.npz"]:
+def test_list_image_files_top_level_sorted_filtered_limited(tmp_path):
+    (tmp_path / "figures").mkdir()
+    for name in ["figures/2.png", "b1.JPG", "a0.webp", "z.jpeg", "notes.txt", "x.npz"]:
         (tmp_path / name).write_bytes(b"")
     rel = [p.relative_to(tmp_path).as_posix() for p in list_image_files(tmp_path)]
-    assert rel == ["a/0.webp", "a/1.JPG", "b/2.png", "z.jpeg"]
-    for i in range(10):
-        (tmp_path / f"n{i}.png").write_bytes(b"")
+    assert rel == ["a0.webp", "b1.JPG", "z.jpeg"]  # not the sub-folder's figures
+    for i in range(11):
+        (tmp_path / f"n{i:02d}.png").write_bytes(b"")
     files = list_image_files(tmp_path, limit=4)
     allf = list_image_files(tmp_path)
     assert len(allf) == 14 and len(files) == 4

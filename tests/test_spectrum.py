@@ -105,9 +105,11 @@ def test_report_detects_oversmoothed_samples():
 def test_report_from_folders_matches_tensors(tmp_path):
     rng = np.random.default_rng(4)
     arrays = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    (tmp_path / "s" / "sub").mkdir(parents=True)
+    (tmp_path / "s" / "figures").mkdir(parents=True)
     for i, a in enumerate(arrays):
-        Image.fromarray(a).save(tmp_path / "s" / ("sub" if i % 2 else "") / f"{i}.png")
+        Image.fromarray(a).save(tmp_path / "s" / f"{i}.png")
+    # A sample run's figures (another size) live in a sub-folder and are not images of the set.
+    Image.fromarray(arrays[0]).resize((40, 20)).save(tmp_path / "s" / "figures" / "trajectory.png")
     loaded = load_image_folder(tmp_path / "s")
     assert loaded.shape == (5, 3, 16, 16) and loaded.dtype == torch.float64
     assert loaded.min() >= -1 and loaded.max() <= 1

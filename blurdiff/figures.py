@@ -1,0 +1,160 @@
+"""Figures of the process: ``blurdiff figures forward --data PATH --out FILE --preset NAME``.
+
+``forward``: the forward process on real images. For each image, three labelled rows at
+``t = 0 … N`` (evenly spaced columns):
+
+- ``x_t``: a draw of ``x_t = U √Ā_t U^T x_0 + U √(1-Ā_t) U^T ε`` (one fixed ε per image);
+- ``mean c2f``: the noise-free mean ``U √Ā_t U^T x_0`` of the preset's (coarse-to-fine) process;
+- ``mean f2c``: the same mean with ``direction="fine_to_coarse"`` (``D`` replaced by ``1 - D``,
+  the paper's ablation, Fig. 3), side by side with the row above.
+
+``--normalize`` divides both means by ``√ᾱ_t`` (the noise schedule's share of ``√Ā_t``), which
+leaves only the blur ``U D^{Σ f} U^T x_0``: the fade to grey hides it at large ``t``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from blurdiff.images import to_uint8
+
+__all__ = ["add_arguments", "main", "forward_figure", "forward_process_figure", "forward_rows"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    figures = p.add_subparsers(dest="figure", required=True)
+    fwd = figures.add_parser("forward", help="the forward process on real images (noisy, and the means of both directions)")
+    fwd.add_argument("--data", required=True, help="LSUN-format lmdb or image folder")
+    fwd.add_argument("--out", required=True, help="PNG file to write")
+    fwd.add_argument("--preset", required=True, help="experiment preset whose process to show (e.g. toy, lsun64-quartic)")
+    fwd.add_argument("--n", type=int, default=4, help="number of images (rows of three)")
+    fwd.add_argument("--start", type=int, default=0, help="index of the first image in the data set")
+    fwd.add_argument("--columns", type=int, default=8, help="time steps shown, t = 0 … N evenly spaced")
+    fwd.add_argument("--seed", type=int, default=0, help="seed of the noise in the x_t rows")
+    fwd.add_argument("--normalize", action="store_true", help="divide the means by √ᾱ_t to show the blur alone")
+    fwd.add_argument("--scale", type=int, default=None, help="pixel upscaling (default: cells of at least 64 px)")
+
+
+def _time_columns(N: int, columns: int) -> List[int]:
+    if columns < 2:
+        raise ValueError(f"--columns must be at least 2, got {columns}")
+    return sorted({round(N * c / (columns - 1)) for c in range(columns)})
+
+
+def forward_rows(x0: torch.Tensor, process, times: Sequence[int], seed: int = 0, normalize: bool = False):
+    """``(noisy, mean_c2f, mean_f2c)``, each ``[T, B, C, H, W]`` for ``times`` (0 = x_0 itself).
+
+    ``process`` is the preset's ``BlurDiffusion``; the other direction is built from its config.
+    """
+    from blurdiff.diffusion import BlurDiffusion
+
+    cfg = dict(process.config)
+    cfg["direction"] = "fine_to_coarse" if cfg["direction"] == "coarse_to_fine" else "coarse_to_fine"
+    other = BlurDiffusion(**cfg, backend=process.backend)
+    if cfg["direction"] == "coarse_to_fine":
+        process, other = other, process  # c2f first whatever the preset's direction
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=x0.dtype)
+    alpha_bar = torch.cumprod(1 - process.betas, dim=0)
+    zeros = torch.zeros_like(x0)
+    noisy, c2f, f2c = [], [], []
+    for t in times:
+        if t == 0:
+            for rows in (noisy, c2f, f2c):
+                rows.append(x0)
+            continue
+        tt = torch.full((x0.shape[0],), t, dtype=torch.int64)
+        scale = 1 / float(alpha_bar[t].sqrt()) if normalize else 1.0
+        noisy.append(process.q_sample(x0, tt, noise))
+        c2f.append(process.q_sample(x0, tt, zeros) * scale)
+        f2c.append(other.q_sample(x0, tt, zeros) * scale)
+    return torch.stack(noisy), torch.stack(c2f), torch.stack(f2c)
+
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def forward_figure(x0: torch.Tensor, process, columns: int = 8, seed: int = 0, normalize: bool = False,
+                   scale: Optional[int] = None, title: str = "") -> Image.Image:
+    """The labelled figure (a PIL image) for images ``x0`` ``[B, C, H, W]`` in [-1, 1]."""
+    times = _time_columns(process.steps, columns)
+    noisy, c2f, f2c = forward_rows(x0, process, times, seed, normalize)
+    B, _, H, W = x0.shape
+    s = scale or max(1, -(-64 // max(H, W)))
+    ch, cw, pad = H * s, W * s, 2
+    left, top = 90, 40 if title else 24
+    rows = [r for b in range(B) for r in (
+        (f"#{b} x_t", noisy[:, b]), (f"#{b} mean c2f", c2f[:, b]), (f"#{b} mean f2c", f2c[:, b]))]
+    width = left + len(times) * (cw + pad) + pad
+    height = top + len(rows) * (ch + pad) + pad + 6 * (B - 1)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    if title:
+        draw.text((left, 4), title, fill="black", font=font)
+    for c, t in enumerate(times):
+        x = left + pad + c * (cw + pad)
+        label = f"t={t}"
+        draw.text((x + (cw - draw.textlength(label, font=font)) / 2, top - 16), label, fill="black", font=font)
+    y = top + pad
+    for r, (label, frames) in enumerate(rows):
+        if r and r % 3 == 0:
+            y += 6  # a gap between images
+        draw.text((4, y + ch / 2 - 7), label, fill="black", font=font)
+        arr = to_uint8(frames)  # [T, H, W, C]
+        for c in range(len(times)):
+            cell = Image.fromarray(arr[c][..., 0] if arr.shape[-1] == 1 else arr[c]).convert("RGB")
+            if s > 1:
+                cell = cell.resize((cw, ch), Image.NEAREST)
+            img.paste(cell, (left + pad + c * (cw + pad), y))
+        y += ch + pad
+    return img
+
+
+def forward_process_figure(data, out, preset: str, n: int = 4, start: int = 0, columns: int = 8, seed: int = 0,
+                           normalize: bool = False, scale: Optional[int] = None) -> Path:
+    """Read ``n`` images of ``data`` at the preset's resolution and write the figure to ``out``."""
+    from blurdiff.data import open_dataset
+    from blurdiff.diffusion import BlurDiffusion
+    from blurdiff.presets import get_preset
+
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    spec = get_preset(preset)
+    process = BlurDiffusion(**spec.process)
+    ds = open_dataset(data, process.resolution)
+    if len(ds) == 0:
+        raise ValueError(f"{data} holds no images")
+    if not 0 <= start < len(ds):
+        raise ValueError(f"--start {start} is outside the data set's {len(ds)} images")
+    idx = range(start, min(start + n, len(ds)))
+    x0 = torch.stack([ds[i] for i in idx]).float()
+    title = (f"forward process, preset {preset}: {spec.process.get('blur_schedule')} blur, "
+             f"f_max={spec.process.get('f_max'):.4g}, N={process.steps}"
+             + (" (means / sqrt(alpha_bar_t))" if normalize else ""))
+    img = forward_figure(x0, process, columns, seed, normalize, scale, title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.figure == "forward":
+        out = forward_process_figure(args.data, args.out, args.preset, n=args.n, start=args.start,
+                                     columns=args.columns, seed=args.seed, normalize=args.normalize,
+                                     scale=args.scale)
+        print(f"wrote {out}")
+        return 0
+    raise ValueError(f"unknown figure {args.figure!r}")  # pragma: no cover - argparse checks
