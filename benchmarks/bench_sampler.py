@@ -1,6 +1,6 @@
 """The sampler's cost beside the network, per step: fused kernels vs the plain-PyTorch reference.
 
-    cd /work/main && python -m pytest benchmarks/bench_sampler.py --benchmark-only
+    pytest benchmarks/bench_sampler.py --benchmark-only
 
 For batch 16 x 3 x {32, 64}² and each backend:
 

@@ -35,10 +35,11 @@ PRESETS: Dict[str, ExperimentPreset] = {
         "lsun64-quartic", dict(_LSUN64, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "adm-lsun64"),
     "lsun64-log": ExperimentPreset("lsun64-log", dict(_LSUN64, blur_schedule="log", f_max=0.6), "adm-lsun64"),
     "lsun64-noblur": ExperimentPreset("lsun64-noblur", dict(_LSUN64, blur_schedule="none", f_max=0.0), "adm-lsun64"),
-    # Two CPU cores, minutes: 32x32, the tiny UNet, a faster learning rate and a shorter EMA.
+    # Two CPU cores, minutes: 16x16, a widened tiny UNet, a faster learning rate, a shorter EMA
+    # (tried on the toy data: 32x32 or 32 channels still gave saturated colour fields after 25 min).
     "toy": ExperimentPreset(
-        "toy", dict(_LSUN64, resolution=32, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "tiny",
-        lr=5e-4, batch_size=16, ema_decay=0.995),
+        "toy", dict(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "tiny",
+        unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)), lr=1e-3, batch_size=16, ema_decay=0.995),
 }
 
 

@@ -12,7 +12,9 @@ T = TypeVar("T")
 class Progress:
     """``with Progress(total, "sampling", unit="step") as bar: bar.update(n, loss=...)``.
 
-    Redraws at most a few times a second on stderr; ``enabled=False`` makes it silent.
+    Redraws one line at most every ``min_interval`` seconds on stderr. When stderr is not a
+    terminal (a log file, CI), it writes a plain line at most every 30 s instead, so logs stay
+    readable. ``enabled=False`` makes it silent.
     """
 
     def __init__(self, total: Optional[int], desc: str = "", unit: str = "it", enabled: bool = True,
@@ -23,7 +25,8 @@ class Progress:
         self._start_n = initial
         self._t0 = time.perf_counter()
         self._last = 0.0
-        self._min_interval = min_interval
+        self._tty = sys.stderr.isatty()
+        self._min_interval = min_interval if self._tty else max(min_interval, 30.0)
         self.postfix = ""
 
     def __enter__(self) -> "Progress":
@@ -53,14 +56,15 @@ class Progress:
             head = f"{self.n}/{self.total} [{100 * self.n / self.total:5.1f}%] eta {_hms(eta)}"
         else:
             head = f"{self.n}"
-        line = f"\r{self.desc}: {head} {rate:.2f} {self.unit}/s {self.postfix}"
-        sys.stderr.write(line.ljust(100)[:160])
+        line = f"{self.desc}: {head} {rate:.2f} {self.unit}/s {self.postfix}"
+        sys.stderr.write("\r" + line.ljust(100)[:160] if self._tty else line + "\n")
         sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._draw()
-            sys.stderr.write("\n")
+            if self._tty:
+                sys.stderr.write("\n")
             sys.stderr.flush()
 
 

@@ -14,11 +14,13 @@ settings (another checkpoint, seed, batch size, sampler, steps, …) is refused.
 
 ``--trajectory`` also writes ``DIR/figures/trajectory.png`` (Figure 1: each row one sample, x_N … x_0
 at evenly spaced kept steps) and ``DIR/figures/trajectory_x0.png`` (the predicted x̂_0 at the same
-steps) for the first few images of batch 0 (the rows end with images 000000.png …).
+steps) for the first few images of batch 0 (the rows end with images 000000.png …). ``--grid``
+writes ``DIR/figures/grid.png``, the first (up to 64) images of the folder in one picture.
 
 Samplers (docs/sampling.md): ``ddpm`` (Eq. 12, the paper's; the default), ``ancestral``
 (posterior q(x_j | x_i, x̂_0)), ``ddim`` (deterministic); ``--steps K`` keeps K of the N steps,
-evenly spaced (default: all N, as the paper samples).
+evenly spaced (default: all N, as the paper samples). With fewer steps use ``ancestral`` or
+``ddim``: Eq. 12 is only accurate for small steps (docs/sampling.md §7 measures it).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_dir, load_checkpoint, resolve_checkpoint
-from blurdiff.images import save_png, save_strips
+from blurdiff.images import save_grid, save_png, save_strips
 from blurdiff.progress import Progress
 from blurdiff.respace import KINDS, make_sampler
 
@@ -55,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--steps", metavar="K", type=int, default=None, help="sampling steps K, evenly spaced (default: all N)")
     p.add_argument("--sampler", choices=KINDS, default="ddpm",
-                   help="ddpm: Eq. 12 (default); ancestral: posterior q(x_j|x_i, x̂_0); ddim: deterministic")
+                   help="ddpm: Eq. 12 (default; meant for all N steps, see docs/sampling.md §7); ancestral: "
+                        "posterior q(x_j|x_i, x̂_0), the choice with --steps; ddim: deterministic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per batch (part of what determines the images, like --seed)")
@@ -66,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="refuse a checkpoint trained with another preset")
     p.add_argument("--trajectory", action="store_true",
                    help="also write DIR/figures/trajectory.png and DIR/figures/trajectory_x0.png")
+    p.add_argument("--grid", action="store_true", help="also write DIR/figures/grid.png (the first 64 images)")
     p.add_argument("--trajectory-samples", type=int, default=4, help="rows of the trajectory figures")
     p.add_argument("--trajectory-frames", type=int, default=10, help="columns of the trajectory figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -191,11 +196,15 @@ class _Trajectory:
 
     def save(self, out: Path, final: torch.Tensor) -> None:
         final = final[:self.rows].detach().float().cpu()
-        s = trajectory_scale(final.shape[-1])
-        up = lambda frames: [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
         out.mkdir(exist_ok=True)
-        save_strips(up(self.x + [final]), out / "trajectory.png")
-        save_strips(up(self.x0 + [final]), out / "trajectory_x0.png")
+        save_strips(_upscale(self.x + [final]), out / "trajectory.png")
+        save_strips(_upscale(self.x0 + [final]), out / "trajectory_x0.png")
+
+
+def _upscale(frames: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Nearest-neighbour upscaling for figures: cells at least 64 pixels wide."""
+    s = trajectory_scale(frames[0].shape[-1])
+    return [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
 
 
 def trajectory_scale(width: int) -> int:
@@ -279,4 +288,12 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {written} images to {out} ({present} were already there){rate}")
     if args.trajectory:
         print(f"trajectory: {out / FIGURES / 'trajectory.png'}, {out / FIGURES / 'trajectory_x0.png'}")
+    if args.grid:
+        (out / FIGURES).mkdir(exist_ok=True)
+        from blurdiff.fid import read_image  # the image reading shared with FID and spectra
+
+        arrays = [read_image(out / image_name(i)) for i in range(min(args.n, 64))]
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        save_grid(_upscale([images])[0], out / FIGURES / "grid.png")
+        print(f"grid: {out / FIGURES / 'grid.png'}")
     return 0

@@ -130,7 +130,7 @@ class UNetConfig:
 
 
 # The paper's model (DESIGN.md section 3): 121.06 M parameters.
-# "tiny" is for CPU smoke runs and the "toy" experiment: meant for 32x32 (also fine at 16x16).
+# "tiny" is for CPU smoke runs and (widened, see presets.py) the "toy" experiment, at 16x16 or 32x32.
 PRESETS: dict[str, UNetConfig] = {
     "adm-lsun64": UNetConfig(),
     "tiny": UNetConfig(

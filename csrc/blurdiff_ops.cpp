@@ -31,5 +31,11 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyModule_AddObject(module, "with_cuda", Py_NewRef(Py_False));
 #endif
+  // Built with the same flags as the CPU kernels: without OpenMP their at::parallel_for is serial.
+#ifdef _OPENMP
+  PyModule_AddObject(module, "with_openmp", Py_NewRef(Py_True));
+#else
+  PyModule_AddObject(module, "with_openmp", Py_NewRef(Py_False));
+#endif
   return module;
 }

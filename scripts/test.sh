@@ -4,14 +4,7 @@
 #   bash scripts/test.sh            (VENV=path to choose where the environment goes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
-python3 -m venv "$VENV"
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
-python -m pip install -q --upgrade pip
-# torch first: the extension is compiled against the torch it will run with.
-python -m pip install -q "torch==2.14.1" ninja pybind11 numpy
-MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --no-build-isolation ".[test]"
+PIP_EXTRAS="[test]" . scripts/install_env.sh
 # The tests must exercise the compiled kernels, not a silent fallback to the reference.
 export BLURDIFF_REQUIRE_KERNELS=1
 if command -v nvcc >/dev/null 2>&1 && [ "${BLURDIFF_NO_CUDA:-0}" != 1 ]; then

@@ -5,6 +5,7 @@ without one (tests/test_cuda_emulation.py runs the CUDA kernels' code on the CPU
 """
 
 import os
+import sys
 import warnings
 
 import pytest
@@ -310,10 +311,32 @@ def test_process_through_fused_ops_matches_reference(device):
 
 
 @needs_kernels
+def test_cpu_kernels_are_threaded_and_thread_count_does_not_change_results():
+    """at::parallel_for is a header template: an extension compiled without OpenMP runs it on one
+    thread (this happened: two threads were no faster than one). The noise is keyed by plane and
+    row, so the result must not depend on how the planes are split among threads."""
+    from blurdiff_ops import _C
+
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        assert _C.with_openmp, "the extension was compiled without -fopenmp: the CPU kernels run serially"
+    xs, coefs, t, U_h, U_w, noise_coef, _ = _problem(64, 64, 2, B=16)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            g = torch.Generator().manual_seed(5)
+            outs.append(blurdiff_ops.spectral_lincomb(xs, coefs, t, U_h, U_w, noise_coef, generator=g))
+    finally:
+        torch.set_num_threads(before)
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
+@needs_kernels
 def test_cpu_kernels_without_direct_blas():
     """Where torch exports no BLAS symbols the CPU kernels go through ATen's mm: same results."""
     import subprocess
-    import sys
 
     code = (
         "import torch, blurdiff_ops, blurdiff_ops.reference as R\n"

@@ -35,14 +35,8 @@ from blurdiff.respace import KINDS, Sampler, make_sampler, spaced_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops; with two threads on a busy two-core machine every op's
-    parallel region waits for a descheduled thread (measured: 130 s instead of 19 s for both
-    files). One thread is as fast when the machine is idle."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Many small ops: one thread (see conftest.one_torch_thread)."""
 
 
 def _tiny(res=16):

@@ -20,14 +20,8 @@ from blurdiff.unet import build_unet
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops; with two threads on a busy two-core machine every op's
-    parallel region waits for a descheduled thread (measured: 130 s instead of 19 s for both
-    files). One thread is as fast when the machine is idle."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Many small ops: one thread (see conftest.one_torch_thread)."""
 
 RES, STEPS = 16, 20
 PROCESS = dict(resolution=RES, basis="gaussian", sigma=0.4, blur_schedule="quartic", f_max=0.140625,
@@ -199,6 +193,19 @@ def test_trajectory(run, tmp_path):
     before = stat(out)
     assert sample(run, out, 3, "--trajectory", "--trajectory-samples", 2, "--trajectory-frames", 6) == 0
     assert (out / "figures" / "trajectory.png").is_file() and stat(out) == before
+
+
+def test_grid_shows_the_images_of_the_folder(run, tmp_path):
+    out = tmp_path / "s"
+    assert sample(run, out, 5, "--grid") == 0
+    s = sample_mod.trajectory_scale(RES)
+    cell, pad = RES * s, 2
+    grid = np.asarray(Image.open(out / "figures" / "grid.png"))
+    assert grid.shape[:2] == (2 * (cell + pad) + pad, 3 * (cell + pad) + pad)  # 5 images: 3 per row
+    for i in range(5):
+        r, c = divmod(i, 3)
+        y, x = pad + r * (cell + pad), pad + c * (cell + pad)
+        assert np.array_equal(grid[y:y + cell:s, x:x + cell:s], np.asarray(Image.open(out / f"{i:06d}.png")))
 
 
 # --------------------------------------------------------------------------- errors

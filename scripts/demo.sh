@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The README's main job, on a fresh machine: install, make toy data, train the `toy` preset on
+# the CPU for a few minutes, sample it with the fused sampler, write the pictures.
+#   bash scripts/demo.sh            (OUT=out/demo, VENV=.venv, STEPS=... to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/demo}
+STEPS=${STEPS:-2500}
+# This job runs on the CPU: without a visible GPU, skip compiling the CUDA kernels (minutes on
+# two cores; scripts/test.sh builds them). Set BLURDIFF_NO_CUDA=0 to build them anyway.
+if ! (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1); then
+  export BLURDIFF_NO_CUDA=${BLURDIFF_NO_CUDA:-1}
+fi
+. scripts/install_env.sh
+
+mkdir -p "$OUT"
+[ -e "$OUT/data/data.mdb" ] || blurdiff data toy --out "$OUT/data" --n 2000 --size 32 --seed 0
+resume=()
+[ -d "$OUT/run/checkpoints" ] && resume=(--resume)
+blurdiff train --data "$OUT/data" --preset toy --out "$OUT/run" --max-steps "$STEPS" --device cpu \
+  --ckpt-every 200 --sample-every 0 "${resume[@]}"
+blurdiff sample --run "$OUT/run" --n 16 --out "$OUT/samples" --seed 0 --device cpu --trajectory --grid
+blurdiff figures forward --data "$OUT/data" --preset toy --out "$OUT/forward.png"
+echo
+echo "samples:     $OUT/samples/000000.png … 000015.png, grid: $OUT/samples/figures/grid.png"
+echo "trajectory:  $OUT/samples/figures/trajectory.png (x_N … x_0), trajectory_x0.png (predicted x_0)"
+echo "forward:     $OUT/forward.png"
+echo "run:         $OUT/run (checkpoints, metrics.jsonl)"

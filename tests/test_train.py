@@ -1,0 +1,414 @@
+"""The trainer: bitwise resume, atomic checkpoints, pruning, NaN stops, refusals, metrics, sample
+grids, DDP (gloo, two processes), real-format LSUN lmdbs and image folders, and the CLI.
+
+Everything runs the `toy` preset at 16x16 with batches of 4 on a 32-image toy lmdb, so the file
+takes well under a minute and a half on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blurdiff.presets import get_preset
+from blurdiff.checkpoint import build_from_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint
+from blurdiff.toy_data import make_toy_lmdb, toy_image
+from blurdiff.train import NonFiniteLossError, TrainOptions, Trainer, add_arguments, main, train
+
+RES = 16
+BATCH = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second thread buys nothing, and when the machine is shared
+    OpenMP's spin-waiting makes two threads crawl (10x slower seen)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_lmdb(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "toy"
+    make_toy_lmdb(str(path), 32, RES)
+    return path
+
+
+def opts(data, out, **kw) -> TrainOptions:
+    base = dict(data=str(data), preset="toy", out=str(out), max_steps=4, batch_size=BATCH, resolution=RES,
+                ckpt_every=0, sample_every=0, log_every=1, progress=False, device="cpu")
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def run(options: TrainOptions) -> Trainer:
+    trainer = Trainer(options)
+    trainer.run_loop()
+    trainer.close()
+    return trainer
+
+
+def assert_same(a, b, path="state"):
+    """Bitwise equality of nested dicts / lists / tensors."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"{path} differs (max |diff| {(a.double() - b.double()).abs().max()})"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {a.keys()} vs {b.keys()}"
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# resume, checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def test_resume_is_bitwise_identical_to_a_straight_run(toy_lmdb, tmp_path):
+    # Dropout on, so the global RNG (dropout masks) has to be restored too, not just t and noise.
+    kw = dict(unet_overrides={"dropout": 0.1}, ckpt_every=3, max_steps=6)
+    run(opts(toy_lmdb, tmp_path / "straight", **kw))
+    run(opts(toy_lmdb, tmp_path / "halves", **dict(kw, max_steps=3)))
+    # Resume with only the required options: batch size, resolution, overrides come from the run.
+    resumed = run(opts(toy_lmdb, tmp_path / "halves", resume=True, max_steps=6, ckpt_every=3,
+                       batch_size=None, resolution=None, unet_overrides=None))
+    assert resumed.batch_size == BATCH and resumed.model.config.dropout == 0.1
+
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "ckpt-00000006.pt")
+    halves = load_checkpoint(tmp_path / "halves" / "checkpoints" / "ckpt-00000006.pt")
+    for key in ("step", "model", "ema", "optimizer", "rng", "data"):
+        assert_same(straight[key], halves[key], key)
+    assert halves["data"]["start_batch"] == 6
+    # The metrics log goes on where it stopped: the same losses, one line per step.
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "halves")
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+
+
+def test_checkpoint_contents_load_with_weights_only(toy_lmdb, tmp_path):
+    trainer = run(opts(toy_lmdb, tmp_path / "run", max_steps=2))
+    path = latest_checkpoint(tmp_path / "run")
+    assert path.name == "ckpt-00000002.pt"  # the end of a run is always saved
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert {"step", "model", "ema", "optimizer", "config", "rng", "data"} <= state.keys()
+    assert state["step"] == 2 and state["data"]["start_batch"] == 2
+    cfg = state["config"]
+    assert cfg.keys() == {"preset", "process", "unet", "train"}
+    assert cfg["preset"] == "toy" and tuple(cfg["process"]["resolution"]) == (RES, RES)
+    assert cfg["train"]["batch_size"] == BATCH and cfg["train"]["lr"] == trainer.options.lr
+    assert {"train_generator", "ranks", "device_type"} <= state["rng"].keys()
+    assert state["rng"]["ranks"][0]["torch"].dtype == torch.uint8
+    # config.json says the same thing.
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["unet"] == json.loads(json.dumps(cfg["unet"]))
+    # Another engineer's sampler rebuilds the EMA model from it.
+    process, model = build_from_checkpoint(state)
+    assert process.resolution == (RES, RES)
+    assert_same(model.state_dict(), trainer.ema.state_dict())
+    # The EMA follows the model at a distance (the zero-initialised last conv has moved in both).
+    ema_w, model_w = trainer.ema.out[2].weight, trainer.model.out[2].weight
+    assert ema_w.abs().sum() > 0 and not torch.equal(ema_w, model_w)
+
+
+def test_crash_during_save_keeps_previous_checkpoint(toy_lmdb, tmp_path, monkeypatch):
+    run(opts(toy_lmdb, tmp_path, max_steps=2, ckpt_every=2))
+    good = tmp_path / "checkpoints" / "ckpt-00000002.pt"
+    digest = sha256(good)
+
+    real_save = torch.save
+
+    def torn_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])  # half the file, then the "crash"
+        raise OSError("simulated crash while writing the checkpoint")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="simulated crash"):
+        run(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, resume=True))
+    monkeypatch.undo()
+
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ckpt-00000002.pt"]  # no torn or temp file
+    assert sha256(good) == digest and load_checkpoint(good)["step"] == 2
+    assert run(opts(toy_lmdb, tmp_path, max_steps=3, resume=True)).step == 3
+
+
+def test_keep_prunes_old_checkpoints(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path / "keep2", max_steps=5, ckpt_every=1, keep=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "keep2")] == ["ckpt-00000004.pt", "ckpt-00000005.pt"]
+    run(opts(toy_lmdb, tmp_path / "all", max_steps=3, ckpt_every=1, keep=0))
+    assert len(list_checkpoints(tmp_path / "all")) == 3
+
+
+def test_nan_loss_stops_without_saving(toy_lmdb, tmp_path, monkeypatch, capsys):
+    run(opts(toy_lmdb, tmp_path, max_steps=3, ckpt_every=3))
+    good = tmp_path / "checkpoints" / "ckpt-00000003.pt"
+    digest = sha256(good)
+
+    real_next = Trainer._next_batch
+
+    def poisoned(self):  # the batch of step 5 holds a NaN pixel
+        batch = real_next(self)
+        if self.step == 4:
+            batch[0, 0, 0, 0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(Trainer, "_next_batch", poisoned)
+    with pytest.raises(NonFiniteLossError) as err:
+        run(opts(toy_lmdb, tmp_path, max_steps=8, ckpt_every=1, resume=True))
+    assert err.value.step == 5 and "step 5" in str(err.value) and "nan" in str(err.value)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000003.pt", "ckpt-00000004.pt"]
+    assert sha256(good) == digest
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4]
+
+    # Through the command: exit code 3 and a message naming the step and the loss.
+    args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path), "--max-steps", "8",
+                  "--resume", "--no-progress", "--device", "cpu"])
+    assert main(args) == 3
+    message = capsys.readouterr().err
+    assert "step 5" in message and "loss=nan" in message and "intact" in message
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000004.pt"
+
+
+def test_refuses_existing_run_without_resume_and_changed_process(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path, max_steps=1))
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(opts(toy_lmdb, tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="different process"):
+        Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True, process_overrides={"f_max": 0.6}))
+    with pytest.raises(ValueError, match="different preset"):
+        Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True, preset="lsun64-noblur"))
+    assert Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True)).step == 1
+    # --resume on a run folder without checkpoints starts a new run.
+    assert Trainer(opts(toy_lmdb, tmp_path / "new", resume=True)).step == 0
+
+
+def test_metrics_log_resumes_without_duplicates(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=0, log_every=1))
+    lines = metrics(tmp_path)
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    for m in lines:
+        assert m.keys() == {"step", "loss", "lr", "grad_norm", "images_per_s", "time"}
+        assert m["loss"] > 0 and m["grad_norm"] > 0 and m["images_per_s"] > 0 and m["lr"] == get_preset("toy").lr
+    # A crash after step 4 was logged but before it was checkpointed, mid-way through a line.
+    (tmp_path / "checkpoints" / "ckpt-00000004.pt").unlink()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    run(opts(toy_lmdb, tmp_path, max_steps=5, resume=True, log_every=1))
+    after = metrics(tmp_path)
+    assert [m["step"] for m in after] == [1, 2, 3, 4, 5]
+    assert after[:2] == lines[:2] and after[3]["loss"] == lines[3]["loss"]  # step 4 redone, bitwise
+
+
+def test_log_every_averages_a_window(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path, max_steps=5, log_every=2))
+    assert [m["step"] for m in metrics(tmp_path)] == [2, 4, 5]  # and always the last step
+
+
+def test_sample_grid_is_written(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path, max_steps=2, sample_every=2, sample_n=4, process_overrides={"steps": 10}))
+    path = tmp_path / "samples" / "step-00000002.png"
+    with Image.open(path) as img:
+        assert img.size == (2 * (RES + 2) + 2,) * 2 and img.mode == "RGB"
+
+
+def test_grad_clip_bounds_the_gradient(toy_lmdb, tmp_path):
+    trainer = Trainer(opts(toy_lmdb, tmp_path, grad_clip=1e-3))
+    _, norm = trainer.run_step(trainer._next_batch())
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in trainer.model.parameters()])
+    assert norm > 1e-2 and clipped == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_bf16_autocast_on_cpu(toy_lmdb, tmp_path):
+    trainer = run(opts(toy_lmdb, tmp_path, max_steps=1, amp="bf16"))
+    assert trainer.step == 1 and np.isfinite(metrics(tmp_path)[0]["loss"])
+
+
+# --------------------------------------------------------------------------------------------
+# data formats
+# --------------------------------------------------------------------------------------------
+
+
+def _webp(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="WEBP", quality=90)
+    return buf.getvalue()
+
+
+def make_lsun_lmdb(path: Path, n: int = 8) -> Path:
+    """Like the LSUN release: 40-hex ids as keys, lossy webp of non-square photos as values."""
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i in range(n):
+            img = np.array(Image.fromarray(toy_image(i, 64, seed=7)).resize((60, 45)))
+            txn.put(hashlib.sha1(f"bedroom-{i}".encode()).hexdigest().encode(), _webp(img))
+    env.close()
+    return path
+
+
+def make_image_folder(path: Path, n: int = 8) -> Path:
+    path.mkdir()
+    for i in range(n):
+        Image.fromarray(toy_image(i, 24, seed=3)).save(path / f"{i:03d}.png")
+    return path
+
+
+@pytest.mark.parametrize("make", [make_lsun_lmdb, make_image_folder], ids=["lsun-lmdb", "image-folder"])
+def test_trains_on_lsun_lmdb_and_image_folder(make, tmp_path):
+    data = make(tmp_path / "data")
+    trainer = run(opts(data, tmp_path / "run", max_steps=2))
+    assert trainer.num_images == 8 and trainer.step == 2 and trainer.loader.next_batch == 2
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv + ["--batch-size", str(BATCH), "--resolution", str(RES)])
+
+
+@pytest.fixture
+def cli_main():
+    from blurdiff.cli import main as cli
+
+    return cli
+
+
+def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(toy_lmdb), "--preset", "toy", "--out", str(out), "--max-steps", "2",
+            "--batch-size", "4", "--resolution", str(RES), "--log-every", "1", "--no-progress", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    assert latest_checkpoint(out).name == "ckpt-00000002.pt" and len(metrics(out)) == 2
+    assert cli_main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert cli_main(argv[:8] + ["3", "--resume", "--no-progress", "--device", "cpu"]) == 0  # the rest: from the run
+    assert load_checkpoint(latest_checkpoint(out))["config"]["train"]["batch_size"] == 4
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "MISSING"}, "does not exist"),
+    ({"--data": "EMPTY"}, "empty data set"),
+    ({"--preset": "nope"}, "unknown preset 'nope'; valid presets"),
+    ({"--amp": "fp16"}, "fp16 needs CUDA"),
+    ({"--max-steps": "-1"}, "--max-steps must be >= 0"),
+])
+def test_cli_bad_input(toy_lmdb, tmp_path, cli_main, capsys, change, message):
+    (tmp_path / "EMPTY").mkdir()
+    values = {"--data": str(toy_lmdb), "--preset": "toy", "--out": str(tmp_path / "run"), "--max-steps": "1",
+              "--device": "cpu"}
+    for k, v in change.items():
+        values[k] = str(tmp_path / v) if v in ("MISSING", "EMPTY") else v
+    argv = ["train", *[s for kv in values.items() for s in kv], "--resolution", str(RES)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "blurdiff train: error:" in err and message in err
+    assert latest_checkpoint(tmp_path / "run") is None
+
+
+# --------------------------------------------------------------------------------------------
+# several processes
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, options: TrainOptions, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    trainer = train(options)
+    torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
+                "optimizer": trainer.optimizer.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
+
+
+def test_ddp_gloo_two_processes_match_each_other_and_one_process(toy_lmdb, tmp_path):
+    steps = 3
+    ddp = opts(toy_lmdb, tmp_path / "ddp", max_steps=steps, batch_size=BATCH // 2)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), ddp, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same(r0, r1)  # the ranks never drift apart
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
+    assert_same(ckpt["model"], r0["model"])
+    assert ckpt["data"]["world_size"] == 2 and len(ckpt["rng"]["ranks"]) == 2
+    assert [m["step"] for m in metrics(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 alone logs
+
+    # One process with the same global batch sees the same images, t and noise (the ranks take
+    # interleaved slices of the global batch and of the global draws), so it ends at the same
+    # weights up to float summation order (a gradient all-reduce vs. one batch-mean).
+    single = run(opts(toy_lmdb, tmp_path / "single", max_steps=steps, batch_size=BATCH))
+    losses_ddp = [m["loss"] for m in metrics(tmp_path / "ddp")]
+    losses_one = [m["loss"] for m in metrics(tmp_path / "single")]
+    np.testing.assert_allclose(losses_ddp, losses_one, rtol=1e-5)
+    for name, p in single.model.state_dict().items():
+        torch.testing.assert_close(r0["model"][name], p, rtol=0, atol=2e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(toy_lmdb, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), "-m", "blurdiff.train", "--data", str(toy_lmdb), "--preset", "toy", "--out",
+           str(out), "--max-steps", "2", "--batch-size", "2", "--resolution", str(RES), "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained toy to step 2") == 1  # rank 0 alone reports
+    assert load_checkpoint(latest_checkpoint(out))["data"]["world_size"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_cuda_training_amp_resume_and_samples(toy_lmdb, tmp_path, amp):
+    kw = dict(device="cuda", amp=amp, ckpt_every=2, sample_every=4, sample_n=4, process_overrides={"steps": 20})
+    trainer = run(opts(toy_lmdb, tmp_path, max_steps=4, **kw))
+    assert trainer.device.type == "cuda" and (tmp_path / "samples" / "step-00000004.png").exists()
+    state = torch.load(latest_checkpoint(tmp_path), map_location="cpu", weights_only=True)
+    assert state["rng"]["device_type"] == "cuda" and state["rng"]["ranks"][0]["cuda"] is not None
+    assert (state["scaler"] is not None) == (amp == "fp16")
+    resumed = run(opts(toy_lmdb, tmp_path, max_steps=6, resume=True, **kw))
+    assert resumed.step == 6 and all(np.isfinite(m["loss"]) for m in metrics(tmp_path))
+    process, model = build_from_checkpoint(load_checkpoint(latest_checkpoint(tmp_path)), device="cuda")
+    assert next(model.parameters()).is_cuda
