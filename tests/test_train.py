@@ -32,13 +32,8 @@ BATCH = 4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second thread buys nothing, and when the machine is shared
-    OpenMP's spin-waiting makes two threads crawl (10x slower seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Small models, many small ops: one thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
