@@ -25,6 +25,7 @@ class Progress:
         self._start_n = initial
         self._t0 = time.perf_counter()
         self._last = 0.0
+        self._drawn = None  # (n, postfix) of the last line written
         self._tty = sys.stderr.isatty()
         self._min_interval = min_interval if self._tty else max(min_interval, 30.0)
         self.postfix = ""
@@ -50,6 +51,7 @@ class Progress:
             self._draw()
 
     def _draw(self) -> None:
+        self._drawn = (self.n, self.postfix)
         rate = self.rate
         if self.total:
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
@@ -62,7 +64,8 @@ class Progress:
 
     def close(self) -> None:
         if self.enabled:
-            self._draw()
+            if self._tty or self._drawn != (self.n, self.postfix):  # a log gets the last line once
+                self._draw()
             if self._tty:
                 sys.stderr.write("\n")
             sys.stderr.flush()
