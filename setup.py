@@ -87,8 +87,10 @@ def extension_modules():
            f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}"]
     link = []
     # at::parallel_for is a header template: without OpenMP in *our* compile it runs serially
-    # (measured: 2 threads no faster than 1). torch has loaded libgomp already by import time.
-    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+    # (measured: 2 threads no faster than 1). The pip wheels of torch load their libgomp before
+    # ours, so there is one OpenMP runtime. BLURDIFF_NO_OPENMP=1 opts out (other compilers/runtimes).
+    if (torch.backends.openmp.is_available() and sys.platform.startswith("linux")
+            and os.environ.get("BLURDIFF_NO_OPENMP", "0") != "1"):
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     if cuda_home:

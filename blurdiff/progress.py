@@ -46,7 +46,8 @@ class Progress:
         if postfix:
             self.postfix = " ".join(f"{k}={_fmt(v)}" for k, v in postfix.items())
         now = time.perf_counter()
-        if self.enabled and (now - self._last >= self._min_interval or self.n == self.total):
+        finished = self.n == self.total and (self._drawn is None or self._drawn[0] != self.n)
+        if self.enabled and (now - self._last >= self._min_interval or finished):
             self._last = now
             self._draw()
 

@@ -357,6 +357,8 @@ class Trainer:
     def _prepare_run_folder(self) -> None:
         """config.json, and metrics.jsonl cut back to the step the run (re)starts from."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoint_dir(self.run_dir).glob(".ckpt-*.pt.tmp-*"):  # a save killed mid-write
+            stale.unlink(missing_ok=True)
         _write_text_atomic(self.run_dir / "config.json", json.dumps(self.config, indent=2, default=str) + "\n")
         _truncate_metrics(self.metrics_path, self.step)
 
@@ -476,7 +478,8 @@ class Trainer:
             "step": self.step,
             "loss": window.mean_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "grad_norm": window.mean_grad_norm,
+            # fp16: the GradScaler skips steps whose gradient overflowed (inf); JSON has no inf.
+            "grad_norm": window.mean_grad_norm if math.isfinite(window.mean_grad_norm) else None,
             "images_per_s": window.steps * self.global_batch / elapsed if elapsed > 0 else None,
             "time": time.time(),
         }

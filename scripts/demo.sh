@@ -2,6 +2,8 @@
 # The README's main job, on a fresh machine: install, make toy data, train the `toy` preset on
 # the CPU for a few minutes, sample it with the fused sampler, write the pictures.
 #   bash scripts/demo.sh            (OUT=out/demo, VENV=.venv, STEPS=... to change)
+# Run again with the same settings, it resumes; with more STEPS, give a new OUT (the samples
+# folder refuses images from another checkpoint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/demo}
@@ -15,10 +17,9 @@ fi
 
 mkdir -p "$OUT"
 [ -e "$OUT/data/data.mdb" ] || blurdiff data toy --out "$OUT/data" --n 2000 --size 32 --seed 0
-resume=()
-[ -d "$OUT/run/checkpoints" ] && resume=(--resume)
+# --resume: an interrupted run goes on from its newest checkpoint (an empty folder starts afresh).
 blurdiff train --data "$OUT/data" --preset toy --out "$OUT/run" --max-steps "$STEPS" --device cpu \
-  --ckpt-every 200 --sample-every 0 "${resume[@]}"
+  --ckpt-every 200 --sample-every 0 --resume
 blurdiff sample --run "$OUT/run" --n 16 --out "$OUT/samples" --seed 0 --device cpu --trajectory --grid
 blurdiff figures forward --data "$OUT/data" --preset toy --out "$OUT/forward.png"
 echo

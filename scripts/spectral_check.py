@@ -49,7 +49,7 @@ def main() -> None:
           f"{data.shape[0]} data images, {shape[1]}x{shape[2]}")
     print("| K | seconds | low-half mean abs log10 ratio | high-half mean abs log10 ratio | sample std | data std |")
     print("|---|---|---|---|---|---|")
-    curves = {"data": None}
+    curves = {}
     for K in args.steps:
         generator = torch.Generator().manual_seed(args.seed)
         start, parts = time.perf_counter(), []
@@ -65,7 +65,7 @@ def main() -> None:
         print(f"| {K} | {seconds:.0f} | {np.mean(np.abs(ratio[low])):.3f} | "
               f"{report['high_freq_mean_abs_log10_ratio']:.3f} | {samples.std().item():.3f} | {data.std().item():.3f} |",
               flush=True)
-        curves["data"] = (freq, report["power_data"])
+        curves.setdefault("data", (freq, report["power_data"]))
         curves[f"K={K}"] = (freq, report["power_samples"])
     if args.plot:
         plot_spectra(curves, args.plot, title=f"radial power spectrum, {args.sampler} sampler")
