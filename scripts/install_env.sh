@@ -8,5 +8,5 @@ python3 -m venv "$VENV"
 python -m pip install -q --upgrade pip
 # torch first: the extension is compiled against the torch it will run with, hence also
 # --no-build-isolation below (an isolated build would fetch a second torch that may not match).
-python -m pip install -q "torch==2.14.1" "setuptools>=77" wheel ninja pybind11 numpy
+python -m pip install -q "torch==2.14.1" setuptools wheel ninja pybind11 numpy
 MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --no-build-isolation ".${PIP_EXTRAS:-}"
