@@ -14,12 +14,13 @@ must not run code. Files are ``RUN/checkpoints/ckpt-{step:08d}.pt``.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
+from blurdiff.atomic import atomic_path
 
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "config")
 _NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
@@ -43,22 +44,8 @@ def save_checkpoint(state: Dict[str, Any], path) -> Path:
         raise ValueError(f"a checkpoint needs the keys {REQUIRED_KEYS}; missing {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
     return path
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from blurdiff.atomic import atomic_path
 from blurdiff.inception import (
     FID_FEATURE_DIM,
     FID_INPUT_RESOLUTION,
@@ -194,24 +194,15 @@ def _statistics(act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_statistics(path: str | os.PathLike, mu, sigma, count: int | None = None) -> Path:
-    """Write ``mu``, ``sigma`` (and ``count``) to an ``.npz``, atomically (tmp + ``os.replace``)."""
+    """Write ``mu``, ``sigma`` (and ``count``) to an ``.npz``, atomically."""
     path = Path(path).expanduser()
     mu, sigma = _check_stats(mu, sigma, "")
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"mu": mu, "sigma": sigma}
     if count is not None:
         arrays["count"] = np.asarray(int(count))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return path
 
 

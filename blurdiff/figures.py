@@ -15,13 +15,13 @@ leaves only the blur ``U D^{Σ f} U^T x_0``: the fade to grey hides it at large 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from blurdiff.atomic import atomic_path
 from blurdiff.images import to_uint8
 
 __all__ = ["add_arguments", "main", "forward_figure", "forward_process_figure", "forward_rows"]
@@ -144,9 +144,8 @@ def forward_process_figure(data, out, preset: str, n: int = 4, start: int = 0, c
     img = forward_figure(x0, process, columns, seed, normalize, scale, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
     return out
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+from blurdiff.atomic import atomic_path
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -25,10 +26,8 @@ def _pil(arr: np.ndarray) -> Image.Image:
 
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
     """One image, written atomically (a partial file never carries the final name)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    _pil(to_uint8(image)[0]).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        _pil(to_uint8(image)[0]).save(tmp, format="PNG")
 
 
 def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -45,10 +44,8 @@ def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndar
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    _pil(grid(images, nrow)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        _pil(grid(images, nrow)).save(tmp, format="PNG")
 
 
 def save_strips(frames: Sequence[torch.Tensor], path: str | os.PathLike) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_dir, load_checkpoint, resolve_checkpoint
 from blurdiff.images import save_grid, save_png, save_strips
 from blurdiff.progress import Progress
@@ -44,7 +44,6 @@ from blurdiff.respace import KINDS, make_sampler
 
 SETTINGS_FILE = "sample.json"
 _FORMAT = 1
-_TMP = re.compile(r"^\d{6,}\.png\.tmp$")
 FIGURES = "figures"  # a sub-folder, so image-folder readers (FID, spectra) see only the samples
 _PNG = re.compile(r"^\d{6,}\.png$")
 
@@ -170,9 +169,7 @@ def _check_settings(out: Path, settings: Dict) -> None:
     if any(_PNG.match(p.name) for p in out.iterdir()):
         raise ValueError(f"{out} already holds numbered PNGs but no {SETTINGS_FILE}: not a folder this "
                          f"command made; pick another --out")
-    tmp = out / (SETTINGS_FILE + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 class _Trajectory:
@@ -244,9 +241,7 @@ def main(args: argparse.Namespace) -> int:
         "device": device.type,
         "resolution": list(process.resolution),
     })
-    for p in out.iterdir():  # leftovers of an interrupted write: never final names
-        if _TMP.match(p.name):
-            p.unlink(missing_ok=True)
+    remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
 
     num_batches = -(-args.n // B)
     missing = {b: [i for i in range(b * B, min((b + 1) * B, args.n)) if not (out / image_name(i)).exists()]

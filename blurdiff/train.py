@@ -32,6 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import (
     checkpoint_dir,
     checkpoint_path,
@@ -357,9 +358,8 @@ class Trainer:
     def _prepare_run_folder(self) -> None:
         """config.json, and metrics.jsonl cut back to the step the run (re)starts from."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in checkpoint_dir(self.run_dir).glob(".ckpt-*.pt.tmp-*"):  # a save killed mid-write
-            stale.unlink(missing_ok=True)
-        _write_text_atomic(self.run_dir / "config.json", json.dumps(self.config, indent=2, default=str) + "\n")
+        remove_stale(checkpoint_dir(self.run_dir), "ckpt-*.pt")  # a save killed mid-write
+        write_text_atomic(self.run_dir / "config.json", json.dumps(self.config, indent=2, default=str) + "\n")
         _truncate_metrics(self.metrics_path, self.step)
 
     @property
@@ -569,12 +569,6 @@ class _Window:
         return self.grad_norm_sum / max(self.steps, 1)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Keep the lines of ``path`` up to ``step`` (a resumed run rewrites what came after);
     a torn last line (a crash mid-write) goes too."""
@@ -587,7 +581,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    _write_text_atomic(path, "".join(kept))
+    write_text_atomic(path, "".join(kept))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -136,14 +136,14 @@ def test_resume_after_interruption(run, tmp_path, monkeypatch):
         sample(run, out, 13)
     monkeypatch.setattr(sample_mod, "save_png", real_save)
     assert pngs(out) == [f"{i:06d}.png" for i in range(7)]
-    (out / "000007.png.tmp").write_bytes(b"half a png")  # what a kill during a write leaves
+    (out / ".000007.png.tmp-99999").write_bytes(b"half a png")  # what a kill during a write leaves
     before = stat(out)
 
     assert sample(run, out, 13) == 0
     after = stat(out)
     assert sorted(after) == [f"{i:06d}.png" for i in range(13)]
     assert {k: after[k] for k in before} == before  # nothing rewritten
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".*.tmp-*"))
     assert sample(run, tmp_path / "ref", 13) == 0  # the same as an uninterrupted run
     assert {k: v[2] for k, v in stat(tmp_path / "ref").items()} == {k: v[2] for k, v in after.items()}
 
