@@ -1,25 +1,28 @@
 """Turn a pytest-benchmark JSON file of bench_ops.py into the README's table of ratios.
 
-    python benchmarks/report.py out.json
+    python benchmarks/report.py out.json [--stat min]
+
+Medians by default; on a shared, noisy machine the minimum of the rounds is the steadier
+estimate of what the code costs (interference only ever adds time).
 """
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 
 
-def main(path: str) -> None:
+def main(path: str, stat: str = "median") -> None:
     data = json.load(open(path))
     table = defaultdict(dict)
     info = {}
     for b in data["benchmarks"]:
         impl = b["params"]["impl"]
-        table[b["group"]][impl] = b["stats"]["median"] * 1e3
+        table[b["group"]][impl] = b["stats"][stat] * 1e3
         if impl == "fused":
             info[b["group"]] = b.get("extra_info", {})
     machine = data.get("machine_info", {})
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
-          f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; medians in ms; ratios from this one run.\n")
+          f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {stat}s in ms; ratios from this one run.\n")
     print("| device | op | shape | fused ms | reference / fused | compiled / fused | fused / GEMM bound | note |")
     print("|---|---|---|---|---|---|---|---|")
     for group in sorted(table, key=lambda g: (g.split()[0], g.split()[1], int(g.split()[2].split("x")[-1]), g)):
@@ -36,4 +39,8 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", help="pytest-benchmark's --benchmark-json output of bench_ops.py")
+    parser.add_argument("--stat", choices=("median", "min"), default="median")
+    args = parser.parse_args()
+    main(args.json, args.stat)

@@ -15,6 +15,7 @@ must not run code. Files are ``RUN/checkpoints/ckpt-{step:08d}.pt``.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -81,6 +82,35 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise ValueError(f"{path} is not a blurdiff checkpoint (needs the keys {REQUIRED_KEYS})")
     return state
+
+
+def load_newest_readable(run_dir, set_aside: bool = True) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest checkpoint of ``run_dir`` that loads, with its path; None if the run has none.
+
+    An unreadable one (damaged on disk, or not a blurdiff checkpoint) is skipped with a warning,
+    so a run resumes from the one before it. With ``set_aside`` it is renamed to
+    ``NAME.unreadable``: kept for inspection, but out of the way of pruning and of the next
+    resume. Raises ValueError when checkpoints exist and none loads.
+    """
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except FileNotFoundError:  # set aside meanwhile by another process of the same run
+            continue
+        except ValueError as e:
+            skipped.append(path.name)
+            aside = path.with_name(path.name + ".unreadable")
+            if set_aside:
+                try:
+                    path.replace(aside)
+                except FileNotFoundError:
+                    pass
+            reason = str(e).splitlines()[0][:300]  # torch's unpickling errors run to many lines
+            warnings.warn(f"skipping {path.name}: {reason}" + (f" (renamed to {aside.name})" if set_aside else ""))
+    if skipped:
+        raise ValueError(f"no checkpoint in {checkpoint_dir(run_dir)} loads (tried {', '.join(skipped)})")
+    return None
 
 
 def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:

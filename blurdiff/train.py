@@ -37,7 +37,7 @@ from blurdiff.checkpoint import (
     checkpoint_dir,
     checkpoint_path,
     latest_checkpoint,
-    load_checkpoint,
+    load_newest_readable,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -312,8 +312,12 @@ class Trainer:
         if not opts.resume:
             raise ValueError(f"the run folder {self.run_dir} already has checkpoints (newest: {newest.name}); "
                              f"pass --resume to continue that run, or choose another --out")
-        log.info("resuming from %s", newest)
-        return load_checkpoint(newest)
+        # Every rank reads the checkpoint; only rank 0 renames an unreadable one.
+        found = load_newest_readable(self.run_dir, set_aside=self.is_main)
+        if found is None:  # all of them set aside by rank 0 meanwhile: it raises the error
+            raise ValueError(f"no checkpoint in {checkpoint_dir(self.run_dir)} loads")
+        log.info("resuming from %s", found[0])
+        return found[1]
 
     def _check_same_run(self, saved: Dict[str, Any]) -> None:
         for key in ("preset", "process", "unet"):
@@ -351,6 +355,11 @@ class Trainer:
                           "are re-seeded from (seed, step), so the run is not bitwise the uninterrupted one")
             self.generator.manual_seed(self.options.seed + 1_000_003 * self.step)
             torch.manual_seed(self.options.seed + 1 + self.rank + 1_000_003 * self.step)
+        if data.get("num_images", self.num_images) != self.num_images:
+            warnings.warn(f"--resume on a data set of {self.num_images} images (the run was trained on "
+                          f"{data['num_images']}): the data stream is re-cut, so the batches from here on "
+                          "are not the ones the run would have seen")
+            return self.step
         if data.get("world_size", 1) != self.world_size or data.get("batch_size") != self.batch_size:
             return self.step  # a re-cut data stream: at least do not restart at its beginning
         return int(data.get("start_batch", self.step))

@@ -158,6 +158,42 @@ def test_crash_during_save_keeps_previous_checkpoint(toy_lmdb, tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
 
 
+def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2))
+    ckpts = tmp_path / "checkpoints"
+    straight = load_checkpoint(ckpts / "ckpt-00000004.pt")
+    (ckpts / "ckpt-00000004.pt").write_bytes(b"damaged on disk")
+
+    with pytest.warns(UserWarning, match=r"skipping ckpt-00000004\.pt: .*not a loadable.*renamed to ckpt-00000004\.pt\.unreadable"):
+        resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2, resume=True))
+    assert resumed.step == 2  # from the checkpoint before the damaged one
+    resumed.run_loop()
+    resumed.close()
+    # The damaged file is kept aside, and the redone steps end where the first run ended.
+    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-00000002.pt", "ckpt-00000004.pt",
+                                                       "ckpt-00000004.pt.unreadable"]
+    assert (ckpts / "ckpt-00000004.pt.unreadable").read_bytes() == b"damaged on disk"
+    redone = load_checkpoint(ckpts / "ckpt-00000004.pt")
+    for key in ("step", "model", "ema", "optimizer"):
+        assert_same(straight[key], redone[key], key)
+
+    # Nothing readable left: a clear error that names what was tried.
+    (ckpts / "ckpt-00000002.pt").write_bytes(b"x")
+    (ckpts / "ckpt-00000004.pt").write_bytes(b"y")
+    with pytest.warns(UserWarning, match="skipping"), \
+            pytest.raises(ValueError, match=r"no checkpoint in .* loads \(tried ckpt-00000004\.pt, ckpt-00000002\.pt\)"):
+        Trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
+
+
+def test_resume_on_another_data_set_size_warns(toy_lmdb, tmp_path):
+    run(opts(toy_lmdb, tmp_path / "run", max_steps=2))
+    smaller = tmp_path / "smaller"
+    make_toy_lmdb(str(smaller), 16, RES)
+    with pytest.warns(UserWarning, match="data set of 16 images .*trained on 32.*re-cut"):
+        trainer = Trainer(opts(smaller, tmp_path / "run", max_steps=3, resume=True))
+    assert trainer.step == 2 and trainer.loader.next_batch == 2
+
+
 def test_keep_prunes_old_checkpoints(toy_lmdb, tmp_path):
     run(opts(toy_lmdb, tmp_path / "keep2", max_steps=5, ckpt_every=1, keep=2))
     assert [p.name for p in list_checkpoints(tmp_path / "keep2")] == ["ckpt-00000004.pt", "ckpt-00000005.pt"]

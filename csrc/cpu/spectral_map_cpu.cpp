@@ -2,9 +2,10 @@
 //
 // Planes are processed in chunks that stay in cache, one chunk per task of at::parallel_for.
 // The transforms of a chunk are two BLAS calls (x·U_w for all planes at once, then U_h^T·(·)
-// batched), which beat any hand-written loop; the coefficient products, the sum over inputs and
-// the Philox noise are fused into one pass over the chunk. Temporaries are three chunk-sized
-// buffers per task, never full-size tensors.
+// batched), which beat any hand-written loop. The coefficient products, the sum over inputs, the
+// Philox noise and a single output's coefficients take one pass per input after the first, row
+// by row so the operands stay in L1. Temporaries are three chunk-sized buffers per task, never
+// full-size tensors.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -104,6 +105,37 @@ void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* out, int64_t pc, int64
   gemm_row_major(false, true, pc * H, W, W, tmp, W, U_w, W, out, W);
 }
 
+// dst = sp ⊙ prev + sc ⊙ cur + nc ⊙ noise, times d, for one plane, a row at a time so every
+// operand row stays in L1. A null coefficient row means ones; a null cur or nc drops that term;
+// dst may be prev.
+template <typename acc_t>
+BLURDIFF_VECTOR_CLONES void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp, const acc_t* cur,
+                                          const acc_t* sc, const acc_t* nc, const acc_t* d, const NoiseKey& key,
+                                          int64_t plane, int64_t H, int64_t W, float* z) {
+  const int64_t Wq = quads_per_row(W);
+  for (int64_t y = 0; y < H; ++y) {
+    const int64_t o = y * W;
+    acc_t* out = dst + o;
+    if (sp) {
+      for (int64_t x = 0; x < W; ++x) out[x] = sp[o + x] * prev[o + x];
+    } else if (out != prev + o) {
+      for (int64_t x = 0; x < W; ++x) out[x] = prev[o + x];
+    }
+    if (cur && sc) {
+      for (int64_t x = 0; x < W; ++x) out[x] += sc[o + x] * cur[o + x];
+    } else if (cur) {
+      for (int64_t x = 0; x < W; ++x) out[x] += cur[o + x];
+    }
+    if (nc) {
+      noise_row(key.seed, key.offset, plane, y, Wq, z);
+      for (int64_t x = 0; x < W; ++x) out[x] += nc[o + x] * static_cast<acc_t>(z[x]);
+    }
+    if (d) {
+      for (int64_t x = 0; x < W; ++x) out[x] *= d[o + x];
+    }
+  }
+}
+
 template <typename scalar_t>
 void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -165,12 +197,18 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
       acc_t* out_direct = nullptr;
       if constexpr (!kConvert) out_direct = outs[0].data_ptr<acc_t>() + p0 * n;
 
-      // acc = Σ_i c_i ⊙ F(x_i) (or, passing through, F(x) itself: to_spectral writes it in place).
+      // acc = Σ_i c_i ⊙ F(x_i) + σ ⊙ z, in one combine pass per input after the first: input 0's
+      // transform is scaled by the pass that adds input 1, and the noise (and a single output's
+      // coefficients) join the last pass. Passing through, acc is F(x) itself (to_spectral writes
+      // it in place).
+      const size_t K = inputs.size();
+      const bool fuse_out = !passthrough && outs.size() == 1 && out_coefs[0];
       const acc_t* acc = nullptr;
-      for (size_t i = 0; i < inputs.size(); ++i) {
-        const acc_t* s = load(inputs[i], r.forward ? a : b);
+      const acc_t* raw0 = nullptr;
+      for (size_t i = 0; i < K; ++i) {
+        const acc_t* s = load(inputs[i], i == 0 && !r.forward ? b : a);
         if (r.forward) {
-          acc_t* into = passthrough && !r.inverse && out_direct ? out_direct : a;
+          acc_t* into = passthrough ? (!r.inverse && out_direct ? out_direct : a) : (i == 0 ? acc_buf : a);
           forward_transform(s, b, into, pc, H, W, U_h, U_w);
           s = into;
         }
@@ -178,42 +216,27 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
           acc = s;
           break;
         }
-        acc_t* dst_all = acc_buf;
-        acc = dst_all;
-        const bool first = i == 0;
-        for (int64_t q = 0; q < pc; ++q) {
-          acc_t* dst = dst_all + q * n;
-          const acc_t* src = s + q * n;
-          const acc_t* cf = in_coefs[i] ? row(in_coefs[i], q) : nullptr;
-          if (cf && first) {
-            for (int64_t e = 0; e < n; ++e) dst[e] = cf[e] * src[e];
-          } else if (cf) {
-            for (int64_t e = 0; e < n; ++e) dst[e] += cf[e] * src[e];
-          } else if (first) {
-            for (int64_t e = 0; e < n; ++e) dst[e] = src[e];
-          } else {
-            for (int64_t e = 0; e < n; ++e) dst[e] += src[e];
-          }
+        if (i == 0) {
+          raw0 = s;
+          if (K > 1) continue;
         }
-      }
-
-      if (noise_coef) {
-        acc_t* acc_p = acc_buf;
+        const bool last = i + 1 == K;
         for (int64_t q = 0; q < pc; ++q) {
-          const acc_t* nc = row(noise_coef, q);
-          for (int64_t y = 0; y < H; ++y) {
-            noise_row(key.seed, key.offset, p0 + q, y, Wq, z);
-            acc_t* dst = acc_p + q * n + y * W;
-            const acc_t* ncy = nc + y * W;
-            for (int64_t x = 0; x < W; ++x) dst[x] += ncy[x] * static_cast<acc_t>(z[x]);
-          }
+          const acc_t* prev = (i <= 1 ? raw0 : acc_buf) + q * n;
+          const acc_t* sp = i <= 1 && in_coefs[0] ? row(in_coefs[0], q) : nullptr;
+          const acc_t* cur = i > 0 ? s + q * n : nullptr;
+          const acc_t* sc = i > 0 && in_coefs[i] ? row(in_coefs[i], q) : nullptr;
+          const acc_t* nc = last && noise_coef ? row(noise_coef, q) : nullptr;
+          const acc_t* d = last && fuse_out ? row(out_coefs[0], q) : nullptr;
+          combine_plane(acc_buf + q * n, prev, sp, cur, sc, nc, d, key, p0 + q, H, W, z);
         }
+        acc = acc_buf;
       }
 
       // out_m = G(d_m ⊙ acc).
       for (size_t m = 0; m < outs.size(); ++m) {
         const acc_t* src = acc;
-        if (out_coefs[m]) {
+        if (out_coefs[m] && !fuse_out) {
           for (int64_t q = 0; q < pc; ++q) {
             const acc_t* cf = row(out_coefs[m], q);
             for (int64_t e = 0; e < n; ++e) b[q * n + e] = cf[e] * acc[q * n + e];
