@@ -212,6 +212,13 @@ def _pick_device(requested: Optional[str], info: DistInfo) -> torch.device:
     return device
 
 
+def _device_for_rank(requested: Optional[str], rank: int, world_size: int) -> torch.device:
+    """The device of process ``rank`` when the caller named none: one GPU per process, torchrun's
+    LOCAL_RANK when set, else the rank modulo the visible GPUs."""
+    local_rank = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
+    return _pick_device(requested, DistInfo(rank, world_size, local_rank))
+
+
 # ------------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +241,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.run_dir = Path(options.out)
-        self.device = torch.device(device) if device is not None else _pick_device(options.device, DistInfo())
+        self.device = torch.device(device) if device is not None else _device_for_rank(options.device, rank, world_size)
 
         get_preset(options.preset)  # unknown preset: a clear error before anything else
         state = self._checkpoint_to_resume(options)

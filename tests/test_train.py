@@ -158,6 +158,21 @@ def test_crash_during_save_keeps_previous_checkpoint(toy_lmdb, tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
 
 
+def test_each_rank_gets_its_own_gpu(monkeypatch):
+    from blurdiff import train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    pick = train_module._device_for_rank
+    assert [pick(None, r, 4) for r in range(4)] == [torch.device("cuda", i) for i in (0, 1, 0, 1)]
+    assert pick("cuda:1", 0, 1) == torch.device("cuda", 1) and pick("cpu", 3, 4) == torch.device("cpu")
+    assert pick(None, 0, 1) == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick("cuda", 5, 8) == torch.device("cuda", 1)
+
+
 def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path):
     run(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2))
     ckpts = tmp_path / "checkpoints"
