@@ -22,7 +22,7 @@ def main(path: str, stat: str = "median") -> None:
             info[b["group"]] = b.get("extra_info", {})
     machine = data.get("machine_info", {})
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
-          f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {stat}s in ms; ratios from this one run.\n")
+          f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {stat} times in ms; ratios from this one run.\n")
     print("| device | op | shape | fused ms | reference / fused | compiled / fused | fused / GEMM bound | note |")
     print("|---|---|---|---|---|---|---|---|")
     for group in sorted(table, key=lambda g: (g.split()[0], g.split()[1], int(g.split()[2].split("x")[-1]), g)):
@@ -32,8 +32,9 @@ def main(path: str, stat: str = "median") -> None:
         ratio = lambda k: f"{row[k] / fused:.2f}x" if k in row and fused else "-"  # noqa: E731
         gemm = f"{fused / row['gemm']:.2f}x" if "gemm" in row and fused else "-"
         note = ""
-        if "bandwidth_GBps" in info.get(group, {}):
-            note = f"{info[group]['bandwidth_GBps']:.0f} GB/s on {info[group].get('device', '')}"
+        if "bytes_moved" in info.get(group, {}):
+            gbps = info[group]["bytes_moved"] / (fused * 1e-3) / 1e9
+            note = f"{gbps:.0f} GB/s on {info[group].get('device', '')}"
         print(f"| {device} | {op} | {shape} | {fused:.3f} | {ratio('reference')} | {ratio('compiled')} | {gemm} | {note} |"
               if fused else f"| {device} | {op} | {shape} | - | | | | |")
 

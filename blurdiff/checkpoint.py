@@ -71,12 +71,18 @@ def prune_checkpoints(run_dir, keep: int) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``, with clear errors for wrong files."""
+    """Load a checkpoint with ``weights_only=True``, with clear errors for wrong files.
+
+    ValueError: the file's content is not a loadable checkpoint. OSError (and MemoryError) pass
+    through unchanged: they say nothing about the file, which may load on the next try.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, MemoryError):
+        raise
     except Exception as e:  # an unpickling error names the offending global
         raise ValueError(f"{path} is not a loadable blurdiff checkpoint: {e}") from e
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
@@ -84,32 +90,35 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     return state
 
 
-def load_newest_readable(run_dir, set_aside: bool = True) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def load_newest_readable(run_dir) -> Optional[Tuple[Path, Dict[str, Any]]]:
     """The newest checkpoint of ``run_dir`` that loads, with its path; None if the run has none.
 
-    An unreadable one (damaged on disk, or not a blurdiff checkpoint) is skipped with a warning,
-    so a run resumes from the one before it. With ``set_aside`` it is renamed to
-    ``NAME.unreadable``: kept for inspection, but out of the way of pruning and of the next
-    resume. Raises ValueError when checkpoints exist and none loads.
+    Newer ones whose content does not load (damaged on disk, not a blurdiff checkpoint) are
+    skipped with a warning and, once an older one has loaded, renamed to ``NAME.unreadable``:
+    kept for inspection, out of the way of pruning and of the next resume. Raises ValueError
+    when checkpoints exist and none loads (then nothing is renamed); read errors (OSError)
+    propagate without touching anything.
     """
-    skipped = []
+    bad = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, load_checkpoint(path)
-        except FileNotFoundError:  # set aside meanwhile by another process of the same run
-            continue
+            state = load_checkpoint(path)
         except ValueError as e:
-            skipped.append(path.name)
-            aside = path.with_name(path.name + ".unreadable")
-            if set_aside:
-                try:
-                    path.replace(aside)
-                except FileNotFoundError:
-                    pass
-            reason = str(e).splitlines()[0][:300]  # torch's unpickling errors run to many lines
-            warnings.warn(f"skipping {path.name}: {reason}" + (f" (renamed to {aside.name})" if set_aside else ""))
-    if skipped:
-        raise ValueError(f"no checkpoint in {checkpoint_dir(run_dir)} loads (tried {', '.join(skipped)})")
+            bad.append((path, str(e).splitlines()[0][:300]))  # torch's unpickling errors run to many lines
+            continue
+        for skipped, reason in bad:
+            aside = skipped.with_name(skipped.name + ".unreadable")
+            n = 1
+            while aside.exists():  # an earlier damaged file of the same step stays too
+                n += 1
+                aside = skipped.with_name(f"{skipped.name}.unreadable-{n}")
+            skipped.replace(aside)
+            warnings.warn(f"skipping {skipped.name}: {reason} (renamed to {aside.name}); "
+                          f"resuming from {path.name}")
+        return path, state
+    if bad:
+        raise ValueError(f"no checkpoint in {checkpoint_dir(run_dir)} loads (tried "
+                         f"{', '.join(p.name for p, _ in bad)}; newest: {bad[0][1]})")
     return None
 
 

@@ -37,6 +37,7 @@ from blurdiff.checkpoint import (
     checkpoint_dir,
     checkpoint_path,
     latest_checkpoint,
+    load_checkpoint,
     load_newest_readable,
     prune_checkpoints,
     save_checkpoint,
@@ -215,7 +216,8 @@ def _pick_device(requested: Optional[str], info: DistInfo) -> torch.device:
 def _device_for_rank(requested: Optional[str], rank: int, world_size: int) -> torch.device:
     """The device of process ``rank`` when the caller named none: one GPU per process, torchrun's
     LOCAL_RANK when set, else the rank modulo the visible GPUs."""
-    local_rank = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
+    gpus = max(torch.cuda.device_count(), 1)  # 1 where each process sees only its own GPU
+    local_rank = int(os.environ.get("LOCAL_RANK", rank)) % gpus
     return _pick_device(requested, DistInfo(rank, world_size, local_rank))
 
 
@@ -319,12 +321,32 @@ class Trainer:
         if not opts.resume:
             raise ValueError(f"the run folder {self.run_dir} already has checkpoints (newest: {newest.name}); "
                              f"pass --resume to continue that run, or choose another --out")
-        # Every rank reads the checkpoint; only rank 0 renames an unreadable one.
-        found = load_newest_readable(self.run_dir, set_aside=self.is_main)
-        if found is None:  # all of them set aside by rank 0 meanwhile: it raises the error
-            raise ValueError(f"no checkpoint in {checkpoint_dir(self.run_dir)} loads")
-        log.info("resuming from %s", found[0])
-        return found[1]
+        if self.world_size == 1:
+            path, state = self._newest_readable()
+        else:
+            # One choice for every rank: rank 0 picks (setting aside what does not load) and the
+            # others load the file it names. Its error reaches them too, so that none waits forever.
+            choice = [None]
+            if self.is_main:
+                try:
+                    path, state = self._newest_readable()
+                    choice = [str(path)]
+                except (ValueError, OSError) as e:
+                    choice = [e]
+            dist.broadcast_object_list(choice, src=0)
+            if isinstance(choice[0], Exception):
+                raise choice[0]
+            if not self.is_main:
+                path = Path(choice[0])
+                state = load_checkpoint(path)
+        log.info("resuming from %s", path)
+        return state
+
+    def _newest_readable(self) -> Tuple[Path, Dict[str, Any]]:
+        found = load_newest_readable(self.run_dir)
+        if found is None:
+            raise ValueError(f"--resume: the checkpoints in {checkpoint_dir(self.run_dir)} vanished while resuming")
+        return found
 
     def _check_same_run(self, saved: Dict[str, Any]) -> None:
         for key in ("preset", "process", "unet"):
@@ -363,9 +385,10 @@ class Trainer:
             self.generator.manual_seed(self.options.seed + 1_000_003 * self.step)
             torch.manual_seed(self.options.seed + 1 + self.rank + 1_000_003 * self.step)
         if data.get("num_images", self.num_images) != self.num_images:
-            warnings.warn(f"--resume on a data set of {self.num_images} images (the run was trained on "
-                          f"{data['num_images']}): the data stream is re-cut, so the batches from here on "
-                          "are not the ones the run would have seen")
+            if self.is_main:
+                warnings.warn(f"--resume on a data set of {self.num_images} images (the run was trained on "
+                              f"{data['num_images']}): the data stream is re-cut, so the batches from here "
+                              "on are not the ones the run would have seen")
             return self.step
         if data.get("world_size", 1) != self.world_size or data.get("batch_size") != self.batch_size:
             return self.step  # a re-cut data stream: at least do not restart at its beginning

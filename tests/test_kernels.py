@@ -126,6 +126,44 @@ def test_backward_op_matches_reference(device):
 
 @needs_kernels
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).split(".")[-1])
+def test_every_path_in_every_dtype(device, dtype):
+    """Drawn noise with K = 1, 2, 3, the plain transforms and the backward op (several outputs,
+    and one output whose coefficients join the last pass), each in every data type."""
+    H, W, B, C = 12, 20, 2, 3
+    gen = lambda: torch.Generator(device).manual_seed(11)  # noqa: E731
+    table = torch.float64 if dtype == torch.float64 else torch.float32
+    # The noise z̄ this seed gives for [B, C, H, W]: the noise term alone, in an identity basis.
+    eye = lambda n: torch.eye(n, device=device, dtype=table)  # noqa: E731
+    zeros = torch.zeros(B, C, H, W, device=device, dtype=dtype)
+    z_bar = blurdiff_ops.spectral_lincomb([zeros], torch.zeros(1, 1, H, W, device=device, dtype=table),
+                                          torch.zeros(B, dtype=torch.int64, device=device), eye(H), eye(W),
+                                          torch.ones(1, H, W, device=device, dtype=table), generator=gen())
+    z_bar = z_bar.double().cpu()
+    for K in (1, 2, 3):
+        xs, coefs, t, U_h, U_w, nc, _ = _problem(H, W, K, B=B, C=C, dtype=dtype, device=device, seed=K)
+        got = blurdiff_ops.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, generator=gen())
+        noise_term = U_h.cpu().double() @ (nc.cpu().double()[t.cpu()][:, None] * z_bar) @ U_w.cpu().double().T
+        _close(got, _oracle(xs, coefs, t, U_h, U_w) + noise_term, dtype)
+
+    xs, coefs, t, U_h, U_w, nc, _ = _problem(H, W, K=2, B=B, C=C, dtype=dtype, device=device)
+    d = lambda v: v.cpu().double()  # noqa: E731
+    _close(blurdiff_ops.to_spectral(xs[0], U_h, U_w), d(U_h).T @ d(xs[0]) @ d(U_w), dtype)
+    _close(blurdiff_ops.from_spectral(xs[0], U_h, U_w), d(U_h) @ d(xs[0]) @ d(U_w).T, dtype)
+    for noise_coef in (nc, None):
+        grads = ops.spectral_lincomb_backward(xs[0], coefs, t, U_h, U_w, noise_coef)
+        tables = list(coefs) + ([noise_coef] if noise_coef is not None else [])
+        assert len(grads) == len(tables)
+        for g, c in zip(grads, tables):
+            assert g.dtype == dtype
+            _close(g, _oracle([xs[0]], c[None], t, U_h, U_w), dtype)
+    one = ops.spectral_lincomb_backward(xs[0], coefs[:1], t, U_h, U_w, None)  # a single output
+    _close(one[0], _oracle([xs[0]], coefs[:1], t, U_h, U_w), dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_and_empty(device):
     xs, coefs, t, U_h, U_w, nc, nz = _problem(16, 24, K=2, B=3, device=device)
     # A transposed view with the same logical shape, a strided slice, and an expanded tensor.

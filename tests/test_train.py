@@ -7,6 +7,7 @@ takes well under a minute and a half on two CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -173,13 +174,14 @@ def test_each_rank_gets_its_own_gpu(monkeypatch):
     assert pick("cuda", 5, 8) == torch.device("cuda", 1)
 
 
-def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path):
+def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, monkeypatch):
     run(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2))
     ckpts = tmp_path / "checkpoints"
     straight = load_checkpoint(ckpts / "ckpt-00000004.pt")
     (ckpts / "ckpt-00000004.pt").write_bytes(b"damaged on disk")
 
-    with pytest.warns(UserWarning, match=r"skipping ckpt-00000004\.pt: .*not a loadable.*renamed to ckpt-00000004\.pt\.unreadable"):
+    with pytest.warns(UserWarning, match=r"skipping ckpt-00000004\.pt: .*not a loadable.*renamed to "
+                                         r"ckpt-00000004\.pt\.unreadable\); resuming from ckpt-00000002\.pt"):
         resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2, resume=True))
     assert resumed.step == 2  # from the checkpoint before the damaged one
     resumed.run_loop()
@@ -192,12 +194,22 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path):
     for key in ("step", "model", "ema", "optimizer"):
         assert_same(straight[key], redone[key], key)
 
-    # Nothing readable left: a clear error that names what was tried.
+    # A read error says nothing about the file: it propagates and nothing is renamed.
+    def failing_load(*args, **kwargs):
+        raise PermissionError("simulated read error")
+
+    with monkeypatch.context() as patched, pytest.raises(PermissionError, match="simulated"):
+        patched.setattr(torch, "load", failing_load)
+        Trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
+    assert (ckpts / "ckpt-00000004.pt").is_file()
+
+    # Nothing loads: a clear error that names what was tried, and every file stays where it was.
     (ckpts / "ckpt-00000002.pt").write_bytes(b"x")
     (ckpts / "ckpt-00000004.pt").write_bytes(b"y")
-    with pytest.warns(UserWarning, match="skipping"), \
-            pytest.raises(ValueError, match=r"no checkpoint in .* loads \(tried ckpt-00000004\.pt, ckpt-00000002\.pt\)"):
+    with pytest.raises(ValueError, match=r"no checkpoint in .* loads \(tried ckpt-00000004\.pt, ckpt-00000002\.pt"):
         Trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
+    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-00000002.pt", "ckpt-00000004.pt",
+                                                       "ckpt-00000004.pt.unreadable"]
 
 
 def test_resume_on_another_data_set_size_warns(toy_lmdb, tmp_path):
@@ -418,10 +430,22 @@ def _ddp_worker(rank: int, world_size: int, port: int, options: TrainOptions, ou
 
 def test_ddp_gloo_two_processes_match_each_other_and_one_process(toy_lmdb, tmp_path):
     steps = 3
-    ddp = opts(toy_lmdb, tmp_path / "ddp", max_steps=steps, batch_size=BATCH // 2)
+    ddp = opts(toy_lmdb, tmp_path / "ddp", max_steps=steps, batch_size=BATCH // 2, ckpt_every=2)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), ddp, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert_same(r0, r1)  # the ranks never drift apart
+
+    # Resuming past a damaged newest checkpoint: rank 0 picks the one before for both ranks,
+    # and the redone step ends where the first run ended.
+    ckpts = tmp_path / "ddp" / "checkpoints"
+    (ckpts / f"ckpt-{steps:08d}.pt").write_bytes(b"damaged")
+    again = tmp_path / "again"
+    again.mkdir()
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), dataclasses.replace(ddp, resume=True), str(again)),
+                                nprocs=2, join=True)
+    for r in (0, 1):
+        assert_same(torch.load(again / f"rank{r}.pt", weights_only=True), r0)
+    assert (ckpts / f"ckpt-{steps:08d}.pt.unreadable").read_bytes() == b"damaged"
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
     assert_same(ckpt["model"], r0["model"])
     assert ckpt["data"]["world_size"] == 2 and len(ckpt["rng"]["ranks"]) == 2

@@ -3,8 +3,8 @@
 // Planes are processed in chunks that stay in cache, one chunk per task of at::parallel_for.
 // The transforms of a chunk are two BLAS calls (x·U_w for all planes at once, then U_h^T·(·)
 // batched), which beat any hand-written loop. The coefficient products, the sum over inputs, the
-// Philox noise and a single output's coefficients take one pass per input after the first, row
-// by row so the operands stay in L1. Temporaries are three chunk-sized buffers per task, never
+// Philox noise and a single output's coefficients take one pass per input after the first (one
+// for a single input), row by row so the operands stay in L1. Temporaries are three chunk-sized buffers per task, never
 // full-size tensors.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,10 +21,16 @@
 #include "row_major_gemm.h"
 
 // Compiled for the best vector unit at hand, chosen when the library loads (x86, GCC/Clang).
+// Clang takes target_clones on plain functions only, not on templates (llvm-project#116501).
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BLURDIFF_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define BLURDIFF_VECTOR_CLONES
+#endif
+#if defined(__clang__)
+#define BLURDIFF_VECTOR_CLONES_TEMPLATE
+#else
+#define BLURDIFF_VECTOR_CLONES_TEMPLATE BLURDIFF_VECTOR_CLONES
 #endif
 
 namespace blurdiff {
@@ -109,7 +115,7 @@ void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* out, int64_t pc, int64
 // operand row stays in L1. A null coefficient row means ones; a null cur or nc drops that term;
 // dst may be prev.
 template <typename acc_t>
-BLURDIFF_VECTOR_CLONES void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp, const acc_t* cur,
+BLURDIFF_VECTOR_CLONES_TEMPLATE void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp, const acc_t* cur,
                                           const acc_t* sc, const acc_t* nc, const acc_t* d, const NoiseKey& key,
                                           int64_t plane, int64_t H, int64_t W, float* z) {
   const int64_t Wq = quads_per_row(W);
@@ -165,6 +171,9 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   const bool passthrough = inputs.size() == 1 && outs.size() == 1 && !in_coefs[0] && !noise_coef &&
                            r.forward != r.inverse;
 
+  const size_t K = inputs.size();
+  const bool fuse_out = !passthrough && outs.size() == 1 && out_coefs[0];
+
   const int64_t threads = at::get_num_threads();
   int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(n, 1));
   chunk = std::min(chunk, std::max<int64_t>(1, (P + 2 * threads - 1) / (2 * threads)));
@@ -197,12 +206,10 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
       acc_t* out_direct = nullptr;
       if constexpr (!kConvert) out_direct = outs[0].data_ptr<acc_t>() + p0 * n;
 
-      // acc = Σ_i c_i ⊙ F(x_i) + σ ⊙ z, in one combine pass per input after the first: input 0's
-      // transform is scaled by the pass that adds input 1, and the noise (and a single output's
-      // coefficients) join the last pass. Passing through, acc is F(x) itself (to_spectral writes
-      // it in place).
-      const size_t K = inputs.size();
-      const bool fuse_out = !passthrough && outs.size() == 1 && out_coefs[0];
+      // acc = Σ_i c_i ⊙ F(x_i) + σ ⊙ z, in one combine pass per input after the first (one pass
+      // for K = 1): input 0's transform is scaled by the pass that adds input 1, and the noise
+      // (and a single output's coefficients) join the last pass. Passing through, acc is F(x)
+      // itself (to_spectral writes it in place).
       const acc_t* acc = nullptr;
       const acc_t* raw0 = nullptr;
       for (size_t i = 0; i < K; ++i) {
