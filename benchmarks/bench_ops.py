@@ -5,12 +5,16 @@
 
 Each group is one (device, op, size); its members are the implementations, plus a "gemm"
 member for q_sample and the reverse step: one float32 matmul with the op's FLOPs, timed in the
-same run, the bound a transform-based op cannot beat. Shapes are batch x 3 x n x n with batch 16;
+same run, the bound a transform-based op cannot beat. ``test_paired`` times the same things
+interleaved (the others between the fused op's rounds): its ratios hold on a machine whose speed
+drifts, and they are the README's. Shapes are batch x 3 x n x n with batch 16;
 on CUDA also 256 x 3 x 64 x 64, whose fused run reports its memory bandwidth (one read of each
 input, one write of the output) in extra_info.
 """
 
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -62,6 +66,23 @@ def _case(op, batch, n, device):
     raise ValueError(op)
 
 
+def _gemm_bound(batch, n, gemms, device):
+    """One matmul with the op's FLOPs: `gemms` n^3 products per plane. Into a preallocated output:
+    its result is `gemms` times the op's, and page-faulting that in on every call would time the
+    allocator, not the arithmetic."""
+    a = torch.randn(batch * 3 * n, n, device=device)
+    b = torch.randn(n, gemms * n, device=device)
+    c = torch.empty(batch * 3 * n, gemms * n, device=device)
+    return lambda: torch.mm(a, b, out=c)
+
+
+def _compiled(fn):
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, dynamic=False)
+    compiled()  # compile outside the timing
+    return compiled
+
+
 def _timed(fn, device):
     if device == "cuda":
         def run():
@@ -79,23 +100,15 @@ def test_op(benchmark, device, shape, op, impl):
     batch, n = shape
     if batch == 256 and device == "cpu":
         pytest.skip("256 x 3 x 64 x 64 is the GPU bandwidth case")
-    if QUICK and impl == "compiled" and not (n == 64 and op in ("q_sample", "reverse_step")):
-        pytest.skip("quick run: compiled reference only at 64x64")
+    if QUICK and impl != "fused":
+        pytest.skip("quick run: test_paired times the other implementations")
     fns, gemms = _case(op, batch, n, device)
     if impl == "gemm":
         if op not in ("q_sample", "reverse_step"):
             pytest.skip("the GEMM bound is reported for the lincomb ops")
-        # One matmul with the op's FLOPs: `gemms` n^3 products per plane. Into a preallocated
-        # output: its result is `gemms` times the op's, and page-faulting that in on every call
-        # would time the allocator, not the arithmetic.
-        a = torch.randn(batch * 3 * n, n, device=device)
-        b = torch.randn(n, gemms * n, device=device)
-        c = torch.empty(batch * 3 * n, gemms * n, device=device)
-        fn = lambda: torch.mm(a, b, out=c)  # noqa: E731
+        fn = _gemm_bound(batch, n, gemms, device)
     elif impl == "compiled":
-        torch._dynamo.reset()
-        fn = torch.compile(fns["reference"], dynamic=False)
-        fn()  # compile outside the timing
+        fn = _compiled(fns["reference"])
     else:
         fn = fns[impl]
     benchmark.group = f"{device} {op} {batch}x3x{n}x{n}"
@@ -109,3 +122,41 @@ def test_op(benchmark, device, shape, op, impl):
         inputs = 2 if op in ("q_sample", "reverse_step") else 1
         # report.py divides by the statistic it reports (median or min).
         benchmark.extra_info["bytes_moved"] = (inputs + 1) * batch * 3 * n * n * 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x3x{s[1]}x{s[1]}")
+@pytest.mark.parametrize("op", OPS)
+def test_paired(benchmark, device, shape, op):
+    """The fused op's rounds with one call of each other implementation between them (untimed by
+    pytest-benchmark, timed here): every ratio then compares calls made in the same seconds, which
+    the separate groups above cannot do on a shared machine whose speed drifts from one test to
+    the next. report.py prints these ratios in a table of their own."""
+    batch, n = shape
+    if batch == 256 and device == "cpu":
+        pytest.skip("256 x 3 x 64 x 64 is the GPU bandwidth case")
+    fns, gemms = _case(op, batch, n, device)
+    others = {"reference": fns["reference"]}
+    if op in ("q_sample", "reverse_step"):
+        others["gemm"] = _gemm_bound(batch, n, gemms, device)
+    if not QUICK or (n == 64 and op in ("q_sample", "reverse_step")):
+        others["compiled"] = _compiled(fns["reference"])
+    others = {name: _timed(fn, device) for name, fn in others.items()}
+    times = {name: [] for name in others}
+
+    def between_rounds():
+        for name, fn in others.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.group = f"{device} {op} {batch}x3x{n}x{n} paired"
+    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                                threads=torch.get_num_threads())
+    rounds = {32: 200, 64: 100, 128: 30}.get(n, 8) if device == "cpu" else 50
+    benchmark.pedantic(_timed(fns["fused"], device), setup=between_rounds, rounds=rounds, iterations=1,
+                       warmup_rounds=3)
+    # The warm-up rounds ran the setup too: keep the calls of the timed rounds (with
+    # --benchmark-disable there is one call in all).
+    benchmark.extra_info["paired"] = {name: {"min": min(ts[-rounds:]), "median": statistics.median(ts[-rounds:])}
+                                      for name, ts in times.items()}

@@ -11,32 +11,54 @@ import json
 from collections import defaultdict
 
 
+def _shape_order(key):
+    device, op, shape = key
+    return device, op, int(shape.split("x")[-1]), shape
+
+
+def _table(rows, info) -> None:
+    print("| device | op | shape | fused ms | reference / fused | compiled / fused | fused / GEMM bound | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key in sorted(rows, key=_shape_order):
+        device, op, shape = key
+        row = rows[key]
+        fused = row.get("fused")
+        if not fused:
+            print(f"| {device} | {op} | {shape} | - | | | | |")
+            continue
+        ratio = lambda k: f"{row[k] / fused:.2f}x" if k in row else "-"  # noqa: E731
+        gemm = f"{fused / row['gemm']:.2f}x" if "gemm" in row else "-"
+        note = ""
+        if "bytes_moved" in info.get(key, {}):
+            gbps = info[key]["bytes_moved"] / (fused * 1e-3) / 1e9
+            note = f"{gbps:.0f} GB/s on {info[key].get('device', '')}"
+        print(f"| {device} | {op} | {shape} | {fused:.3f} | {ratio('reference')} | {ratio('compiled')} | {gemm} | {note} |")
+
+
 def main(path: str, stat: str = "median") -> None:
     data = json.load(open(path))
-    table = defaultdict(dict)
-    info = {}
+    separate, paired, info = defaultdict(dict), defaultdict(dict), {}
     for b in data["benchmarks"]:
+        key = tuple(b["group"].split()[:3])
+        extra = b.get("extra_info", {})
+        if "paired" in extra:  # test_paired: the fused op, and the others timed between its rounds
+            paired[key]["fused"] = b["stats"][stat] * 1e3
+            for impl, stats in extra["paired"].items():
+                paired[key][impl] = stats[stat] * 1e3
+            continue
         impl = b["params"]["impl"]
-        table[b["group"]][impl] = b["stats"][stat] * 1e3
+        separate[key][impl] = b["stats"][stat] * 1e3
         if impl == "fused":
-            info[b["group"]] = b.get("extra_info", {})
+            info[key] = extra
     machine = data.get("machine_info", {})
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
           f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {stat} times in ms; ratios from this one run.\n")
-    print("| device | op | shape | fused ms | reference / fused | compiled / fused | fused / GEMM bound | note |")
-    print("|---|---|---|---|---|---|---|---|")
-    for group in sorted(table, key=lambda g: (g.split()[0], g.split()[1], int(g.split()[2].split("x")[-1]), g)):
-        device, op, shape = group.split()
-        row = table[group]
-        fused = row.get("fused")
-        ratio = lambda k: f"{row[k] / fused:.2f}x" if k in row and fused else "-"  # noqa: E731
-        gemm = f"{fused / row['gemm']:.2f}x" if "gemm" in row and fused else "-"
-        note = ""
-        if "bytes_moved" in info.get(group, {}):
-            gbps = info[group]["bytes_moved"] / (fused * 1e-3) / 1e9
-            note = f"{gbps:.0f} GB/s on {info[group].get('device', '')}"
-        print(f"| {device} | {op} | {shape} | {fused:.3f} | {ratio('reference')} | {ratio('compiled')} | {gemm} | {note} |"
-              if fused else f"| {device} | {op} | {shape} | - | | | | |")
+    if separate:
+        print("Each implementation timed in a group of its own:\n")
+        _table(separate, info)
+    if paired:
+        print("\nPaired: the other implementations timed between the fused op's rounds, in the same seconds:\n")
+        _table(paired, {})
 
 
 if __name__ == "__main__":

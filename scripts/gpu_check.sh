@@ -50,7 +50,7 @@ done
 
 step "GPU benchmarks"
 if python -c "import pytest_benchmark" 2>/dev/null; then
-  timeout 200 python -m pytest -q benchmarks/bench_ops.py -k cuda --benchmark-only \
+  timeout 240 python -m pytest -q benchmarks/bench_ops.py -k cuda --benchmark-only \
     --benchmark-json="$OUT/bench_ops.json" >"$OUT/bench.log" 2>&1 || status=1
   python benchmarks/report.py "$OUT/bench_ops.json" | tee -a "$OUT/report.md"
 else
