@@ -4,8 +4,8 @@
 // The transforms of a chunk are two BLAS calls (x·U_w for all planes at once, then U_h^T·(·)
 // batched), which beat any hand-written loop. The coefficient products, the sum over inputs, the
 // Philox noise and a single output's coefficients take one pass per input after the first (one
-// for a single input), row by row so the operands stay in L1. Temporaries are three chunk-sized buffers per task, never
-// full-size tensors.
+// for a single input), row by row so the operands stay in L1. Temporaries are three chunk-sized
+// buffers per task, never full-size tensors.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -115,9 +115,10 @@ void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* out, int64_t pc, int64
 // operand row stays in L1. A null coefficient row means ones; a null cur or nc drops that term;
 // dst may be prev.
 template <typename acc_t>
-BLURDIFF_VECTOR_CLONES_TEMPLATE void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp, const acc_t* cur,
-                                          const acc_t* sc, const acc_t* nc, const acc_t* d, const NoiseKey& key,
-                                          int64_t plane, int64_t H, int64_t W, float* z) {
+BLURDIFF_VECTOR_CLONES_TEMPLATE void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp,
+                                                   const acc_t* cur, const acc_t* sc, const acc_t* nc,
+                                                   const acc_t* d, const NoiseKey& key, int64_t plane, int64_t H,
+                                                   int64_t W, float* z) {
   const int64_t Wq = quads_per_row(W);
   for (int64_t y = 0; y < H; ++y) {
     const int64_t o = y * W;
