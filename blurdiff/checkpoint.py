@@ -17,11 +17,14 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 
 from blurdiff.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from blurdiff.diffusion import BlurDiffusion
 
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "config")
 _NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")

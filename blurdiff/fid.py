@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from blurdiff.atomic import atomic_path
+from blurdiff.devices import resolve_device
 from blurdiff.inception import (
     FID_FEATURE_DIM,
     FID_INPUT_RESOLUTION,
@@ -310,10 +311,6 @@ def _cached_real_statistics(
     return mu, sigma
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def fid_from_paths(
     real: str | os.PathLike,
     fake: str | os.PathLike,
@@ -331,7 +328,7 @@ def fid_from_paths(
     where to get it; it is needed even on a cache hit, since its sha256 is part of the cache
     key). ``limit`` caps the images taken from each folder (evenly spaced).
     """
-    device = device or _default_device()
+    device = resolve_device(device)
     real, fake = Path(real).expanduser(), Path(fake).expanduser()
     for p in (real, fake):
         if not (p.is_dir() or _is_npz(p)):

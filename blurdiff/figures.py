@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from blurdiff.atomic import atomic_path
-from blurdiff.images import to_uint8
+from blurdiff.images import to_uint8, upscale_factor
 
 __all__ = ["add_arguments", "main", "forward_figure", "forward_process_figure", "forward_rows"]
 
@@ -89,7 +89,7 @@ def forward_figure(x0: torch.Tensor, process, columns: int = 8, seed: int = 0, n
     times = _time_columns(process.steps, columns)
     noisy, c2f, f2c = forward_rows(x0, process, times, seed, normalize)
     B, _, H, W = x0.shape
-    s = scale or max(1, -(-64 // max(H, W)))
+    s = scale or upscale_factor(max(H, W))
     ch, cw, pad = H * s, W * s, 2
     left, top = 90, 40 if title else 24
     rows = [r for b in range(B) for r in (

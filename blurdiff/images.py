@@ -24,6 +24,12 @@ def _pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
+def upscale_factor(size: int, min_pixels: int = 64) -> int:
+    """The nearest-neighbour factor that makes a figure cell of ``size`` pixels at least
+    ``min_pixels`` wide (1 for cells that already are)."""
+    return max(1, -(-min_pixels // size))
+
+
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
     """One image, written atomically (a partial file never carries the final name)."""
     with atomic_path(path) as tmp:

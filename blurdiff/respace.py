@@ -38,6 +38,7 @@ __all__ = ["KINDS", "Sampler", "make_sampler", "spaced_steps"]
 
 KINDS = ("ddpm", "ancestral", "ddim")
 
+
 def spaced_steps(num_steps: int, count: int) -> Tuple[int, ...]:
     """``count`` steps of ``1 … num_steps`` evenly spaced, both ends included, descending.
 
@@ -214,8 +215,6 @@ def make_sampler(process, steps: Union[None, int, Sequence[int]] = None, kind: s
 
     Samplers are cached per process, so their device tables are built once.
     """
-    if kind not in KINDS:
-        raise ValueError(f"sampler kind must be one of {KINDS}, got {kind!r}")
     resolved = _resolve_steps(process.steps, steps)
     # Kept on the process (a cycle the garbage collector frees with it; a module-level
     # WeakKeyDictionary would never free it, since each Sampler refers to its process).

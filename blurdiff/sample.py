@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_dir, load_checkpoint, resolve_checkpoint
-from blurdiff.images import save_grid, save_png, save_strips
+from blurdiff.devices import resolve_device
+from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
 from blurdiff.respace import KINDS, make_sampler
 
@@ -107,18 +107,6 @@ def _find_checkpoint(run: Optional[str], ckpt: Optional[str]) -> Path:
             raise FileNotFoundError(f"no checkpoint at {ckpt}")
         return path
     return resolve_checkpoint(run, None)
-
-
-def _device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _load(args, device: torch.device):
@@ -199,14 +187,9 @@ class _Trajectory:
 
 
 def _upscale(frames: List[torch.Tensor]) -> List[torch.Tensor]:
-    """Nearest-neighbour upscaling for figures: cells at least 64 pixels wide."""
-    s = trajectory_scale(frames[0].shape[-1])
+    """Nearest-neighbour upscaling for figures (see :func:`blurdiff.images.upscale_factor`)."""
+    s = upscale_factor(max(frames[0].shape[-2:]))
     return [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
-
-
-def trajectory_scale(width: int) -> int:
-    """Nearest-neighbour upscaling of the trajectory cells: at least 64 pixels wide."""
-    return max(1, -(-64 // width))
 
 
 # ------------------------------------------------------------------------------------- main
@@ -217,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.trajectory and (args.trajectory_samples < 1 or args.trajectory_frames < 2):
         raise ValueError("--trajectory-samples must be >= 1 and --trajectory-frames >= 2")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     path, state, process, model = _load(args, device)
     sampler = make_sampler(process, args.steps, args.sampler)
     B = args.batch_size
@@ -285,10 +268,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"trajectory: {out / FIGURES / 'trajectory.png'}, {out / FIGURES / 'trajectory_x0.png'}")
     if args.grid:
         (out / FIGURES).mkdir(exist_ok=True)
-        from blurdiff.fid import read_image  # the image reading shared with FID and spectra
+        from blurdiff.spectrum import load_images  # the image reading shared with FID and spectra
 
-        arrays = [read_image(out / image_name(i)) for i in range(min(args.n, 64))]
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = load_images([out / image_name(i) for i in range(min(args.n, 64))], out).float()
         save_grid(_upscale([images])[0], out / FIGURES / "grid.png")
         print(f"grid: {out / FIGURES / 'grid.png'}")
     return 0

@@ -43,6 +43,7 @@ from blurdiff.checkpoint import (
     save_checkpoint,
 )
 from blurdiff.data import infinite_loader, open_dataset
+from blurdiff.devices import resolve_device
 from blurdiff.diffusion import BACKENDS, BlurDiffusion
 from blurdiff.images import save_grid
 from blurdiff.presets import PRESETS, get_preset
@@ -180,7 +181,6 @@ def _config_diff(saved, wanted) -> Optional[str]:
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     initialized_here: bool = False
 
 
@@ -190,7 +190,7 @@ def setup_distributed(device: Optional[str]) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     initialized_here = False
     if not dist.is_initialized():
         on_cuda = (device is None or device.startswith("cuda")) and torch.cuda.is_available()
@@ -198,27 +198,21 @@ def setup_distributed(device: Optional[str]) -> DistInfo:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if on_cuda else "gloo")
         initialized_here = True
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, initialized_here)
-
-
-def _pick_device(requested: Optional[str], info: DistInfo) -> torch.device:
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank if info.world_size > 1 else torch.cuda.current_device())
-    return device
+    return DistInfo(dist.get_rank(), dist.get_world_size(), initialized_here)
 
 
 def _device_for_rank(requested: Optional[str], rank: int, world_size: int) -> torch.device:
-    """The device of process ``rank`` when the caller named none: one GPU per process, torchrun's
-    LOCAL_RANK when set, else the rank modulo the visible GPUs."""
-    gpus = max(torch.cuda.device_count(), 1)  # 1 where each process sees only its own GPU
-    local_rank = int(os.environ.get("LOCAL_RANK", rank)) % gpus
-    return _pick_device(requested, DistInfo(rank, world_size, local_rank))
+    """The device of process ``rank``: ``requested`` (default: CUDA when available); a CUDA device
+    without an index is one GPU per process, torchrun's LOCAL_RANK when set, else the rank, modulo
+    the visible GPUs (1 where each process sees only its own), or the current GPU for one process."""
+    device = resolve_device(requested)
+    if device.type == "cuda" and device.index is None:
+        if world_size > 1:
+            index = int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
+        else:
+            index = torch.cuda.current_device()
+        device = torch.device("cuda", index)
+    return device
 
 
 # ------------------------------------------------------------------------------------------------
@@ -635,7 +629,7 @@ def train(options: TrainOptions) -> Trainer:
     """
     info = setup_distributed(options.device)
     try:
-        trainer = Trainer(options, info.rank, info.world_size, _pick_device(options.device, info))
+        trainer = Trainer(options, info.rank, info.world_size)
         try:
             trainer.run_loop()
         finally:

@@ -6,7 +6,6 @@ Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a t
 
 import dataclasses
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 
 import blurdiff.sample as sample_mod
 from blurdiff.checkpoint import checkpoint_path, save_checkpoint
+from blurdiff.images import upscale_factor
 from blurdiff.unet import build_unet
 
 
@@ -177,7 +177,7 @@ def test_ema_and_samplers(run, tmp_path):
 def test_trajectory(run, tmp_path):
     out = tmp_path / "s"
     assert sample(run, out, 3, "--trajectory", "--trajectory-samples", 2, "--trajectory-frames", 6) == 0
-    s = sample_mod.trajectory_scale(RES)
+    s = upscale_factor(RES)
     cell, pad = RES * s, 2
     for name in ("trajectory.png", "trajectory_x0.png"):
         with Image.open(out / "figures" / name) as im:
@@ -198,7 +198,7 @@ def test_trajectory(run, tmp_path):
 def test_grid_shows_the_images_of_the_folder(run, tmp_path):
     out = tmp_path / "s"
     assert sample(run, out, 5, "--grid") == 0
-    s = sample_mod.trajectory_scale(RES)
+    s = upscale_factor(RES)
     cell, pad = RES * s, 2
     grid = np.asarray(Image.open(out / "figures" / "grid.png"))
     assert grid.shape[:2] == (2 * (cell + pad) + pad, 3 * (cell + pad) + pad)  # 5 images: 3 per row

@@ -13,7 +13,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <memory>
+#include <algorithm>
 #include <vector>
 
 #include "../spectral_map.h"
