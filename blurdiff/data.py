@@ -30,7 +30,9 @@ import io
 import logging
 import operator
 import os
+import struct
 import threading
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -44,8 +46,12 @@ __all__ = [
     "ImageFolderDataset",
     "open_dataset",
     "is_lmdb_path",
+    "list_images",
+    "read_image",
+    "to_rgb",
     "resize_no_crop",
     "pil_to_tensor",
+    "UndecodableDataError",
     "epoch_indices",
     "epoch_flips",
     "batches_per_epoch",
@@ -54,6 +60,7 @@ __all__ = [
     "infinite_loader",
 ]
 
+#: What every reader (training data, FID, spectra) takes as an image file, case-insensitively.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 #: Pillow's ``reducing_gap`` for resizing; ``None`` is exact (fair) resampling. Setting e.g. 3.0
@@ -77,15 +84,34 @@ def _as_hw(resolution) -> tuple[int, int] | None:
     return hw  # type: ignore[return-value]
 
 
+class UndecodableDataError(RuntimeError):
+    """Image data that cannot be decoded: an image file, or every record of a data set."""
+
+
+# 16-bit grey: Pillow's own conversion to 8 bits clips (every value above 255 becomes white).
+_GREY16_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, the same way for every reader.
+
+    16-bit grey is scaled by 1/257 (65535 -> 255), a palette with transparency goes through
+    RGBA so its colours survive, and alpha is dropped (not composited). 16-bit RGB(A) PNGs
+    reach here already reduced to 8 bits by Pillow.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in _GREY16_MODES:
+        arr = np.asarray(img).astype(np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
 def resize_no_crop(img: Image.Image, resolution) -> Image.Image:
     """``img`` as RGB, squashed (no crop, aspect ratio not kept) to ``resolution`` (int or (H, W))."""
-    if img.mode != "RGB":
-        if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey: scale, don't clip
-            arr = np.asarray(img).astype(np.float64) / 257.0
-            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-        elif img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        img = img.convert("RGB")
+    img = to_rgb(img)
     hw = _as_hw(resolution)
     if hw is not None and (img.height, img.width) != hw:
         img = img.resize((hw[1], hw[0]), resample=Image.Resampling.BICUBIC, reducing_gap=RESIZE_REDUCING_GAP)
@@ -105,6 +131,71 @@ def _decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
+
+
+# What Pillow raises for bytes it cannot decode (unknown format, truncated or corrupt data,
+# a decompression bomb); the bytes are in memory, so no OSError here is about the disk.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]`` (see :func:`to_rgb`); the reader of FID and spectra.
+
+    Errors opening or reading the file (missing, permissions) propagate as they are; data that
+    cannot be decoded raises :class:`UndecodableDataError` naming the file.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        img = _decode(raw)
+    except _DECODE_ERRORS as exc:
+        raise UndecodableDataError(f"cannot decode the image {os.fspath(path)}: {exc}") from exc
+    return np.asarray(to_rgb(img), dtype=np.uint8)
+
+
+def _identity(st: os.stat_result, path: str) -> tuple:
+    """What makes two paths the same file (or folder): its inode, or the real path where the
+    file system has none."""
+    return ("ino", st.st_dev, st.st_ino) if st.st_ino else ("path", os.path.realpath(path))
+
+
+def _image_entries(root: str, recursive: bool) -> Iterator[tuple[str, os.DirEntry]]:
+    """``(relative path, entry)`` of the image files under ``root``, entering every folder once."""
+    seen = {_identity(os.stat(root), root)}
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel)) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        subfolders = []
+        for e in entries:
+            rel_name = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir():  # follows links: a linked folder is read, but never twice (no loops)
+                if recursive and (ident := _identity(e.stat(), e.path)) not in seen:
+                    seen.add(ident)
+                    subfolders.append(rel_name)
+            elif e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS):  # dangling links: neither
+                yield rel_name, e
+        pending.extend(reversed(subfolders))  # depth first, in name order
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Image files (:data:`IMAGE_EXTENSIONS`) under ``folder``: relative ``/``-separated paths, sorted.
+
+    The one listing of the training data, FID and spectra. Hidden files and folders are
+    skipped, and so are dangling links. Links to folders are followed, but every folder is read
+    once, so a link back up the tree (a loop) adds nothing; a file reached by two paths (a link
+    to it, a hard link) is listed once, under the first of its paths.
+    """
+    root = os.fspath(folder)
+    found = sorted((rel, _identity(e.stat(), e.path)) for rel, e in _image_entries(root, recursive))
+    seen: set[tuple] = set()
+    files = []
+    for rel, ident in found:
+        if ident not in seen:
+            seen.add(ident)
+            files.append(rel)
+    return files
 
 
 class _EncodedImageDataset(torch.utils.data.Dataset):
@@ -218,7 +309,7 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
             else:
                 self.note_bad(j)
             j = (j + 1) % n
-        raise RuntimeError(f"every one of the {n} records of {self.kind} {self.path} is undecodable")
+        raise UndecodableDataError(f"every one of the {n} records of {self.kind} {self.path} is undecodable")
 
     def __repr__(self) -> str:
         return (
@@ -243,8 +334,7 @@ _ENVS_LOCK = threading.Lock()
 
 def _data_file_id(path: str, subdir: bool) -> tuple:
     f = os.path.join(path, "data.mdb") if subdir else path
-    st = os.stat(f)
-    return ("ino", st.st_dev, st.st_ino) if st.st_ino else ("path", os.path.realpath(f))
+    return _identity(os.stat(f), f)
 
 
 def _acquire_env(path: str, subdir: bool):
@@ -379,8 +469,8 @@ class LMDBImageDataset(_EncodedImageDataset):
 
 
 class ImageFolderDataset(_EncodedImageDataset):
-    """Every ``.png/.jpg/.jpeg/.webp/.bmp`` file under ``path`` (recursive, case-insensitive
-    extensions, hidden files and directories skipped), sorted by relative path."""
+    """Every image file under ``path`` (see :func:`list_images`: recursive, case-insensitive
+    extensions, hidden files and folders skipped, no file twice), sorted by relative path."""
 
     kind = "image folder"
 
@@ -391,13 +481,7 @@ class ImageFolderDataset(_EncodedImageDataset):
         if not os.path.isdir(p):
             raise ValueError(f"not a directory of images: {p}")
         super().__init__(p, resolution, hflip)
-        files = []
-        for root, dirs, names in os.walk(p, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in names:
-                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(os.path.relpath(os.path.join(root, name), p).replace(os.sep, "/"))
-        files.sort()
+        files = list_images(p)
         if not files:
             raise ValueError(f"empty data set: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images under {p}")
         self.files = np.array(files)  # one numpy object, not a list of str (cheap to fork)

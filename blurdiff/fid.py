@@ -6,11 +6,12 @@ pytorch-fid (:mod:`blurdiff.inception`; its published weights, pool3 2048-d feat
 command line therefore uses ``limit=10000`` by default (see :func:`fid_main`). FIDs computed on
 fewer images are biased upwards and are not comparable with the paper's numbers.
 
-Pipeline (as in pytorch-fid's ``fid_score``): every png/jpg/jpeg/webp file in a folder
-(its top level only, sorted by name: sub-folders such as a sample run's ``figures/`` are not
-images of the set) is read with Pillow, converted to RGB and scaled to
-``[0, 1]``; the network resizes it to 299x299 (bilinear) and maps it to ``[-1, 1]``; the mean
-and covariance (``np.cov``, float64) of the 2048-d features are the statistics, and
+Pipeline (as in pytorch-fid's ``fid_score``): every image file in a folder (the extensions
+and the reader of the training data, :mod:`blurdiff.data`; its top level only, sorted by name:
+sub-folders such as a sample run's ``figures/`` are not images of the set) is read with Pillow,
+converted to 8-bit RGB (16-bit images scaled, not clipped) and scaled to ``[0, 1]``; the
+network resizes it to 299x299 (bilinear) and maps it to ``[-1, 1]``; the mean and covariance
+(``np.cov``, float64) of the 2048-d features are the statistics, and
 
     FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
 
@@ -31,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +42,7 @@ import torch
 from PIL import Image
 
 from blurdiff.atomic import atomic_path
+from blurdiff.data import IMAGE_EXTENSIONS, list_images, read_image
 from blurdiff.devices import resolve_device
 from blurdiff.inception import (
     FID_FEATURE_DIM,
@@ -63,7 +67,6 @@ __all__ = [
     "save_statistics",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_CACHE_DIR = Path("~/.cache/blurdiff/fid")
 DEFAULT_LIMIT = 10000  # FID-10K, the paper's protocol
 _CACHE_FORMAT = "blurdiff-fid-stats-v1"
@@ -123,14 +126,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files in ``folder`` (top level, sorted by name); at most ``limit``, evenly spaced."""
+    """Image files in ``folder`` (top level, sorted by name; see
+    :func:`blurdiff.data.list_images`); at most ``limit``, evenly spaced."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder of images: {folder}")
-    files = sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-        key=lambda p: p.name,
-    )
+    files = [folder / name for name in list_images(folder, recursive=False)]
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be positive, got {limit}")
@@ -138,12 +139,6 @@ def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> lis
             n = len(files)
             files = [files[(i * n) // limit] for i in range(limit)]
     return files
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an ``[H, W, 3]`` uint8 RGB array."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def _same_size_runs(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -208,12 +203,27 @@ def save_statistics(path: str | os.PathLike, mu, sigma, count: int | None = None
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(mu, sigma)`` from an ``.npz`` with arrays ``mu`` and ``sigma``."""
-    with np.load(Path(path).expanduser(), allow_pickle=False) as data:
+    """``(mu, sigma)`` from an ``.npz`` with arrays ``mu`` and ``sigma``.
+
+    A file that is not such an ``.npz`` (truncated, another format, arrays missing) raises
+    ``ValueError`` naming it; errors opening the file propagate as they are.
+    """
+    path = Path(path).expanduser()
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:  # truncated, empty, pickled ...
+        raise ValueError(f"{path} is not a readable .npz of FID statistics ({exc})") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array under an .npz name
+        raise ValueError(f"{path} is not an .npz of FID statistics (it holds one array, not mu and sigma)")
+    with data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:
-            raise KeyError(f"{path} has no {sorted(missing)} (holds {data.files})")
-        return _check_stats(data["mu"], data["sigma"], "")
+            raise ValueError(f"{path} is not an .npz of FID statistics: no {sorted(missing)} (holds {data.files})")
+        try:
+            mu, sigma = data["mu"], data["sigma"]
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:  # a damaged member
+            raise ValueError(f"{path} is not a readable .npz of FID statistics ({exc})") from exc
+    return _check_stats(mu, sigma, "")
 
 
 def _is_npz(path: str | os.PathLike) -> bool:
@@ -304,7 +314,7 @@ def _cached_real_statistics(
     if cache_file.is_file():
         try:
             return load_statistics(cache_file)
-        except (OSError, KeyError, ValueError):
+        except (OSError, ValueError):
             pass  # unreadable cache entry: recompute and overwrite it
     mu, sigma, count = activation_statistics(real, model_factory(), batch_size, device, limit)
     save_statistics(cache_file, mu, sigma, count)

@@ -20,12 +20,15 @@ Input handling is pytorch-fid's: images in ``[0, 1]`` are resized to 299x299 (bi
 ("pool3") after ``Mixed_7c``. ``fc`` is kept only so the state dict matches; it is not applied.
 
 Weights are never downloaded: :func:`load_fid_inception` reads a given file or the torch hub
-cache and raises :class:`FileNotFoundError` saying where to get the file otherwise.
+cache and raises :class:`FileNotFoundError` saying where to get the file otherwise, and
+:class:`InceptionWeightsError` naming the file when it is not these weights.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,6 +40,7 @@ __all__ = [
     "FID_WEIGHTS_FILENAME",
     "FID_WEIGHTS_URL",
     "FIDInceptionV3",
+    "InceptionWeightsError",
     "default_weights_path",
     "load_fid_inception",
     "random_fid_inception",
@@ -50,6 +54,14 @@ FID_WEIGHTS_URL = (
 FID_INPUT_RESOLUTION = 299
 FID_FEATURE_DIM = 2048
 FID_NUM_CLASSES = 1008
+
+
+class InceptionWeightsError(ValueError, RuntimeError):
+    """The weights file is not the FID Inception's (another file, a truncated download ...).
+
+    Both a ``ValueError`` (a bad ``weights`` argument) and a ``RuntimeError`` (what a strict
+    ``load_state_dict`` raised before this type existed), so callers of either kind still work.
+    """
 
 
 class BasicConv2d(nn.Module):
@@ -336,6 +348,57 @@ def _fill_batchnorm_counters(model: nn.Module, state_dict: dict) -> dict:
     return out
 
 
+def _not_the_weights(path: Path, why: str) -> InceptionWeightsError:
+    return InceptionWeightsError(
+        f"{path} is not the FID Inception weights {FID_WEIGHTS_FILENAME}: {why}; pass that file "
+        f"(weights=... / --inception-weights)"
+    )
+
+
+# What torch.load raises for a file it cannot read as a PyTorch file (garbage, text, a
+# truncated download, a pickle of other objects); errors opening the file are not among them.
+_TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError, struct.error)
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS as exc:
+        # Only the archive reader's RuntimeError says something useful ("failed finding central
+        # directory": a truncated download); the unpickler's messages are about torch itself.
+        detail = str(exc).strip().splitlines()[0][:120] if isinstance(exc, RuntimeError) and str(exc).strip() else ""
+        why = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        raise _not_the_weights(path, f"not a readable PyTorch weights file ({why})") from exc
+    if not isinstance(state_dict, dict):
+        raise _not_the_weights(path, f"it does not hold a state dict (got {type(state_dict).__name__})")
+    if any(k.startswith("module.") for k in state_dict):
+        raise _not_the_weights(path, "keys start with 'module.' (a DataParallel checkpoint?)")
+    return state_dict
+
+
+def _some(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    more = f" ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
+    """``load_state_dict(strict=True)``, its errors summed up on one line naming the file."""
+    expected, got = set(model.state_dict()), set(state_dict)
+    problems = []
+    if expected - got:
+        problems.append(f"Missing key(s): {_some(expected - got)}")
+    if got - expected:
+        problems.append(f"Unexpected key(s): {_some(got - expected)}")
+    if problems:
+        raise _not_the_weights(path, "; ".join(problems))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:  # shapes (or values) that do not fit
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise _not_the_weights(path, (lines[1:] or lines)[0][:200]) from exc
+
+
 def load_fid_inception(
     weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> FIDInceptionV3:
@@ -349,15 +412,11 @@ def load_fid_inception(
     Raises:
         FileNotFoundError: the file is not there (the message says where to get it and where
             to put it). Nothing is ever downloaded.
+        InceptionWeightsError: the file is not these weights (unreadable, other keys or shapes).
     """
     path = resolve_weights_path(weights)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state_dict).__name__})")
-    if any(k.startswith("module.") for k in state_dict):
-        raise ValueError(f"{path}: keys start with 'module.' (a DataParallel checkpoint?)")
     model = FIDInceptionV3()
-    model.load_state_dict(_fill_batchnorm_counters(model, state_dict), strict=True)
+    _load_strict(model, _fill_batchnorm_counters(model, _read_state_dict(path)), path)
     return _finalise(model, device)
 
 

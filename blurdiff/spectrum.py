@@ -66,19 +66,20 @@ def radial_power_spectrum(images) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
-    """png/jpg/webp images in ``folder`` (top level, sorted) as ``[N, 3, H, W]`` in [-1, 1]."""
-    from blurdiff.fid import list_image_files  # image listing shared with FID
+    """The images in ``folder`` (top level, sorted; the listing of FID) as ``[N, 3, H, W]`` in [-1, 1]."""
+    from blurdiff.data import IMAGE_EXTENSIONS
+    from blurdiff.fid import list_image_files  # FID's selection, so both look at the same images
 
     files = list_image_files(folder, limit)
     if not files:
-        raise ValueError(f"no images (png/jpg/jpeg/webp) under {folder}")
+        raise ValueError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {folder}")
     return load_images(files, folder)
 
 
 def load_images(files, folder: str | os.PathLike) -> torch.Tensor:
     """Image ``files`` (of one size) as float64 ``[N, 3, H, W]`` in [-1, 1]; ``folder`` names
     them in errors."""
-    from blurdiff.fid import read_image  # image reading shared with FID
+    from blurdiff.data import read_image  # the reader of the training data and FID
 
     arrays = [read_image(f) for f in files]
     sizes = {a.shape for a in arrays}

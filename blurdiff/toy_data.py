@@ -11,6 +11,12 @@ Every image is rendered from its own ``numpy.random.default_rng([seed, i])`` str
 is the same whatever ``n`` is. Images are written as an LSUN-format lmdb (keys: 40-hex ascii ids,
 values: WEBP bytes) that :class:`blurdiff.data.LMDBImageDataset` reads like the real release.
 
+Output folders: every folder these functions create carries a marker file (:data:`MARKER`), is
+built under a fresh hidden temporary name beside ``out`` and renamed into place when complete.
+An existing ``out`` is only ever replaced when it carries the marker, holds nothing but what
+these functions write there, and ``overwrite=True``; anything else is refused, so a folder of
+the user's (``--out .``) is never deleted.
+
 Public functions (wired to ``blurdiff data toy`` / ``blurdiff data export`` by the CLI):
 
     make_toy_lmdb(out, n, size, seed=0, overwrite=False) -> str
@@ -22,13 +28,17 @@ Public functions (wired to ``blurdiff data toy`` / ``blurdiff data export`` by t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import warnings
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, features
@@ -43,6 +53,8 @@ __all__ = [
     "make_toy_lmdb",
     "export_lmdb_to_folder",
     "webp_available",
+    "MARKER",
+    "OutputExistsError",
 ]
 
 
@@ -200,21 +212,113 @@ def _resolve_format(fmt: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Writing the toy lmdb
+# Output folders: replace only what blurdiff wrote
 # --------------------------------------------------------------------------------------------
 
-
-def _is_nonempty(path: str) -> bool:
-    if os.path.isdir(path):
-        return any(True for _ in os.scandir(path))
-    return os.path.exists(path)
+#: The file written into every output folder of this module: what makes a folder blurdiff's.
+MARKER = ".blurdiff-output"
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
+class OutputExistsError(FileExistsError):
+    """``path`` holds an earlier output of blurdiff, which ``option=True`` would replace.
+
+    :meth:`hint` words the fix for another caller (the CLI: ``--overwrite``).
+    """
+
+    def __init__(self, path, what: str, option: str = "overwrite"):
+        self.path, self.what, self.option = os.fspath(path), what, option
+        super().__init__(self.hint(f"{option}=True"))
+
+    def hint(self, how: str) -> str:
+        return f"{self.path} already holds {self.what}; pass {how} to replace it"
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _check_replaceable(out: str, overwrite: bool, writes: Callable[[str], bool], what: str) -> None:
+    """Raise ``FileExistsError`` unless ``out`` is absent, an empty folder, or (``overwrite``)
+    a marked folder holding only names for which ``writes`` (what blurdiff writes there) is true."""
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a folder; refusing to replace it")
+    names = sorted(os.listdir(out))
+    if not names:
+        return
+    if MARKER not in names:
+        raise FileExistsError(
+            f"{out} is not empty and was not written by blurdiff (it has no {MARKER} file); "
+            f"refusing to replace it: choose a new or empty folder"
+        )
+    foreign = [n for n in names if n != MARKER and not writes(n)]
+    if foreign:
+        raise FileExistsError(
+            f"{out} holds files blurdiff did not write ({_some(foreign)}); refusing to replace it: "
+            f"move them away or choose another folder"
+        )
+    if not overwrite:
+        raise OutputExistsError(out, what)
+
+
+@contextlib.contextmanager
+def _new_output_folder(out: str, kind: str) -> Iterator[str]:
+    """``with _new_output_folder(out, kind) as tmp:`` fill ``tmp``; it becomes ``out`` if the block succeeds.
+
+    ``tmp`` is a new hidden sibling (never an existing folder, so no folder of the user's is
+    reused or deleted), marked from the start. An existing ``out`` (checked by
+    :func:`_check_replaceable` beforehand) is moved aside first and deleted last, so a failure
+    at any point leaves the old ``out`` or the complete new one.
+    """
+    out = os.path.abspath(out)
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _fresh_folder(parent, f".{name}.tmp-")
+    try:
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump({"written_by": "blurdiff", "kind": kind}, f)
+        yield tmp
+        _move_into_place(tmp, out)
+    finally:
+        if os.path.isdir(tmp):  # the block failed: the temporary is ours, the old out untouched
+            shutil.rmtree(tmp)
+
+
+def _fresh_folder(parent: str, prefix: str) -> str:
+    """Create a folder ``parent/prefix<unique>`` that did not exist; its mode comes from the
+    umask (``mkdtemp`` would make it private, and it becomes the user's data set)."""
+    while True:
+        path = os.path.join(parent, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _move_into_place(tmp: str, out: str) -> None:
+    # rename() cannot replace a non-empty folder, so the old one goes aside first (and comes
+    # back if the new one cannot take its place).
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    parent, name = os.path.split(out)
+    aside = _fresh_folder(parent, f".{name}.old-")
+    old = os.path.join(aside, name)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        os.rmdir(aside)
+        raise
+    shutil.rmtree(aside)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the toy lmdb
+# --------------------------------------------------------------------------------------------
 
 
 def make_toy_lmdb(
@@ -232,12 +336,11 @@ def make_toy_lmdb(
 
     ``out`` becomes a directory holding ``data.mdb``/``lock.mdb``; keys are the 40-hex ascii ids
     :func:`toy_key`, values WEBP bytes (lossless; PNG, with a warning, when Pillow has no WEBP).
-    The lmdb is built in ``out + ".tmp"`` and renamed into place when complete, so an interrupted
-    run never leaves a half-written ``out``. An existing non-empty ``out`` is refused
-    (``FileExistsError``) unless ``overwrite=True``. Returns ``out``.
+    The lmdb is built in a hidden temporary folder beside ``out`` and renamed into place when
+    complete, so an interrupted run never leaves a half-written ``out``. An existing non-empty
+    ``out`` is refused (``FileExistsError``): an earlier toy lmdb (:class:`OutputExistsError`)
+    unless ``overwrite=True``, anything else always (see the module's notes). Returns ``out``.
     """
-    import lmdb
-
     out = os.fspath(out).rstrip("/\\") or os.fspath(out)
     n = int(n)
     if n < 1:
@@ -248,16 +351,17 @@ def make_toy_lmdb(
         hw = tuple(int(s) for s in size)
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
-    if _is_nonempty(out) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    if os.path.exists(out) and not os.path.isdir(out) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not a directory")
     fmt = _resolve_format(fmt)
+    _check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
+    with _new_output_folder(out, "toy-lmdb") as tmp:
+        _write_toy_lmdb(tmp, n, hw, seed, fmt, commit_every, render_kwargs)
+    log.info("wrote %d toy images (%dx%d, %s, seed %d) to %s", n, hw[0], hw[1], fmt, seed, out)
+    return out
 
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = out + ".tmp"
-    _remove(tmp)
+
+def _write_toy_lmdb(tmp: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int,
+                    render_kwargs: dict) -> None:
+    import lmdb
 
     # Encoded images are smaller than raw RGB (PNG's worst case is raw plus a little);
     # the map is sparse on Linux, so be generous and grow on MapFullError anyway.
@@ -286,12 +390,6 @@ def make_toy_lmdb(
     finally:
         env.close()
 
-    if os.path.lexists(out):
-        _remove(out)
-    os.replace(tmp, out)
-    log.info("wrote %d toy images (%dx%d, %s, seed %d) to %s", n, hw[0], hw[1], fmt, seed, out)
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # Export lmdb (or image folder) -> numbered PNGs
@@ -306,41 +404,46 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
     Records are taken in key order (the reader's order). ``resolution`` (int or ``(H, W)``)
     resizes without cropping like the training reader; ``None`` keeps the native size.
     Undecodable records are skipped (not replaced), counted and logged, so the output is the set
-    of good images. ``limit`` caps the number written. A non-empty ``out`` is refused unless
-    ``overwrite=True``, which first deletes the numbered PNGs already there.
+    of good images. ``limit`` caps the number written. The PNGs are written into a hidden
+    temporary folder that replaces ``out`` when complete. A non-empty ``out`` is refused
+    (``FileExistsError``): an earlier export (:class:`OutputExistsError`) unless
+    ``overwrite=True``, anything else always (see the module's notes).
     Returns the number of PNGs written.
     """
-    from blurdiff.data import open_dataset
+    from blurdiff.data import UndecodableDataError, open_dataset
 
     out = os.fspath(out)
     ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented
-    if os.path.isdir(out) and _is_nonempty(out):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace the PNGs there")
-        for e in os.scandir(out):
-            if e.is_file() and _EXPORT_NAME.match(e.name):
-                os.remove(e.path)
-    elif os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"{out} exists and is not a directory")
-    os.makedirs(out, exist_ok=True)
-
     if limit is not None and int(limit) < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    _check_replaceable(out, overwrite, lambda name: bool(_EXPORT_NAME.match(name)), "exported PNGs")
     written = bad = 0
-    for i in range(len(ds)):
-        if limit is not None and written >= int(limit):
-            break
-        try:
-            img = ds.read_image(i)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
-            bad += 1
-            ds.note_bad(i, exc)
-            continue
-        img.save(os.path.join(out, f"{written:06d}.png"), format="PNG")
-        written += 1
-    if written == 0 and len(ds) > 0 and (limit is None or int(limit) > 0):
-        raise RuntimeError(f"no record of {src} could be decoded ({bad} bad records)")
+    with _new_output_folder(out, "png-export") as tmp:
+        for i in range(len(ds)):
+            if limit is not None and written >= int(limit):
+                break
+            try:
+                img = ds.read_image(i)
+            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
+                bad += 1
+                ds.note_bad(i, exc)
+                continue
+            name = f"{written:06d}.png"
+            _save_png(img, os.path.join(tmp, name), os.path.join(out, name))
+            written += 1
+        if written == 0 and len(ds) > 0 and (limit is None or int(limit) > 0):
+            raise UndecodableDataError(f"no record of {src} could be decoded ({bad} bad records)")
     if bad:
         log.warning("export %s -> %s: skipped %d undecodable record(s)", src, out, bad)
     log.info("exported %d images from %s to %s", written, src, out)
     return written
+
+
+def _save_png(img: Image.Image, path: str, shown_as: str) -> None:
+    """``img.save(path)``; a write error (a full disk) that names no file names ``shown_as``."""
+    try:
+        img.save(path, format="PNG")
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), shown_as) from exc

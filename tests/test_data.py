@@ -282,6 +282,90 @@ def test_missing_and_empty_paths_raise_with_path(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# output folders: only what blurdiff wrote is ever replaced
+# --------------------------------------------------------------------------------------------
+
+
+def _user_files(folder) -> dict:
+    """A folder of things the user owns: a note, a photo named like an export, a sub-folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "000000.png").write_bytes(encode(np.zeros((4, 4, 3), np.uint8), "PNG"))
+    (folder / "photos").mkdir()
+    (folder / "photos" / "cat.png").write_bytes(b"cat")
+    return snapshot(folder)
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_toy_lmdb_never_replaces_what_it_did_not_write(tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    before = _user_files(mine)
+    monkeypatch.chdir(mine)
+    for overwrite in (False, True):  # `--out . --overwrite` once deleted the working folder
+        with pytest.raises(FileExistsError, match="not written by blurdiff"):
+            make_toy_lmdb(".", n=1, size=8, overwrite=overwrite)
+        assert snapshot(mine) == before
+    (tmp_path / "file").write_text("mine too")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        make_toy_lmdb(tmp_path / "file", n=1, size=8, overwrite=True)
+    assert (tmp_path / "file").read_text() == "mine too"
+
+
+def test_toy_lmdb_overwrite_replaces_only_its_own_output(tmp_path):
+    out = tmp_path / "toy"
+    make_toy_lmdb(out, n=2, size=8, seed=0)
+    (out / "notes.txt").write_text("added by the user")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        make_toy_lmdb(out, n=3, size=8, seed=1, overwrite=True)
+    assert (out / "notes.txt").read_text() == "added by the user" and len(lmdb_items(out)) == 2
+    (out / "notes.txt").unlink()
+    make_toy_lmdb(out, n=3, size=8, seed=1, overwrite=True)
+    assert len(lmdb_items(out)) == 3
+    assert sorted(os.listdir(tmp_path)) == ["toy"]  # no temporary left behind
+
+
+def test_toy_lmdb_leaves_a_folder_named_like_its_temporary_alone(tmp_path):
+    out = tmp_path / "toy"
+    for tmp in (tmp_path / "toy.tmp", tmp_path / ".toy.tmp"):
+        tmp.mkdir()
+        (tmp / "keep.txt").write_text("user data")
+    make_toy_lmdb(out, n=2, size=8)
+    assert len(lmdb_items(out)) == 2
+    for tmp in (tmp_path / "toy.tmp", tmp_path / ".toy.tmp"):
+        assert (tmp / "keep.txt").read_text() == "user data"
+
+
+def test_failed_toy_lmdb_keeps_the_old_one_and_no_temporary(tmp_path, monkeypatch):
+    import blurdiff.toy_data as toy_data
+
+    out = tmp_path / "toy"
+    make_toy_lmdb(out, n=2, size=8)
+    before = lmdb_items(out)
+    monkeypatch.setattr(toy_data, "toy_image", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError, match="disk"):
+        make_toy_lmdb(out, n=3, size=8, overwrite=True)
+    assert lmdb_items(out) == before and sorted(os.listdir(tmp_path)) == ["toy"]
+
+
+def test_export_never_replaces_what_it_did_not_write(toy8, tmp_path):
+    mine = tmp_path / "mine"
+    before = _user_files(mine)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not written by blurdiff"):
+            export_lmdb_to_folder(toy8, mine, limit=2, overwrite=overwrite)
+        assert snapshot(mine) == before
+    out = tmp_path / "png"
+    assert export_lmdb_to_folder(toy8, out, limit=2) == 2
+    (out / "keep.txt").write_text("added by the user")
+    with pytest.raises(FileExistsError, match="keep.txt"):
+        export_lmdb_to_folder(toy8, out, limit=3, overwrite=True)
+    assert (out / "keep.txt").exists() and len(list(out.glob("*.png"))) == 2
+
+
+# --------------------------------------------------------------------------------------------
 # image folder, flips
 # --------------------------------------------------------------------------------------------
 
@@ -462,7 +546,7 @@ def test_export_lmdb_to_folder(bad_lmdb, toy8, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="blurdiff.data"):
         count = export_lmdb_to_folder(path, out)
     assert count == 4
-    assert sorted(os.listdir(out)) == [f"{i:06d}.png" for i in range(4)]
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == [f"{i:06d}.png" for i in range(4)]
     for i, a in enumerate(arrays[:2] + arrays[3:]):  # the bad 3rd record is skipped, not replaced
         with Image.open(out / f"{i:06d}.png") as im:
             assert im.format == "PNG"
@@ -472,6 +556,7 @@ def test_export_lmdb_to_folder(bad_lmdb, toy8, tmp_path, caplog):
     with pytest.raises(FileExistsError):
         export_lmdb_to_folder(toy8, out)
     assert export_lmdb_to_folder(toy8, out, limit=3, resolution=8, overwrite=True) == 3
-    assert sorted(os.listdir(out)) == ["000000.png", "000001.png", "000002.png"]
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["000000.png", "000001.png", "000002.png"]
+    assert sorted(os.listdir(tmp_path)) == ["bad", "png"]  # no temporary left behind
     with Image.open(out / "000000.png") as im:
         assert im.size == (8, 8)

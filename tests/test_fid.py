@@ -365,6 +365,26 @@ def test_statistics_npz_round_trip_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["stats.npz"]
 
 
+def test_damaged_statistics_file_is_a_value_error_naming_it(tmp_path):
+    good = save_statistics(tmp_path / "good.npz", np.zeros(3), np.eye(3))
+    for name, content in [("empty.npz", b""), ("cut.npz", good.read_bytes()[:-40]), ("text.npz", b"mu, sigma")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=str(tmp_path / name)):
+            load_statistics(tmp_path / name)
+    np.savez(tmp_path / "other.npz", mean=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other.npz is not an .npz of FID statistics: no \['mu', 'sigma'\]"):
+        load_statistics(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle", b"PK\x03\x04 a truncated zip"])
+def test_a_file_that_is_not_the_weights_is_a_typed_error_naming_it(tmp_path, content):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(content)
+    with pytest.raises(incmod.InceptionWeightsError, match=str(weights)) as info:
+        load_fid_inception(weights=weights)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
 def test_folder_with_fewer_than_two_images_is_an_error(tmp_path, random_weights):
     _, weights = random_weights
     one = _write_pngs(tmp_path / "one", 1, 0)

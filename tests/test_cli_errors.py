@@ -1,0 +1,195 @@
+"""The CLI's answer to bad input, hostile files and broken disks: a one-line
+``blurdiff CMD: error: ...`` on stderr naming the file (and the flag that fixes it), exit code 2,
+nothing of the user's deleted; programming errors keep their traceback."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import blurdiff.fid as fid
+import blurdiff.toy_data as toy_data
+from blurdiff.cli import main
+from blurdiff.fid import save_statistics
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    """``blurdiff ARGV``: the exit code and stderr, which must be one error line."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("blurdiff ")]
+    assert len(lines) == 1, err
+    return rc, lines[0]
+
+
+def pngs(folder, n: int = 2, size: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(fid, "DEFAULT_CACHE_DIR", tmp_path / "fid-cache")
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return toy_data.make_toy_lmdb(tmp_path / "toy", n=4, size=8)
+
+
+# --------------------------------------------------------------------------------------------
+# output folders
+# --------------------------------------------------------------------------------------------
+
+
+def test_toy_out_dot_overwrite_keeps_the_working_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    rc, err = run(capsys, "data", "toy", "--out", ".", "--n", 2, "--size", 8, "--overwrite")
+    assert rc == 2 and err.startswith("blurdiff data: error: . is not empty and was not written by blurdiff")
+    assert os.listdir(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_existing_output_names_the_flag(toy, tmp_path, capsys):
+    rc, err = run(capsys, "data", "toy", "--out", toy, "--n", 2, "--size", 8)
+    assert rc == 2 and toy in err and "pass --overwrite" in err and "overwrite=True" not in err
+    assert main(["data", "export", "--src", toy, "--out", str(tmp_path / "png")]) == 0
+    rc, err = run(capsys, "data", "export", "--src", toy, "--out", tmp_path / "png")
+    assert rc == 2 and str(tmp_path / "png") in err and "pass --overwrite" in err and "overwrite=True" not in err
+    assert main(["data", "export", "--src", toy, "--out", str(tmp_path / "png"), "--overwrite", "--limit", "1"]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# the file system
+# --------------------------------------------------------------------------------------------
+
+
+def test_permission_denied_names_the_file(tmp_path, monkeypatch, capsys):
+    folder = pngs(tmp_path / "s")
+    locked = str(folder / "1.png")
+    real_open = builtins.open
+
+    def open_as_another_user(path, *args, **kwargs):  # the tests run as root: chmod would not do
+        if os.fspath(path) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), locked)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_as_another_user)
+    rc, err = run(capsys, "spectrum", "--samples", folder, "--data", folder)
+    assert rc == 2 and err == f"blurdiff spectrum: error: Permission denied: {locked}"
+
+
+def test_directory_where_a_file_should_be_and_vice_versa(tmp_path, capsys):
+    folder = pngs(tmp_path / "s")
+    (tmp_path / "plot.png").mkdir()
+    rc, err = run(capsys, "spectrum", "--samples", folder, "--data", folder, "--out", tmp_path / "plot.png")
+    assert rc == 2 and "Is a directory" in err and str(tmp_path / "plot.png") in err
+    rc, err = run(capsys, "spectrum", "--samples", folder / "0.png", "--data", folder)
+    assert rc == 2 and "not a folder of images" in err and str(folder / "0.png") in err
+
+
+# --------------------------------------------------------------------------------------------
+# hostile files
+# --------------------------------------------------------------------------------------------
+
+
+def test_undecodable_data_names_the_source(tmp_path, capsys):
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "allbad"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"a" * 40, b"not an image")
+    env.close()
+    rc, err = run(capsys, "data", "export", "--src", tmp_path / "allbad", "--out", tmp_path / "png")
+    assert rc == 2 and "could be decoded" in err and str(tmp_path / "allbad") in err
+    assert os.listdir(tmp_path) == ["allbad"]  # no output, no temporary
+
+    folder = pngs(tmp_path / "s")
+    (folder / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rc, err = run(capsys, "spectrum", "--samples", folder, "--data", folder)
+    assert rc == 2 and "cannot decode" in err and str(folder / "1.png") in err
+
+
+def test_unidentified_image_names_the_file(tmp_path, capsys):
+    real, fake = pngs(tmp_path / "real"), pngs(tmp_path / "fake", seed=1)
+    (real / "0.png").write_bytes(b"not an image at all")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"checked later")
+    rc, err = run(capsys, "fid", "--real", real, "--fake", fake, "--inception-weights", weights)
+    assert rc == 2 and "cannot identify image file" in err and str(real / "0.png") in err
+
+
+def test_truncated_statistics_name_the_file(tmp_path, capsys):
+    good = save_statistics(tmp_path / "good.npz", np.zeros(4), np.eye(4))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:-40])
+    rc, err = run(capsys, "fid", "--real", cut, "--fake", good)
+    assert rc == 2 and str(cut) in err and "not a readable .npz" in err
+    np.save(tmp_path / "arr.npy", np.zeros(4))
+    os.replace(tmp_path / "arr.npy", tmp_path / "arr.npz")
+    rc, err = run(capsys, "fid", "--real", good, "--fake", tmp_path / "arr.npz")
+    assert rc == 2 and str(tmp_path / "arr.npz") in err
+
+
+@pytest.mark.parametrize("content", ["garbage", "other network"])
+def test_wrong_inception_weights_name_the_file_and_flag(tmp_path, capsys, content):
+    real, fake = pngs(tmp_path / "real"), pngs(tmp_path / "fake", seed=1)
+    weights = tmp_path / "w.pth"
+    if content == "garbage":
+        weights.write_bytes(os.urandom(256))
+    else:
+        torch.save({"fc.weight": torch.zeros(2, 3)}, weights)
+    rc, err = run(capsys, "fid", "--real", real, "--fake", fake, "--inception-weights", weights, "--device", "cpu")
+    assert rc == 2 and str(weights) in err and "--inception-weights" in err
+    assert "is not the FID Inception weights" in err
+
+
+# --------------------------------------------------------------------------------------------
+# broken disks
+# --------------------------------------------------------------------------------------------
+
+
+def test_disk_full_during_export(toy, tmp_path, monkeypatch, capsys):
+    def full(self, *args, **kwargs):  # what a write to a full disk raises: no file name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "png"
+    rc, err = run(capsys, "data", "export", "--src", toy, "--out", out)
+    assert rc == 2 and "no space left" in err and str(out) in err
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_disk_full_while_saving_a_checkpoint(toy, tmp_path, monkeypatch, capsys):
+    def short_write(*args, **kwargs):  # torch.save's zip writer on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed\nunexpected pos 1024 vs 512")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    rc, err = run(capsys, "train", "--data", toy, "--preset", "toy", "--out", tmp_path / "run", "--max-steps", 1,
+                  "--batch-size", 2, "--resolution", 8, "--no-progress", "--device", "cpu", "--num-workers", 0)
+    assert rc == 2 and "disk full" in err
+
+
+# --------------------------------------------------------------------------------------------
+# programming errors are not bad input
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), KeyError("a bug"), RuntimeError("a bug"), OSError("a bug")])
+def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch, error):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(toy_data, "make_toy_lmdb", broken)
+    with pytest.raises(type(error), match="a bug"):
+        main(["data", "toy", "--out", str(tmp_path / "t"), "--n", "1", "--size", "8"])
