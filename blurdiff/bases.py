@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from blurdiff.schedules import int_arg, real_arg
+
 BASES = ("gaussian", "dct", "identity")
 
 
@@ -66,10 +68,29 @@ def dct_matrix(n: int) -> torch.Tensor:
     return C
 
 
+def check_resolution(resolution) -> None:
+    """``resolution`` must be an int, or a pair ``(H, W)`` of ints, each at least 1."""
+    if isinstance(resolution, (tuple, list)) and len(resolution) == 2:
+        sides = resolution
+    elif isinstance(resolution, int) and not isinstance(resolution, bool):
+        sides = (resolution,)
+    else:
+        raise ValueError(f"resolution must be an int or a pair (H, W) of ints, got {resolution!r}")
+    for side in sides:
+        int_arg("resolution", side, 1)
+
+
+def check_basis_args(sigma: float, eig_floor: float) -> None:
+    """``sigma`` > 0 and ``eig_floor`` in (0, 1], finite: the floor keeps ``log D`` finite and
+    ``D <= 1`` (no frequency is amplified). Checked for every basis, used or not."""
+    real_arg("sigma", sigma, 0.0, low_open=True)
+    real_arg("eig_floor", eig_floor, 0.0, 1.0, low_open=True)
+
+
 def make_basis(name: str, H: int, W: int, sigma: float = 0.4, eig_floor: float = 0.03) -> SeparableBasis:
     """The basis ``name`` ("gaussian", "dct" or "identity") for ``H × W`` images."""
-    if H < 1 or W < 1:
-        raise ValueError(f"resolution must be positive, got {H}x{W}")
+    check_resolution((H, W))
+    check_basis_args(sigma, eig_floor)
     if name == "gaussian":
         U_h, lam_h = gaussian_eigenbasis_1d(H, sigma, eig_floor)
         U_w, lam_w = gaussian_eigenbasis_1d(W, sigma, eig_floor)

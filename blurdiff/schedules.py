@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
+import os
 
 import torch
 
@@ -15,10 +18,53 @@ PAPER_F_MAX = {"quartic": (0.15 / 0.4) ** 2, "log": 0.6, "none": 0.0}
 _POWERS = {"linear": 1, "quadratic": 2, "cubic": 3, "quartic": 4}
 
 
+def real_arg(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
+    """``value`` as a float; a ValueError naming ``name`` unless it is a finite real number in
+    ``[low, high]`` (``(low, high]`` with ``low_open``). NaN compares false with every bound, so
+    range checks alone let it through."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low) or value > high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return float(value)
+
+
+def int_arg(name: str, value, low: int) -> int:
+    """``value`` as an int; a ValueError naming ``name`` unless it is an integer (not a bool, not a
+    float, which ``int()`` would truncate) of at least ``low``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if n < low:
+        raise ValueError(f"{name} must be at least {low}, got {n}")
+    return n
+
+
+def check_tables_fit(count: int, steps: int, H: int, W: int) -> None:
+    """Refuse, before anything is allocated, ``count`` float64 tables ``[steps + 1, H, W]`` that do
+    not fit in this machine's physical memory. A configuration (a checkpoint's, say) can ask for
+    any size; a clear error here beats a failed allocation or the OOM killer minutes later.
+    Where the physical memory is not known (no ``os.sysconf``), nothing is checked."""
+    need = count * 8 * (steps + 1) * H * W
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > memory:
+        raise ValueError(
+            f"a process of resolution {H}x{W} with {steps} steps needs about {need / 2**30:.1f} GiB "
+            f"for its per-frequency tables ({count} float64 arrays [{steps + 1}, {H}, {W}]), more than "
+            f"this machine's {memory / 2**30:.1f} GiB of memory; use a smaller resolution or fewer steps"
+        )
+
+
 def noise_betas(name: str, steps: int) -> torch.Tensor:
     """``β_0 = 0`` then ``β_1 … β_N``."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    steps = int_arg("steps", steps, 1)
     if name == "linear":
         betas = torch.linspace(1e-4, 0.02, steps, dtype=torch.float64)
     elif name == "cosine":
@@ -34,10 +80,8 @@ def noise_betas(name: str, steps: int) -> torch.Tensor:
 
 def blur_f(name: str, steps: int, f_max: float) -> torch.Tensor:
     """``f(i)`` for ``i = 0 … N`` with ``f(N) = f_max``."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if f_max < 0:
-        raise ValueError(f"f_max must be non-negative, got {f_max}")
+    steps = int_arg("steps", steps, 1)
+    f_max = real_arg("f_max", f_max, 0.0)
     i = torch.arange(steps + 1, dtype=torch.float64)
     if name in _POWERS:
         return f_max * (i / steps) ** _POWERS[name]

@@ -1,8 +1,13 @@
 """Argument checks shared by the reference ops and the compiled-op wrappers.
 
 Both backends must reject exactly the same inputs with the same messages, so the checks live
-here once. The C++ ops repeat the cheap structural checks (they can be called directly through
-``torch.ops``), but the messages users normally see are these.
+here once, and the public wrappers run them before choosing a backend. The C++ ops repeat the
+cheap structural checks (they can be called directly through ``torch.ops``), but the messages
+users normally see are these.
+
+Tables (``coefs``, ``U_h``, ``U_w``, ``noise_coef``) must not require grad while grad mode is
+on: the ops are not differentiable with respect to them, and a gradient that silently stops
+at a table is worse than an error. Under ``torch.no_grad()`` they may (nothing is recorded).
 """
 
 from __future__ import annotations
@@ -27,9 +32,15 @@ def _fail(op: str, msg: str) -> None:
     raise ValueError(f"blurdiff_ops.{op}: {msg}")
 
 
-def _check_tensor(op: str, name: str, x, ndim: int) -> None:
+def _check_is_tensor(op: str, name: str, x) -> None:
     if not isinstance(x, torch.Tensor):
         _fail(op, f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        _fail(op, f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+
+
+def _check_tensor(op: str, name: str, x, ndim: int) -> None:
+    _check_is_tensor(op, name, x)
     if x.dim() != ndim:
         _fail(op, f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
 
@@ -51,16 +62,28 @@ def _check_data(op: str, name: str, x) -> None:
         _fail(op, f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
 
 
+def check_constant_tables(op: str, **tables: Optional[torch.Tensor]) -> None:
+    """Reject tables that require grad (see the module docstring); call where grad mode is on."""
+    for name, value in tables.items():
+        if value is not None and value.requires_grad:
+            _fail(
+                op,
+                f"{name} requires grad, but the op is not differentiable with respect to {name} "
+                f"(bases and coefficient tables are constants): pass {name}.detach()",
+            )
+
+
 def check_transform(op: str, x, U_h, U_w) -> None:
     """Checks for ``to_spectral`` / ``from_spectral``: x is ``[..., H, W]`` (at least 2-D)."""
-    if not isinstance(x, torch.Tensor):
-        _fail(op, f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_is_tensor(op, "x", x)
     if x.dim() < 2:
         _fail(op, f"x must have at least 2 dimensions [..., H, W], got shape {tuple(x.shape)}")
     if x.dtype not in _DATA_DTYPES:
         _fail(op, f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     H, W = x.shape[-2], x.shape[-1]
     _check_basis(op, U_h, U_w, H, W, table_dtype_for(x.dtype), x.device)
+    if torch.is_grad_enabled():
+        check_constant_tables(op, U_h=U_h, U_w=U_w)
 
 
 def check_lincomb(
@@ -76,7 +99,8 @@ def check_lincomb(
     """Checks for ``spectral_lincomb`` (DESIGN.md §2).
 
     ``check_t_range`` reads ``t`` back to the host; callers that built ``t`` themselves (the
-    diffusion object, inside a sampling loop) may skip that synchronisation.
+    diffusion object, inside a sampling loop) may skip that synchronisation. A ``t`` on the meta
+    device has no values, so its range is never checked.
     """
     op = "spectral_lincomb"
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (list, tuple)):
@@ -114,12 +138,12 @@ def check_lincomb(
         _fail(op, f"t must have shape [B={B}], got {tuple(t.shape)}")
     if t.device != device:
         _fail(op, f"t is on {t.device} but the inputs are on {device}")
-    if check_t_range and B > 0 and T > 0:
+    if B > 0 and T == 0:
+        _fail(op, "coefs has no rows (T = 0), so no t can index it")
+    if check_t_range and B > 0 and t.device.type != "meta":
         lo, hi = (int(v) for v in torch.aminmax(t))
         if lo < 0 or hi >= T:
             _fail(op, f"t must lie in [0, {T - 1}] (the rows of coefs), got values in [{lo}, {hi}]")
-    elif check_t_range and B > 0:
-        _fail(op, "coefs has no rows (T = 0), so no t can index it")
 
     _check_basis(op, U_h, U_w, H, W, table_dtype, device)
 
@@ -141,6 +165,8 @@ def check_lincomb(
             _fail(op, f"noise has dtype {noise.dtype} but the inputs have {dtype}")
         if noise.device != device:
             _fail(op, f"noise is on {noise.device} but the inputs are on {device}")
+    if torch.is_grad_enabled():
+        check_constant_tables(op, coefs=coefs, U_h=U_h, U_w=U_w, noise_coef=noise_coef)
 
 
 def check_generator(generator: Optional[torch.Generator], device: torch.device) -> None:

@@ -1,8 +1,9 @@
 """Typed wrappers over ``torch.ops.blurdiff_ops``, with their fake and autograd registrations.
 
-Each public function checks its arguments (``_checks``, the same messages as the reference),
-then calls the compiled op, or ``blurdiff_ops.reference`` when no kernels are loaded for the
-data's device (warning once why).
+Each public function checks its arguments first (``_checks``, the very checks of the reference,
+so both backends accept and reject the same inputs with the same messages), then calls the
+compiled op, or ``blurdiff_ops.reference`` when no kernels are loaded for the data's device
+(warning once why).
 
 Autograd: every op here is linear in its differentiable inputs, and the adjoint of each is
 again one of them, so backward is a compiled op too:
@@ -34,25 +35,33 @@ def _use_kernels(x: torch.Tensor) -> bool:
     return False
 
 
-def _check_t_range_here(t: torch.Tensor) -> bool:
+def _check_t_range_here(t) -> bool:
     # A range check reads t back; on CUDA the kernel asserts instead of synchronising, and
-    # under torch.compile t has no values to read.
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    # under torch.compile t has no values to read. (A t that is no tensor fails the checks.)
+    return isinstance(t, torch.Tensor) and t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def to_spectral(x: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
-    """``U_h^T · x · U_w`` over the last two dims of ``x`` (any leading dims)."""
+    """``U_h^T · x · U_w`` over the last two dims of ``x`` (any leading dims).
+
+    Differentiable with respect to ``x``; ``U_h`` and ``U_w`` are constants: a ValueError while
+    grad mode is on if they require grad (detach them).
+    """
+    _checks.check_transform("to_spectral", x, U_h, U_w)
     if not _use_kernels(x):
         return reference.to_spectral(x, U_h, U_w)
-    _checks.check_transform("to_spectral", x, U_h, U_w)
     return torch.ops.blurdiff_ops.to_spectral.default(x, U_h, U_w)
 
 
 def from_spectral(x_bar: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
-    """``U_h · x̄ · U_w^T`` over the last two dims of ``x_bar`` (any leading dims)."""
+    """``U_h · x̄ · U_w^T`` over the last two dims of ``x_bar`` (any leading dims).
+
+    Differentiable with respect to ``x_bar``; ``U_h`` and ``U_w`` are constants, as in
+    ``to_spectral``.
+    """
+    _checks.check_transform("from_spectral", x_bar, U_h, U_w)
     if not _use_kernels(x_bar):
         return reference.from_spectral(x_bar, U_h, U_w)
-    _checks.check_transform("from_spectral", x_bar, U_h, U_w)
     return torch.ops.blurdiff_ops.from_spectral.default(x_bar, U_h, U_w)
 
 
@@ -72,13 +81,14 @@ def spectral_lincomb(
     ``noise_coef``: ``[T, H, W]`` or None. ``z̄`` is ``to_spectral(noise)`` when ``noise`` is
     given, else standard normals drawn in the spectral domain from ``generator`` (the kernels
     use Philox keyed by the generator's seed and offset, so a seeded generator reproduces).
-    Differentiable with respect to ``inputs`` and ``noise``.
+    Differentiable with respect to ``inputs`` and ``noise``; ``coefs``, ``U_h``, ``U_w`` and
+    ``noise_coef`` are constants: a ValueError while grad mode is on if one requires grad
+    (detach it). Any strides are accepted (views, expanded or offset tensors).
     """
-    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], torch.Tensor):
-        if not _use_kernels(inputs[0]):
-            return reference.spectral_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise, generator)
     _checks.check_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise, _check_t_range_here(t))
     _checks.check_generator(generator, inputs[0].device)
+    if not _use_kernels(inputs[0]):
+        return reference.spectral_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise, generator)
     return torch.ops.blurdiff_ops.spectral_lincomb.default(
         list(inputs), coefs, t, U_h, U_w, noise_coef, noise, generator
     )
@@ -105,18 +115,12 @@ def _register() -> None:
         n = coefs.shape[0] + (noise_coef is not None)
         return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in range(n)]
 
-    def _constant_basis(op, **tensors):
-        for name, value in tensors.items():
-            if value is not None and value.requires_grad:
-                raise RuntimeError(
-                    f"blurdiff_ops.{op}: {name} requires grad, but the op is not differentiable "
-                    f"with respect to {name} (bases and coefficient tables are constants)"
-                )
-
+    # Reached only with grad mode on and some argument requiring grad; the public wrappers have
+    # checked already, this catches direct torch.ops calls.
     def transform_setup(op):
         def setup(ctx, inputs, output):
             _, U_h, U_w = inputs
-            _constant_basis(op, U_h=U_h, U_w=U_w)
+            _checks.check_constant_tables(op, U_h=U_h, U_w=U_w)
             ctx.save_for_backward(U_h, U_w)
 
         return setup
@@ -142,7 +146,7 @@ def _register() -> None:
 
     def lincomb_setup(ctx, inputs, output):
         xs, coefs, t, U_h, U_w, noise_coef, noise, _ = _with_defaults(inputs, 8)
-        _constant_basis(
+        _checks.check_constant_tables(
             "spectral_lincomb", coefs=coefs, U_h=U_h, U_w=U_w, noise_coef=noise_coef
         )
         ctx.num_inputs = len(xs)

@@ -25,6 +25,8 @@
 
 namespace blurdiff {
 
+// By the time a backend's map sees a request (SpectralOps::run), every defined tensor in it is
+// contiguous: backends index raw data pointers as dense row-major arrays.
 struct MapRequest {
   const char* op;                     // for error messages
   std::vector<at::Tensor> inputs;     // same shape [..., H, W], dtype and device
@@ -45,6 +47,13 @@ struct MapRequest {
     return t.defined() && t.size(0) > 0 ? planes() / t.size(0) : 1;
   }
 };
+
+// The data of a table (or any dense tensor) of T, or nullptr where it is undefined (coefficient 1,
+// or no term).
+template <typename T>
+const T* table_ptr(const at::Tensor& x) {
+  return x.defined() ? x.data_ptr<T>() : nullptr;
+}
 
 inline at::ScalarType accumulate_type(at::ScalarType data) {
   return data == at::kDouble ? at::kDouble : at::kFloat;
@@ -178,13 +187,30 @@ inline MapRequest lincomb_backward_request(const at::Tensor& grad, const at::Ten
   return r;
 }
 
+// Any view (strided, expanded, offset, transposed) is a valid argument, but the backends read
+// raw pointers as dense arrays: every tensor is made contiguous here, once for all backends and
+// ops (free for tensors that already are).
+inline MapRequest make_dense(const MapRequest& r) {
+  MapRequest d = r;
+  auto dense = [](at::Tensor& x) {
+    if (x.defined()) x = x.contiguous();
+  };
+  for (auto& x : d.inputs) dense(x);
+  for (auto& c : d.in_coefs) dense(c);
+  for (auto& c : d.out_coefs) dense(c);
+  dense(d.noise_coef);
+  dense(d.t);
+  dense(d.U_h);
+  dense(d.U_w);
+  return d;
+}
+
 // t indexes table rows; CPU tensors are checked here with a clear error (CUDA kernels assert,
 // rather than synchronise to read t back).
 inline void check_t_range(const MapRequest& r) {
   if (!r.t.defined() || !r.t.device().is_cpu()) return;
-  const at::Tensor t = r.t.contiguous();
-  const int64_t* v = t.data_ptr<int64_t>();
-  for (int64_t b = 0; b < t.numel(); ++b) {
+  const int64_t* v = r.t.data_ptr<int64_t>();
+  for (int64_t b = 0; b < r.t.numel(); ++b) {
     TORCH_CHECK_VALUE(v[b] >= 0 && v[b] < r.T, r.op, ": t must lie in [0, ", r.T - 1, "] (the rows of coefs), got ",
                       v[b], " at index ", b);
   }
@@ -194,8 +220,9 @@ inline void check_t_range(const MapRequest& r) {
 template <std::vector<at::Tensor> (*Map)(const MapRequest&)>
 struct SpectralOps {
   static std::vector<at::Tensor> run(const MapRequest& r) {
-    check_t_range(r);
-    return Map(r);
+    const MapRequest d = make_dense(r);
+    check_t_range(d);
+    return Map(d);
   }
   static at::Tensor to_spectral(const at::Tensor& x, const at::Tensor& U_h, const at::Tensor& U_w) {
     return run(transform_request("to_spectral", x, U_h, U_w, true))[0];

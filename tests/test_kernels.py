@@ -250,11 +250,14 @@ def test_gradcheck_float64():
 
 @needs_kernels
 def test_not_differentiable_wrt_tables():
+    """Public ops and direct torch.ops calls (the autograd formula's check) alike."""
     xs, coefs, t, U_h, U_w, _, _ = _problem(5, 7, K=1)
-    with pytest.raises(RuntimeError, match="coefs requires grad"):
-        blurdiff_ops.spectral_lincomb([xs[0].requires_grad_()], coefs.requires_grad_(), t, U_h, U_w)
-    with pytest.raises(RuntimeError, match="U_h requires grad"):
-        blurdiff_ops.to_spectral(xs[0], U_h.clone().requires_grad_(), U_w)
+    x = xs[0].requires_grad_()
+    for lib in (blurdiff_ops, ops):
+        with pytest.raises(ValueError, match="coefs requires grad"):
+            lib.spectral_lincomb([x], coefs.clone().requires_grad_(), t, U_h, U_w)
+        with pytest.raises(ValueError, match="U_h requires grad"):
+            lib.to_spectral(x, U_h.clone().requires_grad_(), U_w)
 
 
 @needs_kernels

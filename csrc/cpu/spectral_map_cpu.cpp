@@ -149,22 +149,14 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   constexpr bool kConvert = !std::is_same<scalar_t, acc_t>::value;
   const int64_t H = r.H(), W = r.W(), n = H * W, P = r.planes(), C = r.planes_per_sample();
   const int64_t Wq = quads_per_row(W);
-  const at::Tensor U_h_t = r.U_h.contiguous(), U_w_t = r.U_w.contiguous();
-  const acc_t* U_h = U_h_t.data_ptr<acc_t>();
-  const acc_t* U_w = U_w_t.data_ptr<acc_t>();
+  const acc_t* U_h = r.U_h.data_ptr<acc_t>();
+  const acc_t* U_w = r.U_w.data_ptr<acc_t>();
 
-  std::vector<at::Tensor> inputs;
-  for (const auto& x : r.inputs) inputs.push_back(x.contiguous());
-  std::vector<at::Tensor> keep;  // owners of contiguous copies of the tables, if any were needed
-  auto table_ptr = [&](const at::Tensor& x) -> const acc_t* {
-    if (!x.defined()) return nullptr;
-    keep.push_back(x.contiguous());
-    return keep.back().data_ptr<acc_t>();
-  };
+  const std::vector<at::Tensor>& inputs = r.inputs;
   std::vector<const acc_t*> in_coefs, out_coefs;
-  for (const auto& c : r.in_coefs) in_coefs.push_back(table_ptr(c));
-  for (const auto& c : r.out_coefs) out_coefs.push_back(table_ptr(c));
-  const acc_t* noise_coef = table_ptr(r.noise_coef);
+  for (const auto& c : r.in_coefs) in_coefs.push_back(table_ptr<acc_t>(c));
+  for (const auto& c : r.out_coefs) out_coefs.push_back(table_ptr<acc_t>(c));
+  const acc_t* noise_coef = table_ptr<acc_t>(r.noise_coef);
   const int64_t* t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
   const NoiseKey key = noise_coef ? next_cpu_noise_key(r.generator) : NoiseKey{};
   // The plain transforms (one input, one output, one direction, no coefficients or noise) skip

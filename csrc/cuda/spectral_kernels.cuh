@@ -299,20 +299,14 @@ __global__ void __launch_bounds__(kThreads) spectral_combine_kernel(const Combin
 //   RngState philox(const std::optional<at::Generator>&, uint64_t values_per_subsequence);
 //   template <class K, class P> void launch(K kernel, int64_t grid, int64_t smem, const P& params);
 
-template <typename acc_t>
-const acc_t* table_ptr(const at::Tensor& x) {
-  return x.defined() ? x.data_ptr<acc_t>() : nullptr;
-}
-
 inline int quads_per_thread(int64_t H, int64_t W) {
   const int64_t per_thread = (H * quads_per_row(W) + kThreads - 1) / kThreads;
   return per_thread <= 1 ? 1 : per_thread <= 4 ? 4 : per_thread <= kMaxQuadsPerThread ? kMaxQuadsPerThread : 0;
 }
 
 template <typename scalar_t, class Launcher>
-void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& tables_in,
-               const std::vector<at::Tensor>& tables_out, const at::Tensor& noise_coef,
-               std::vector<at::Tensor>& outs, Launcher& launcher) {
+void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
+               Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = r.H(), W = r.W();
   MapParams<scalar_t, acc_t> prm{};
@@ -320,13 +314,13 @@ void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, const
   prm.num_out = static_cast<int>(outs.size());
   for (int i = 0; i < prm.num_in; ++i) {
     prm.in[i] = inputs[i].data_ptr<scalar_t>();
-    prm.in_coef[i] = table_ptr<acc_t>(tables_in[i]);
+    prm.in_coef[i] = table_ptr<acc_t>(r.in_coefs[i]);
   }
   for (int m = 0; m < prm.num_out; ++m) {
     prm.out[m] = outs[m].data_ptr<scalar_t>();
-    prm.out_coef[m] = table_ptr<acc_t>(tables_out[m]);
+    prm.out_coef[m] = table_ptr<acc_t>(r.out_coefs[m]);
   }
-  prm.noise_coef = table_ptr<acc_t>(noise_coef);
+  prm.noise_coef = table_ptr<acc_t>(r.noise_coef);
   prm.t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
   prm.T = r.T;
   prm.planes_per_sample = r.planes_per_sample();
@@ -352,9 +346,8 @@ void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, const
 
 // Transforms by matmul, middle by spectral_combine_kernel: for planes too large for one block.
 template <typename acc_t, class Launcher>
-void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& tables_in,
-              const std::vector<at::Tensor>& tables_out, const at::Tensor& noise_coef,
-              std::vector<at::Tensor>& outs, Launcher& launcher) {
+void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
+              Launcher& launcher) {
   const int64_t H = r.H(), W = r.W(), P = r.planes();
   const auto acc_type = r.U_h.scalar_type();
   auto combine = [&](const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& cfs, const at::Tensor& nc) {
@@ -385,9 +378,9 @@ void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, const 
     if (r.forward) s = at::matmul(at::matmul(r.U_h.t(), s), r.U_w).contiguous();
     spectra.push_back(s.contiguous());
   }
-  const at::Tensor acc = combine(spectra, tables_in, noise_coef);
+  const at::Tensor acc = combine(spectra, r.in_coefs, r.noise_coef);
   for (size_t m = 0; m < outs.size(); ++m) {
-    at::Tensor y = tables_out[m].defined() ? combine({acc}, {tables_out[m]}, at::Tensor()) : acc;
+    at::Tensor y = r.out_coefs[m].defined() ? combine({acc}, {r.out_coefs[m]}, at::Tensor()) : acc;
     if (r.inverse) y = at::matmul(at::matmul(r.U_h, y), r.U_w.t());
     outs[m].view({P, H, W}).copy_(y);
   }
@@ -406,24 +399,16 @@ std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher
   TORCH_CHECK_VALUE(r.inputs.size() <= static_cast<size_t>(kMaxIO) && outs.size() <= static_cast<size_t>(kMaxIO),
                     r.op, ": at most ", kMaxIO, " inputs (noise included) and outputs per call on this device, got ",
                     r.inputs.size(), " and ", outs.size());
-  std::vector<at::Tensor> inputs, tables_in, tables_out;
-  for (const auto& in : r.inputs) inputs.push_back(in.contiguous().view({P, H, W}));
-  auto table = [](const at::Tensor& c) { return c.defined() ? c.contiguous() : c; };
-  for (const auto& c : r.in_coefs) tables_in.push_back(table(c));
-  for (const auto& c : r.out_coefs) tables_out.push_back(table(c));
-  const at::Tensor noise_coef = table(r.noise_coef);
-  MapRequest req = r;
-  req.U_h = r.U_h.contiguous();
-  req.U_w = r.U_w.contiguous();
-  if (req.t.defined()) req.t = req.t.contiguous();
+  std::vector<at::Tensor> inputs;
+  for (const auto& in : r.inputs) inputs.push_back(in.view({P, H, W}));
 
   const int64_t acc_size = x.scalar_type() == at::kDouble ? 8 : 4;
   const bool fused = quads_per_thread(H, W) != 0 && H * 4 * quads_per_row(W) * acc_size <= launcher.max_shared_memory();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map", [&] {
     if (fused) {
-      map_fused<scalar_t>(req, inputs, tables_in, tables_out, noise_coef, outs, launcher);
+      map_fused<scalar_t>(r, inputs, outs, launcher);
     } else {
-      map_gemm<at::opmath_type<scalar_t>>(req, inputs, tables_in, tables_out, noise_coef, outs, launcher);
+      map_gemm<at::opmath_type<scalar_t>>(r, inputs, outs, launcher);
     }
   });
   return outs;
