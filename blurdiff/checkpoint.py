@@ -67,10 +67,11 @@ def latest_checkpoint(run_dir) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
-def prune_checkpoints(run_dir, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
+def prune_checkpoints(run_dir, keep: int, protect=()) -> None:
+    """Delete all but the newest ``keep`` checkpoints, and but those named in ``protect``."""
     for p in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        p.unlink(missing_ok=True)
+        if p.name not in protect:
+            p.unlink(missing_ok=True)
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
@@ -139,12 +140,15 @@ def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:
 
 def build_from_checkpoint(state: Dict[str, Any], use_ema: bool = True, device="cpu", backend: str = "auto"
                           ) -> Tuple["BlurDiffusion", torch.nn.Module]:
-    """The process and the network (EMA weights by default) a checkpoint describes, in eval mode."""
+    """The process (with the run's data statistics, when the checkpoint has them) and the network
+    (EMA weights by default) a checkpoint describes, in eval mode."""
     from blurdiff.diffusion import BlurDiffusion
+    from blurdiff.statistics import DataStatistics
     from blurdiff.unet import UNet, UNetConfig
 
     config = state["config"]
     process = BlurDiffusion(**config["process"], backend=backend)
+    process.data_stats = DataStatistics.from_state(state.get("data_stats"), process.resolution)
     model = UNet(UNetConfig(**config["unet"]))
     model.load_state_dict(state["ema" if use_ema else "model"])
     return process, model.to(device).eval()

@@ -1,4 +1,4 @@
-"""The ``blurdiff`` command: ``blurdiff data|train|sample|fid|spectrum ...`` (also ``python -m blurdiff``).
+"""The ``blurdiff`` command: ``blurdiff data|train|sample|eval|fid|spectrum ...`` (also ``python -m blurdiff``).
 
 Each command's options live beside its code (``add_arguments`` in the module that runs it);
 this file only assembles them.
@@ -94,6 +94,64 @@ def _run_spectrum(args) -> int:
     return 0
 
 
+def _eval(sub) -> None:
+    p = sub.add_parser("eval", help="the quality yardstick: samples against data, beside the data's noise floor",
+                       description="Multi-scale sliced Wasserstein distance, spectrum error, channel statistics and "
+                                   "the out-of-range fraction of a folder of samples against a data set, each beside "
+                                   "the same number for a disjoint set of data images (what a perfect generator "
+                                   "scores). Needs no downloaded weights.")
+    p.add_argument("--samples", required=True, help="folder of generated images (blurdiff sample --out)")
+    p.add_argument("--data", required=True, help="data set (lmdb or image folder) with at least twice as many images; "
+                                                 "held-out images, not the training set, to not reward memorisation")
+    p.add_argument("--n", type=int, default=None,
+                   help="images per set (default: all samples, at most half the data set)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data subsets, patches and projections")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--check", action="store_true", help="exit with 1 when the verdict is poor or diverged")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from blurdiff.atomic import write_text_atomic
+    from blurdiff.quality import MIN_IMAGES, SampleStats, evaluate, format_report, load_data_images
+    from blurdiff.spectrum import load_image_folder
+
+    samples_dir = Path(args.samples)
+    if not samples_dir.is_dir():
+        raise FileNotFoundError(f"--samples {samples_dir} is not a folder")
+    samples = load_image_folder(samples_dir)
+    n = args.n if args.n is not None else len(samples)
+    if n > len(samples):
+        raise ValueError(f"--n {n}: the folder {samples_dir} holds only {len(samples)} images")
+    if n < MIN_IMAGES:
+        raise ValueError(f"the yardstick needs at least {MIN_IMAGES} samples, got {n} (in {samples_dir})")
+    data = load_data_images(args.data, tuple(samples.shape[-2:]), 2 * n, seed=args.seed, exact=args.n is not None)
+    n = min(n, len(data) // 2)
+    if n < MIN_IMAGES:
+        raise ValueError(f"the yardstick needs at least {2 * MIN_IMAGES} data images (a reference and a noise-floor "
+                         f"set of {MIN_IMAGES}), {args.data} holds {len(data)}")
+    raw, note = None, "(raw values unknown: these are of the PNGs, clamped)"
+    stats_file = samples_dir / "stats.json"
+    if stats_file.is_file():
+        try:
+            raw = SampleStats(**json.loads(stats_file.read_text())["raw"])
+            note = f"(raw values before the clamp, from {stats_file})"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{stats_file} is unreadable ({e}); remove it to evaluate the PNGs alone") from e
+    report = evaluate(samples[:n], data[:2 * n], raw_stats=raw, seed=args.seed)
+    report["samples"], report["data"] = str(samples_dir), str(args.data)
+    print(f"{n} samples from {samples_dir} against {n} images of {args.data} (noise floor: {n} others), "
+          f"{samples.shape[-2]}x{samples.shape[-1]}; out-of-range fractions {note}")
+    print(format_report(report))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"json: {args.json}")
+    return 1 if args.check and report["verdict"] in ("poor", "diverged") else 0
+
+
 def _module_command(sub, name: str, module: str, help: str) -> None:
     import importlib
 
@@ -111,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _module_command(sub, "train", "blurdiff.train", "train a blur-diffusion model")
     _module_command(sub, "sample", "blurdiff.sample", "sample a trained run into a folder of PNGs")
     _module_command(sub, "figures", "blurdiff.figures", "figures of the process (forward process on real images)")
+    _eval(sub)
     _fid(sub)
     _spectrum(sub)
     return parser

@@ -109,6 +109,21 @@ class BlurDiffusion:
         }
         self._cache: Dict[Tuple[torch.device, torch.dtype], Dict[str, torch.Tensor]] = {}
 
+    # ---------------------------------------------------------------- data statistics
+    @property
+    def data_stats(self):
+        """The training data's :class:`blurdiff.statistics.DataStatistics` (None when unknown): the
+        Gaussian reference of the ``ancestral``/``ddim`` samplers and the divergence guard's scale."""
+        return self.__dict__.get("_data_stats")
+
+    @data_stats.setter
+    def data_stats(self, stats) -> None:
+        if stats is not None and tuple(stats.spectral_power.shape) != self.resolution:
+            raise ValueError(f"data statistics of {tuple(stats.spectral_power.shape)} frequencies do not fit "
+                             f"this process's resolution {self.resolution}")
+        self.__dict__["_data_stats"] = stats
+        self.__dict__.pop("_respace_samplers", None)  # their tables were built on the old reference
+
     # ---------------------------------------------------------------- tables and backends
     def tables(self, device, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
         """The process tables on ``device`` in the table dtype for data of ``dtype``."""
@@ -228,12 +243,15 @@ class BlurDiffusion:
     def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
                dtype: torch.dtype = torch.float32, progress: bool = False,
                callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
-               steps=None, kind: str = "ddpm") -> torch.Tensor:
+               steps=None, kind: Optional[str] = None, guard: bool = True) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
-        (a count K or a list) of the strided samplers ``kind`` of :mod:`blurdiff.respace`.
+        (a count K or a list) with the sampler ``kind`` of :mod:`blurdiff.respace` (default:
+        ``ancestral`` when K < N).
 
-        ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories).
+        ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
+        warns when the result looks diverged (:class:`blurdiff.quality.SamplesDivergedWarning`).
         """
         from blurdiff.respace import make_sampler
 
-        return make_sampler(self, steps, kind).sample(model, shape, generator, device, dtype, progress, callback)
+        return make_sampler(self, steps, kind).sample(model, shape, generator, device, dtype, progress, callback,
+                                                      guard)

@@ -31,8 +31,9 @@ def upscale_factor(size: int, min_pixels: int = 64) -> int:
 
 
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
-    """One image, written atomically (a partial file never carries the final name)."""
-    with atomic_path(path) as tmp:
+    """One image, written atomically (a partial file never carries the final name) and durably
+    (fsynced: a sampled image that took a GPU minute survives a power cut)."""
+    with atomic_path(path, durable=True) as tmp:
         _pil(to_uint8(image)[0]).save(tmp, format="PNG")
 
 

@@ -17,10 +17,14 @@ at evenly spaced kept steps) and ``DIR/figures/trajectory_x0.png`` (the predicte
 steps) for the first few images of batch 0 (the rows end with images 000000.png …). ``--grid``
 writes ``DIR/figures/grid.png``, the first (up to 64) images of the folder in one picture.
 
-Samplers (docs/sampling.md): ``ddpm`` (Eq. 12, the paper's; the default), ``ancestral``
-(posterior q(x_j | x_i, x̂_0)), ``ddim`` (deterministic); ``--steps K`` keeps K of the N steps,
-evenly spaced (default: all N, as the paper samples). With fewer steps use ``ancestral`` or
-``ddim``: Eq. 12 is only accurate for small steps (docs/sampling.md §7 measures it).
+Samplers (docs/sampling.md): ``ddpm`` (Eq. 12, the paper's; the default with all N steps, and
+only with all N), ``ancestral`` (the reverse-SDE integrator; the default with ``--steps K``),
+``ddim`` (deterministic); ``--steps K`` keeps K of the N steps, evenly spaced.
+
+Guarded: the statistics of the values before the clamp to [-1, 1] are recorded per batch
+(``DIR/raw_stats.jsonl``), summed into ``DIR/stats.json`` (which ``blurdiff eval`` reads) and
+printed; when they show divergence (non-finite values, more than 1 % beyond ±1.5, or a standard
+deviation 3× the data's) a warning names the checkpoint and the sampler.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
+import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -40,9 +47,12 @@ from blurdiff.checkpoint import build_from_checkpoint, checkpoint_dir, load_chec
 from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
+from blurdiff.quality import SampleStats, divergence_reasons
 from blurdiff.respace import KINDS, make_sampler
 
 SETTINGS_FILE = "sample.json"
+RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
+STATS_FILE = "stats.json"  # their sum over the batches of the images, and the divergence verdict
 _FORMAT = 1
 FIGURES = "figures"  # a sub-folder, so image-folder readers (FID, spectra) see only the samples
 _PNG = re.compile(r"^\d{6,}\.png$")
@@ -56,9 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="number of images (DIR/000000.png … )")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--steps", metavar="K", type=int, default=None, help="sampling steps K, evenly spaced (default: all N)")
-    p.add_argument("--sampler", choices=KINDS, default="ddpm",
-                   help="ddpm: Eq. 12 (default; meant for all N steps, see docs/sampling.md §7); ancestral: "
-                        "posterior q(x_j|x_i, x̂_0), the choice with --steps; ddim: deterministic")
+    p.add_argument("--sampler", choices=KINDS, default=None,
+                   help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral: "
+                        "the reverse-SDE integrator (the default with --steps); ddim: deterministic (docs/sampling.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per batch (part of what determines the images, like --seed)")
@@ -192,6 +202,81 @@ def _upscale(frames: List[torch.Tensor]) -> List[torch.Tensor]:
     return [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
 
 
+def _is_complete_png(path: Path) -> bool:
+    """A PNG that was written to the end (its last chunk is IEND); a missing, empty or torn file
+    (a crash, a full disk) is made again."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 20:
+                return False
+            f.seek(-12, os.SEEK_END)
+            return f.read(12) == _IEND
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+class _RawStats:
+    """Per-batch :class:`SampleStats` of the values before the clamp, appended to a JSON-lines file
+    (a batch sampled again replaces its line: the same images, the same numbers)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.batches: Dict[int, SampleStats] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.batches[int(entry["batch"])] = SampleStats(**entry["stats"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line: that batch is sampled again or counted as unknown
+
+    def record(self, batch: int, stats: SampleStats) -> None:
+        self.batches[batch] = stats
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"batch": batch, "stats": stats.to_dict()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def total(self, batches) -> Tuple[SampleStats, int]:
+        """The merged statistics of ``batches`` and how many of them have none (made by a version
+        that did not record them)."""
+        merged, unknown = SampleStats(), 0
+        for b in batches:
+            if b in self.batches:
+                merged = merged.merge(self.batches[b])
+            else:
+                unknown += 1
+        return merged, unknown
+
+
+def _report_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, sampler, process) -> None:
+    """Print the raw statistics of the folder's batches, warn when they show divergence, and write
+    ``DIR/stats.json`` (read by ``blurdiff eval``)."""
+    stats, unknown = raw.total(batches)
+    if not stats.count:
+        return
+    data_stats = process.data_stats
+    data_std = data_stats.std if data_stats is not None else None
+    reasons = divergence_reasons(stats, data_std)
+    summary = stats.summary()
+    print(f"raw values (before the clamp to [-1, 1]): std {summary['overall_std']:.3f}"
+          f"{f' (data {data_std:.3f})' if data_std else ''}, outside [-1, 1] {100 * stats.outside_fraction:.2f}%, "
+          f"beyond ±1.5 {100 * stats.beyond_1_5_fraction:.3f}%, range {stats.min:.3g} … {stats.max:.3g}"
+          + (f" ({unknown} batches made by an older version not counted)" if unknown else ""))
+    if reasons:
+        print(f"blurdiff sample: WARNING: these samples look DIVERGED ({'; '.join(reasons)}): checkpoint {ckpt}, "
+              f"{sampler.kind} sampler with {sampler.K} steps. Do not use them; check the run's metrics.jsonl for "
+              f"loss spikes, or try another checkpoint or sampler", file=sys.stderr)
+    write_text_atomic(out / STATS_FILE, json.dumps({
+        "checkpoint": str(ckpt), "sampler": sampler.kind, "steps": sampler.K, "batches_unknown": unknown,
+        "raw": stats.to_dict(), "summary": summary, "data_std": data_std, "diverged": bool(reasons),
+        "reasons": reasons}, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> int:
     if args.n < 1:
@@ -202,7 +287,11 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--trajectory-samples must be >= 1 and --trajectory-frames >= 2")
     device = resolve_device(args.device)
     path, state, process, model = _load(args, device)
-    sampler = make_sampler(process, args.steps, args.sampler)
+    with warnings.catch_warnings(record=True) as caught:  # said once below, not as a Python warning
+        warnings.simplefilter("always")
+        sampler = make_sampler(process, args.steps, args.sampler)
+    for w in caught:
+        print(f"blurdiff sample: warning: {w.message}", file=sys.stderr)
     B = args.batch_size
     shape = (B, model.config.in_channels, *process.resolution)
 
@@ -216,7 +305,7 @@ def main(args: argparse.Namespace) -> int:
         "checkpoint_step": int(state["step"]),
         "preset": state["config"].get("preset"),
         "ema": not args.no_ema,
-        "sampler": args.sampler,
+        "sampler": sampler.kind,
         "steps": sampler.K,
         "seed": args.seed,
         "batch_size": B,
@@ -227,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
     remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
 
     num_batches = -(-args.n // B)
-    missing = {b: [i for i in range(b * B, min((b + 1) * B, args.n)) if not (out / image_name(i)).exists()]
+    missing = {b: [i for i in range(b * B, min((b + 1) * B, args.n)) if not _is_complete_png(out / image_name(i))]
                for b in range(num_batches)}
     todo = [b for b in range(num_batches) if missing[b]]
     if args.trajectory and 0 not in todo:
@@ -240,6 +329,7 @@ def main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     written = 0
+    raw = _RawStats(out / RAW_STATS_FILE)
     with Progress(total, "sampling", unit="img", enabled=not args.quiet) as bar:
         for n_batch, b in enumerate(todo):
             first = b * B
@@ -254,7 +344,8 @@ def main(args: argparse.Namespace) -> int:
                 bar.update(0, batch=f"{n_batch + 1}/{len(todo)}",
                            step=f"{sampler.K - sampler.position(step) + 1}/{sampler.K}")
 
-            x = sampler.sample(model, shape, generator=gen, device=device, callback=callback)
+            x = sampler.sample(model, shape, generator=gen, device=device, callback=callback, guard=False)
+            raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics
             for i in missing[b]:
                 save_png(x[i - first], out / image_name(i))
             if record is not None:
@@ -264,6 +355,7 @@ def main(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     rate = f", {written / elapsed:.2f} img/s" if written and elapsed > 0 else ""
     print(f"wrote {written} images to {out} ({present} were already there){rate}")
+    _report_raw_stats(raw, range(num_batches), out, path, sampler, process)
     if args.trajectory:
         print(f"trajectory: {out / FIGURES / 'trajectory.png'}, {out / FIGURES / 'trajectory_x0.png'}")
     if args.grid:

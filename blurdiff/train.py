@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -45,9 +45,12 @@ from blurdiff.checkpoint import (
 from blurdiff.data import infinite_loader, open_dataset
 from blurdiff.devices import resolve_device
 from blurdiff.diffusion import BACKENDS, BlurDiffusion
+from blurdiff.health import HealthEvent, TrainingHealth
 from blurdiff.images import save_grid
 from blurdiff.presets import PRESETS, get_preset
 from blurdiff.progress import Progress
+from blurdiff.quality import SampleStats, divergence_reasons
+from blurdiff.statistics import DEFAULT_IMAGES, DataStatistics, estimate_data_statistics
 from blurdiff.unet import build_unet
 
 log = logging.getLogger("blurdiff.train")
@@ -76,8 +79,8 @@ class NonFiniteLossError(RuntimeError):
 # a run exactly as it was started.
 _FROM_PRESET = object()
 _TRAJECTORY_DEFAULTS: Dict[str, Any] = dict(
-    batch_size=_FROM_PRESET, lr=_FROM_PRESET, ema_decay=_FROM_PRESET,
-    grad_clip=0.0, amp="none", seed=0, resolution=None, process_overrides={}, unet_overrides={},
+    batch_size=_FROM_PRESET, lr=_FROM_PRESET, ema_decay=_FROM_PRESET, warmup_steps=_FROM_PRESET,
+    grad_clip=_FROM_PRESET, amp="none", seed=0, resolution=None, process_overrides={}, unet_overrides={},
 )
 
 
@@ -98,6 +101,7 @@ class TrainOptions:
     batch_size: Optional[int] = None
     lr: Optional[float] = None
     ema_decay: Optional[float] = None
+    warmup_steps: Optional[int] = None
     grad_clip: Optional[float] = None
     amp: Optional[str] = None
     seed: Optional[int] = None
@@ -109,6 +113,8 @@ class TrainOptions:
     sample_every: int = 10000
     sample_n: int = 16
     log_every: int = 100
+    health_window: int = 100
+    final_check: bool = True
     num_workers: Optional[int] = None
     device: Optional[str] = None
     backend: str = "auto"
@@ -140,7 +146,7 @@ class TrainOptions:
         """Clear errors for values that make no sense (after :meth:`resolved`)."""
         if self.max_steps < 0:
             raise ValueError(f"--max-steps must be >= 0, got {self.max_steps}")
-        for name in ("batch_size", "sample_n", "log_every"):
+        for name in ("batch_size", "sample_n", "log_every", "health_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("ckpt_every", "sample_every", "keep"):
@@ -150,8 +156,10 @@ class TrainOptions:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
-        if self.grad_clip < 0:
+        if not self.grad_clip >= 0:
             raise ValueError(f"--grad-clip must be >= 0 (0: off), got {self.grad_clip}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0 (0: off), got {self.warmup_steps}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         if self.backend not in BACKENDS:
@@ -261,6 +269,10 @@ class Trainer:
         # Data first: a missing or empty data set should fail before a big model is built.
         dataset = open_dataset(opts.data, self.process.resolution, hflip=preset.hflip)
         self.num_images = len(dataset)
+        # What the samplers take as their Gaussian reference, and the guard as the data's scale:
+        # measured once, then carried by every checkpoint.
+        saved_stats = DataStatistics.from_state(state.get("data_stats"), self.process.resolution) if state else None
+        self.process.data_stats = saved_stats or _measure_data_statistics(self.process, dataset)
 
         torch.manual_seed(opts.seed)  # the initial weights: the same on every rank
         self.model = build_unet(preset.unet, **unet_overrides).to(self.device)
@@ -285,6 +297,10 @@ class Trainer:
         torch.manual_seed(opts.seed + 1 + rank)
         self.step = 0
         start_batch = 0
+        health = (state.get("health") or {}) if state is not None else {}
+        self.health = TrainingHealth.from_state(health.get("monitor"), window=opts.health_window)
+        self.last_good: Optional[str] = health.get("last_good")  # newest checkpoint saved while healthy
+        self.verdict: Optional[Tuple[bool, str]] = None  # set by health_report()
         if state is not None:
             start_batch = self._load_state(state)
         self._last_saved = self.step if state is not None else None
@@ -459,6 +475,8 @@ class Trainer:
             raise NonFiniteLossError(self.step + 1, loss_value, norm_value)
         if self.options.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(params, self.options.grad_clip, grad_norm)
+        for group in self.optimizer.param_groups:  # a function of the step: resumes exactly
+            group["lr"] = self.learning_rate(self.step)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -467,10 +485,21 @@ class Trainer:
         self._update_ema()
         return loss_value, norm_value
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step ``step + 1``: linear warm-up, then constant."""
+        warmup = self.options.warmup_steps
+        return self.options.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def ema_decay(self, step: int) -> float:
+        """The EMA decay of update ``step + 1``: ``min(decay, (1 + step) / (10 + step))``, so that the
+        average forgets the random initial weights within the first steps instead of carrying a
+        fraction ``decay^steps`` of them (8 % after 2500 steps at 0.999)."""
+        return min(self.options.ema_decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         # ema <- decay * ema + (1 - decay) * model, as guided-diffusion's update_ema (one foreach op).
-        torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - self.options.ema_decay)
+        torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - self.ema_decay(self.step))
 
     def run_loop(self) -> int:
         """Train until ``max_steps``; returns the final step. Rank 0 writes checkpoints, logs, samples."""
@@ -490,6 +519,9 @@ class Trainer:
                 loss, grad_norm = self.run_step(self._next_batch())
                 self.step += 1
                 window.add(loss, grad_norm)
+                event = self.health.update(self.step, loss, grad_norm)
+                if event is not None:
+                    self._report_health_event(event)
                 bar.update(1, loss=window.mean_loss, **{"img/s": bar.rate * self.global_batch})
                 if self.step % opts.log_every == 0 or self.step == opts.max_steps:
                     self._log_metrics(window)
@@ -501,6 +533,51 @@ class Trainer:
         if self._last_saved != self.step:
             self.save()
         return self.step
+
+    # ------------------------------------------------------------------ health
+    def _report_health_event(self, event: HealthEvent) -> None:
+        if not self.is_main:
+            return
+        if event.kind == "spike":
+            kept = (f"; {self.last_good} (the last checkpoint saved before it) is kept from pruning"
+                    if self.last_good else "")
+            log.warning("%s%s. If it does not recover, lower --lr or raise --warmup-steps and start again from "
+                        "that checkpoint", event.message, kept)
+        else:
+            log.info("recovered from the loss spike: %s", event.message)
+        self._append_metrics({"step": event.step, "event": event.kind, "message": event.message,
+                              "last_good_checkpoint": self.last_good, "time": time.time()})
+
+    def final_sample_check(self, n: Optional[int] = None, steps: int = 50) -> List[str]:
+        """Sample ``n`` images (default ``sample_n``) from the EMA with the stable ancestral sampler
+        at ``steps`` steps and return why they look diverged (empty: they do not)."""
+        H, W = self.process.resolution
+        shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
+        generator = torch.Generator(self.device).manual_seed(self.options.seed)
+        with torch.no_grad(), self._autocast():
+            x = self.process.sample(self.ema, shape, generator=generator, device=self.device, steps=steps,
+                                    kind="ancestral", guard=False)
+        return divergence_reasons(SampleStats.of(x.float()), self.process.data_stats.std)
+
+    def health_report(self) -> Tuple[bool, str]:
+        """(healthy, one line): the loss history's verdict, and the final sample check's when enabled.
+        Also kept as ``self.verdict`` and written to metrics.jsonl."""
+        text = self.health.summary()
+        healthy = self.health.healthy
+        if self.options.final_check and self.is_main:
+            reasons = self.final_sample_check()
+            if reasons:
+                healthy = False
+                text += "; EMA samples (ancestral, 50 steps) look diverged: " + "; ".join(reasons)
+            else:
+                text += "; EMA samples (ancestral, 50 steps) in range"
+        if not healthy and self.last_good:
+            text += f"; last checkpoint saved while healthy: {checkpoint_dir(self.run_dir) / self.last_good}"
+        if self.is_main:
+            self._append_metrics({"step": self.step, "event": "end", "healthy": healthy, "message": text,
+                                  "time": time.time()})
+        self.verdict = (healthy, text)
+        return self.verdict
 
     # ------------------------------------------------------------------ logs, samples, checkpoints
     def _log_metrics(self, window: "_Window") -> None:
@@ -516,6 +593,9 @@ class Trainer:
             "images_per_s": window.steps * self.global_batch / elapsed if elapsed > 0 else None,
             "time": time.time(),
         }
+        self._append_metrics(record)
+
+    def _append_metrics(self, record: Dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
@@ -561,18 +641,24 @@ class Trainer:
             "rng": self._rng_states(),
             "data": {"start_batch": self.loader.next_batch, "batch_size": self.batch_size,
                      "world_size": self.world_size, "seed": self.options.seed, "num_images": self.num_images},
+            "data_stats": self.process.data_stats.to_state(),
+            "health": {"monitor": self.health.state_dict(), "last_good": self.last_good},
             "versions": {"torch": str(torch.__version__)},
         }
 
     def save(self) -> Optional[Path]:
         """Write ``RUN/checkpoints/ckpt-{step}.pt`` atomically (rank 0) and keep the newest ``--keep``."""
+        path = checkpoint_path(self.run_dir, self.step)
+        if self.health.healthy:
+            self.last_good = path.name
         state = self.state_dict()
         self._last_saved = self.step
         if not self.is_main:
             return None
-        path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
+        save_checkpoint(state, path)
         if self.options.keep:
-            prune_checkpoints(self.run_dir, self.options.keep)
+            # The last checkpoint saved while healthy survives a spike however long it lasts.
+            prune_checkpoints(self.run_dir, self.options.keep, protect={self.last_good})
         log.debug("saved %s", path)
         return path
 
@@ -600,6 +686,13 @@ class _Window:
     @property
     def mean_grad_norm(self) -> float:
         return self.grad_norm_sum / max(self.steps, 1)
+
+
+def _measure_data_statistics(process: BlurDiffusion, dataset) -> DataStatistics:
+    """The statistics of the first ``DEFAULT_IMAGES`` of a fixed permutation of ``dataset``, unflipped."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:DEFAULT_IMAGES].tolist()
+    batches = (torch.stack([dataset[(i, False)] for i in order[k:k + 64]]) for k in range(0, len(order), 64))
+    return estimate_data_statistics(process, batches)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -632,6 +725,7 @@ def train(options: TrainOptions) -> Trainer:
         trainer = Trainer(options, info.rank, info.world_size)
         try:
             trainer.run_loop()
+            trainer.health_report()
         finally:
             trainer.close()
         return trainer
@@ -655,7 +749,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="images per step PER PROCESS (under torchrun the global batch is this x processes)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper: 5e-5)")
     g.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step (paper: 0.9999)")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient to this L2 norm (default: off)")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient to this L2 norm (0: off)")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up over this many steps (0: off)")
     g.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
                    help="mixed precision for the network: bf16, or fp16 with a GradScaler (CUDA only); default none")
     g.add_argument("--seed", type=int, default=None, help="seed of weights, data order, t, noise (default 0)")
@@ -666,6 +761,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--sample-every", type=int, default=10000, help="EMA sample grid every K steps (0: never)")
     o.add_argument("--sample-n", type=int, default=16, help="images in a sample grid")
     o.add_argument("--log-every", type=int, default=100, help="a line of metrics.jsonl every K steps")
+    o.add_argument("--health-window", type=int, default=100,
+                   help="steps per window of the loss-spike detector (each window's mean loss and gradient "
+                        "norm against the median of the windows before)")
+    o.add_argument("--no-final-check", dest="final_check", action="store_false",
+                   help="skip sampling a few EMA images at the end to check that they are in range")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     d = p.add_argument_group("hardware")
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -690,6 +790,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if trainer.is_main:
         print(f"trained {options.preset} to step {trainer.step}; checkpoints in {trainer.run_dir / 'checkpoints'}")
+        healthy, text = trainer.verdict
+        print(f"run {'healthy' if healthy else 'NOT HEALTHY'}: {text}")
     return 0
 
 

@@ -75,8 +75,10 @@ def assert_same(a, b, path="state"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+def metrics(run_dir, events: bool = False) -> list[dict]:
+    """The lines of metrics.jsonl: the per-window metrics, or (``events``) the health events."""
+    lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if ("event" in m) == events]
 
 
 def sha256(path) -> str:
@@ -277,7 +279,9 @@ def test_metrics_log_resumes_without_duplicates(toy_lmdb, tmp_path):
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
     for m in lines:
         assert m.keys() == {"step", "loss", "lr", "grad_norm", "images_per_s", "time"}
-        assert m["loss"] > 0 and m["grad_norm"] > 0 and m["images_per_s"] > 0 and m["lr"] == get_preset("toy").lr
+        preset = get_preset("toy")  # the learning rate of the warm-up's step m["step"]
+        assert m["loss"] > 0 and m["grad_norm"] > 0 and m["images_per_s"] > 0
+        assert m["lr"] == pytest.approx(preset.lr * m["step"] / preset.warmup_steps)
     # A crash after step 4 was logged but before it was checkpointed, mid-way through a line.
     (tmp_path / "checkpoints" / "ckpt-00000004.pt").unlink()
     with open(tmp_path / "metrics.jsonl", "a") as f:
@@ -383,6 +387,10 @@ def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
             "--batch-size", "4", "--resolution", str(RES), "--log-every", "1", "--no-progress", "--device", "cpu"]
     assert cli_main(argv) == 0
     assert latest_checkpoint(out).name == "ckpt-00000002.pt" and len(metrics(out)) == 2
+    # Two steps of an untrained network: the final check samples noise far out of range, and says so.
+    said = capsys.readouterr().out
+    assert "run NOT HEALTHY: too short to judge" in said and "look diverged" in said
+    assert metrics(out, events=True)[-1]["event"] == "end" and not metrics(out, events=True)[-1]["healthy"]
     assert cli_main(argv) == 2 and "--resume" in capsys.readouterr().err
     assert cli_main(argv[:8] + ["3", "--resume", "--no-progress", "--device", "cpu"]) == 0  # the rest: from the run
     assert load_checkpoint(latest_checkpoint(out))["config"]["train"]["batch_size"] == 4

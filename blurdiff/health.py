@@ -1,0 +1,124 @@
+"""Is a training run healthy? Loss spikes and divergence, noticed while they happen.
+
+:class:`TrainingHealth` takes the loss and gradient norm of every step, closes windows of
+``window`` steps, and compares each window's means with the median of the previous healthy
+windows. A window whose mean loss is ``loss_factor`` times that reference, or whose mean gradient
+norm is ``grad_factor`` times it, starts a *spike*; the run counts as recovered once a window's
+loss is back within ``recover_factor`` of the reference the spike was measured against. Its state
+is plain data, saved in checkpoints, so a resumed run keeps its history.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+__all__ = ["HealthEvent", "TrainingHealth"]
+
+
+@dataclass
+class HealthEvent:
+    """What a closed window changed: ``kind`` is "spike" or "recovered"."""
+
+    kind: str
+    step: int
+    message: str
+
+
+@dataclass
+class TrainingHealth:
+    window: int = 100
+    history: int = 5  # previous healthy windows in the reference (their median)
+    min_history: int = 3  # windows needed before anything is judged
+    loss_factor: float = 1.3
+    grad_factor: float = 4.0
+    recover_factor: float = 1.1
+    # State (plain data: checkpoints keep it).
+    windows: List[List[float]] = field(default_factory=list)  # [end step, mean loss, mean grad norm, healthy]
+    spikes: List[Dict[str, Any]] = field(default_factory=list)
+    in_spike: Optional[Dict[str, Any]] = None
+    _steps: int = 0
+    _loss_sum: float = 0.0
+    _grad_sum: float = 0.0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Optional[Dict[str, Any]], **defaults) -> "TrainingHealth":
+        if not state:
+            return cls(**defaults)
+        known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    # ------------------------------------------------------------------ updates
+    def update(self, step: int, loss: float, grad_norm: float) -> Optional[HealthEvent]:
+        """Record one step; when it closes a window, judge the window (an event or None)."""
+        self._steps += 1
+        self._loss_sum += loss
+        # fp16 runs skip steps with inf gradients (the GradScaler's business): not a spike.
+        self._grad_sum += grad_norm if math.isfinite(grad_norm) else 0.0
+        if self._steps < self.window:
+            return None
+        mean_loss, mean_grad = self._loss_sum / self._steps, self._grad_sum / self._steps
+        self._steps, self._loss_sum, self._grad_sum = 0, 0.0, 0.0
+        event = self._judge(step, mean_loss, mean_grad)
+        del self.windows[:-1000]  # bounded: the reference needs only the last few healthy ones
+        return event
+
+    def _reference(self) -> Optional[tuple]:
+        healthy = [w for w in self.windows if w[3]][-self.history:]
+        if len(healthy) < self.min_history:
+            return None
+        return statistics.median(w[1] for w in healthy), statistics.median(w[2] for w in healthy)
+
+    def _judge(self, step: int, loss: float, grad: float) -> Optional[HealthEvent]:
+        if self.in_spike is not None:
+            ref_loss = self.in_spike["reference_loss"]
+            if loss <= self.recover_factor * ref_loss:
+                self.in_spike["recovered_at"] = step
+                self.spikes.append(self.in_spike)
+                self.in_spike = None
+                self.windows.append([step, loss, grad, True])
+                return HealthEvent("recovered", step, f"loss back to {loss:.4g} (reference {ref_loss:.4g}) at step {step}")
+            self.windows.append([step, loss, grad, False])
+            return None
+        ref = self._reference()
+        if ref is not None:
+            ref_loss, ref_grad = ref
+            why = []
+            if loss > self.loss_factor * ref_loss:
+                why.append(f"mean loss {loss:.4g} is {loss / ref_loss:.2f}x the {ref_loss:.4g} of the windows before")
+            if ref_grad > 0 and grad > self.grad_factor * ref_grad:
+                why.append(f"mean gradient norm {grad:.3g} is {grad / ref_grad:.1f}x the {ref_grad:.3g} before")
+            if why:
+                start = step - self.window + 1
+                self.in_spike = {"start": start, "step": step, "loss": loss, "grad_norm": grad,
+                                 "reference_loss": ref_loss, "reference_grad_norm": ref_grad}
+                self.windows.append([step, loss, grad, False])
+                return HealthEvent("spike", step, f"loss spike in steps {start}-{step}: " + "; ".join(why))
+        self.windows.append([step, loss, grad, True])
+        return None
+
+    # ------------------------------------------------------------------ verdict
+    @property
+    def healthy(self) -> bool:
+        """Not in an unrecovered spike."""
+        return self.in_spike is None
+
+    def summary(self) -> str:
+        """One line: healthy or not, and why."""
+        if not self.windows:
+            return f"too short to judge (fewer than {self.window} steps)"
+        last = self.windows[-1]
+        best = min(w[1] for w in self.windows)
+        past = (f"; {len(self.spikes)} earlier spike(s), recovered (first at step {self.spikes[0]['step']})"
+                if self.spikes else "")
+        if self.in_spike is not None:
+            s = self.in_spike
+            return (f"loss spike since step {s['start']} not recovered: last window's loss {last[1]:.4g} against "
+                    f"{s['reference_loss']:.4g} before it (gradient norm {last[2]:.3g} against "
+                    f"{s['reference_grad_norm']:.3g}){past}")
+        return f"final loss {last[1]:.4g} (best window {best:.4g}), gradient norm {last[2]:.3g}, no unrecovered spike{past}"

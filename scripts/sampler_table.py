@@ -1,0 +1,112 @@
+"""Every sampler kind at several step counts on one trained run, scored with the quality yardstick.
+
+    python scripts/sampler_table.py --run RUN --data HELDOUT [--ckpt FILE] [--kinds ddpm ancestral ddim]
+        [--steps 10 25 50 100 250 1000] [--n 256] [--seeds 0 1 2] [--json table.json]
+
+For every (kind, K, seed): samples ``--n`` images in memory (no PNG rounding; EMA weights), times
+them, and scores them against ``2n`` held-out data images (blurdiff.quality.evaluate: the data's
+own noise floor beside every number). Prints a Markdown table, one row per (kind, K) with the
+mean over seeds (± std when several). ``ddpm`` (Eq. 12) is the paper's small-step sampler: it runs
+only with all N steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from blurdiff.quality import SampleStats, evaluate, load_data_images
+from blurdiff.respace import KINDS, make_sampler
+from blurdiff.statistics import DEFAULT_IMAGES, estimate_data_statistics
+
+COLUMNS = ("swd_avg", "spectrum_error", "channel_std_error")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder (its newest checkpoint unless --ckpt)")
+    p.add_argument("--ckpt", default=None, help="checkpoint file")
+    p.add_argument("--data", required=True, help="held-out data (lmdb or image folder), at least 2n images")
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250, 1000])
+    p.add_argument("--n", type=int, default=256, help="samples per (kind, K, seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--json", default=None, help="write every row (and the floor) to this file")
+    p.add_argument("--train-data", default=None,
+                   help="the run's training data, to measure its statistics when the checkpoint predates them")
+    args = p.parse_args()
+
+    path = resolve_checkpoint(args.run, args.ckpt)
+    state = load_checkpoint(path)
+    process, model = build_from_checkpoint(state)
+    if process.data_stats is None and args.train_data:
+        process.data_stats = estimate_data_statistics(
+            process, load_data_images(args.train_data, process.resolution, DEFAULT_IMAGES, exact=False).split(64))
+    data = load_data_images(args.data, process.resolution, 2 * args.n)
+    shape = (3, *process.resolution)
+    print(f"{path} (step {state['step']}), {args.n} samples per cell, seeds {args.seeds}, "
+          f"{torch.get_num_threads()} threads, against {2 * args.n} images of {args.data}\n")
+    rows, floor = [], None
+    for kind in args.kinds:
+        for K in args.steps:
+            if kind == "ddpm" and K != process.steps:
+                continue
+            cells = []
+            for seed in args.seeds:
+                g = torch.Generator().manual_seed(seed)
+                start, parts, raw = time.perf_counter(), [], SampleStats()
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the guard's warnings: the table says it
+                    sampler = make_sampler(process, K, kind)
+                    for first in range(0, args.n, args.batch_size):
+                        b = min(args.batch_size, args.n - first)
+                        x = sampler.sample(model, (b, *shape), generator=g, guard=False)
+                        raw = raw.merge(SampleStats.of(x))
+                        parts.append(x)
+                seconds = (time.perf_counter() - start) / args.n
+                report = evaluate(torch.cat(parts), data, raw_stats=raw, seed=seed)
+                floor = {k: report["metrics"][k]["floor"] for k in COLUMNS}
+                cells.append((seconds, report))
+            row = {"kind": kind, "K": K, "seconds_per_image": float(np.mean([c[0] for c in cells])),
+                   "verdicts": [c[1]["verdict"] for c in cells],
+                   "std": [c[1]["raw"]["overall_std"] for c in cells],
+                   "beyond_1_5": [c[1]["metrics"]["beyond_1_5"]["samples"] for c in cells]}
+            for k in COLUMNS:
+                row[k] = [c[1]["metrics"][k]["samples"] for c in cells]
+            rows.append(row)
+            print(_line(row), flush=True)
+    print(f"\ndata noise floor: " + ", ".join(f"{k} {v:.4g}" for k, v in floor.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": str(path), "step": state["step"], "n": args.n, "seeds": args.seeds,
+                       "floor": floor, "rows": rows}, f, indent=2)
+
+
+def _fmt(values, digits=3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}g}"
+    return f"{np.mean(values):.{digits}g} ± {np.std(values):.2g}"
+
+
+_HEADER = ("| sampler | K | SWD avg (x1e3) | spectrum error | channel std error | sample std | beyond ±1.5 | "
+           "verdicts | s / image |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def _line(row) -> str:
+    if not getattr(_line, "printed", False):
+        print(_HEADER)
+        _line.printed = True
+    return (f"| {row['kind']} | {row['K']} | {_fmt(row['swd_avg'])} | {_fmt(row['spectrum_error'])} | "
+            f"{_fmt(row['channel_std_error'])} | {_fmt(row['std'])} | {_fmt([100 * v for v in row['beyond_1_5']])}% | "
+            f"{' '.join(row['verdicts'])} | {row['seconds_per_image']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
