@@ -10,14 +10,22 @@ and ``config``; ``config`` holds plain data only::
 
 Everything in it loads with ``torch.load(weights_only=True)``: opening a file someone sent you
 must not run code. Files are ``RUN/checkpoints/ckpt-{step:08d}.pt``.
+
+Every checkpoint written by :func:`save_checkpoint` also holds ``checksum``, a SHA-256 of the rest
+of its content (:func:`content_checksum`), which :func:`load_checkpoint` verifies: bytes flipped
+inside tensor data still unpickle, and would otherwise load as wrong weights. Checkpoints written
+before there was a checksum load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,6 +35,7 @@ if TYPE_CHECKING:
     from blurdiff.diffusion import BlurDiffusion
 
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "config")
+CHECKSUM_KEY = "checksum"
 _NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
 
 
@@ -46,11 +55,43 @@ def save_checkpoint(state: Dict[str, Any], path) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"a checkpoint needs the keys {REQUIRED_KEYS}; missing {missing}")
+    state = {k: v for k, v in state.items() if k != CHECKSUM_KEY}  # a loaded state carries its old one
+    state[CHECKSUM_KEY] = content_checksum(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
     return path
+
+
+def content_checksum(state: Dict[str, Any]) -> str:
+    """``sha256:HEX`` of everything in ``state`` but its checksum: the dtype, shape and bytes of
+    every tensor and a canonical form of the plain data around them, so that it is the same after
+    a save and a load onto another device."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return "sha256:" + h.hexdigest()
+
+
+def _feed(h, x) -> None:
+    # Each item starts with a header that says its kind and length: no two contents feed the same bytes.
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to("cpu").contiguous()
+        h.update(repr(("tensor", str(t.dtype), tuple(t.shape))).encode() + b"\0")
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(x, dict):  # sorted: the keys of an optimizer state are ints, the others strs
+        h.update(f"dict {len(x)}\0".encode())
+        for k, v in sorted(x.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))):
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(x, (list, tuple)):
+        h.update(f"list {len(x)}\0".encode())
+        for v in x:
+            _feed(h, v)
+    elif isinstance(x, (set, frozenset)):  # their order changes with the hash seed
+        _feed(h, sorted(x, key=repr))
+    else:  # str, int, float, bool, None, torch.dtype ...: repr is exact and escapes "\0"
+        h.update(repr((type(x).__name__, x)).encode() + b"\0")
 
 
 def list_checkpoints(run_dir) -> List[Path]:
@@ -91,22 +132,63 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
         raise ValueError(f"{path} is not a loadable blurdiff checkpoint: {e}") from e
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise ValueError(f"{path} is not a blurdiff checkpoint (needs the keys {REQUIRED_KEYS})")
+    if CHECKSUM_KEY in state and state[CHECKSUM_KEY] != content_checksum(state):
+        raise ValueError(f"{path}: content does not match its checksum (damaged on disk?)")
     return state
 
 
-def load_newest_readable(run_dir) -> Optional[Tuple[Path, Dict[str, Any]]]:
-    """The newest checkpoint of ``run_dir`` that loads, with its path; None if the run has none.
+def check_finite(state: Dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> None:
+    """ValueError naming ``path`` and the weights (``model``, ``ema``) that hold NaN or inf: they
+    would sample black or noise images, or carry a resumed run on from a diverged state."""
+    for key in which:
+        bad = [name for name, t in state[key].items()
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"{path}: the {key} weights are not finite (NaN or inf in {len(bad)} of "
+                             f"{len(state[key])} tensors, first {bad[0]}); use an older checkpoint")
 
-    Newer ones whose content does not load (damaged on disk, not a blurdiff checkpoint) are
-    skipped with a warning and, once an older one has loaded, renamed to ``NAME.unreadable``:
-    kept for inspection, out of the way of pruning and of the next resume. Raises ValueError
-    when checkpoints exist and none loads (then nothing is renamed); read errors (OSError)
-    propagate without touching anything.
+
+def networks_of(state: Dict[str, Any], path, which: Sequence[str] = ("model", "ema")
+                ) -> Dict[str, torch.nn.Module]:
+    """``{key: network}`` for the weights ``state[key]``: the network the checkpoint's config
+    describes, built on the meta device (no memory, no initialisation) and given the checkpoint's
+    own tensors. ValueError naming ``path`` when the weights do not fit it or are not finite."""
+    from blurdiff.unet import UNet, UNetConfig
+
+    networks = {}
+    for key in which:
+        try:
+            with torch.device("meta"):
+                network = UNet(UNetConfig(**state["config"]["unet"]))
+            # A plain dict: load_state_dict(assign=True) marks the state dict's _metadata, and any later
+            # load of it (the trainer's, into its real network) would then assign instead of copy.
+            network.load_state_dict(dict(state[key]), assign=True)
+        except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as e:
+            raise ValueError(f"{path}: the {key} weights do not fit the network its config describes: "
+                             f"{' '.join(str(e).split())[:300]}") from e
+        networks[key] = network
+    check_finite(state, path, which)  # once the weights are known to be state dicts of that network
+    return networks
+
+
+def load_newest_readable(run_dir, validate: Optional[Callable[[Path, Dict[str, Any]], None]] = None
+                         ) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest checkpoint of ``run_dir`` that loads (and that ``validate(path, state)``, when
+    given, accepts: it raises ValueError for a checkpoint that does not fit the run), with its
+    path; None if the run has none.
+
+    Newer ones whose content does not load (damaged on disk, not a blurdiff checkpoint, a failed
+    checksum) or does not fit are skipped with a warning and, once an older one has loaded,
+    renamed to ``NAME.unreadable``: kept for inspection, out of the way of pruning and of the next
+    resume. Raises ValueError when checkpoints exist and none loads (then nothing is renamed);
+    read errors (OSError) propagate without touching anything.
     """
     bad = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             state = load_checkpoint(path)
+            if validate is not None:
+                validate(path, state)
         except ValueError as e:
             bad.append((path, str(e).splitlines()[0][:300]))  # torch's unpickling errors run to many lines
             continue
@@ -126,6 +208,51 @@ def load_newest_readable(run_dir) -> Optional[Tuple[Path, Dict[str, Any]]]:
     return None
 
 
+# ------------------------------------------------------------------------------- run folders
+def check_run_folder(run_dir) -> None:
+    """FileExistsError unless ``run_dir`` is absent, empty, or a blurdiff run (it has checkpoints,
+    or its config.json is a run's configuration): a run writes config.json and metrics.jsonl
+    over whatever had those names."""
+    run_dir = Path(run_dir)
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not names or list_checkpoints(run_dir) or _is_run_config(run_dir / "config.json"):
+        return
+    from blurdiff.toy_data import _some
+
+    raise FileExistsError(f"--out {run_dir} is not empty and is not a blurdiff run (no checkpoints/ckpt-*.pt, "
+                          f"no config.json of a run); it holds {_some(names)}. Refusing to write the run's "
+                          f"config.json and metrics.jsonl there: choose a new or empty folder")
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, a folder, unreadable, not JSON
+        return False
+    # What the trainer writes there: a checkpoint's config (see the top of this file).
+    return (isinstance(config, dict) and isinstance(config.get("preset"), str)
+            and all(isinstance(config.get(k), dict) for k in ("process", "unet", "train")))
+
+
+def check_writable(run_dir) -> None:
+    """Create and remove a probe file in the run folder and in its checkpoints/ (or, for those
+    not made yet, in the nearest folder above them that exists: where they will be made), so that
+    a folder the run cannot write fails at the start, naming it, not at the first save."""
+    run_dir = Path(run_dir)
+    probed = set()
+    for folder in (run_dir, checkpoint_dir(run_dir)):
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder in probed:
+            continue
+        probed.add(folder)
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+                pass
+        except OSError as e:  # OSError(errno, ...) is PermissionError, NotADirectoryError ... again
+            raise OSError(e.errno, f"cannot write the run's checkpoints and logs ({e.strerror})", str(folder)) from e
+
+
 def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:
     """``ckpt`` when given, else the newest checkpoint of ``run_dir``."""
     if ckpt is not None:
@@ -138,14 +265,16 @@ def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:
     return latest
 
 
-def build_from_checkpoint(state: Dict[str, Any], use_ema: bool = True, device="cpu", backend: str = "auto"
-                          ) -> Tuple["BlurDiffusion", torch.nn.Module]:
+def build_from_checkpoint(state: Dict[str, Any], use_ema: bool = True, device="cpu", backend: str = "auto",
+                          source="the checkpoint") -> Tuple["BlurDiffusion", torch.nn.Module]:
     """The process (with the run's data statistics, when the checkpoint has them) and the network
-    (EMA weights by default) a checkpoint describes, in eval mode."""
+    (EMA weights by default) a checkpoint describes, in eval mode. ValueError (naming ``source``,
+    the file) for weights that are not finite."""
     from blurdiff.diffusion import BlurDiffusion
     from blurdiff.statistics import DataStatistics
     from blurdiff.unet import UNet, UNetConfig
 
+    check_finite(state, source, ["ema" if use_ema else "model"])
     config = state["config"]
     process = BlurDiffusion(**config["process"], backend=backend)
     process.data_stats = DataStatistics.from_state(state.get("data_stats"), process.resolution)

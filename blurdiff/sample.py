@@ -137,7 +137,8 @@ def _load(args, device: torch.device):
     if not isinstance(state.get(which), dict) or not state[which]:
         raise ValueError(f"{path} holds no {which} weights" + ("" if args.no_ema else " (try --no-ema)"))
     try:
-        process, model = build_from_checkpoint(state, use_ema=not args.no_ema, device=device, backend=args.backend)
+        process, model = build_from_checkpoint(state, use_ema=not args.no_ema, device=device, backend=args.backend,
+                                               source=path)  # NaN or inf weights: a ValueError naming the file
         process.ops(device)  # backend='fused' without kernels fails here, not mid-run
     except (RuntimeError, TypeError, KeyError) as e:
         raise ValueError(f"{path}: cannot build the model it describes: {e}") from e

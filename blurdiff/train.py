@@ -34,11 +34,14 @@ import torch.distributed as dist
 
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import (
+    check_run_folder,
+    check_writable,
     checkpoint_dir,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     load_newest_readable,
+    networks_of,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -323,6 +326,9 @@ class Trainer:
     def _checkpoint_to_resume(self, opts: TrainOptions) -> Optional[Dict[str, Any]]:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"--out {self.run_dir} exists and is not a folder")
+        check_run_folder(self.run_dir)  # someone else's config.json and metrics.jsonl are not ours to replace
+        if self.is_main:  # the one rank that writes: a folder it cannot write fails now, not at the first save
+            check_writable(self.run_dir)
         newest = latest_checkpoint(self.run_dir)
         if newest is None:
             if opts.resume:
@@ -353,7 +359,19 @@ class Trainer:
         return state
 
     def _newest_readable(self) -> Tuple[Path, Dict[str, Any]]:
-        found = load_newest_readable(self.run_dir)
+        def fits_the_run(path: Path, state: Dict[str, Any]) -> None:
+            # What _load_state will load, tried first on networks without memory, so that a
+            # checkpoint that does not fit is set aside like an unreadable one and an older one
+            # is tried. The optimizer is the trainer's (see __init__).
+            model = networks_of(state, path)["model"]
+            try:
+                torch.optim.Adam(model.parameters()).load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+                raise ValueError(f"{path}: the optimizer state does not fit the network: {e}") from e
+            if not isinstance(state["config"].get("train"), dict):
+                raise ValueError(f"{path}: the checkpoint's config lacks the run's training options")
+
+        found = load_newest_readable(self.run_dir, validate=fits_the_run)
         if found is None:
             raise ValueError(f"--resume: the checkpoints in {checkpoint_dir(self.run_dir)} vanished while resuming")
         return found
@@ -785,8 +803,13 @@ def main(args: argparse.Namespace) -> int:
               f"{checkpoint_dir(args.out)} is intact; lower --lr or set --grad-clip and --resume.",
               file=sys.stderr)
         return 3
-    except (FileNotFoundError, ValueError) as e:
-        print(f"blurdiff train: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - re-raised below unless it is bad input
+        from blurdiff.cli import _user_error_message  # one mapping for `blurdiff train` and `-m blurdiff.train`
+
+        message = _user_error_message(e)
+        if message is None:
+            raise  # a programming error: keep the traceback
+        print(f"blurdiff train: error: {message}", file=sys.stderr)
         return 2
     if trainer.is_main:
         print(f"trained {options.preset} to step {trainer.step}; checkpoints in {trainer.run_dir / 'checkpoints'}")

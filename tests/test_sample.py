@@ -148,6 +148,41 @@ def test_resume_after_interruption(run, tmp_path, monkeypatch):
     assert {k: v[2] for k, v in stat(tmp_path / "ref").items()} == {k: v[2] for k, v in after.items()}
 
 
+def test_resume_makes_empty_and_torn_pngs_again(run, tmp_path):
+    out = tmp_path / "s"
+    assert sample(run, out, 7) == 0
+    made = stat(out)
+    # What a crash or a full disk leaves under a final name: an empty file, half a file.
+    (out / "000002.png").write_bytes(b"")
+    (out / "000005.png").write_bytes(made["000005.png"][2][: len(made["000005.png"][2]) // 2])
+
+    assert sample(run, out, 7, "--grid") == 0
+    after = stat(out)
+    assert {k: v[2] for k, v in after.items()} == {k: v[2] for k, v in made.items()}  # the same images again
+    assert {k: after[k] for k in made if k not in ("000002.png", "000005.png")} == \
+        {k: made[k] for k in made if k not in ("000002.png", "000005.png")}  # the others untouched
+    with Image.open(out / "figures" / "grid.png") as im:
+        assert im.size[0] > 3 * RES
+
+
+def test_save_png_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    import os
+
+    from blurdiff.images import save_png
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    save_png(torch.zeros(3, 4, 4), tmp_path / "000000.png")
+    # The file before its rename (the same inode after it), then the folder that holds the new name.
+    assert synced == [(tmp_path / "000000.png").stat().st_ino, tmp_path.stat().st_ino]
+
+
 def test_batch_seed_depends_on_seed_first_and_batch_size():
     from blurdiff.sample import batch_seed
 

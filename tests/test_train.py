@@ -8,10 +8,13 @@ takes well under a minute and a half on two CPU cores.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +27,8 @@ import torch
 from PIL import Image
 
 from blurdiff.presets import get_preset
-from blurdiff.checkpoint import build_from_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint
+from blurdiff.checkpoint import (build_from_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                 save_checkpoint)
 from blurdiff.toy_data import make_toy_lmdb, toy_image
 from blurdiff.train import NonFiniteLossError, TrainOptions, Trainer, add_arguments, main, train
 
@@ -214,6 +218,57 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, mon
                                                        "ckpt-00000004.pt.unreadable"]
 
 
+def test_resume_sets_aside_checkpoints_that_do_not_fit_the_run(toy_lmdb, tmp_path):
+    from test_checkpoint_integrity import flip_bytes_inside
+
+    run(opts(toy_lmdb, tmp_path, max_steps=5, ckpt_every=1, keep=0))
+    ckpts = tmp_path / "checkpoints"
+    straight = load_checkpoint(ckpts / "ckpt-00000005.pt")
+    # Each newer checkpoint unpickles, but holds what the run cannot go on from.
+    flip_bytes_inside(ckpts / "ckpt-00000005.pt", max(straight["ema"].values(), key=torch.Tensor.numel))
+    damage = {
+        4: lambda s: s["model"].pop("out.2.weight"),
+        3: lambda s: s["ema"]["out.2.bias"].fill_(float("nan")),
+        2: lambda s: s["optimizer"]["param_groups"][0]["params"].pop(),
+    }
+    for step, change in damage.items():
+        state = load_checkpoint(ckpts / f"ckpt-{step:08d}.pt")
+        change(state)
+        save_checkpoint(state, ckpts / f"ckpt-{step:08d}.pt")  # with a valid checksum
+
+    with pytest.warns(UserWarning) as caught:
+        resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=5, ckpt_every=1, keep=0, resume=True))
+    assert resumed.step == 1
+    said = [str(w.message) for w in caught if "skipping" in str(w.message)]
+    for step, reason in [(5, "content does not match its checksum"),
+                         (4, "the model weights do not fit the network its config describes: .*out.2.weight"),
+                         (3, "the ema weights are not finite"),
+                         (2, "the optimizer state does not fit the network")]:
+        name = f"ckpt-{step:08d}.pt"
+        assert any(re.search(f"skipping {name}: .*{name}: {reason}.*renamed to {name}.unreadable\\); resuming "
+                             f"from ckpt-00000001.pt", m) for m in said), (step, said)
+        assert (ckpts / f"{name}.unreadable").is_file()
+    # The redone steps end where the first run ended.
+    resumed.run_loop()
+    resumed.close()
+    redone = load_checkpoint(ckpts / "ckpt-00000005.pt")
+    for key in ("step", "model", "ema", "optimizer"):
+        assert_same(straight[key], redone[key], key)
+
+
+def test_resume_refuses_a_run_whose_only_checkpoint_has_non_finite_weights(toy_lmdb, tmp_path, capsys):
+    run(opts(toy_lmdb, tmp_path, max_steps=1))
+    path = tmp_path / "checkpoints" / "ckpt-00000001.pt"
+    state = load_checkpoint(path)
+    state["model"]["out.2.weight"].fill_(float("inf"))
+    save_checkpoint(state, path)
+    args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path), "--max-steps", "2",
+                  "--resume", "--no-progress", "--device", "cpu"])
+    assert main(args) == 2
+    assert f"{path}: the model weights are not finite" in capsys.readouterr().err
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # nothing set aside, nothing new
+
+
 def test_resume_on_another_data_set_size_warns(toy_lmdb, tmp_path):
     run(opts(toy_lmdb, tmp_path / "run", max_steps=2))
     smaller = tmp_path / "smaller"
@@ -271,6 +326,70 @@ def test_refuses_existing_run_without_resume_and_changed_process(toy_lmdb, tmp_p
     assert Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True)).step == 1
     # --resume on a run folder without checkpoints starts a new run.
     assert Trainer(opts(toy_lmdb, tmp_path / "new", resume=True)).step == 0
+
+
+def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
+    mine = tmp_path / "project"
+    (mine / "data").mkdir(parents=True)
+    files = {"config.json": '{"name": "my project"}\n', "metrics.jsonl": '{"accuracy": 0.9}\n', "notes.txt": "mine"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match=f"--out {mine} is not empty and is not a blurdiff run .*it holds "
+                                                  f"config.json, data/, metrics.jsonl ... \\(4 in all\\)"):
+            Trainer(opts(toy_lmdb, mine, resume=resume))
+    # Through `python -m blurdiff.train`'s own main: a one-line error and exit code 2.
+    args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(mine), "--max-steps", "1",
+                  "--no-progress", "--device", "cpu"])
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"blurdiff train: error: --out {mine} is not empty")
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "data", "metrics.jsonl", "notes.txt"]
+    assert {name: (mine / name).read_text() for name in files} == files
+
+    # Fine: an empty folder, and a run killed before its first save (config.json and metrics.jsonl
+    # but no checkpoint), resumed.
+    (tmp_path / "empty").mkdir()
+    assert run(opts(toy_lmdb, tmp_path / "empty", max_steps=1)).step == 1
+    killed = tmp_path / "killed"
+    run(opts(toy_lmdb, killed, max_steps=2))
+    shutil.rmtree(killed / "checkpoints")
+    assert run(opts(toy_lmdb, killed, max_steps=1, resume=True)).step == 1
+    assert [m["step"] for m in metrics(killed)] == [1]
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Files cannot be created in ``folder``, as in a read-only one (permission bits do not stop
+    the root user these tests may run as)."""
+    real_open = os.open
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(path).parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+
+
+def test_unwritable_run_folder_fails_at_the_start(toy_lmdb, tmp_path, monkeypatch, capsys):
+    run(opts(toy_lmdb, tmp_path / "run", max_steps=1))
+    ckpts = tmp_path / "run" / "checkpoints"
+    with monkeypatch.context() as patched:
+        read_only(patched, ckpts)
+        with pytest.raises(PermissionError, match=f"cannot write the run's checkpoints and logs .*'{ckpts}'"):
+            Trainer(opts(toy_lmdb, tmp_path / "run", max_steps=3, resume=True))
+        args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path / "run"), "--max-steps",
+                      "3", "--resume", "--no-progress", "--device", "cpu"])
+        assert main(args) == 2
+    assert capsys.readouterr().err == (f"blurdiff train: error: cannot write the run's checkpoints and logs "
+                                       f"(Permission denied): {ckpts}\n")
+    assert [p.name for p in ckpts.iterdir()] == ["ckpt-00000001.pt"]
+    # A new run in a folder that cannot be written: the folder named, nothing made.
+    (tmp_path / "shared").mkdir()
+    with monkeypatch.context() as patched:
+        read_only(patched, tmp_path / "shared")
+        with pytest.raises(PermissionError, match=f"'{tmp_path / 'shared'}'"):
+            Trainer(opts(toy_lmdb, tmp_path / "shared" / "run"))
+    assert not list((tmp_path / "shared").iterdir())
 
 
 def test_metrics_log_resumes_without_duplicates(toy_lmdb, tmp_path):

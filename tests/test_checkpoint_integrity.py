@@ -1,0 +1,110 @@
+"""Checkpoints whose content is wrong: bytes flipped on disk (the checksum), NaN or inf weights
+(refused for sampling), and checkpoints from before the checksum (still loaded). Refusals on
+``--resume`` and the fall-back to an older checkpoint are in test_train.py.
+
+The checkpoints are test_sample.py's: a tiny UNet at 16x16 with random weights, in the
+documented format.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from blurdiff.checkpoint import (
+    CHECKSUM_KEY,
+    build_from_checkpoint,
+    content_checksum,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from blurdiff.cli import main
+from test_sample import make_run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """Many small ops: one thread (see conftest.one_torch_thread)."""
+
+
+def sample(capsys, run, out, *extra) -> tuple[int, str]:
+    """``blurdiff sample`` of two images: the exit code and stderr."""
+    capsys.readouterr()
+    rc = main(["sample", "--run", str(run), "--out", str(out), "--n", "2", "--batch-size", "2", "--quiet",
+               "--steps", "4", "--sampler", "ddim", *map(str, extra)])
+    return rc, capsys.readouterr().err
+
+
+def flip_bytes_inside(path, tensor: torch.Tensor, n: int = 64) -> None:
+    """Flip the lowest bit of ``n`` bytes in the middle of ``tensor``'s data in the file ``path``."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.numpy().tobytes()
+    start = data.find(raw)
+    assert start >= 0 and data.count(raw) == 1
+    for i in range(start + len(raw) // 2, start + len(raw) // 2 + n):
+        data[i] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_inside_tensor_data_fail_the_checksum(tmp_path, capsys):
+    path = latest_checkpoint(make_run(tmp_path / "run"))
+    state = load_checkpoint(path)
+    assert state[CHECKSUM_KEY] == content_checksum(state)  # saved with one, and it survives a load
+    name, ema = max(state["ema"].items(), key=lambda kv: kv[1].numel())
+    flip_bytes_inside(path, ema)
+
+    # The file still unpickles, into finite weights that are wrong: only the checksum can tell.
+    damaged = torch.load(path, map_location="cpu", weights_only=True)["ema"][name]
+    assert torch.isfinite(damaged).all() and not torch.equal(damaged, ema)
+    with pytest.raises(ValueError, match="content does not match its checksum \\(damaged on disk\\?\\)") as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
+    rc, err = sample(capsys, tmp_path / "run", tmp_path / "out")
+    assert rc == 2 and path.name in err and "checksum" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_checksum_covers_the_plain_data_too(tmp_path):
+    path = latest_checkpoint(make_run(tmp_path / "run"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state["config"]["process"]["steps"] += 1  # a changed number of steps: other images, same weights
+    torch.save(state, path)  # with the old checksum
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        load_checkpoint(path)
+    save_checkpoint(state, path)  # a loaded state saved again gets a new checksum
+    assert load_checkpoint(path)["config"]["process"]["steps"] == state["config"]["process"]["steps"]
+
+
+def test_checkpoints_from_before_the_checksum_still_load(tmp_path, capsys):
+    path = latest_checkpoint(make_run(tmp_path / "run"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    del state[CHECKSUM_KEY]
+    torch.save(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CHECKSUM_KEY not in load_checkpoint(path)
+    rc, err = sample(capsys, tmp_path / "run", tmp_path / "out")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.png", "000001.png"]
+
+
+@pytest.mark.parametrize("which", ["ema", "model"])
+def test_non_finite_weights_are_refused_for_sampling(tmp_path, capsys, which):
+    path = latest_checkpoint(make_run(tmp_path / "run"))
+    state = load_checkpoint(path)
+    state[which]["out.2.bias"][0] = float("nan")
+    state[which]["input_blocks.0.0.weight"][0, 0, 0, 0] = float("inf")
+    save_checkpoint(state, path)  # a valid checksum: the run had diverged when it saved them
+
+    use_ema = which == "ema"
+    with pytest.raises(ValueError, match=f"{path}: the {which} weights are not finite \\(NaN or inf in 2 of "):
+        build_from_checkpoint(load_checkpoint(path), use_ema=use_ema, source=path)
+    rc, err = sample(capsys, tmp_path / "run", tmp_path / "out", *([] if use_ema else ["--no-ema"]))
+    assert rc == 2 and f"{path}: the {which} weights are not finite" in err
+    assert not list((tmp_path / "out").glob("*.png"))
+    # The other weights are finite: sampling with them is fine.
+    rc, err = sample(capsys, tmp_path / "run", tmp_path / "other", *(["--no-ema"] if use_ema else []))
+    assert rc == 0, err
