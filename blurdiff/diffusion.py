@@ -243,15 +243,16 @@ class BlurDiffusion:
     def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
                dtype: torch.dtype = torch.float32, progress: bool = False,
                callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
-               steps=None, kind: Optional[str] = None, guard: bool = True) -> torch.Tensor:
+               steps=None, kind: Optional[str] = None, guard: bool = True,
+               spacing: Optional[str] = None) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
-        (a count K or a list) with the sampler ``kind`` of :mod:`blurdiff.respace` (default:
-        ``ancestral`` when K < N).
+        (a count K, placed by ``spacing``, or a list) with the sampler ``kind`` of
+        :mod:`blurdiff.respace` (default: ``ancestral2m`` when K < N).
 
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
         warns when the result looks diverged (:class:`blurdiff.quality.SamplesDivergedWarning`).
         """
         from blurdiff.respace import make_sampler
 
-        return make_sampler(self, steps, kind).sample(model, shape, generator, device, dtype, progress, callback,
-                                                      guard)
+        return make_sampler(self, steps, kind, spacing).sample(model, shape, generator, device, dtype, progress,
+                                                               callback, guard)

@@ -31,8 +31,9 @@ Each step is one ``spectral_lincomb`` beside the network.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from blurdiff_ops._checks import table_dtype_for
@@ -40,7 +41,9 @@ from blurdiff.progress import Progress
 
 __all__ = ["KINDS", "Sampler", "default_kind", "make_sampler", "spaced_steps"]
 
-KINDS = ("ddpm", "ancestral", "ddim")
+KINDS = ("ddpm", "ancestral", "ddim", "ancestral2m", "ddim2m")
+STOCHASTIC = ("ddpm", "ancestral", "ancestral2m")  # the kinds that draw noise
+MULTISTEP = ("ancestral2m", "ddim2m")  # second order: the previous step's prediction is one more input
 
 
 def spaced_steps(num_steps: int, count: int) -> Tuple[int, ...]:
@@ -57,14 +60,58 @@ def spaced_steps(num_steps: int, count: int) -> Tuple[int, ...]:
     return tuple(round(1 + (N - 1) * k / (K - 1)) for k in range(K - 1, -1, -1))
 
 
-def _resolve_steps(num_steps: int, steps) -> Tuple[int, ...]:
-    N = num_steps
+SPACINGS = ("uniform", "quadratic", "logsnr")
+
+
+def _distinct_ascending(values: Sequence[float], N: int) -> List[int]:
+    """Round ascending ``values`` in [1, N] to distinct integer steps, the first 1 and the last N:
+    where rounding would repeat a step, the later ones move up (the total stays K)."""
+    K = len(values)
+    out = [min(max(int(round(v)), 1), N) for v in values]
+    out[0], out[-1] = 1, N
+    for k in range(1, K):  # at least one apart, leaving room for the ones after
+        out[k] = min(max(out[k], out[k - 1] + 1), N - (K - 1 - k))
+    return out
+
+
+def strided_steps(process, count: int, spacing: str = "uniform") -> Tuple[int, ...]:
+    """``count`` of the process's steps ``1 … N``, descending, both ends included, placed by
+    ``spacing``: ``uniform`` in t (:func:`spaced_steps`), ``quadratic`` (t ∝ k², denser near the
+    data), or ``logsnr`` (uniform in the log signal-to-noise ratio of the frequency with the median
+    blur eigenvalue; for a process without blur, of every frequency)."""
+    N, K = process.steps, int(count)
+    if spacing == "uniform" or K == 1:
+        return spaced_steps(N, K)
+    if not 1 <= K <= N:
+        raise ValueError(f"the number of sampling steps must lie in 1 … {N} (the process's steps), got {count}")
+    frac = torch.linspace(0, 1, K, dtype=torch.float64)
+    if spacing == "quadratic":
+        values = (1 + (N - 1) * frac ** 2).tolist()
+    elif spacing == "logsnr":
+        flat = process.D.flatten()
+        mid = int(torch.argsort(flat)[flat.numel() // 2])
+        log_abar = process.log_A_bar.flatten(1)[:, mid]  # [N + 1], decreasing in t
+        log_snr = log_abar - torch.log(-torch.expm1(log_abar.clamp(max=-1e-300)))
+        targets = log_snr[1] + (log_snr[N] - log_snr[1]) * frac  # from t = 1 to t = N
+        # λ(t) decreases: the step whose λ is nearest each target.
+        lam = log_snr[1:]  # t = 1 … N
+        idx = torch.searchsorted(-lam, -targets).clamp(max=N - 1)
+        lower = (idx - 1).clamp(min=0)
+        nearer = torch.where((lam[lower] - targets).abs() < (lam[idx] - targets).abs(), lower, idx)
+        values = (nearer + 1).to(torch.float64).tolist()
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return tuple(reversed(_distinct_ascending(values, N)))
+
+
+def _resolve_steps(process, steps, spacing: str = "uniform") -> Tuple[int, ...]:
+    N = process.steps
     if steps is None:
         return tuple(range(N, 0, -1))
     if isinstance(steps, bool):
         raise ValueError(f"steps must be None, a count or a list of steps, got {steps!r}")
     if isinstance(steps, int):
-        return spaced_steps(N, steps)
+        return strided_steps(process, steps, spacing)
     if isinstance(steps, torch.Tensor):
         steps = steps.tolist()
     seq = [int(s) for s in steps]
@@ -90,75 +137,131 @@ def _segment(process, i: int, j: int):
     return log_a, log_a.exp(), -torch.expm1(log_a)
 
 
-def _reference_step(process, i: int, j: int, v: torch.Tensor, stochastic: bool):
-    """(c_x, c_ε, σ) of the exponential integrators with a Gaussian reference (docs/sampling.md §4).
+def _reference_segment(process, i: int, j: int, v: torch.Tensor, stochastic: bool):
+    """The pieces of one step ``i → j`` of the exponential integrators (docs/sampling.md §4–§6),
+    per frequency, float64: ``(m, τ, h, W h, σ_i/s_i²)``.
 
-    Per frequency, with ρ = Ā, σ² = 1 - ρ, s² = ρ v + σ² (the variance of x_t when x̄_0 has
-    second moment ``v``) and the reference's exact ε̄_ref = σ x̄ / s²: the linear part of the
-    reverse SDE / probability-flow ODE *including* the reference's score is integrated exactly, and
-    the network's residual r = ε̄_θ - ε̄_ref is held at its value at step i.
+    With ρ = Ā, σ² = 1 - ρ and s² = ρ v + σ² (the variance of x̄_t when x̄_0 has power ``v``), both
+    integrators are ``x̄_j = m x̄_i - W ∫ r dθ + τ z̄`` over the angle θ = atan2(√(vρ), σ), where
+    r = ε̄_θ - σ x̄/s² is the network's residual against the reference's exact ε̄ (0 for Gaussian
+    data of spectrum v). ``h = θ_j - θ_i`` (from one atan of a difference written without
+    cancellation), and W is s_j (ODE, weighted by √w) or 2 s_j²/√(v ρ_j) (SDE), so that
+    ``W h`` stays finite where ρ_j underflows.
     """
-    log_a, a, one_minus_a = _segment(process, i, j)
+    _, a, one_minus_a = _segment(process, i, j)
     rho_i, rho_j = process.A_bar[i], process.A_bar[j]
     sig2_i, sig2_j = process.one_minus_A_bar[i], process.one_minus_A_bar[j]
     sig_i, sig_j = sig2_i.sqrt(), sig2_j.sqrt()
     s2_i, s2_j = rho_i * v + sig2_i, rho_j * v + sig2_j
+    # θ_j - θ_i = atan(Z): Z = √(v ρ_j) q / X, q = (1-a)/(σ_i + √a σ_j) = √(ρ_j)⁻¹(√ρ_j σ_i - √ρ_i σ_j),
+    # X = σ_i σ_j + v √(ρ_i ρ_j) (tan of a difference of angles).
+    q = one_minus_a / (sig_i + a.sqrt() * sig_j)
+    X = sig_i * sig_j + v * (rho_i * rho_j).sqrt()
+    Z = (v * rho_j).sqrt() * q / X
+    h = torch.atan(Z)
+    theta_i = torch.atan2((v * rho_i).sqrt(), sig_i)
     if stochastic:
-        # Reverse SDE: x̄_j = m x̄_i - C r + τ z̄ with m = √a s_j²/s_i², τ² = s_j² (1-a)/s_i² (the
-        # Gaussian's exact q(x_j | x_i)) and C = s_j²/√ρ_j ∫ √ρ/(σ s²) du = 2 s_j² q/X · atan(Z)/Z,
-        # where Z = Y/X is the angle difference of (σ, √(vρ)) between the two steps, written
-        # without cancellation: Y = √(v ρ_j) q, q = (1-a)/(σ_i + √a σ_j), X = σ_i σ_j + v √(ρ_i ρ_j).
-        q = one_minus_a / (sig_i + a.sqrt() * sig_j)
-        X = sig_i * sig_j + v * (rho_i * rho_j).sqrt()
-        Z = (v * rho_j).sqrt() * q / X
-        atan_ratio = torch.where(Z > 1e-6, torch.atan(Z) / Z.clamp_min(1e-6), 1 - Z * Z / 3)
-        C = 2 * s2_j * q / X * atan_ratio
+        # Reverse SDE: m = √a s_j²/s_i² and τ² = s_j² (1-a)/s_i² are the Gaussian's exact q(x_j | x_i).
+        atan_ratio = torch.where(Z > 1e-6, h / Z.clamp_min(1e-6), 1 - Z * Z / 3)
+        Wh = 2 * s2_j * q / X * atan_ratio
         m = a.sqrt() * s2_j / s2_i
         tau = (s2_j * one_minus_a / s2_i).sqrt()
     else:
-        # Probability-flow ODE with the residual weighted by √w, w = ρv/s² the signal fraction:
-        # x̄_j = (s_j/s_i) x̄_i - C r, C = ½ s_j ∫ √w/(σ s) du = s_j (θ_j - θ_i), θ = atan2(√(vρ), σ).
-        q = one_minus_a / (sig_i + a.sqrt() * sig_j)
-        X = sig_i * sig_j + v * (rho_i * rho_j).sqrt()
-        C = s2_j.sqrt() * torch.atan2(v.sqrt() * rho_j.sqrt() * q, X)
+        # Probability-flow ODE with the residual weighted by √w, w = ρ v / s²: d(x̄/s)/dθ = -r.
+        Wh = s2_j.sqrt() * h
         m = (s2_j / s2_i).sqrt()
         tau = torch.zeros_like(m)
-    # In terms of the network's ε̄_θ: r = ε̄_θ - σ_i x̄_i / s_i².
-    return m + C * sig_i / s2_i, -C, tau
+    return m, tau, h, Wh, sig_i / s2_i, theta_i
+
+
+_GAUSS_NODES, _GAUSS_WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(24))
+
+
+def _extrapolation_weight(theta_p, theta_i, theta_j, h):
+    """``b`` in ``∫_{θ_i}^{θ_j} r dθ ≈ h r_i + h b (r_i - r_p)`` for r linear in λ = 2 ln tan θ - ln v
+    (the log signal-to-noise ratio) through (λ_p, r_p) and (λ_i, r_i):
+    ``b = ∫ (λ - λ_i) dθ / (h (λ_i - λ_p))``, by Gauss–Legendre quadrature per frequency. Where the
+    ratio is tiny, increments in λ are about equal for even steps, so b stays near ½ instead of the
+    ½ e^{Δλ/2} of an extrapolation in θ, which amplified the network's noise."""
+    nodes = _GAUSS_NODES.to(theta_i)[:, None, None]
+    theta = theta_i + (theta_j - theta_i) * (nodes + 1) / 2
+    log_tan_i = torch.log(torch.tan(theta_i))
+    integral = 0.5 * h * (_GAUSS_WEIGHTS.to(theta_i)[:, None, None] * 2 * (torch.log(torch.tan(theta)) - log_tan_i)).sum(0)
+    return integral / (h * 2 * (log_tan_i - torch.log(torch.tan(theta_p))))
 
 
 def _step_tables(process, steps: Tuple[int, ...], kind: str, v: Optional[torch.Tensor]
                  ) -> Dict[str, Optional[torch.Tensor]]:
-    """``step_coefs`` ``[2, K+1, H, W]`` (c_x, c_ε) and ``step_noise`` ``[K+1, H, W]`` (σ, or None)."""
+    """``step_coefs`` ``[I, K+1, H, W]`` and ``step_noise`` ``[K+1, H, W]`` (σ, or None), for the
+    inputs ``[x_i, ε_i]`` (I = 2) or, for the multistep kinds, ``[x_i, ε_i, ε_prev, x_prev]``."""
     A, one_minus_A_bar = process.A, process.one_minus_A_bar
     asc = (0,) + tuple(reversed(steps))  # s_0 = 0 < s_1 < … < s_K = N
     K = len(steps)
     H, W = process.resolution
-    c_x = torch.ones(K + 1, H, W, dtype=torch.float64)
-    c_eps = torch.zeros(K + 1, H, W, dtype=torch.float64)
+    inputs = 4 if kind in MULTISTEP else 2
+    coefs = torch.zeros(inputs, K + 1, H, W, dtype=torch.float64)
+    coefs[0] = 1.0
     sigma = torch.zeros(K + 1, H, W, dtype=torch.float64)
-    for k in range(1, K + 1):
+    h_prev = gain_prev = theta_prev = None  # the angle increment, σ/s² and θ of the step before (k + 1)
+    for k in range(K, 0, -1):
         i, j = asc[k], asc[k - 1]
         if kind == "ddpm":
             _, a, one_minus_a = _segment(process, i, j)
-            c_x[k] = 2 - a.sqrt()
-            c_eps[k] = -one_minus_a / one_minus_A_bar[i].sqrt()
+            coefs[0, k] = 2 - a.sqrt()
+            coefs[1, k] = -one_minus_a / one_minus_A_bar[i].sqrt()
             sigma[k] = one_minus_a.sqrt() if k > 1 else 0.0
-        elif kind in ("ancestral", "ddim"):
-            c_x[k], c_eps[k], sigma[k] = _reference_step(process, i, j, v, stochastic=kind == "ancestral")
-        else:  # pragma: no cover - checked by the constructor
-            raise AssertionError(kind)
+            continue
+        stochastic = kind in ("ancestral", "ancestral2m")
+        m, tau, h, Wh, gain, theta_i = _reference_segment(process, i, j, v, stochastic)
+        # ∫ r dθ ≈ h r_i, or (multistep: r linear in the log-SNR λ through r_prev, not at the last
+        # step, whose λ_j is infinite) h r_i + h b (r_i - r_prev).
+        if kind in MULTISTEP and h_prev is not None and j > 0:
+            b_prev = _extrapolation_weight(theta_prev, theta_i, theta_i + h, h)
+        else:
+            b_prev = torch.zeros_like(h)
+        c_i, c_prev = Wh * (1 + b_prev), Wh * b_prev  # x̄_j = m x̄_i - c_i r_i + c_prev r_prev + τ z̄
+        coefs[0, k] = m + c_i * gain
+        coefs[1, k] = -c_i
+        if inputs == 4:
+            coefs[2, k] = c_prev
+            coefs[3, k] = -c_prev * gain_prev if gain_prev is not None else 0.0
+        sigma[k] = tau
+        h_prev, gain_prev, theta_prev = h, gain, theta_i
     if kind == "ddpm":
-        c_x[0], c_eps[0] = 2 - A[0].sqrt(), 0.0  # row 0 as BlurDiffusion has it (never used)
+        coefs[0, 0] = 2 - A[0].sqrt()  # row 0 as BlurDiffusion has it (never used)
     return {
-        "step_coefs": torch.stack([c_x, c_eps]),
-        "step_noise": None if kind == "ddim" else sigma,
+        "step_coefs": coefs,
+        "step_noise": sigma if kind in STOCHASTIC else None,
     }
 
 
 def default_kind(K: int, N: int) -> str:
-    """The paper's Eq. 12 (``ddpm``) with all N steps; the ``ancestral`` integrator with fewer."""
-    return "ddpm" if K == N else "ancestral"
+    """The paper's Eq. 12 (``ddpm``) with all N steps; the second-order ``ancestral2m`` integrator
+    with fewer (the best few-step sampler measured, docs/sampling.md §9)."""
+    return "ddpm" if K == N else "ancestral2m"
+
+
+#: The spacing of the K kept steps that measured best for each kind (docs/sampling.md §9).
+DEFAULT_SPACING = {"ddpm": "uniform", "ancestral": "uniform", "ddim": "uniform",
+                   "ancestral2m": "quadratic", "ddim2m": "quadratic"}
+
+
+def _resolve(process, steps, kind: Optional[str], spacing: Optional[str]) -> Tuple[Tuple[int, ...], str, str]:
+    """(kept steps, kind, spacing) with the defaults filled: the kind from the number of steps,
+    the spacing from the kind."""
+    if steps is None:
+        count = process.steps
+    elif isinstance(steps, int) and not isinstance(steps, bool):
+        count = steps
+    else:
+        count = len(_resolve_steps(process, steps))
+    kind = default_kind(count, process.steps) if kind is None else kind
+    if kind not in KINDS:
+        raise ValueError(f"sampler kind must be one of {KINDS}, got {kind!r}")
+    spacing = DEFAULT_SPACING[kind] if spacing is None else spacing
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return _resolve_steps(process, steps, spacing), kind, spacing
 
 
 def _resolve_reference(process, kind: str, reference_var: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -193,13 +296,11 @@ class Sampler:
     """
 
     def __init__(self, process, steps: Union[None, int, Sequence[int]] = None, kind: Optional[str] = None,
-                 reference_var: Optional[torch.Tensor] = None):
+                 reference_var: Optional[torch.Tensor] = None, spacing: Optional[str] = None):
         self.process = process
-        self.steps: Tuple[int, ...] = _resolve_steps(process.steps, steps)
+        self.steps, self.kind, self.spacing = _resolve(process, steps, kind, spacing)
         self.K = len(self.steps)
-        self.kind = kind = default_kind(self.K, process.steps) if kind is None else kind
-        if kind not in KINDS:
-            raise ValueError(f"sampler kind must be one of {KINDS}, got {kind!r}")
+        kind = self.kind
         if kind == "ddpm" and self.K != process.steps:
             # Its 2 - √a and 1 - a are first-order in the step: strided, it over-disperses the
             # fine frequencies (10x their power at K = 100 with a trained network, docs/sampling.md).
@@ -212,7 +313,7 @@ class Sampler:
         self._cache: Dict[Tuple[torch.device, torch.dtype], Dict[str, Optional[torch.Tensor]]] = {}
 
     def __repr__(self) -> str:
-        return f"Sampler(kind={self.kind!r}, K={self.K} of N={self.process.steps})"
+        return f"Sampler(kind={self.kind!r}, K={self.K} of N={self.process.steps}, spacing={self.spacing!r})"
 
     # ------------------------------------------------------------------ tables
     def position(self, step: int) -> int:
@@ -242,19 +343,28 @@ class Sampler:
         return torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
 
     def step(self, x: torch.Tensor, eps: torch.Tensor, k, noise: Optional[torch.Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             generator: Optional[torch.Generator] = None,
+             prev: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """One step from ``x_{s_k}`` to ``x_{s_{k-1}}`` (``k``: position, int or int64 ``[B]``).
 
-        ``noise`` is pixel-space ``z`` (drawn from ``generator`` when not given); ddim ignores it.
+        ``noise`` is pixel-space ``z`` (drawn from ``generator`` when not given); the deterministic
+        kinds ignore it. The multistep kinds take ``prev = (x_{s_{k+1}}, ε_θ there)`` (unused, and
+        may be None, at the first step ``k = K``).
         """
         proc = self.process
         tab = self.tables(x.device, x.dtype)
         ptab = proc.tables(x.device, x.dtype)
         noise_coef = tab["step_noise"]
         return proc.ops(x.device).spectral_lincomb(
-            [x, eps], tab["step_coefs"], self._as_index(k, x), ptab["U_h"], ptab["U_w"],
+            self._inputs(x, eps, prev), tab["step_coefs"], self._as_index(k, x), ptab["U_h"], ptab["U_w"],
             noise_coef, noise if noise_coef is not None else None, generator,
         )
+
+    def _inputs(self, x, eps, prev) -> List[torch.Tensor]:
+        if self.kind not in MULTISTEP:
+            return [x, eps]
+        x_prev, eps_prev = prev if prev is not None else (x, eps)  # coefficients 0 at the first step
+        return [x, eps, eps_prev, x_prev]
 
     @torch.no_grad()
     def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
@@ -276,6 +386,7 @@ class Sampler:
         ops = proc.ops(x.device)
         coefs, noise_coef, U_h, U_w = tab["step_coefs"], tab["step_noise"], ptab["U_h"], ptab["U_w"]
         desc = f"sampling ({self.kind}, {self.K}/{proc.steps} steps)"
+        prev = None
         with Progress(self.K, desc, unit="step", enabled=progress) as bar:
             for n, s in enumerate(self.steps):
                 k = self.K - n
@@ -284,7 +395,8 @@ class Sampler:
                 if callback is not None:
                     callback(s, x, eps)
                 idx = t if k == s else torch.full((B,), k, dtype=torch.int64, device=x.device)
-                x = ops.spectral_lincomb([x, eps], coefs, idx, U_h, U_w, noise_coef, None, generator)
+                x, prev = ops.spectral_lincomb(self._inputs(x, eps, prev), coefs, idx, U_h, U_w, noise_coef, None,
+                                               generator), (x, eps)
                 bar.update(1)
         if guard:
             from blurdiff.quality import SampleStats, warn_if_diverged
@@ -294,20 +406,20 @@ class Sampler:
         return x
 
 
-def make_sampler(process, steps: Union[None, int, Sequence[int]] = None, kind: Optional[str] = None) -> Sampler:
-    """The sampler of ``process`` on ``steps`` (None: all N; an int K: K evenly spaced; or a list),
-    with the process's data statistics as the Gaussian reference of ``ancestral``/``ddim``;
-    ``kind`` None is :func:`default_kind`.
+def make_sampler(process, steps: Union[None, int, Sequence[int]] = None, kind: Optional[str] = None,
+                 spacing: Optional[str] = None) -> Sampler:
+    """The sampler of ``process`` on ``steps`` (None: all N; an int K: K placed by ``spacing``; or
+    a list), with the process's data statistics as the Gaussian reference of the integrators;
+    ``kind`` None is :func:`default_kind`, ``spacing`` None :data:`DEFAULT_SPACING` of the kind.
 
     Samplers are cached per process, so their device tables are built once.
     """
-    resolved = _resolve_steps(process.steps, steps)
-    kind = default_kind(len(resolved), process.steps) if kind is None else kind
+    resolved, kind, spacing = _resolve(process, steps, kind, spacing)
     # Kept on the process (a cycle the garbage collector frees with it; a module-level
     # WeakKeyDictionary would never free it, since each Sampler refers to its process).
     # BlurDiffusion.data_stats clears it when the reference changes.
     per_process = process.__dict__.setdefault("_respace_samplers", {})
     key = (resolved, kind)
     if key not in per_process:
-        per_process[key] = Sampler(process, resolved, kind)
+        per_process[key] = Sampler(process, resolved, kind, spacing=spacing)
     return per_process[key]

@@ -18,8 +18,9 @@ steps) for the first few images of batch 0 (the rows end with images 000000.png 
 writes ``DIR/figures/grid.png``, the first (up to 64) images of the folder in one picture.
 
 Samplers (docs/sampling.md): ``ddpm`` (Eq. 12, the paper's; the default with all N steps, and
-only with all N), ``ancestral`` (the reverse-SDE integrator; the default with ``--steps K``),
-``ddim`` (deterministic); ``--steps K`` keeps K of the N steps, evenly spaced.
+only with all N), ``ancestral2m`` (the second-order reverse-SDE integrator; the default with
+``--steps K``), ``ancestral`` (first order), ``ddim`` and ``ddim2m`` (deterministic);
+``--steps K`` keeps K of the N steps, placed by ``--spacing`` (default: the best for the kind).
 
 Guarded: the statistics of the values before the clamp to [-1, 1] are recorded per batch
 (``DIR/raw_stats.jsonl``), summed into ``DIR/stats.json`` (which ``blurdiff eval`` reads) and
@@ -48,12 +49,12 @@ from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
 from blurdiff.quality import SampleStats, divergence_reasons
-from blurdiff.respace import KINDS, make_sampler
+from blurdiff.respace import KINDS, SPACINGS, make_sampler
 
 SETTINGS_FILE = "sample.json"
 RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
 STATS_FILE = "stats.json"  # their sum over the batches of the images, and the divergence verdict
-_FORMAT = 1
+_FORMAT = 2  # 2: the integrators of docs/sampling.md §4-§6 (ancestral and ddim changed), spacing
 FIGURES = "figures"  # a sub-folder, so image-folder readers (FID, spectra) see only the samples
 _PNG = re.compile(r"^\d{6,}\.png$")
 
@@ -67,8 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--steps", metavar="K", type=int, default=None, help="sampling steps K, evenly spaced (default: all N)")
     p.add_argument("--sampler", choices=KINDS, default=None,
-                   help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral: "
-                        "the reverse-SDE integrator (the default with --steps); ddim: deterministic (docs/sampling.md)")
+                   help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral2m: "
+                        "second-order reverse-SDE integrator (the default with --steps); ancestral: first-order; "
+                        "ddim, ddim2m: deterministic (docs/sampling.md)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="where the K kept steps lie: uniform in t, quadratic (denser near the data) or uniform in "
+                        "log-SNR (default: the best measured for the sampler, respace.DEFAULT_SPACING)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per batch (part of what determines the images, like --seed)")
@@ -290,7 +295,7 @@ def main(args: argparse.Namespace) -> int:
     path, state, process, model = _load(args, device)
     with warnings.catch_warnings(record=True) as caught:  # said once below, not as a Python warning
         warnings.simplefilter("always")
-        sampler = make_sampler(process, args.steps, args.sampler)
+        sampler = make_sampler(process, args.steps, args.sampler, args.spacing)
     for w in caught:
         print(f"blurdiff sample: warning: {w.message}", file=sys.stderr)
     B = args.batch_size
@@ -308,6 +313,7 @@ def main(args: argparse.Namespace) -> int:
         "ema": not args.no_ema,
         "sampler": sampler.kind,
         "steps": sampler.K,
+        "spacing": sampler.spacing,
         "seed": args.seed,
         "batch_size": B,
         "backend": _resolved_backend(process, device),

@@ -7,7 +7,8 @@ For every (kind, K, seed): samples ``--n`` images in memory (no PNG rounding; EM
 them, and scores them against ``2n`` held-out data images (blurdiff.quality.evaluate: the data's
 own noise floor beside every number). Prints a Markdown table, one row per (kind, K) with the
 mean over seeds (± std when several). ``ddpm`` (Eq. 12) is the paper's small-step sampler: it runs
-only with all N steps.
+only with all N steps; every other kind uses its default spacing of the K steps
+(blurdiff.respace.DEFAULT_SPACING).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> None:
 
     path = resolve_checkpoint(args.run, args.ckpt)
     state = load_checkpoint(path)
-    process, model = build_from_checkpoint(state)
+    process, model = build_from_checkpoint(state, source=path)
     if process.data_stats is None and args.train_data:
         process.data_stats = estimate_data_statistics(
             process, load_data_images(args.train_data, process.resolution, DEFAULT_IMAGES, exact=False).split(64))
@@ -74,7 +75,7 @@ def main() -> None:
                 report = evaluate(torch.cat(parts), data, raw_stats=raw, seed=seed)
                 floor = {k: report["metrics"][k]["floor"] for k in COLUMNS}
                 cells.append((seconds, report))
-            row = {"kind": kind, "K": K, "seconds_per_image": float(np.mean([c[0] for c in cells])),
+            row = {"kind": kind, "K": K, "spacing": sampler.spacing, "seconds_per_image": float(np.mean([c[0] for c in cells])),
                    "verdicts": [c[1]["verdict"] for c in cells],
                    "std": [c[1]["raw"]["overall_std"] for c in cells],
                    "beyond_1_5": [c[1]["metrics"]["beyond_1_5"]["samples"] for c in cells]}
