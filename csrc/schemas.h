@@ -4,16 +4,16 @@
 
 #include <torch/library.h>
 
-#define BLURDIFF_SPECTRAL_SCHEMAS(m)                                                                  \
-  m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");                                   \
-  m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");                             \
+#define BLURDIFF_SPECTRAL_SCHEMAS(m)                                                                 \
+  m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");                                  \
+  m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");                            \
   /* Draws from the generator when noise_coef is given without noise. */                             \
-  m.def(                                                                                              \
-      "spectral_lincomb(Tensor[] inputs, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "            \
-      "Tensor? noise_coef=None, Tensor? noise=None, Generator? generator=None) -> Tensor",            \
-      {at::Tag::nondeterministic_seeded});                                                            \
+  m.def(                                                                                             \
+      "spectral_lincomb(Tensor[] inputs, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "           \
+      "Tensor? noise_coef=None, Tensor? noise=None, Generator? generator=None) -> Tensor",           \
+      {at::Tag::nondeterministic_seeded});                                                           \
   /* The gradients of spectral_lincomb for all K inputs (and the noise, when noise_coef is given) */ \
   /* from one transform of grad. */                                                                  \
-  m.def(                                                                                              \
-      "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "       \
+  m.def(                                                                                             \
+      "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "      \
       "Tensor? noise_coef=None) -> Tensor[]")

@@ -108,8 +108,8 @@ C10_HOST_DEVICE inline Philox4 philox_block(uint64_t seed, uint64_t subsequence,
 }
 
 // The four normals of the noise block at (plane p, row r, quad column cq).
-C10_HOST_DEVICE inline void noise_block(uint64_t seed, uint64_t offset, int64_t p, int64_t r, int64_t cq,
-                                        int64_t W, float n[4]) {
+C10_HOST_DEVICE inline void noise_block(uint64_t seed, uint64_t offset, int64_t p, int64_t r, int64_t cq, int64_t W,
+                                        float n[4]) {
   uint64_t counter = offset / 4 + static_cast<uint64_t>(r * quads_per_row(W) + cq);
   Philox4 raw = philox_block(seed, static_cast<uint64_t>(p), counter);
   box_muller(raw.x[0], raw.x[1], &n[0], &n[1]);

@@ -43,9 +43,7 @@ struct MapRequest {
   int64_t W() const { return inputs[0].size(-1); }
   int64_t planes() const { return H() * W() == 0 ? 0 : inputs[0].numel() / (H() * W()); }
   // Planes per sample: t[b] applies to planes [b * C, (b + 1) * C).
-  int64_t planes_per_sample() const {
-    return t.defined() && t.size(0) > 0 ? planes() / t.size(0) : 1;
-  }
+  int64_t planes_per_sample() const { return t.defined() && t.size(0) > 0 ? planes() / t.size(0) : 1; }
 };
 
 // The data of a table (or any dense tensor) of T, or nullptr where it is undefined (coefficient 1,
@@ -55,35 +53,31 @@ const T* table_ptr(const at::Tensor& x) {
   return x.defined() ? x.data_ptr<T>() : nullptr;
 }
 
-inline at::ScalarType accumulate_type(at::ScalarType data) {
-  return data == at::kDouble ? at::kDouble : at::kFloat;
-}
+inline at::ScalarType accumulate_type(at::ScalarType data) { return data == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline bool is_data_type(at::ScalarType s) {
   return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
 }
 
-inline void check_table(const char* op, const char* name, const at::Tensor& x, int64_t dim,
-                        at::ScalarType dtype, const at::Device& device) {
+inline void check_table(const char* op, const char* name, const at::Tensor& x, int64_t dim, at::ScalarType dtype,
+                        const at::Device& device) {
   TORCH_CHECK_VALUE(x.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got ", x.sizes());
-  TORCH_CHECK_VALUE(x.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype, ", got ",
-                    x.scalar_type());
-  TORCH_CHECK_VALUE(x.device() == device, op, ": ", name, " is on ", x.device(), " but the data is on ",
-                    device);
+  TORCH_CHECK_VALUE(x.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == device, op, ": ", name, " is on ", x.device(), " but the data is on ", device);
 }
 
 inline void check_basis(const char* op, const at::Tensor& U_h, const at::Tensor& U_w, int64_t H, int64_t W,
                         at::ScalarType dtype, const at::Device& device) {
   check_table(op, "U_h", U_h, 2, dtype, device);
   check_table(op, "U_w", U_w, 2, dtype, device);
-  TORCH_CHECK_VALUE(U_h.size(0) == H && U_h.size(1) == H, op, ": U_h must have shape (", H, ", ", H,
-                    "), got ", U_h.sizes());
-  TORCH_CHECK_VALUE(U_w.size(0) == W && U_w.size(1) == W, op, ": U_w must have shape (", W, ", ", W,
-                    "), got ", U_w.sizes());
+  TORCH_CHECK_VALUE(U_h.size(0) == H && U_h.size(1) == H, op, ": U_h must have shape (", H, ", ", H, "), got ",
+                    U_h.sizes());
+  TORCH_CHECK_VALUE(U_w.size(0) == W && U_w.size(1) == W, op, ": U_w must have shape (", W, ", ", W, "), got ",
+                    U_w.sizes());
 }
 
-inline MapRequest transform_request(const char* op, const at::Tensor& x, const at::Tensor& U_h,
-                                    const at::Tensor& U_w, bool to_spectral) {
+inline MapRequest transform_request(const char* op, const at::Tensor& x, const at::Tensor& U_h, const at::Tensor& U_w,
+                                    bool to_spectral) {
   TORCH_CHECK_VALUE(x.dim() >= 2, op, ": x must have at least 2 dimensions [..., H, W], got ", x.sizes());
   TORCH_CHECK_VALUE(is_data_type(x.scalar_type()), op, ": x must be float32, float64, float16 or bfloat16, got ",
                     x.scalar_type());
@@ -103,12 +97,12 @@ inline MapRequest transform_request(const char* op, const at::Tensor& x, const a
 inline void check_samples(MapRequest& r, const at::Tensor& coefs, const at::Tensor& t) {
   const at::Tensor& x = r.inputs[0];
   TORCH_CHECK_VALUE(x.dim() == 4, r.op, ": the data must be [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK_VALUE(is_data_type(x.scalar_type()), r.op, ": the data must be float32, float64, float16 or bfloat16, got ",
-                    x.scalar_type());
+  TORCH_CHECK_VALUE(is_data_type(x.scalar_type()), r.op,
+                    ": the data must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
   const auto acc = accumulate_type(x.scalar_type());
   check_table(r.op, "coefs", coefs, 4, acc, x.device());
-  TORCH_CHECK_VALUE(coefs.size(2) == x.size(2) && coefs.size(3) == x.size(3), r.op,
-                    ": coefs must have shape [K, T, ", x.size(2), ", ", x.size(3), "], got ", coefs.sizes());
+  TORCH_CHECK_VALUE(coefs.size(2) == x.size(2) && coefs.size(3) == x.size(3), r.op, ": coefs must have shape [K, T, ",
+                    x.size(2), ", ", x.size(3), "], got ", coefs.sizes());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(0), r.op, ": t must have shape [B=", x.size(0), "], got ",
                     t.sizes());
   TORCH_CHECK_VALUE(t.scalar_type() == at::kLong, r.op, ": t must be int64, got ", t.scalar_type());
@@ -137,14 +131,14 @@ inline MapRequest lincomb_request(at::TensorList inputs, const at::Tensor& coefs
   r.U_w = U_w;
   r.inputs = inputs.vec();
   check_samples(r, coefs, t);
-  TORCH_CHECK_VALUE(coefs.size(0) == static_cast<int64_t>(inputs.size()), r.op, ": coefs must have shape [K=",
-                    inputs.size(), ", T, H, W], got ", coefs.sizes());
+  TORCH_CHECK_VALUE(coefs.size(0) == static_cast<int64_t>(inputs.size()), r.op,
+                    ": coefs must have shape [K=", inputs.size(), ", T, H, W], got ", coefs.sizes());
   for (size_t k = 0; k < inputs.size(); ++k) {
     const at::Tensor& x = inputs[k];
     TORCH_CHECK_VALUE(x.sizes() == inputs[0].sizes(), r.op, ": inputs[", k, "] has shape ", x.sizes(),
                       " but inputs[0] has ", inputs[0].sizes());
-    TORCH_CHECK_VALUE(x.scalar_type() == inputs[0].scalar_type(), r.op, ": inputs[", k, "] has dtype ",
-                      x.scalar_type(), " but inputs[0] has ", inputs[0].scalar_type());
+    TORCH_CHECK_VALUE(x.scalar_type() == inputs[0].scalar_type(), r.op, ": inputs[", k, "] has dtype ", x.scalar_type(),
+                      " but inputs[0] has ", inputs[0].scalar_type());
     TORCH_CHECK_VALUE(x.device() == inputs[0].device(), r.op, ": inputs[", k, "] is on ", x.device(),
                       " but inputs[0] is on ", inputs[0].device());
     r.in_coefs.push_back(coefs.select(0, k));
@@ -247,8 +241,8 @@ struct SpectralOps {
 }  // namespace blurdiff
 
 // The four ops' kernels of one backend, inside a TORCH_LIBRARY_IMPL block.
-#define BLURDIFF_REGISTER_SPECTRAL_OPS(m, Ops)                          \
-  m.impl("to_spectral", &Ops::to_spectral);                             \
-  m.impl("from_spectral", &Ops::from_spectral);                         \
-  m.impl("spectral_lincomb", &Ops::spectral_lincomb);                   \
+#define BLURDIFF_REGISTER_SPECTRAL_OPS(m, Ops)        \
+  m.impl("to_spectral", &Ops::to_spectral);           \
+  m.impl("from_spectral", &Ops::from_spectral);       \
+  m.impl("spectral_lincomb", &Ops::spectral_lincomb); \
   m.impl("spectral_lincomb_backward", &Ops::spectral_lincomb_backward)

@@ -15,8 +15,8 @@
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc)
+    __attribute__((weak));
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
@@ -28,7 +28,8 @@ namespace blurdiff {
 
 // BLURDIFF_NO_DIRECT_BLAS=1 takes the ATen route (tests use it to cover the fallback).
 inline bool have_direct_blas() {
-  static const bool direct = sgemm_ != nullptr && dgemm_ != nullptr && std::getenv("BLURDIFF_NO_DIRECT_BLAS") == nullptr;
+  static const bool direct =
+      sgemm_ != nullptr && dgemm_ != nullptr && std::getenv("BLURDIFF_NO_DIRECT_BLAS") == nullptr;
   return direct;
 }
 

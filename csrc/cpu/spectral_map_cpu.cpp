@@ -115,10 +115,9 @@ void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* out, int64_t pc, int64
 // operand row stays in L1. A null coefficient row means ones; a null cur or nc drops that term;
 // dst may be prev.
 template <typename acc_t>
-BLURDIFF_VECTOR_CLONES_TEMPLATE void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp,
-                                                   const acc_t* cur, const acc_t* sc, const acc_t* nc,
-                                                   const acc_t* d, const NoiseKey& key, int64_t plane, int64_t H,
-                                                   int64_t W, float* z) {
+BLURDIFF_VECTOR_CLONES_TEMPLATE void combine_plane(acc_t* dst, const acc_t* prev, const acc_t* sp, const acc_t* cur,
+                                                   const acc_t* sc, const acc_t* nc, const acc_t* d,
+                                                   const NoiseKey& key, int64_t plane, int64_t H, int64_t W, float* z) {
   const int64_t Wq = quads_per_row(W);
   for (int64_t y = 0; y < H; ++y) {
     const int64_t o = y * W;
@@ -161,8 +160,8 @@ void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
   const NoiseKey key = noise_coef ? next_cpu_noise_key(r.generator) : NoiseKey{};
   // The plain transforms (one input, one output, one direction, no coefficients or noise) skip
   // the accumulator: their sum is the input itself.
-  const bool passthrough = inputs.size() == 1 && outs.size() == 1 && !in_coefs[0] && !noise_coef &&
-                           r.forward != r.inverse;
+  const bool passthrough =
+      inputs.size() == 1 && outs.size() == 1 && !in_coefs[0] && !noise_coef && r.forward != r.inverse;
 
   const size_t K = inputs.size();
   const bool fuse_out = !passthrough && outs.size() == 1 && out_coefs[0];
@@ -276,6 +275,4 @@ using CpuOps = SpectralOps<map_cpu>;
 }  // namespace
 }  // namespace blurdiff
 
-TORCH_LIBRARY_IMPL(blurdiff_ops, CPU, m) {
-  BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::CpuOps);
-}
+TORCH_LIBRARY_IMPL(blurdiff_ops, CPU, m) { BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::CpuOps); }

@@ -31,7 +31,7 @@
 
 #if defined(__CUDACC__)
 #include <ATen/cuda/PhiloxUtils.cuh>
-#define BLURDIFF_DYNAMIC_SMEM(type, name)              \
+#define BLURDIFF_DYNAMIC_SMEM(type, name)                            \
   extern __shared__ __align__(16) unsigned char blurdiff_smem_raw[]; \
   type* name = reinterpret_cast<type*>(blurdiff_smem_raw)
 #define BLURDIFF_LDG(ptr) __ldg(ptr)
@@ -396,8 +396,8 @@ std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher
     outs.push_back(at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous)));
   }
   if (P == 0) return outs;
-  TORCH_CHECK_VALUE(r.inputs.size() <= static_cast<size_t>(kMaxIO) && outs.size() <= static_cast<size_t>(kMaxIO),
-                    r.op, ": at most ", kMaxIO, " inputs (noise included) and outputs per call on this device, got ",
+  TORCH_CHECK_VALUE(r.inputs.size() <= static_cast<size_t>(kMaxIO) && outs.size() <= static_cast<size_t>(kMaxIO), r.op,
+                    ": at most ", kMaxIO, " inputs (noise included) and outputs per call on this device, got ",
                     r.inputs.size(), " and ", outs.size());
   std::vector<at::Tensor> inputs;
   for (const auto& in : r.inputs) inputs.push_back(in.view({P, H, W}));

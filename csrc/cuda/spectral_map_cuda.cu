@@ -24,7 +24,8 @@ struct CudaLauncher {
   }
 
   RngState philox(const std::optional<at::Generator>& generator, uint64_t values_per_subsequence) {
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
+    auto* gen =
+        at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
     std::lock_guard<std::mutex> lock(gen->mutex_);
     return gen->philox_cuda_state(values_per_subsequence);
   }
@@ -35,8 +36,8 @@ struct CudaLauncher {
       C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     }
-    kernel<<<static_cast<unsigned int>(grid), kThreads, static_cast<size_t>(smem),
-             c10::cuda::getCurrentCUDAStream()>>>(params);
+    kernel<<<static_cast<unsigned int>(grid), kThreads, static_cast<size_t>(smem), c10::cuda::getCurrentCUDAStream()>>>(
+        params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
@@ -52,6 +53,4 @@ using CudaOps = SpectralOps<map_cuda>;
 }  // namespace
 }  // namespace blurdiff
 
-TORCH_LIBRARY_IMPL(blurdiff_ops, CUDA, m) {
-  BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::CudaOps);
-}
+TORCH_LIBRARY_IMPL(blurdiff_ops, CUDA, m) { BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::CudaOps); }

@@ -47,6 +47,4 @@ TORCH_LIBRARY(blurdiff_emu, m) {
   m.def("set_max_shared_memory(int bytes) -> ()", &blurdiff::set_max_shared_memory);
 }
 
-TORCH_LIBRARY_IMPL(blurdiff_emu, CPU, m) {
-  BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::EmulatedOps);
-}
+TORCH_LIBRARY_IMPL(blurdiff_emu, CPU, m) { BLURDIFF_REGISTER_SPECTRAL_OPS(m, blurdiff::EmulatedOps); }
