@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 import blurdiff_ops
-from blurdiff_ops._checks import table_dtype_for
+from blurdiff_ops import table_dtype_for
 from blurdiff.bases import check_basis_args, check_resolution, make_basis
 from blurdiff.schedules import blur_f, check_tables_fit, int_arg, noise_betas, real_arg
 
@@ -139,11 +139,9 @@ class BlurDiffusion:
         if self.backend == "reference":
             return blurdiff_ops.reference
         if self.backend == "fused" and not blurdiff_ops.kernels_available(device.type):
-            from blurdiff_ops import _loader
-
             raise RuntimeError(
                 f"backend='fused' needs the compiled blurdiff_ops kernels for {device.type}, "
-                f"which are not available: {_loader.unavailable_reason(device.type)}"
+                f"which are not available: {blurdiff_ops.unavailable_reason(device.type)}"
             )
         return blurdiff_ops
 

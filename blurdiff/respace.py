@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from blurdiff_ops._checks import table_dtype_for
+from blurdiff_ops import table_dtype_for
 from blurdiff.progress import Progress
 
 __all__ = ["KINDS", "Sampler", "default_kind", "make_sampler", "spaced_steps"]

@@ -20,7 +20,8 @@ _DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def table_dtype_for(data_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of ``U_h``, ``U_w``, ``coefs`` and ``noise_coef`` for data of ``data_dtype``.
+    """The dtype of ``U_h``, ``U_w``, ``coefs`` and ``noise_coef`` for data of ``data_dtype``, which
+    is also the dtype the ops compute in (public as ``blurdiff_ops.table_dtype_for``).
 
     Tables are kept in the accumulation dtype (float32, or float64 for float64 data): half
     precision eigenvectors would cost more accuracy than the half precision data itself.

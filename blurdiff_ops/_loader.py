@@ -49,6 +49,8 @@ def kernels_available(device_type: str = "cpu") -> bool:
 
 
 def unavailable_reason(device_type: str) -> str:
+    """Why the compiled kernels for ``device_type`` are not loaded (public as
+    ``blurdiff_ops.unavailable_reason``; meaningful where ``kernels_available`` is False)."""
     if _C is None:
         return _reason
     if device_type == "cuda" and not _C.with_cuda:

@@ -11,13 +11,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from blurdiff_ops._checks import check_generator, check_lincomb, check_transform
+from blurdiff_ops._checks import check_generator, check_lincomb, check_transform, table_dtype_for
 
 __all__ = ["to_spectral", "from_spectral", "spectral_lincomb"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _to_spectral(x: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
@@ -35,13 +31,13 @@ def to_spectral(x: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.
     are constants, so a ValueError while grad mode is on if they require grad.
     """
     check_transform("to_spectral", x, U_h, U_w)
-    return _to_spectral(x.to(_compute_dtype(x.dtype)), U_h, U_w).to(x.dtype)
+    return _to_spectral(x.to(table_dtype_for(x.dtype)), U_h, U_w).to(x.dtype)
 
 
 def from_spectral(x_bar: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
     """``U_h · x̄ · U_w^T`` over the last two dims; arguments as ``to_spectral``."""
     check_transform("from_spectral", x_bar, U_h, U_w)
-    return _from_spectral(x_bar.to(_compute_dtype(x_bar.dtype)), U_h, U_w).to(x_bar.dtype)
+    return _from_spectral(x_bar.to(table_dtype_for(x_bar.dtype)), U_h, U_w).to(x_bar.dtype)
 
 
 def spectral_lincomb(
@@ -72,7 +68,7 @@ def lincomb_unchecked(inputs, coefs, t, U_h, U_w, noise_coef=None, noise=None, g
     """The math of ``spectral_lincomb`` without the checks (which read ``t`` back): what the
     benchmarks hand to ``torch.compile``."""
     x0 = inputs[0]
-    dtype = _compute_dtype(x0.dtype)
+    dtype = table_dtype_for(x0.dtype)
     # [K, B, 1, H, W]: one coefficient plane per input and sample, broadcast over channels.
     c = coefs[:, t].unsqueeze(2)
     acc = sum(c[k] * _to_spectral(x.to(dtype), U_h, U_w) for k, x in enumerate(inputs))

@@ -1,4 +1,5 @@
-"""The CUDA path's code, run on the CPU: kernels and host planning of csrc/cuda/spectral_kernels.cuh.
+"""The CUDA path's code, run on the CPU: the kernels of csrc/cuda/spectral_kernels.cuh and their
+host planning in csrc/cuda/spectral_launch.cuh.
 
 The test build (csrc/emulation/emulated_ops.cpp) compiles the very kernels that nvcc compiles,
 with g++ over a host emulation of a launch (a std::thread per CUDA thread, a std::barrier for

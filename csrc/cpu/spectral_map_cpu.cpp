@@ -5,7 +5,11 @@
 // batched), which beat any hand-written loop. The coefficient products, the sum over inputs, the
 // Philox noise and a single output's coefficients take one pass per input after the first (one
 // for a single input), row by row so the operands stay in L1. Temporaries are three chunk-sized
-// buffers per task, never full-size tensors.
+// buffers per task, never full-size tensors (ChunkScratch, which says which step uses which).
+//
+// The steps, in order: noise_row (the Philox normals of one row), forward_transform and
+// inverse_transform (of a chunk), combine_plane (one pass over a plane); CpuMap plans a call and
+// runs them chunk by chunk.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -95,6 +99,43 @@ T* thread_scratch(int slot, int64_t count) {
   return reinterpret_cast<T*>((addr + 63) & ~static_cast<uintptr_t>(63));
 }
 
+// The per-thread scratch of the map, in one place: three chunk-sized buffers (a chunk's planes in
+// acc_t) and one row of noise. Kept per thread across calls (thread_scratch): freeing and
+// re-mapping buffers this size on every call costs page faults and cross-core TLB shootdowns
+// that undo the parallelism. The steps of CpuMap below use them on one chunk as follows
+// ("converting": scalar_t is a half type, computed in acc_t; otherwise inputs are read in place):
+//
+//   step                        reads                                 writes
+//   load input 0                x_0                                   converting: work without a
+//                                                                     forward transform, else spec
+//   load input i > 0            x_i                                   converting: spec
+//   forward_transform input 0   spec or x_0 (work: its intermediate)  acc (passing through: the
+//                                                                     output, or spec)
+//   forward_transform i > 0     spec or x_i (work: its intermediate)  spec
+//   combine_pass                input 0's chunk (acc, work or x_0)    acc (noise: a row of normals
+//                               or acc; spec or x_i; the tables       at a time, noise_row)
+//   scale_output (unfused d_m)  acc                                   work
+//   inverse_transform           acc, work or the input passed         converting: work, else the
+//                               through (spec: its intermediate)      output itself
+//   store_output                the result where it is not in the     the output (converting)
+//                               output: work, or spec (to_spectral)
+//
+// Input 0's chunk must live until the combine pass of input 1: it lies in acc, work or the input
+// itself, which loading input 1 and transforming it leave alone.
+template <typename acc_t>
+struct ChunkScratch {
+  acc_t* spec;   // an input's chunk on its way into the sum: converted, then transformed
+  acc_t* work;   // transform intermediates and conversions (see the table)
+  acc_t* acc;    // the running sum; nullptr when passing through
+  float* noise;  // one row of normals, 4 * ceil(W / 4) floats; nullptr without drawn noise
+
+  ChunkScratch(int64_t chunk_elems, bool with_acc, bool with_noise, int64_t Wq)
+      : spec(thread_scratch<acc_t>(0, chunk_elems)),
+        work(thread_scratch<acc_t>(1, chunk_elems)),
+        acc(with_acc ? thread_scratch<acc_t>(2, chunk_elems) : nullptr),
+        noise(with_noise ? thread_scratch<float>(3, 4 * Wq) : nullptr) {}
+};
+
 // out_p = U_h^T (x_p U_w) for the pc planes of a chunk; tmp is chunk-sized scratch.
 template <typename acc_t>
 void forward_transform(const acc_t* x, acc_t* tmp, acc_t* out, int64_t pc, int64_t H, int64_t W, const acc_t* U_h,
@@ -142,121 +183,176 @@ BLURDIFF_VECTOR_CLONES_TEMPLATE void combine_plane(acc_t* dst, const acc_t* prev
   }
 }
 
+// The spectral map of one request, for data of scalar_t: what the call computes is fixed here,
+// before the planes are split into chunks among the threads (run); each chunk then goes through
+// accumulate (load, forward transform, combine passes with the noise) and write_output (output
+// coefficients, inverse transform, store) for every output.
 template <typename scalar_t>
-void map_typed(const MapRequest& r, std::vector<at::Tensor>& outs) {
+class CpuMap {
+ public:
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr bool kConvert = !std::is_same<scalar_t, acc_t>::value;
-  const int64_t H = r.H(), W = r.W(), n = H * W, P = r.planes(), C = r.planes_per_sample();
-  const int64_t Wq = quads_per_row(W);
-  const acc_t* U_h = r.U_h.data_ptr<acc_t>();
-  const acc_t* U_w = r.U_w.data_ptr<acc_t>();
+  static constexpr bool kConvert = !std::is_same<scalar_t, acc_t>::value;
 
-  const std::vector<at::Tensor>& inputs = r.inputs;
-  std::vector<const acc_t*> in_coefs, out_coefs;
-  for (const auto& c : r.in_coefs) in_coefs.push_back(table_ptr<acc_t>(c));
-  for (const auto& c : r.out_coefs) out_coefs.push_back(table_ptr<acc_t>(c));
-  const acc_t* noise_coef = table_ptr<acc_t>(r.noise_coef);
-  const int64_t* t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
-  const NoiseKey key = noise_coef ? next_cpu_noise_key(r.generator) : NoiseKey{};
-  // The plain transforms (one input, one output, one direction, no coefficients or noise) skip
-  // the accumulator: their sum is the input itself.
-  const bool passthrough =
-      inputs.size() == 1 && outs.size() == 1 && !in_coefs[0] && !noise_coef && r.forward != r.inverse;
+  CpuMap(const MapRequest& r, std::vector<at::Tensor>& outs)
+      : H_(r.H()),
+        W_(r.W()),
+        n_(H_ * W_),
+        P_(r.planes()),
+        C_(r.planes_per_sample()),
+        Wq_(quads_per_row(W_)),
+        U_h_(r.U_h.data_ptr<acc_t>()),
+        U_w_(r.U_w.data_ptr<acc_t>()),
+        forward_(r.forward),
+        inverse_(r.inverse) {
+    for (const auto& x : r.inputs) inputs_.push_back(x.data_ptr<scalar_t>());
+    for (auto& y : outs) outs_.push_back(y.data_ptr<scalar_t>());
+    for (const auto& c : r.in_coefs) in_coefs_.push_back(table_ptr<acc_t>(c));
+    for (const auto& c : r.out_coefs) out_coefs_.push_back(table_ptr<acc_t>(c));
+    noise_coef_ = table_ptr<acc_t>(r.noise_coef);
+    t_ = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
+    key_ = noise_coef_ ? next_cpu_noise_key(r.generator) : NoiseKey{};
+    // The plain transforms (one input, one output, one direction, no coefficients or noise) skip
+    // the accumulator: their sum is the input itself.
+    passthrough_ = inputs_.size() == 1 && outs_.size() == 1 && !in_coefs_[0] && !noise_coef_ && forward_ != inverse_;
+    // A single output's coefficients join the last combine pass.
+    fuse_out_ = !passthrough_ && outs_.size() == 1 && out_coefs_[0];
 
-  const size_t K = inputs.size();
-  const bool fuse_out = !passthrough && outs.size() == 1 && out_coefs[0];
+    const int64_t threads = at::get_num_threads();
+    chunk_ = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(n_, 1));
+    chunk_ = std::min(chunk_, std::max<int64_t>(1, (P_ + 2 * threads - 1) / (2 * threads)));
+  }
 
-  const int64_t threads = at::get_num_threads();
-  int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(n, 1));
-  chunk = std::min(chunk, std::max<int64_t>(1, (P + 2 * threads - 1) / (2 * threads)));
-  const int64_t num_chunks = (P + chunk - 1) / chunk;
-
-  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
-    const SingleThreadedBlas one_thread;
-    // Scratch: a (transform results), b (transform intermediates, conversions), acc (the sum).
-    // Kept per thread across calls: freeing and re-mapping buffers this size on every call
-    // costs page faults and cross-core TLB shootdowns that undo the parallelism.
-    acc_t* a = thread_scratch<acc_t>(0, chunk * n);
-    acc_t* b = thread_scratch<acc_t>(1, chunk * n);
-    acc_t* acc_buf = passthrough ? nullptr : thread_scratch<acc_t>(2, chunk * n);
-    float* z = noise_coef ? thread_scratch<float>(3, 4 * Wq) : nullptr;
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t p0 = c * chunk, pc = std::min(chunk, P - p0);
-      auto row = [&](const acc_t* tab, int64_t q) { return table_row(tab, t ? t[(p0 + q) / C] : 0, n); };
-      // A chunk of an input (or the output) of scalar_t, in acc_t: converted into `into` if needed.
-      auto load = [&](const at::Tensor& x, acc_t* into) -> const acc_t* {
-        const scalar_t* src = x.data_ptr<scalar_t>() + p0 * n;
-        if constexpr (kConvert) {
-          for (int64_t e = 0; e < pc * n; ++e) into[e] = static_cast<acc_t>(src[e]);
-          return into;
-        } else {
-          return src;
-        }
-      };
-
-      // Where a result of acc_t can go straight into the output chunk.
-      acc_t* out_direct = nullptr;
-      if constexpr (!kConvert) out_direct = outs[0].data_ptr<acc_t>() + p0 * n;
-
-      // acc = Σ_i c_i ⊙ F(x_i) + σ ⊙ z, in one combine pass per input after the first (one pass
-      // for K = 1): input 0's transform is scaled by the pass that adds input 1, and the noise
-      // (and a single output's coefficients) join the last pass. Passing through, acc is F(x)
-      // itself (to_spectral writes it in place).
-      const acc_t* acc = nullptr;
-      const acc_t* raw0 = nullptr;
-      for (size_t i = 0; i < K; ++i) {
-        const acc_t* s = load(inputs[i], i == 0 && !r.forward ? b : a);
-        if (r.forward) {
-          acc_t* into = passthrough ? (!r.inverse && out_direct ? out_direct : a) : (i == 0 ? acc_buf : a);
-          forward_transform(s, b, into, pc, H, W, U_h, U_w);
-          s = into;
-        }
-        if (passthrough) {
-          acc = s;
-          break;
-        }
-        if (i == 0) {
-          raw0 = s;
-          if (K > 1) continue;
-        }
-        const bool last = i + 1 == K;
-        for (int64_t q = 0; q < pc; ++q) {
-          const acc_t* prev = (i <= 1 ? raw0 : acc_buf) + q * n;
-          const acc_t* sp = i <= 1 && in_coefs[0] ? row(in_coefs[0], q) : nullptr;
-          const acc_t* cur = i > 0 ? s + q * n : nullptr;
-          const acc_t* sc = i > 0 && in_coefs[i] ? row(in_coefs[i], q) : nullptr;
-          const acc_t* nc = last && noise_coef ? row(noise_coef, q) : nullptr;
-          const acc_t* d = last && fuse_out ? row(out_coefs[0], q) : nullptr;
-          combine_plane(acc_buf + q * n, prev, sp, cur, sc, nc, d, key, p0 + q, H, W, z);
-        }
-        acc = acc_buf;
+  void run() const {
+    const int64_t num_chunks = (P_ + chunk_ - 1) / chunk_;
+    at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+      const SingleThreadedBlas one_thread;
+      const ChunkScratch<acc_t> scratch(chunk_ * n_, !passthrough_, noise_coef_ != nullptr, Wq_);
+      for (int64_t c = begin; c < end; ++c) {
+        const Chunk ch{c * chunk_, std::min(chunk_, P_ - c * chunk_)};
+        const acc_t* acc = accumulate(ch, scratch);
+        for (size_t m = 0; m < outs_.size(); ++m) write_output(m, acc, ch, scratch);
       }
+    });
+  }
 
-      // out_m = G(d_m ⊙ acc).
-      for (size_t m = 0; m < outs.size(); ++m) {
-        const acc_t* src = acc;
-        if (out_coefs[m] && !fuse_out) {
-          for (int64_t q = 0; q < pc; ++q) {
-            const acc_t* cf = row(out_coefs[m], q);
-            for (int64_t e = 0; e < n; ++e) b[q * n + e] = cf[e] * acc[q * n + e];
-          }
-          src = b;
-        }
-        scalar_t* dst = outs[m].data_ptr<scalar_t>() + p0 * n;
-        const acc_t* result = src;
-        if (r.inverse) {
-          // src is acc, b, or (passing through) an input chunk or b; a is free.
-          acc_t* into = kConvert ? b : reinterpret_cast<acc_t*>(dst);
-          inverse_transform(src, a, into, pc, H, W, U_h, U_w);
-          result = into;
-        }
-        if (static_cast<const void*>(result) != static_cast<const void*>(dst)) {
-          for (int64_t e = 0; e < pc * n; ++e) dst[e] = static_cast<scalar_t>(result[e]);
-        }
-      }
+ private:
+  // The planes [p0, p0 + pc) of one task.
+  struct Chunk {
+    int64_t p0, pc;
+  };
+
+  // Row t[b] of a table for plane q of the chunk.
+  const acc_t* row(const acc_t* table, const Chunk& ch, int64_t q) const {
+    return table_row(table, t_ ? t_[(ch.p0 + q) / C_] : 0, n_);
+  }
+
+  // Step: input i's chunk in acc_t, converted into `into` if scalar_t is a half type.
+  const acc_t* load_input(size_t i, const Chunk& ch, acc_t* into) const {
+    const scalar_t* src = inputs_[i] + ch.p0 * n_;
+    if constexpr (kConvert) {
+      const int64_t count = ch.pc * n_;
+      for (int64_t e = 0; e < count; ++e) into[e] = static_cast<acc_t>(src[e]);
+      return into;
+    } else {
+      return src;
     }
-  });
-}
+  }
+
+  // Where the forward transform of input i goes.
+  acc_t* spectrum_target(size_t i, const Chunk& ch, const ChunkScratch<acc_t>& s) const {
+    if (!passthrough_) return i == 0 ? s.acc : s.spec;
+    // to_spectral of acc_t data writes straight into the output chunk.
+    if constexpr (!kConvert) {
+      if (!inverse_) return outs_[0] + ch.p0 * n_;
+    }
+    return s.spec;
+  }
+
+  // Step: one combine pass over the chunk's planes, acc = sp ⊙ prev + c_i ⊙ x_i (+ the noise and
+  // a fused output's coefficients in the last pass). Pass i = 1 scales input 0 (raw0) as it adds
+  // input 1; with K = 1, pass 0 scales input 0 alone.
+  void combine_pass(size_t i, const acc_t* raw0, const acc_t* x, const Chunk& ch, const ChunkScratch<acc_t>& s) const {
+    const bool last = i + 1 == inputs_.size();
+    for (int64_t q = 0; q < ch.pc; ++q) {
+      const acc_t* prev = (i <= 1 ? raw0 : s.acc) + q * n_;
+      const acc_t* sp = i <= 1 && in_coefs_[0] ? row(in_coefs_[0], ch, q) : nullptr;
+      const acc_t* cur = i > 0 ? x + q * n_ : nullptr;
+      const acc_t* sc = i > 0 && in_coefs_[i] ? row(in_coefs_[i], ch, q) : nullptr;
+      const acc_t* nc = last && noise_coef_ ? row(noise_coef_, ch, q) : nullptr;
+      const acc_t* d = last && fuse_out_ ? row(out_coefs_[0], ch, q) : nullptr;
+      combine_plane(s.acc + q * n_, prev, sp, cur, sc, nc, d, key_, ch.p0 + q, H_, W_, s.noise);
+    }
+  }
+
+  // acc = Σ_i c_i ⊙ F(x_i) + σ ⊙ z for one chunk, in one combine pass per input after the first
+  // (one pass for K = 1): input 0's transform is scaled by the pass that adds input 1, and the
+  // noise (and a single output's coefficients) join the last pass. Passing through, the result
+  // is F(x) itself (or x).
+  const acc_t* accumulate(const Chunk& ch, const ChunkScratch<acc_t>& s) const {
+    const size_t K = inputs_.size();
+    const acc_t* raw0 = nullptr;
+    for (size_t i = 0; i < K; ++i) {
+      const acc_t* x = load_input(i, ch, i == 0 && !forward_ ? s.work : s.spec);
+      if (forward_) {
+        acc_t* into = spectrum_target(i, ch, s);
+        forward_transform(x, s.work, into, ch.pc, H_, W_, U_h_, U_w_);
+        x = into;
+      }
+      if (passthrough_) return x;
+      if (i == 0) {
+        raw0 = x;
+        if (K > 1) continue;
+      }
+      combine_pass(i, raw0, x, ch, s);
+    }
+    return s.acc;
+  }
+
+  // Step: work = d_m ⊙ acc, for an output whose coefficients did not join the last pass.
+  const acc_t* scale_output(size_t m, const acc_t* acc, const Chunk& ch, const ChunkScratch<acc_t>& s) const {
+    for (int64_t q = 0; q < ch.pc; ++q) {
+      const acc_t* cf = row(out_coefs_[m], ch, q);
+      const acc_t* a = acc + q * n_;
+      acc_t* y = s.work + q * n_;
+      for (int64_t e = 0; e < n_; ++e) y[e] = cf[e] * a[e];
+    }
+    return s.work;
+  }
+
+  // Step: the output chunk from a result in acc_t (a copy, or a conversion), unless it is there.
+  void store_output(const acc_t* result, scalar_t* dst, const Chunk& ch) const {
+    if (static_cast<const void*>(result) == static_cast<const void*>(dst)) return;
+    const int64_t count = ch.pc * n_;
+    for (int64_t e = 0; e < count; ++e) dst[e] = static_cast<scalar_t>(result[e]);
+  }
+
+  // out_m = G(d_m ⊙ acc) for one chunk.
+  void write_output(size_t m, const acc_t* acc, const Chunk& ch, const ChunkScratch<acc_t>& s) const {
+    const acc_t* src = out_coefs_[m] && !fuse_out_ ? scale_output(m, acc, ch, s) : acc;
+    scalar_t* dst = outs_[m] + ch.p0 * n_;
+    const acc_t* result = src;
+    if (inverse_) {
+      // src is acc, work, or (passing through) an input chunk or work; spec is free.
+      acc_t* into = kConvert ? s.work : reinterpret_cast<acc_t*>(dst);
+      inverse_transform(src, s.spec, into, ch.pc, H_, W_, U_h_, U_w_);
+      result = into;
+    }
+    store_output(result, dst, ch);
+  }
+
+  int64_t H_, W_, n_, P_, C_, Wq_;
+  const acc_t* U_h_;
+  const acc_t* U_w_;
+  bool forward_, inverse_;
+  std::vector<const scalar_t*> inputs_;
+  std::vector<scalar_t*> outs_;
+  std::vector<const acc_t*> in_coefs_, out_coefs_;  // nullptr: coefficient 1
+  const acc_t* noise_coef_ = nullptr;               // nullptr: no drawn noise
+  const int64_t* t_ = nullptr;                      // nullptr: no tables
+  NoiseKey key_;
+  bool passthrough_ = false, fuse_out_ = false;
+  int64_t chunk_ = 1;  // planes per chunk
+};
 
 std::vector<at::Tensor> map_cpu(const MapRequest& r) {
   std::vector<at::Tensor> outs;
@@ -266,7 +362,7 @@ std::vector<at::Tensor> map_cpu(const MapRequest& r) {
   }
   if (r.planes() == 0) return outs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map_cpu",
-                                  [&] { map_typed<scalar_t>(r, outs); });
+                                  [&] { CpuMap<scalar_t>(r, outs).run(); });
   return outs;
 }
 

@@ -1,33 +1,27 @@
-// The CUDA kernels of the spectral map, and the host code that plans and launches them.
+// The CUDA kernels of the spectral map: device code only (the __global__ kernels, their
+// parameter blocks and __device__ helpers). The host code that plans and launches them is in
+// spectral_launch.cuh.
 //
 // Written as plain SIMT code (no warp intrinsics, no tensor cores) so that it compiles both
 // with nvcc and with g++ under the host emulation of emulation/simt_host.h, which runs these
-// very kernels on the CPU in the test suite. The host code is a template over a Launcher
-// (CUDA launches, or emulated ones) and is likewise shared.
+// very kernels on the CPU in the test suite.
 //
-// Two paths:
-// - fused: one block of kThreads threads per plane (H x W <= 128 x 128 and the plane fits in
-//   shared memory): load, transform, scale and sum every input, add the noise, transform
-//   back and write, all in one launch. The plane lives in shared memory with rows padded to a
-//   multiple of 4; each thread owns "quads" of 4 adjacent columns of one row, keeps the
-//   running sum for its quads in registers, and does the in-place transforms through registers.
-// - GEMM: larger planes use batched matmuls for the transforms and one combine kernel for
-//   the coefficients and the noise.
+// Two kernels:
+// - spectral_map_fused_kernel: one block of kThreads threads per plane (H x W <= 128 x 128 and
+//   the plane fits in shared memory): load, transform, scale and sum every input, add the
+//   noise, transform back and write, all in one launch. The plane lives in shared memory with
+//   rows padded to a multiple of 4; each thread owns "quads" of 4 adjacent columns of one row,
+//   keeps the running sum for its quads in registers, and does the in-place transforms through
+//   registers.
+// - spectral_combine_kernel: the middle of the GEMM path for larger planes (the transforms are
+//   batched matmuls, on the host side): the coefficients, the sum and the noise, a quad per thread.
 #pragma once
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/matmul.h>
 #include <c10/macros/Macros.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
-#include <vector>
+#include <cstdint>
 
 #include "../spectral_common.h"
-#include "../spectral_map.h"
 
 #if defined(__CUDACC__)
 #include <ATen/cuda/PhiloxUtils.cuh>
@@ -42,10 +36,13 @@
 
 namespace blurdiff {
 
+// Threads per block of both kernels.
 constexpr int kThreads = 256;
 // Quads per thread of the fused kernel: planes up to kThreads * 4 * 16 = 128 x 128 elements.
 constexpr int kMaxQuadsPerThread = 16;
 
+// The Philox (seed, offset) of a launch: the CUDA generator's state, unpacked on the device
+// (so CUDA graphs capture it), or plain numbers in the emulation.
 #if defined(__CUDACC__)
 using RngState = at::PhiloxCudaState;
 __device__ inline void unpack_rng(const RngState& s, uint64_t* seed, uint64_t* offset) {
@@ -63,6 +60,7 @@ inline void unpack_rng(const RngState& s, uint64_t* seed, uint64_t* offset) {
 }
 #endif
 
+// The fused kernel's arguments (by value, so at most kMaxIO inputs and outputs).
 template <typename scalar_t, typename acc_t>
 struct MapParams {
   const scalar_t* in[kMaxIO];
@@ -76,6 +74,19 @@ struct MapParams {
   const acc_t* U_h;
   const acc_t* U_w;
   bool forward, inverse;
+  RngState rng;
+};
+
+// The combine kernel's arguments: out = Σ_i c_i[t] ⊙ in_i (+ n[t] ⊙ z̄), planes of acc_t.
+template <typename acc_t>
+struct CombineParams {
+  const acc_t* in[kMaxIO];
+  const acc_t* coef[kMaxIO];
+  int num_in;
+  const acc_t* noise_coef;
+  acc_t* out;
+  const int64_t* t;
+  int64_t T, planes, planes_per_sample, H, W;
   RngState rng;
 };
 
@@ -165,6 +176,10 @@ C10_DEVICE inline void store_quads(acc_t* buf, int64_t H, int64_t W, const acc_t
   __syncthreads();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Kernels.
+
+// One block per plane p (blockIdx.x); dynamic shared memory: the plane, H rows of W4 acc_t.
 template <typename scalar_t, typename acc_t, int QPT>
 __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapParams<scalar_t, acc_t> prm) {
   BLURDIFF_DYNAMIC_SMEM(acc_t, buf);
@@ -246,19 +261,7 @@ __global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapP
   }
 }
 
-// The GEMM path's middle: out = Σ_i c_i[t] ⊙ in_i (+ n[t] ⊙ z̄), planes of acc_t, one thread a quad.
-template <typename acc_t>
-struct CombineParams {
-  const acc_t* in[kMaxIO];
-  const acc_t* coef[kMaxIO];
-  int num_in;
-  const acc_t* noise_coef;
-  acc_t* out;
-  const int64_t* t;
-  int64_t T, planes, planes_per_sample, H, W;
-  RngState rng;
-};
-
+// The GEMM path's middle: a grid-stride loop over all quads of all planes, one thread a quad.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) spectral_combine_kernel(const CombineParams<acc_t> prm) {
   const int64_t nq_plane = prm.H * quads_per_row(prm.W), n = prm.H * prm.W;
@@ -291,127 +294,6 @@ __global__ void __launch_bounds__(kThreads) spectral_combine_kernel(const Combin
     for (int j = 0; j < 4; ++j)
       if (j < d.lanes) prm.out[p * n + e0 + j] = s[j];
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Host side, shared by the CUDA build and the emulation. A Launcher provides:
-//   int64_t max_shared_memory();                         bytes of dynamic shared memory per block
-//   RngState philox(const std::optional<at::Generator>&, uint64_t values_per_subsequence);
-//   template <class K, class P> void launch(K kernel, int64_t grid, int64_t smem, const P& params);
-
-inline int quads_per_thread(int64_t H, int64_t W) {
-  const int64_t per_thread = (H * quads_per_row(W) + kThreads - 1) / kThreads;
-  return per_thread <= 1 ? 1 : per_thread <= 4 ? 4 : per_thread <= kMaxQuadsPerThread ? kMaxQuadsPerThread : 0;
-}
-
-template <typename scalar_t, class Launcher>
-void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
-               Launcher& launcher) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = r.H(), W = r.W();
-  MapParams<scalar_t, acc_t> prm{};
-  prm.num_in = static_cast<int>(inputs.size());
-  prm.num_out = static_cast<int>(outs.size());
-  for (int i = 0; i < prm.num_in; ++i) {
-    prm.in[i] = inputs[i].data_ptr<scalar_t>();
-    prm.in_coef[i] = table_ptr<acc_t>(r.in_coefs[i]);
-  }
-  for (int m = 0; m < prm.num_out; ++m) {
-    prm.out[m] = outs[m].data_ptr<scalar_t>();
-    prm.out_coef[m] = table_ptr<acc_t>(r.out_coefs[m]);
-  }
-  prm.noise_coef = table_ptr<acc_t>(r.noise_coef);
-  prm.t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
-  prm.T = r.T;
-  prm.planes_per_sample = r.planes_per_sample();
-  prm.H = H;
-  prm.W = W;
-  prm.U_h = r.U_h.data_ptr<acc_t>();
-  prm.U_w = r.U_w.data_ptr<acc_t>();
-  prm.forward = r.forward;
-  prm.inverse = r.inverse;
-  if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
-  const int64_t smem = H * 4 * quads_per_row(W) * static_cast<int64_t>(sizeof(acc_t));
-  switch (quads_per_thread(H, W)) {
-    case 1:
-      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, 1>, r.planes(), smem, prm);
-      break;
-    case 4:
-      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, 4>, r.planes(), smem, prm);
-      break;
-    default:
-      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, kMaxQuadsPerThread>, r.planes(), smem, prm);
-  }
-}
-
-// Transforms by matmul, middle by spectral_combine_kernel: for planes too large for one block.
-template <typename acc_t, class Launcher>
-void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
-              Launcher& launcher) {
-  const int64_t H = r.H(), W = r.W(), P = r.planes();
-  const auto acc_type = r.U_h.scalar_type();
-  auto combine = [&](const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& cfs, const at::Tensor& nc) {
-    at::Tensor out = at::empty({P, H, W}, r.U_h.options());
-    CombineParams<acc_t> prm{};
-    prm.num_in = static_cast<int>(xs.size());
-    for (int i = 0; i < prm.num_in; ++i) {
-      prm.in[i] = xs[i].data_ptr<acc_t>();
-      prm.coef[i] = table_ptr<acc_t>(cfs[i]);
-    }
-    prm.noise_coef = table_ptr<acc_t>(nc);
-    prm.out = out.data_ptr<acc_t>();
-    prm.t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
-    prm.T = r.T;
-    prm.planes = P;
-    prm.planes_per_sample = r.planes_per_sample();
-    prm.H = H;
-    prm.W = W;
-    if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
-    const int64_t quads = P * H * quads_per_row(W);
-    const int64_t grid = std::min<int64_t>((quads + kThreads - 1) / kThreads, 65535);
-    launcher.launch(spectral_combine_kernel<acc_t>, grid, 0, prm);
-    return out;
-  };
-  std::vector<at::Tensor> spectra;
-  for (const auto& x : inputs) {
-    at::Tensor s = x.to(acc_type);
-    if (r.forward) s = at::matmul(at::matmul(r.U_h.t(), s), r.U_w).contiguous();
-    spectra.push_back(s.contiguous());
-  }
-  const at::Tensor acc = combine(spectra, r.in_coefs, r.noise_coef);
-  for (size_t m = 0; m < outs.size(); ++m) {
-    at::Tensor y = r.out_coefs[m].defined() ? combine({acc}, {r.out_coefs[m]}, at::Tensor()) : acc;
-    if (r.inverse) y = at::matmul(at::matmul(r.U_h, y), r.U_w.t());
-    outs[m].view({P, H, W}).copy_(y);
-  }
-}
-
-// The whole spectral map on one device, through the given Launcher.
-template <class Launcher>
-std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher) {
-  const at::Tensor& x = r.inputs[0];
-  const int64_t H = r.H(), W = r.W(), P = r.planes();
-  std::vector<at::Tensor> outs;
-  for (size_t m = 0; m < r.out_coefs.size(); ++m) {
-    outs.push_back(at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous)));
-  }
-  if (P == 0) return outs;
-  TORCH_CHECK_VALUE(r.inputs.size() <= static_cast<size_t>(kMaxIO) && outs.size() <= static_cast<size_t>(kMaxIO), r.op,
-                    ": at most ", kMaxIO, " inputs (noise included) and outputs per call on this device, got ",
-                    r.inputs.size(), " and ", outs.size());
-  std::vector<at::Tensor> inputs;
-  for (const auto& in : r.inputs) inputs.push_back(in.view({P, H, W}));
-
-  const int64_t acc_size = x.scalar_type() == at::kDouble ? 8 : 4;
-  const bool fused = quads_per_thread(H, W) != 0 && H * 4 * quads_per_row(W) * acc_size <= launcher.max_shared_memory();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map", [&] {
-    if (fused) {
-      map_fused<scalar_t>(r, inputs, outs, launcher);
-    } else {
-      map_gemm<at::opmath_type<scalar_t>>(r, inputs, outs, launcher);
-    }
-  });
-  return outs;
 }
 
 }  // namespace blurdiff

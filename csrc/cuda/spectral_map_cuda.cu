@@ -1,5 +1,6 @@
-// The spectral map on CUDA: kernels and planning in spectral_kernels.cuh, launched here on the
-// current stream of the data's device, with Philox state from the CUDA generator.
+// The spectral map on CUDA, the one CUDA translation unit: the kernels (spectral_kernels.cuh)
+// planned by spectral_launch.cuh, launched here on the current stream of the data's device, with
+// Philox state from the CUDA generator.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAException.h>
@@ -10,6 +11,7 @@
 #include <mutex>
 
 #include "spectral_kernels.cuh"
+#include "spectral_launch.cuh"
 
 namespace blurdiff {
 namespace {
@@ -36,8 +38,8 @@ struct CudaLauncher {
       C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     }
-    kernel<<<static_cast<unsigned int>(grid), kThreads, static_cast<size_t>(smem), c10::cuda::getCurrentCUDAStream()>>>(
-        params);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    kernel<<<static_cast<unsigned int>(grid), kThreads, static_cast<size_t>(smem), stream>>>(params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

@@ -1,5 +1,6 @@
-// A test build: the CUDA path of blurdiff_ops (cuda/spectral_kernels.cuh, kernels and host code)
-// compiled by g++ over the SIMT emulation, registered for CPU tensors as blurdiff_emu::*.
+// A test build: the CUDA path of blurdiff_ops (the kernels of cuda/spectral_kernels.cuh and the
+// host code of cuda/spectral_launch.cuh that plans and launches them) compiled by g++ over the
+// SIMT emulation, registered for CPU tensors as blurdiff_emu::*.
 // tests/test_cuda_emulation.py builds it with torch.utils.cpp_extension and compares it with
 // the CPU kernels and the reference.
 #include <ATen/core/Tensor.h>
@@ -9,6 +10,7 @@
 #include "../schemas.h"
 #include "simt_host.h"
 #include "../cuda/spectral_kernels.cuh"
+#include "../cuda/spectral_launch.cuh"
 
 namespace blurdiff {
 namespace {

@@ -1,0 +1,156 @@
+// The host side of the CUDA spectral map: plans and launches the kernels of spectral_kernels.cuh.
+//
+// Chooses the path (fused when the plane fits one block, else GEMM), sizes grids and dynamic
+// shared memory, runs the GEMM path's transforms as batched matmuls (cuBLAS through ATen), and
+// takes the Philox state for the noise from the generator. Everything goes through a Launcher,
+// so the same planning runs in the CUDA build (spectral_map_cuda.cu) and in the host emulation
+// (emulation/emulated_ops.cpp). A Launcher provides:
+//   int64_t max_shared_memory();                         bytes of dynamic shared memory per block
+//   RngState philox(const std::optional<at::Generator>&, uint64_t values_per_subsequence);
+//   template <class K, class P> void launch(K kernel, int64_t grid, int64_t smem, const P& params);
+//
+// It names (and so instantiates) the kernels: include it in a CUDA translation unit, or in the
+// emulation after emulation/simt_host.h.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "../spectral_common.h"
+#include "../spectral_map.h"
+#include "spectral_kernels.cuh"
+
+namespace blurdiff {
+
+// Quads per thread of the fused kernel for an H x W plane: 1, 4 or kMaxQuadsPerThread (the
+// instantiated kernels), or 0 when the plane is too large for one block.
+inline int quads_per_thread(int64_t H, int64_t W) {
+  const int64_t per_thread = (H * quads_per_row(W) + kThreads - 1) / kThreads;
+  return per_thread <= 1 ? 1 : per_thread <= 4 ? 4 : per_thread <= kMaxQuadsPerThread ? kMaxQuadsPerThread : 0;
+}
+
+// Dynamic shared memory of the fused kernel: the plane, rows padded to a multiple of 4.
+inline int64_t fused_shared_memory(int64_t H, int64_t W, int64_t acc_size) {
+  return H * 4 * quads_per_row(W) * acc_size;
+}
+
+template <typename scalar_t, class Launcher>
+void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
+               Launcher& launcher) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = r.H(), W = r.W();
+  MapParams<scalar_t, acc_t> prm{};
+  prm.num_in = static_cast<int>(inputs.size());
+  prm.num_out = static_cast<int>(outs.size());
+  for (int i = 0; i < prm.num_in; ++i) {
+    prm.in[i] = inputs[i].data_ptr<scalar_t>();
+    prm.in_coef[i] = table_ptr<acc_t>(r.in_coefs[i]);
+  }
+  for (int m = 0; m < prm.num_out; ++m) {
+    prm.out[m] = outs[m].data_ptr<scalar_t>();
+    prm.out_coef[m] = table_ptr<acc_t>(r.out_coefs[m]);
+  }
+  prm.noise_coef = table_ptr<acc_t>(r.noise_coef);
+  prm.t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
+  prm.T = r.T;
+  prm.planes_per_sample = r.planes_per_sample();
+  prm.H = H;
+  prm.W = W;
+  prm.U_h = r.U_h.data_ptr<acc_t>();
+  prm.U_w = r.U_w.data_ptr<acc_t>();
+  prm.forward = r.forward;
+  prm.inverse = r.inverse;
+  if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
+  const int64_t smem = fused_shared_memory(H, W, static_cast<int64_t>(sizeof(acc_t)));
+  switch (quads_per_thread(H, W)) {
+    case 1:
+      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, 1>, r.planes(), smem, prm);
+      break;
+    case 4:
+      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, 4>, r.planes(), smem, prm);
+      break;
+    default:
+      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, kMaxQuadsPerThread>, r.planes(), smem, prm);
+  }
+}
+
+// Transforms by matmul, middle by spectral_combine_kernel: for planes too large for one block.
+template <typename acc_t, class Launcher>
+void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
+              Launcher& launcher) {
+  const int64_t H = r.H(), W = r.W(), P = r.planes();
+  const auto acc_type = r.U_h.scalar_type();
+  auto combine = [&](const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& cfs, const at::Tensor& nc) {
+    at::Tensor out = at::empty({P, H, W}, r.U_h.options());
+    CombineParams<acc_t> prm{};
+    prm.num_in = static_cast<int>(xs.size());
+    for (int i = 0; i < prm.num_in; ++i) {
+      prm.in[i] = xs[i].data_ptr<acc_t>();
+      prm.coef[i] = table_ptr<acc_t>(cfs[i]);
+    }
+    prm.noise_coef = table_ptr<acc_t>(nc);
+    prm.out = out.data_ptr<acc_t>();
+    prm.t = r.t.defined() ? r.t.data_ptr<int64_t>() : nullptr;
+    prm.T = r.T;
+    prm.planes = P;
+    prm.planes_per_sample = r.planes_per_sample();
+    prm.H = H;
+    prm.W = W;
+    if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
+    const int64_t quads = P * H * quads_per_row(W);
+    const int64_t grid = std::min<int64_t>((quads + kThreads - 1) / kThreads, 65535);
+    launcher.launch(spectral_combine_kernel<acc_t>, grid, 0, prm);
+    return out;
+  };
+  std::vector<at::Tensor> spectra;
+  for (const auto& x : inputs) {
+    at::Tensor s = x.to(acc_type);
+    if (r.forward) s = at::matmul(at::matmul(r.U_h.t(), s), r.U_w).contiguous();
+    spectra.push_back(s.contiguous());
+  }
+  const at::Tensor acc = combine(spectra, r.in_coefs, r.noise_coef);
+  for (size_t m = 0; m < outs.size(); ++m) {
+    at::Tensor y = r.out_coefs[m].defined() ? combine({acc}, {r.out_coefs[m]}, at::Tensor()) : acc;
+    if (r.inverse) y = at::matmul(at::matmul(r.U_h, y), r.U_w.t());
+    outs[m].view({P, H, W}).copy_(y);
+  }
+}
+
+// The whole spectral map on one device, through the given Launcher.
+template <class Launcher>
+std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher) {
+  const at::Tensor& x = r.inputs[0];
+  const int64_t H = r.H(), W = r.W(), P = r.planes();
+  std::vector<at::Tensor> outs;
+  for (size_t m = 0; m < r.out_coefs.size(); ++m) {
+    outs.push_back(at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous)));
+  }
+  if (P == 0) return outs;
+  TORCH_CHECK_VALUE(r.inputs.size() <= static_cast<size_t>(kMaxIO) && outs.size() <= static_cast<size_t>(kMaxIO), r.op,
+                    ": at most ", kMaxIO, " inputs (noise included) and outputs per call on this device, got ",
+                    r.inputs.size(), " and ", outs.size());
+  std::vector<at::Tensor> inputs;
+  for (const auto& in : r.inputs) inputs.push_back(in.view({P, H, W}));
+
+  const int64_t acc_size = x.scalar_type() == at::kDouble ? 8 : 4;
+  const bool fused = quads_per_thread(H, W) != 0 && fused_shared_memory(H, W, acc_size) <= launcher.max_shared_memory();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map", [&] {
+    if (fused) {
+      map_fused<scalar_t>(r, inputs, outs, launcher);
+    } else {
+      map_gemm<at::opmath_type<scalar_t>>(r, inputs, outs, launcher);
+    }
+  });
+  return outs;
+}
+
+}  // namespace blurdiff
