@@ -55,6 +55,7 @@ def main() -> None:
     print(f"{path} (step {state['step']}), {args.n} samples per cell, seeds {args.seeds}, "
           f"{torch.get_num_threads()} threads, against {2 * args.n} images of {args.data}\n")
     rows, floor = [], None
+    print(_HEADER)
     for kind in args.kinds:
         for K in args.steps:
             if kind == "ddpm" and K != process.steps:
@@ -101,9 +102,6 @@ _HEADER = ("| sampler | K | SWD avg (x1e3) | spectrum error | channel std error 
 
 
 def _line(row) -> str:
-    if not getattr(_line, "printed", False):
-        print(_HEADER)
-        _line.printed = True
     return (f"| {row['kind']} | {row['K']} | {_fmt(row['swd_avg'])} | {_fmt(row['spectrum_error'])} | "
             f"{_fmt(row['channel_std_error'])} | {_fmt(row['std'])} | {_fmt([100 * v for v in row['beyond_1_5']])}% | "
             f"{' '.join(row['verdicts'])} | {row['seconds_per_image']:.3f} |")
