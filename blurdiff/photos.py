@@ -1,0 +1,320 @@
+"""A natural-image data set from a package registry: random crops of scikit-image's photographs.
+
+``blurdiff data photos --out DIR --n N --size S --seed SEED [--split train|heldout]`` writes an
+LSUN-format lmdb (keys: 40-hex ascii ids, values: lossless WEBP; the format of ``blurdiff data
+toy``, read by :class:`blurdiff.data.LMDBImageDataset`) of ``N`` random crops of the nine colour
+photographs that scikit-image ships inside its wheel (``skimage/data/``):
+
+    astronaut.png, chelsea.png, coffee.png, hubble_deep_field.jpg, ihc.png,
+    motorcycle_left.png, motorcycle_right.png, retina.jpg, rocket.jpg
+
+Nothing is downloaded: the files are read from the installed package (``importlib.resources``)
+and decoded with Pillow. scikit-image is an optional extra (``pip install "blurdiff[photos]"``
+or ``pip install scikit-image``); without it, or when a photograph is missing from it, the
+functions here raise :class:`PhotosUnavailableError` (an ``ImportError``) or
+``FileNotFoundError`` saying what to install.
+
+Every crop (image ``i`` of a split with a seed, drawn from ``numpy.random.default_rng([seed,
+split, i])``, so image ``i`` is the same whatever ``n`` is):
+
+1. a photograph, uniformly among the nine;
+2. a square side, log-uniform between ``lo = min(max(S, m/10), m/2)`` and ``m/2`` source pixels
+   (``m`` the photograph's shorter side): from a tenth of the photograph (never upsampled, as far
+   as the photograph allows) to half of it, so the set spans a factor of five in scale;
+3. a position, uniform among the squares of that side that lie wholly inside the split's region
+   of the photograph (below);
+4. a horizontal flip with probability 1/2;
+
+then resized to ``S x S`` (Pillow BICUBIC, antialiased, applied to the cropped pixels only). The
+same seed gives the same crops everywhere, and the same bytes with the same Pillow (which decodes the
+three JPEGs and resamples).
+
+**Held-out split: disjoint regions of the same photographs.** Each photograph is cut into four
+quadrants (at ``H // 2``, ``W // 2``); one of them (:data:`PHOTOS` names which) is held out.
+``--split heldout`` crops lie wholly inside the held-out quadrant, ``--split train`` crops never
+touch it, so no source pixel is in both splits and a model that memorises training crops is not
+rewarded. Regions rather than whole photographs, because with nine very different photographs
+(a cat, a nebula field, a retina, stained tissue ...) holding out two of them would measure
+the shift between photographs, not sample quality: a perfect model of the training crops would
+score far from held-out crops of other photographs, and far above the held-out set's own noise
+floor. With regions, both splits mix the same nine photographs in the same proportions at the
+same scales. The two motorcycle photographs are a stereo pair (the same scene, shifted by a few
+tens of pixels), so they hold out the same quadrant: the scene held out of one is not in the
+training region of the other (up to a strip as wide as the disparity along the quadrant's edge).
+
+Public functions:
+
+    make_photos_lmdb(out, n, size, seed=0, split="train", overwrite=False) -> str
+    photo_crop(i, size, seed=0, split="train") -> uint8 [S, S, 3]
+    crop_spec(i, size, seed=0, split="train") -> Crop (photograph, box, flip)
+    heldout_region(name, height, width) -> (top, bottom, left, right)
+    photo_key(i, seed=0, split="train") -> str
+    load_photos() -> {name: uint8 [H, W, 3]}
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import math
+import os
+from typing import Dict, NamedTuple, Tuple
+
+import numpy as np
+from PIL import Image
+
+from blurdiff.toy_data import _check_replaceable, _new_output_folder, _resolve_format, encode_image
+
+log = logging.getLogger("blurdiff.data")
+
+__all__ = [
+    "PHOTOS",
+    "SPLITS",
+    "INSTALL_HINT",
+    "PhotosUnavailableError",
+    "Crop",
+    "load_photos",
+    "heldout_region",
+    "crop_spec",
+    "photo_crop",
+    "photo_key",
+    "make_photos_lmdb",
+]
+
+#: The photographs, in a fixed order, with the quadrant each holds out (``"tl"``, ``"tr"``,
+#: ``"bl"``, ``"br"``: top/bottom, left/right). The quadrants cycle so that the held-out set is not
+#: one corner of every photograph; the stereo pair of motorcycles shares one (see the module's notes).
+PHOTOS: Tuple[Tuple[str, str], ...] = (
+    ("astronaut.png", "tl"),
+    ("chelsea.png", "tr"),
+    ("coffee.png", "br"),
+    ("hubble_deep_field.jpg", "bl"),
+    ("ihc.png", "tl"),
+    ("motorcycle_left.png", "tr"),
+    ("motorcycle_right.png", "tr"),
+    ("retina.jpg", "br"),
+    ("rocket.jpg", "bl"),
+)
+SPLITS = ("train", "heldout")
+INSTALL_HINT = 'pip install "blurdiff[photos]" (or: pip install scikit-image)'
+
+# Crop sides, as fractions of the photograph's shorter side (see the module's notes).
+MIN_FRACTION = 0.1
+MAX_FRACTION = 0.5
+
+
+class PhotosUnavailableError(ImportError):
+    """scikit-image, whose wheel holds the photographs, is not installed."""
+
+
+class Crop(NamedTuple):
+    """Where a crop comes from: the photograph, the square ``[top, top + side) x [left, left + side)``
+    in its pixels, and whether it is flipped left to right."""
+
+    photo: str
+    top: int
+    left: int
+    side: int
+    flip: bool
+
+
+# --------------------------------------------------------------------------------------------
+# The photographs
+# --------------------------------------------------------------------------------------------
+
+
+def _skimage_data():
+    """The ``skimage/data`` folder of the installed package (a ``Traversable``)."""
+    import importlib.resources
+
+    try:
+        import skimage  # noqa: F401 - only to say clearly when it is missing
+    except ImportError as e:
+        raise PhotosUnavailableError(
+            f"the photos data set needs scikit-image, whose wheel ships the photographs it crops "
+            f"(skimage/data/); install it: {INSTALL_HINT}") from e
+    return importlib.resources.files("skimage") / "data"
+
+
+def load_photos() -> Dict[str, np.ndarray]:
+    """The nine photographs as read-only uint8 RGB ``[H, W, 3]``, read from the installed
+    scikit-image (never downloaded; decoded once per process): :class:`PhotosUnavailableError`
+    without scikit-image, ``FileNotFoundError`` naming the files when some are missing from it."""
+    folder = _skimage_data()  # every call: says so when the package has gone
+    return _read_photos(str(folder))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_photos(where: str) -> Dict[str, np.ndarray]:
+    folder = _skimage_data()
+    photos, missing = {}, []
+    for name, _ in PHOTOS:
+        entry = folder / name
+        try:
+            raw = entry.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            missing.append(name)
+            continue
+        with Image.open(io.BytesIO(raw)) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        arr.setflags(write=False)
+        photos[name] = arr
+    if missing:
+        import skimage
+
+        version = getattr(skimage, "__version__", "?")
+        raise FileNotFoundError(
+            f"scikit-image {version} at {where} lacks the photograph(s) {', '.join(missing)}; the photos data "
+            f"set reads them from the installed package and never downloads them. scikit-image 0.26 ships all "
+            f"nine ({', '.join(n for n, _ in PHOTOS)}): reinstall or upgrade it ({INSTALL_HINT})")
+    return photos
+
+
+def heldout_region(name: str, height: int, width: int) -> Tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``: the held-out quadrant of photograph ``name`` of that size
+    (rows ``top … bottom - 1``, columns ``left … right - 1``)."""
+    quadrant = dict(PHOTOS).get(name)
+    if quadrant is None:
+        raise ValueError(f"unknown photograph {name!r}; the photos are {[n for n, _ in PHOTOS]}")
+    h2, w2 = height // 2, width // 2
+    top, bottom = (0, h2) if quadrant[0] == "t" else (h2, height)
+    left, right = (0, w2) if quadrant[1] == "l" else (w2, width)
+    return top, bottom, left, right
+
+
+def _check_split(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return SPLITS.index(split)
+
+
+def _side_range(size: int, m: int) -> Tuple[int, int]:
+    hi = max(1, int(MAX_FRACTION * m))
+    lo = min(max(int(size), int(round(MIN_FRACTION * m))), hi)
+    return lo, hi
+
+
+def _draw_crop(rng: np.random.Generator, size: int, split: str, shapes: Dict[str, Tuple[int, int]]) -> Crop:
+    name = PHOTOS[int(rng.integers(len(PHOTOS)))][0]
+    H, W = shapes[name]
+    lo, hi = _side_range(size, min(H, W))
+    side = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))))) if hi > lo else lo
+    side = min(max(side, lo), hi)
+    flip = bool(rng.random() < 0.5)
+    top, bottom, left, right = heldout_region(name, H, W)
+    if split == "heldout":
+        y = int(rng.integers(top, bottom - side + 1))
+        x = int(rng.integers(left, right - side + 1))
+        return Crop(name, y, x, side, flip)
+    # Training: uniform among the positions whose square misses the held-out quadrant. Every
+    # side <= m/2 fits in a training quadrant, so some position qualifies; draw candidates in
+    # blocks until one does (at the largest side about 1 in 130 do, for a square photograph).
+    while True:
+        ys = rng.integers(0, H - side + 1, size=256)
+        xs = rng.integers(0, W - side + 1, size=256)
+        ok = (ys >= bottom) | (ys + side <= top) | (xs >= right) | (xs + side <= left)
+        if ok.any():
+            k = int(np.argmax(ok))
+            return Crop(name, int(ys[k]), int(xs[k]), side, flip)
+
+
+def _rng(i: int, seed: int, split: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x70686F746F, _check_split(split), int(i)])
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) < 1:
+        raise ValueError(f"size must be a positive int (the side of the square crops), got {size!r}")
+    return int(size)
+
+
+def crop_spec(i: int, size: int, seed: int = 0, split: str = "train") -> Crop:
+    """Where image ``i`` of the split with ``seed`` is cut from (see the module's notes)."""
+    shapes = {name: a.shape[:2] for name, a in load_photos().items()}
+    return _draw_crop(_rng(i, seed, split), _check_size(size), split, shapes)
+
+
+def _render(photo: np.ndarray, crop: Crop, size: int) -> np.ndarray:
+    patch = Image.fromarray(photo[crop.top:crop.top + crop.side, crop.left:crop.left + crop.side])
+    if crop.side != size:
+        patch = patch.resize((size, size), resample=Image.Resampling.BICUBIC, reducing_gap=None)
+    if crop.flip:
+        patch = patch.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(patch, dtype=np.uint8)
+
+
+def photo_crop(i: int, size: int, seed: int = 0, split: str = "train") -> np.ndarray:
+    """Image ``i`` of the split with ``seed``: uint8 ``[size, size, 3]``, independent of ``n``."""
+    size = _check_size(size)
+    crop = crop_spec(i, size, seed, split)
+    return _render(load_photos()[crop.photo], crop, size)
+
+
+def photo_key(i: int, seed: int = 0, split: str = "train") -> str:
+    """The LSUN-style 40-hex id of image ``i``: ``sha1(f"photos-{split}-{seed}-{i}")``."""
+    _check_split(split)
+    return hashlib.sha1(f"photos-{split}-{seed}-{i}".encode("ascii")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the lmdb
+# --------------------------------------------------------------------------------------------
+
+
+def make_photos_lmdb(out, n: int, size: int, seed: int = 0, split: str = "train", *, overwrite: bool = False,
+                     fmt: str = "WEBP", commit_every: int = 256) -> str:
+    """Write ``n`` crops of ``size x size`` of the ``split`` as an LSUN-format lmdb at ``out``.
+
+    The output-folder rules of :func:`blurdiff.toy_data.make_toy_lmdb`: the lmdb is built in a
+    hidden temporary folder beside ``out`` (marked as blurdiff's) and renamed into place when
+    complete; an existing non-empty ``out`` is refused unless it is a data set blurdiff wrote and
+    ``overwrite=True``. :class:`PhotosUnavailableError` without scikit-image. Returns ``out``.
+    """
+    out = os.fspath(out).rstrip("/\\") or os.fspath(out)
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    size = _check_size(size)
+    _check_split(split)
+    photos = load_photos()  # before touching the output: a missing package fails first
+    shapes = {name: a.shape[:2] for name, a in photos.items()}
+    fmt = _resolve_format(fmt)
+    _check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
+
+    def record(i: int) -> Tuple[bytes, bytes]:
+        crop = _draw_crop(_rng(i, seed, split), size, split, shapes)
+        return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
+
+    with _new_output_folder(out, "photos-lmdb") as tmp:
+        _write_lmdb(tmp, n, record, size * size * 3 + 4096, commit_every)
+    log.info("wrote %d photo crops (%s split, %dx%d, %s, seed %d) to %s", n, split, size, size, fmt, seed, out)
+    return out
+
+
+def _write_lmdb(tmp: str, n: int, record, per_image: int, commit_every: int) -> None:
+    """``record(i) -> (key, value)`` for ``i < n`` into a new lmdb at ``tmp`` (the loop of
+    :func:`blurdiff.toy_data._write_toy_lmdb`, for any records)."""
+    import lmdb
+
+    map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
+    env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
+    try:
+        start = 0
+        while start < n:
+            stop = min(n, start + max(1, int(commit_every)))
+            records = [record(i) for i in range(start, stop)]
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for k, v in records:
+                            txn.put(k, v)
+                    break
+                except lmdb.MapFullError:
+                    map_size *= 2
+                    env.set_mapsize(map_size)
+            start = stop
+        env.sync(True)
+    finally:
+        env.close()

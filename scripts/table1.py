@@ -1,0 +1,826 @@
+"""Table 1 in miniature: quartic blur, log blur and no blur, trained alike on photo crops and scored.
+
+    python scripts/table1.py --out DIR [--seeds 0 1 2] [--steps 1000] [--resolution 32] [--n 32]
+        [--settings quartic log noblur] [--paper-blur] [--threads T] [--estimate-only]
+
+The paper's Table 1 (Lee et al. 2022) compares three processes with one network: quartic blur with
+f(N) = 0.14, log blur with f(N) = 0.6, and no blur (DDPM in the blur's basis). Here each is trained
+from the presets ``photos32-quartic``, ``photos32-log`` and ``photos32-noblur`` (blurdiff/presets.py:
+one network, one optimiser recipe; f(N) scaled to the same physical blur at 32x32, or the paper's
+numbers unscaled with ``--paper-blur``) on ``blurdiff data photos`` crops, for every seed in
+``--seeds`` (the seed of the weights, t, noise and the data order: the three settings of a seed see
+the same batches), for ``--steps`` optimizer steps each. Every run is then sampled twice from its EMA
+weights, ``--n`` images each, with the same noise for every setting of a seed:
+
+- the paper's Eq. 12 on all N = 1000 steps (``make_sampler(process)``, kind ``ddpm``), and
+- the default few-step sampler (``make_sampler(process, 50)``: ``ancestral2m``, 50 steps),
+
+and scored with the quality yardstick (``blurdiff.quality.evaluate``) against crops of the held-out
+split (one quadrant of every photograph, never seen in training), beside the held-out data's own
+noise floor; also scored: training crops against held-out ones (what a perfect model of the training
+split scores). With the standard Inception weights present (``blurdiff.fid`` finds them; otherwise
+FID is skipped, and the script says so), FID of the samples against all held-out crops too (on
+``--n`` images: biased upwards, not comparable with the paper's FID-10K).
+
+Writes, in DIR: ``table.md`` (mean ± std over seeds per setting and sampler: SWD average, spectrum
+error, sample std, verdicts, FID), ``results.json`` (every number), ``figure.png`` (sample grids side
+by side per setting and sampler, the radial power spectra of the samples against the held-out
+data's), and the work: ``data/`` (the two lmdbs), ``runs/SETTING-seedS/`` (training runs),
+``results/SETTING-seedS/SAMPLER/`` (samples in chunks, ``score.json``), ``plan.json``.
+
+Resumable: run the same command again after an interruption. Trainings resume from their newest
+checkpoint (``--resume``), sample chunks and scores already made are kept (each is keyed by the
+checkpoint it comes from), and finished work is not redone. ``--seeds``/``--settings`` may change
+between calls (runs are added); every other option must stay the same (``plan.json``).
+
+Time: before working, the script times a few training steps and sampling passes of the network
+on this machine and prints its estimate of the whole experiment and of what is left, then the
+progress and an updated ETA after every task. ``--estimate-only`` prints the estimate and stops.
+With the defaults (3 settings x 3 seeds, 1000 steps, 32 images per sampler) about 2 h 10 min on two
+idle cores: 9 min of training and 5.5 min of sampling per run (measured against the `toy` preset's
+step on the same machine, whose idle two-core rate is known).
+
+Also reported per run (``dc_gain``): the network's gain on the mean frequency at t = N, which should
+be about 1. Natural images vary a lot in brightness, the small network learns to pass that
+frequency through slowly, and below a gain of 1/2 Eq. 12 blows the brightness up (saturated colour
+fields); on 16x16 trials the gain was still 0.67 after 1400 steps (presets.py, the photos32 notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from blurdiff.atomic import atomic_path, write_text_atomic
+from blurdiff.checkpoint import latest_checkpoint, load_newest_readable, build_from_checkpoint
+from blurdiff.diffusion import BlurDiffusion
+from blurdiff.images import grid, save_png, upscale_factor
+from blurdiff.photos import make_photos_lmdb
+from blurdiff.presets import get_preset
+from blurdiff.schedules import PAPER_F_MAX
+from blurdiff.quality import SampleStats, evaluate, load_data_images
+from blurdiff.respace import make_sampler
+from blurdiff.spectrum import plot_spectra, radial_power_spectrum
+from blurdiff.train import NonFiniteLossError, TrainOptions, train
+from blurdiff.unet import build_unet
+
+SETTINGS = {"quartic": "photos32-quartic", "log": "photos32-log", "noblur": "photos32-noblur"}
+SAMPLERS = ("eq12", "fast")
+PLAN = "plan.json"
+_FORMAT = 1
+# Plan fields that must stay the same between calls on one DIR (seeds and settings may change).
+_PLAN_KEYS = ("resolution", "steps", "n", "sample_batch", "fast_steps", "process_steps", "train_images",
+              "heldout_images", "data_seed", "eval_seed", "paper_blur", "ckpt_every")
+TRAIN_OVERHEAD = 1.1  # data loading, EMA, checkpoints, logging beside the timed steps (measured: ~1.05-1.1)
+
+
+# ------------------------------------------------------------------------------------------------ options
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="experiment folder (made if absent; resumed if it holds plan.json)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (= data order seeds)")
+    p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),
+                   help="rows of Table 1 to run")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per training run")
+    p.add_argument("--resolution", type=int, default=32, help="image side (the presets are 32; others for tests)")
+    p.add_argument("--n", type=int, default=32, help="images sampled per run and sampler (at least 16)")
+    p.add_argument("--sample-batch", type=int, default=32, help="images per sampling pass (fixes the noise drawn)")
+    p.add_argument("--fast-steps", type=int, default=50, help="steps K of the few-step sampler")
+    p.add_argument("--process-steps", type=int, default=None,
+                   help="the process's N (default: the preset's 1000; smaller only for tests)")
+    p.add_argument("--train-images", type=int, default=20000, help="crops in the training lmdb")
+    p.add_argument("--heldout-images", type=int, default=1024, help="crops in the held-out lmdb (at least 2n)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the photo crops")
+    p.add_argument("--eval-seed", type=int, default=0,
+                   help="seed of the yardstick (data subsets, patches, projections)")
+    p.add_argument("--paper-blur", action="store_true",
+                   help="use the paper's f(N) unscaled (0.140625, 0.6) instead of the same physical blur as at 64x64")
+    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every K training steps")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--fid-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID even when the weights are present")
+    p.add_argument("--estimate-only", action="store_true", help="time the network here, print the estimate and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
+    args = p.parse_args(argv)
+    if args.n < 16:
+        p.error("--n must be at least 16 (the yardstick's minimum)")
+    if args.heldout_images < 2 * args.n:
+        p.error(f"--heldout-images must be at least 2n = {2 * args.n} (a reference set and a noise-floor set)")
+    N = args.process_steps or get_preset(SETTINGS["quartic"]).process["steps"]
+    if N < 2:
+        p.error("--process-steps must be at least 2")
+    if not 1 <= args.fast_steps < N:
+        p.error(f"--fast-steps must lie in 1 … {N - 1} (below the process's N = {N})")
+    for name in ("steps", "sample_batch", "train_images", "ckpt_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    args.seeds = list(dict.fromkeys(args.seeds))
+    args.settings = list(dict.fromkeys(args.settings))
+    return args
+
+
+def plan_of(args) -> Dict[str, Any]:
+    return {"format": _FORMAT, **{k: getattr(args, k) for k in _PLAN_KEYS}}
+
+
+def check_plan(out: Path, args) -> None:
+    """Write DIR/plan.json, or check that the one there agrees; refuse a foreign non-empty DIR."""
+    path = out / PLAN
+    plan = plan_of(args)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} there, {plan[k]!r} now" for k in plan if old.get(k) != plan[k]]
+        if diff:
+            raise SystemExit(f"table1: {out} holds an experiment with other settings ({'; '.join(diff)}); "
+                             f"repeat them to resume it, or choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"table1: {out} is not empty and holds no {PLAN}: not an experiment of this script; "
+                         f"choose a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(plan, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ runs
+class Run:
+    """One training run (setting, seed) and where its work lives."""
+
+    def __init__(self, out: Path, setting: str, seed: int, args):
+        self.setting, self.seed = setting, seed
+        self.name = f"{setting}-seed{seed}"
+        self.preset = SETTINGS[setting]
+        self.run_dir = out / "runs" / self.name
+        self.results = out / "results" / self.name
+        self.args = args
+
+    @property
+    def train_file(self) -> Path:
+        return self.results / "train.json"
+
+    def process_overrides(self) -> Dict[str, Any]:
+        return process_overrides(self.preset, self.args)
+
+    def f_max(self) -> float:
+        return float(dict(get_preset(self.preset).process, **self.process_overrides())["f_max"])
+
+    def trained(self) -> Optional[Dict[str, Any]]:
+        """train.json when the run is finished (at --steps), else None."""
+        info = _read_json(self.train_file)
+        return info if info and info.get("steps") == self.args.steps else None
+
+    def steps_done(self) -> int:
+        if self.trained():
+            return self.args.steps
+        ckpt = latest_checkpoint(self.run_dir)
+        return min(int(ckpt.stem.split("-")[1]), self.args.steps) if ckpt is not None else 0
+
+    def sampler_dir(self, sampler: str) -> Path:
+        return self.results / sampler
+
+
+def process_overrides(preset_name: str, args) -> Dict[str, Any]:
+    """The process changes a run makes to its preset: N for tests, and f(N) for another resolution
+    (the same physical blur: the paper's f(N) x (resolution/64)^2) or the paper's unscaled."""
+    preset = get_preset(preset_name)
+    out: Dict[str, Any] = {}
+    if args.process_steps is not None and args.process_steps != preset.process["steps"]:
+        out["steps"] = args.process_steps
+    paper = PAPER_F_MAX[preset.process["blur_schedule"]]
+    f_max = paper if args.paper_blur else paper * (args.resolution / 64) ** 2
+    if not math.isclose(f_max, preset.process["f_max"], rel_tol=1e-12, abs_tol=0.0):
+        out["f_max"] = f_max
+    return out
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (np.ndarray, torch.Tensor)):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON-able: {type(o).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ timing
+class Clock:
+    """Seconds per unit of each kind of work: a short benchmark first, then what the work measures."""
+
+    def __init__(self):
+        self.rate: Dict[str, float] = {}
+        self.measured: Dict[str, List[float]] = {}  # kind -> [seconds, units]
+        self.start = time.perf_counter()
+
+    def seconds(self, kind: str, units: float) -> float:
+        return self.rate.get(kind, 0.0) * units
+
+    def record(self, kind: str, seconds: float, units: float) -> None:
+        if units <= 0:
+            return
+        total = self.measured.setdefault(kind, [0.0, 0.0])
+        total[0] += seconds
+        total[1] += units
+        self.rate[kind] = total[0] / total[1]
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def hms(seconds: float) -> str:
+    s = int(round(max(seconds, 0)))
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def benchmark(args, clock: Clock) -> None:
+    """Time a few training steps (batch, optimizer, EMA) and sampling passes of the presets' network
+    at this resolution, and one scoring, on random data: the rates the estimate starts from."""
+    preset = get_preset(SETTINGS["quartic"])
+    res = args.resolution
+    process = BlurDiffusion(**dict(preset.process, resolution=res, **process_overrides(preset.name, args)))
+    torch.manual_seed(0)
+    model = build_unet(preset.unet, **dict(preset.unet_overrides, image_size=res))
+    ema = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=preset.lr)
+    x = torch.rand(preset.batch_size, 3, res, res) * 2 - 1
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        process.training_loss(model, x).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
+        opt.step()
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1e-3)
+
+    for _ in range(2):
+        train_step()
+    t0, k = time.perf_counter(), 5
+    for _ in range(k):
+        train_step()
+    clock.rate["train_step"] = TRAIN_OVERHEAD * (time.perf_counter() - t0) / k
+
+    model.eval()
+    b = min(args.sample_batch, args.n)
+    xs = torch.randn(b, 3, res, res)
+    t = torch.full((b,), process.steps // 2, dtype=torch.int64)
+    with torch.no_grad():
+        model(xs, t)
+        t0, k = time.perf_counter(), 3
+        for _ in range(k):
+            model(xs, t)
+    clock.rate["sample_image_step"] = (time.perf_counter() - t0) / (k * b)
+
+    data = torch.rand(2 * args.n, 3, res, res) * 2 - 1
+    t0 = time.perf_counter()
+    evaluate(data[:args.n].clone(), data, seed=0)
+    clock.rate["score"] = time.perf_counter() - t0
+    clock.rate["data_image"] = 2.5e-3  # measured: ~2.5 ms per crop (decode once, crop, resize, webp)
+
+
+def work_left(runs: List[Run], args, N: int, data_left: int) -> Dict[str, float]:
+    """Units of each kind of work not done yet."""
+    steps = samples = scores = 0
+    for run in runs:
+        steps += args.steps - run.steps_done()
+        if (run.trained() or {}).get("failed"):
+            continue  # diverged in training: nothing to sample
+        for sampler in SAMPLERS:
+            K = N if sampler == "eq12" else args.fast_steps
+            done = _chunks_done(run, sampler, args)
+            samples += K * sum(min(args.sample_batch, args.n - b * args.sample_batch)
+                               for b in range(_num_chunks(args)) if b not in done)
+            scores += 0 if _read_json(run.sampler_dir(sampler) / "score.json") else 1
+    return {"train_step": steps, "sample_image_step": samples, "score": scores, "data_image": data_left}
+
+
+def estimate(clock: Clock, units: Dict[str, float]) -> float:
+    return sum(clock.seconds(kind, u) for kind, u in units.items())
+
+
+def full_work(args, runs: List[Run], N: int) -> Dict[str, float]:
+    """Units of each kind of work of the whole experiment."""
+    return {"train_step": len(runs) * args.steps, "sample_image_step": len(runs) * (N + args.fast_steps) * args.n,
+            "score": len(runs) * len(SAMPLERS) + 1, "data_image": args.train_images + args.heldout_images}
+
+
+def print_estimate(clock: Clock, args, runs: List[Run], N: int, left: Dict[str, float]) -> None:
+    per_run_train = clock.seconds("train_step", args.steps)
+    per_run_sample = clock.seconds("sample_image_step", (N + args.fast_steps) * args.n)
+    full = full_work(args, runs, N)
+    print(f"timing on this machine ({torch.get_num_threads()} torch threads): a training step "
+          f"{1e3 * clock.rate['train_step']:.0f} ms (batch {get_preset(SETTINGS['quartic']).batch_size}), a sampling "
+          f"step {1e3 * clock.rate['sample_image_step'] * args.n:.0f} ms ({args.n} images), a scoring "
+          f"{clock.rate['score']:.1f} s")
+    print(f"estimate per run: training {hms(per_run_train)} ({args.steps} steps), sampling {hms(per_run_sample)} "
+          f"(Eq. 12: {N} steps, fast: {args.fast_steps} steps, {args.n} images each)")
+    print(f"estimate of the whole experiment ({len(runs)} runs): {hms(estimate(clock, full))}; "
+          f"left to do: {hms(estimate(clock, left))}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def ensure_data(out: Path, args, clock: Clock) -> Tuple[Path, Path]:
+    train_dir, heldout_dir = out / "data" / "train", out / "data" / "heldout"
+    for path, n, split in ((train_dir, args.train_images, "train"), (heldout_dir, args.heldout_images, "heldout")):
+        if (path / "data.mdb").is_file():
+            continue  # written atomically: present means complete
+        t0 = time.perf_counter()
+        make_photos_lmdb(path, n, args.resolution, seed=args.data_seed, split=split)
+        clock.record("data_image", time.perf_counter() - t0, n)
+        print(f"data: wrote {n} {split} crops of {args.resolution}x{args.resolution} to {path} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return train_dir, heldout_dir
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_run(run: Run, train_data: Path, args) -> Dict[str, Any]:
+    N = args.process_steps or get_preset(run.preset).process["steps"]
+    options = TrainOptions(
+        data=str(train_data), preset=run.preset, out=str(run.run_dir), max_steps=args.steps, resume=True,
+        seed=run.seed, resolution=args.resolution if args.resolution != 32 else None,
+        process_overrides=run.process_overrides(), ckpt_every=args.ckpt_every, keep=2, sample_every=0, log_every=50,
+        final_check=N >= 50, device="cpu", progress=not args.quiet)
+    start_step = run.steps_done()
+    t0 = time.perf_counter()
+    try:
+        trainer = train(options)
+        healthy, verdict = trainer.verdict
+        info = {"steps": args.steps, "step": trainer.step, "healthy": healthy, "verdict": verdict}
+    except NonFiniteLossError as e:
+        info = {"steps": args.steps, "step": e.step - 1, "healthy": False, "failed": str(e)}
+    info.update(seconds=time.perf_counter() - t0, steps_this_call=args.steps - start_step,
+                preset=run.preset, process_overrides=run.process_overrides(), seed=run.seed)
+    _write_json(run.train_file, info)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def _num_chunks(args) -> int:
+    return -(-args.n // args.sample_batch)
+
+
+def _chunk_file(run: Run, sampler: str, b: int) -> Path:
+    return run.sampler_dir(sampler) / f"chunk-{b:03d}.pt"
+
+
+def _chunks_done(run: Run, sampler: str, args) -> set:
+    meta = _read_json(run.sampler_dir(sampler) / "meta.json")
+    train = run.trained()
+    if not meta or not train or meta.get("checkpoint_step") != train.get("step"):
+        return set()
+    return {b for b in range(_num_chunks(args)) if _chunk_file(run, sampler, b).is_file()}
+
+
+def chunk_seed(seed: int, sampler: str, chunk: int) -> int:
+    """The same noise for every setting of a seed (common random numbers: differences are the models')."""
+    digest = hashlib.sha256(f"table1:{seed}:{sampler}:{chunk}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def load_run(run: Run):
+    found = load_newest_readable(run.run_dir)
+    if found is None:
+        raise FileNotFoundError(f"{run.run_dir} has no checkpoint to sample")
+    path, state = found
+    process, model = build_from_checkpoint(state, source=path)
+    return path, state, process, model
+
+
+def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
+    """The network's gain on the mean (coarsest) frequency at t = N, cached per checkpoint.
+
+    The regression slope of that coefficient of ε̂(x_N, N) on the same coefficient of x_N, for x_N
+    made from held-out images: the right answer is about 1 (x_N is almost pure noise). Eq. 12 keeps
+    that frequency's variance near 1/(2 (gain - 1/2)) at large t and lets it grow without bound
+    below 1/2: brightness blown up, saturated colour fields (see the photos32 presets' notes).
+    """
+    import blurdiff_ops
+
+    path, state, process, model = loaded
+    file = run.results / "diagnostics.json"
+    key = {"checkpoint_step": int(state["step"]), "checksum": state.get("checksum"), "n": args.n}
+    cached = _read_json(file)
+    if cached and cached.get("key") == key:
+        return cached["dc_gain"]
+    x0 = heldout[:args.n]
+    t = torch.full((x0.shape[0],), process.steps, dtype=torch.int64)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    tab = process.tables("cpu", torch.float32)
+    with torch.no_grad():
+        x_t = process.q_sample(x0, t, noise=noise)
+        eps = model(x_t, t)
+        e = blurdiff_ops.to_spectral(eps, tab["U_h"], tab["U_w"])[..., 0, 0]
+        x = blurdiff_ops.to_spectral(x_t, tab["U_h"], tab["U_w"])[..., 0, 0]
+    gain = float((e * x).sum() / (x * x).sum())
+    _write_json(file, {"key": key, "dc_gain": gain})
+    return gain
+
+
+def make_run_sampler(process, sampler: str, args):
+    return make_sampler(process) if sampler == "eq12" else make_sampler(process, args.fast_steps)
+
+
+def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report) -> torch.Tensor:
+    """The run's ``n`` samples with one sampler, in chunks cached as they are made."""
+    path, state, process, model = loaded
+    sampler = make_run_sampler(process, sampler_name, args)
+    folder = run.sampler_dir(sampler_name)
+    meta = {"checkpoint": path.name, "checkpoint_step": int(state["step"]), "checksum": state.get("checksum"),
+            "kind": sampler.kind, "K": sampler.K, "spacing": sampler.spacing, "N": process.steps, "n": args.n,
+            "batch": args.sample_batch, "seed": run.seed}
+    old = _read_json(folder / "meta.json")
+    if old != meta:
+        if folder.exists():
+            shutil.rmtree(folder)  # samples of another checkpoint or sampler: made again
+        _write_json(folder / "meta.json", meta)
+    H, W = process.resolution
+    parts = []
+    for b in range(_num_chunks(args)):
+        file = _chunk_file(run, sampler_name, b)
+        if not file.is_file():
+            size = min(args.sample_batch, args.n - b * args.sample_batch)
+            g = torch.Generator().manual_seed(chunk_seed(run.seed, sampler_name, b))
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the guard's verdict is in the table
+                x = sampler.sample(model, (size, 3, H, W), generator=g, guard=False, progress=not args.quiet)
+            clock.record("sample_image_step", time.perf_counter() - t0, size * sampler.K)
+            with atomic_path(file, durable=True) as tmp:
+                torch.save({"x": x.float().cpu()}, tmp)
+            report(f"sampled {run.name} {sampler_name} ({sampler.kind}, {sampler.K} steps) chunk {b + 1}/"
+                   f"{_num_chunks(args)}: {size} images in {hms(time.perf_counter() - t0)}")
+        parts.append(torch.load(file, weights_only=True)["x"])
+    return torch.cat(parts)
+
+
+def score(run: Run, sampler_name: str, samples: torch.Tensor, heldout: torch.Tensor, meta: Dict[str, Any],
+          args, clock: Clock, fid: "Fid") -> Dict[str, Any]:
+    file = run.sampler_dir(sampler_name) / "score.json"
+    cached = _read_json(file)
+    if cached and cached.get("meta") == meta and (cached.get("fid") is not None or not fid.available):
+        return cached
+    if cached and cached.get("meta") == meta:
+        result = cached
+    else:
+        t0 = time.perf_counter()
+        report = evaluate(samples, heldout[:2 * args.n], raw_stats=SampleStats.of(samples), seed=args.eval_seed)
+        clock.record("score", time.perf_counter() - t0, 1)
+        result = {"meta": meta, "report": report, "fid": None}
+    if fid.available:
+        result["fid"] = fid.of(samples, run.sampler_dir(sampler_name) / "png")
+    _write_json(file, result)
+    return result
+
+
+class Fid:
+    """FID against every held-out crop, when the standard Inception weights are here; else skipped."""
+
+    def __init__(self, out: Path, heldout_dir: Path, args):
+        self.available, self.note = False, ""
+        if args.no_fid:
+            self.note = "FID skipped (--no-fid)"
+            return
+        from blurdiff.inception import default_weights_path, resolve_weights_path
+
+        try:
+            self.weights = resolve_weights_path(args.fid_weights)
+        except FileNotFoundError:
+            where = args.fid_weights or default_weights_path()
+            self.note = (f"FID skipped: the standard Inception weights are not at {where} (pass --fid-weights FILE "
+                         f"or put pt_inception-2015-12-05-6726825d.pth there; nothing is downloaded)")
+            return
+        self.available = True
+        self.real = out / "data" / "heldout_png"
+        self.heldout_dir, self.cache = heldout_dir, out / "fid_cache"
+        self.note = (f"FID: {args.n} samples against all {args.heldout_images} held-out crops, Inception weights "
+                     f"{self.weights}; on so few samples it is biased upwards (not comparable with FID-10K)")
+
+    def of(self, samples: torch.Tensor, folder: Path) -> Optional[float]:
+        """FID of ``samples`` (written as PNGs to ``folder``); None, and FID off from here on with the
+        reason in the note, when the weights turn out unusable."""
+        from blurdiff.fid import fid_from_paths
+        from blurdiff.inception import InceptionWeightsError
+        from blurdiff.toy_data import export_lmdb_to_folder
+
+        if not self.real.is_dir():
+            export_lmdb_to_folder(self.heldout_dir, self.real)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, x in enumerate(samples):
+            if not (folder / f"{i:06d}.png").is_file():
+                save_png(x, folder / f"{i:06d}.png")
+        try:
+            return float(fid_from_paths(self.real, folder, weights=self.weights, device="cpu", cache_dir=self.cache))
+        except (InceptionWeightsError, OSError, ValueError) as e:
+            self.available = False
+            self.note = f"FID skipped: {str(e).splitlines()[0]}"
+            print(self.note, flush=True)
+            return None
+
+
+# ------------------------------------------------------------------------------------------------ table
+def _stats(values: List[float]) -> str:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return "—"
+    if len(v) == 1:
+        return f"{v[0]:.3g}"
+    return f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}"
+
+
+_SAMPLER_LABEL = {"eq12": "Eq. 12", "fast": "few-step"}
+
+
+def write_table(out: Path, args, runs: List[Run], results: Dict[Tuple[str, int, str], Dict[str, Any]],
+                reference: Optional[Dict[str, Any]], fid: Fid, N: int, clock: Clock, data_std: float,
+                gains: Dict[Tuple[str, int], float]) -> Path:
+    lines = [f"# Table 1 in miniature: photo crops at {args.resolution}x{args.resolution}", ""]
+    preset = get_preset(SETTINGS["quartic"])
+    net = dict(preset.unet_overrides)
+    lines.append(f"{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}) per setting; {args.steps} optimizer "
+                 f"steps of batch {preset.batch_size} each (`tiny` UNet, {net}; Adam {preset.lr:g}, warm-up "
+                 f"{preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}); {args.train_images} "
+                 f"training crops. Each run sampled from its EMA weights, {args.n} images per sampler, the same noise "
+                 f"for every setting of a seed; scored with `blurdiff.quality.evaluate` against {2 * args.n} of "
+                 f"{args.heldout_images} held-out crops (a quadrant of every photograph that training never sees; "
+                 f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
+                 f"(sample std); verdicts per seed. SWD ×1e3 (averaged over the Laplacian levels); spectrum "
+                 f"error: mean |log10| power ratio over all frequencies but DC; std: of the raw samples, "
+                 f"channels pooled. N = {N}.")
+    lines.append("")
+    lines.append(fid.note + ".")
+    lines.append("")
+    lines.append("| setting | f(N) | sampler | SWD avg | spectrum error | spectrum error, upper half | std | "
+                 "verdicts | FID |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    floor = None
+    for setting in args.settings:
+        setting_runs = [r for r in runs if r.setting == setting]
+        f_max = setting_runs[0].f_max()
+        paper = PAPER_F_MAX[get_preset(SETTINGS[setting]).process["blur_schedule"]]
+        f_text = "0 (no blur)" if f_max == 0 else (f"{f_max:.4g} {get_preset(SETTINGS[setting]).process['blur_schedule']}"
+                                                   + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})"))
+        for sampler in SAMPLERS:
+            cells = [results.get((setting, r.seed, sampler)) for r in setting_runs]
+            done = [c for c in cells if c is not None]
+            failed = [r for r in setting_runs if (r.trained() or {}).get("failed")]
+            if not done:
+                label = "training diverged" if failed else "not done yet"
+                lines.append(f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} | {label} | | | | | |")
+                continue
+            meta = done[0]["meta"]
+            m = [c["report"]["metrics"] for c in done]
+            floor = done[0]["report"]["metrics"]
+            unhealthy = [r for r in setting_runs if (r.trained() or {}).get("healthy") is False
+                         and not (r.trained() or {}).get("failed")]
+            verdicts = " ".join(c["report"]["verdict"] for c in done)
+            if failed:
+                verdicts += f" ({len(failed)} diverged in training)"
+            if unhealthy:
+                verdicts += f" ({len(unhealthy)} flagged unhealthy in training: see runs/*/metrics.jsonl)"
+
+            lines.append(
+                f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} ({meta['kind']}, {meta['K']} steps) | "
+                f"{_stats([x['swd_avg']['samples'] for x in m])} | {_stats([x['spectrum_error']['samples'] for x in m])} | "
+                f"{_stats([x['spectrum_error_high']['samples'] for x in m])} | "
+                f"{_stats([c['report']['raw']['overall_std'] for c in done])} | {verdicts} | "
+                f"{_stats([c.get('fid') for c in done])} |")
+    if floor is None and reference is not None:
+        floor = reference["report"]["metrics"]
+    if floor is not None:
+        lines.append(f"| held-out data (noise floor) | | | {floor['swd_avg']['floor']:.3g} | "
+                     f"{floor['spectrum_error']['floor']:.3g} | {floor['spectrum_error_high']['floor']:.3g} | "
+                     f"{data_std:.3g} | | |")
+    if reference is not None:
+        m = reference["report"]["metrics"]
+        lines.append(f"| training crops (a perfect model of the training split) | | | {m['swd_avg']['samples']:.3g} | "
+                     f"{m['spectrum_error']['samples']:.3g} | {m['spectrum_error_high']['samples']:.3g} | "
+                     f"{reference['report']['raw']['overall_std']:.3g} | {reference['report']['verdict']} | "
+                     f"{_stats([reference.get('fid')])} |")
+    lines.append("")
+    if gains:
+        lines.append("The networks' gain on the mean frequency at t = N (about 1 is right; below 1/2 Eq. 12 blows the "
+                     "images' brightness up; `dc_gain` in scripts/table1.py): " + "; ".join(
+                         f"{setting} {_stats([gains[(setting, s)] for s in args.seeds if (setting, s) in gains])}"
+                         for setting in args.settings if any((setting, s) in gains for s in args.seeds)) + ".")
+        lines.append("")
+    train_seconds = [(r.trained() or {}).get("seconds") for r in runs]
+    lines.append(f"Time: {hms(clock.elapsed)} in this call; training runs took "
+                 + (", ".join(f"{r.name} {hms(s)}" for r, s in zip(runs, train_seconds) if s is not None) or "—")
+                 + ". Figure: figure.png; every number: results.json.")
+    path = out / "table.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> Dict[str, Any]:
+    """Training crops scored against held-out crops: what a perfect model of the training split scores."""
+    file = out / "results" / "train_reference.json"
+    meta = {"n": args.n, "eval_seed": args.eval_seed}
+    cached = _read_json(file)
+    if cached and cached.get("meta") == meta and (cached.get("fid") is not None or not fid.available):
+        return cached
+    images = load_data_images(train_dir, args.resolution, args.n, seed=args.eval_seed + 1)
+    if cached and cached.get("meta") == meta:
+        result = cached
+    else:
+        report = evaluate(images, heldout[:2 * args.n], seed=args.eval_seed)
+        result = {"meta": meta, "report": report, "fid": None}
+    if fid.available:
+        result["fid"] = fid.of(images, out / "results" / "train_reference_png")
+    _write_json(file, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ figure
+def _label(img, text: str, width: int):
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    canvas = Image.new("RGB", (max(width, img.width), img.height + 20), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), text, fill="black", font=font)
+    canvas.paste(img, (0, 20))
+    return canvas
+
+
+def write_figure(out: Path, args, runs: List[Run], samples: Dict[Tuple[str, int, str], torch.Tensor],
+                 heldout: torch.Tensor, train_images: Optional[torch.Tensor]) -> Optional[Path]:
+    """Sample grids (rows: samplers; columns: data, then each setting; the first seed's samples) and
+    the radial power spectra of every setting and sampler (all seeds pooled) against the held-out data's."""
+    from PIL import Image
+
+    res = args.resolution
+    cells = min(args.n, 36)
+    nrow = int(math.ceil(math.sqrt(cells)))
+    s = upscale_factor(res)
+
+    def panel(images: torch.Tensor, text: str):
+        x = images[:cells].float().clamp(-1, 1).repeat_interleave(s, -2).repeat_interleave(s, -1)
+        img = Image.fromarray(grid(x, nrow))
+        return _label(img, text, img.width)
+
+    columns = [[panel(heldout, "held-out data"),
+                panel(train_images, "training crops") if train_images is not None else None]]
+    curves = {"held-out data": radial_power_spectrum(heldout)}
+    for setting in args.settings:
+        col = []
+        for sampler in SAMPLERS:
+            pooled = [samples[(setting, r.seed, sampler)] for r in runs
+                      if r.setting == setting and (setting, r.seed, sampler) in samples]
+            if not pooled:
+                col.append(None)
+                continue
+            first = pooled[0]
+            col.append(panel(first, f"{setting}, {_SAMPLER_LABEL[sampler]}"))
+            curves[f"{setting}, {_SAMPLER_LABEL[sampler]}"] = radial_power_spectrum(torch.cat(pooled).clamp(-1, 1))
+        columns.append(col)
+    if len(curves) == 1:
+        return None
+    cell_w = max(p.width for col in columns for p in col if p is not None)
+    cell_h = max(p.height for col in columns for p in col if p is not None)
+    gap = 10
+    grid_w = len(columns) * (cell_w + gap) + gap
+    plot_h = 420
+    tmp = out / ".spectra.tmp.png"
+    plot_spectra(curves, tmp, size=(max(grid_w, 720), plot_h),
+                 title="radial power spectrum: samples (seeds pooled, clamped) against held-out data")
+    plot = Image.open(tmp)
+    plot.load()
+    tmp.unlink()
+    width = max(grid_w, plot.width)
+    canvas = Image.new("RGB", (width, 2 * (cell_h + gap) + gap + plot.height), "white")
+    for c, col in enumerate(columns):
+        for r, p in enumerate(col):
+            if p is not None:
+                canvas.paste(p, (gap + c * (cell_w + gap), gap + r * (cell_h + gap)))
+    canvas.paste(plot, (0, 2 * (cell_h + gap) + gap))
+    path = out / "figure.png"
+    with atomic_path(path) as tmp_path:
+        canvas.save(tmp_path, format="PNG")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    N = args.process_steps or get_preset(SETTINGS["quartic"]).process["steps"]
+    runs = [Run(out, setting, seed, args) for setting in args.settings for seed in args.seeds]
+    clock = Clock()
+
+    if args.estimate_only:
+        benchmark(args, clock)
+        print_estimate(clock, args, runs, N, full_work(args, runs, N))
+        return 0
+
+    check_plan(out, args)
+    data_left = sum(n for n, d in ((args.train_images, "train"), (args.heldout_images, "heldout"))
+                    if not (out / "data" / d / "data.mdb").is_file())
+    left = work_left(runs, args, N, data_left)
+    if any(v for k, v in left.items() if k != "score"):
+        benchmark(args, clock)
+        print_estimate(clock, args, runs, N, left)
+    else:
+        print("table1: every training and sample is done; scoring what is missing and writing the table", flush=True)
+
+    tasks_total = len(runs) * (1 + len(SAMPLERS))
+    tasks_done = [0]
+
+    def progress(what: str) -> None:
+        remaining = estimate(clock, work_left(runs, args, N, 0))
+        eta = datetime.now() + timedelta(seconds=remaining)
+        print(f"[{tasks_done[0]}/{tasks_total}] {what}; elapsed {hms(clock.elapsed)}, left ≈ {hms(remaining)} "
+              f"(ETA {eta:%H:%M})", flush=True)
+
+    train_dir, heldout_dir = ensure_data(out, args, clock)
+    heldout = load_data_images(heldout_dir, args.resolution, 2 * args.n, seed=args.eval_seed)
+    data_std = float(heldout[:args.n].std())  # the reference set's, channels pooled (as the samples' std)
+    fid = Fid(out, heldout_dir, args)
+    print(fid.note, flush=True)
+    reference = reference_score(out, train_dir, heldout, args, fid)
+
+    results: Dict[Tuple[str, int, str], Dict[str, Any]] = {}
+    gains: Dict[Tuple[str, int], float] = {}
+    samples: Dict[Tuple[str, int, str], torch.Tensor] = {}
+    for run in runs:
+        info = run.trained()
+        if info is None:
+            before = run.steps_done()
+            info = train_run(run, train_dir, args)
+            clock.record("train_step", info["seconds"], max(info["step"] - before, 1))
+            tasks_done[0] += 1
+            state = "FAILED: " + info["failed"] if info.get("failed") else info["verdict"]
+            progress(f"trained {run.name} to step {info['step']} in {hms(info['seconds'])} ({state})")
+        else:
+            tasks_done[0] += 1
+        if info.get("failed"):
+            tasks_done[0] += len(SAMPLERS)
+            continue
+        loaded = None
+        for sampler in SAMPLERS:
+            score_file = run.sampler_dir(sampler) / "score.json"
+            cached = _read_json(score_file)
+            fresh = len(_chunks_done(run, sampler, args)) < _num_chunks(args)
+            if loaded is None:
+                loaded = load_run(run)
+                gains[(run.setting, run.seed)] = dc_gain(run, loaded, heldout, args)
+            x = sample_run(run, sampler, loaded, args, clock, progress)
+            meta = _read_json(run.sampler_dir(sampler) / "meta.json")
+            result = score(run, sampler, x, heldout, meta, args, clock, fid)
+            results[(run.setting, run.seed, sampler)] = result
+            samples[(run.setting, run.seed, sampler)] = x
+            tasks_done[0] += 1
+            if fresh or cached is None:
+                r = result["report"]
+                progress(f"{run.name} {sampler}: SWD {r['metrics']['swd_avg']['samples']:.3g} (floor "
+                         f"{r['metrics']['swd_avg']['floor']:.3g}), spectrum error "
+                         f"{r['metrics']['spectrum_error']['samples']:.3g}, std {r['raw']['overall_std']:.3g}, "
+                         f"{r['verdict']}")
+        write_table(out, args, runs, results, reference, fid, N, clock, data_std, gains)  # a partial table after every run
+
+    train_images = load_data_images(train_dir, args.resolution, min(args.n, 36), seed=args.eval_seed + 1)
+    table = write_table(out, args, runs, results, reference, fid, N, clock, data_std, gains)
+    figure = write_figure(out, args, runs, samples, heldout, train_images)
+    _write_json(out / "results.json", {
+        "plan": plan_of(args), "seeds": args.seeds, "settings": args.settings, "fid_note": fid.note,
+        "runs": {r.name: {"train": r.trained(), "dc_gain": gains.get((r.setting, r.seed)),
+                          **{s: results.get((r.setting, r.seed, s)) for s in SAMPLERS}} for r in runs},
+        "train_reference": reference})
+    print(table.read_text())
+    print(f"table: {table}\nfigure: {figure}\nresults: {out / 'results.json'}\ntotal time of this call: "
+          f"{hms(clock.elapsed)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
