@@ -270,7 +270,7 @@ def build_from_checkpoint(state: Dict[str, Any], use_ema: bool = True, device="c
     """The process (with the run's data statistics, when the checkpoint has them) and the network
     (EMA weights by default) a checkpoint describes, in eval mode. ValueError (naming ``source``,
     the file) for weights that are not finite."""
-    from blurdiff.diffusion import BlurDiffusion
+    from blurdiff.diffusion import MODEL_OUTPUTS, BlurDiffusion, ReferenceResidual
     from blurdiff.statistics import DataStatistics
     from blurdiff.unet import UNet, UNetConfig
 
@@ -280,4 +280,12 @@ def build_from_checkpoint(state: Dict[str, Any], use_ema: bool = True, device="c
     process.data_stats = DataStatistics.from_state(state.get("data_stats"), process.resolution)
     model = UNet(UNetConfig(**config["unet"]))
     model.load_state_dict(state["ema" if use_ema else "model"])
-    return process, model.to(device).eval()
+    model = model.to(device).eval()
+    output = config.get("model_output", "eps")
+    if output not in MODEL_OUTPUTS:
+        raise ValueError(f"{source}: unknown model_output {output!r} (known: {MODEL_OUTPUTS})")
+    if output == "eps_residual":
+        if process.data_stats is None:
+            raise ValueError(f"{source}: an eps_residual network needs the run's data statistics, which it lacks")
+        model = ReferenceResidual(model, process).eval()
+    return process, model

@@ -123,6 +123,21 @@ class BlurDiffusion:
                              f"this process's resolution {self.resolution}")
         self.__dict__["_data_stats"] = stats
         self.__dict__.pop("_respace_samplers", None)  # their tables were built on the old reference
+        self.__dict__.pop("_reference_eps", None)
+
+    def reference_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The exact ε-prediction for Gaussian data with the training data's power per frequency,
+        ``ε̄_ref = √(1-Ā_t) x̄_t / (Ā_t v + 1 - Ā_t)``: one ``spectral_lincomb``. What a network with
+        the ``eps_residual`` output (:class:`ReferenceResidual`) adds its output to."""
+        if self.data_stats is None:
+            raise ValueError("reference_eps needs the data statistics (process.data_stats)")
+        key = (x_t.device, table_dtype_for(x_t.dtype))
+        cache = self.__dict__.setdefault("_reference_eps", {})
+        if key not in cache:
+            v = self.data_stats.reference_var
+            coef = self.one_minus_A_bar.sqrt() / (self.A_bar * v + self.one_minus_A_bar)
+            cache[key] = coef[None].to(device=key[0], dtype=key[1]).contiguous()
+        return self._lincomb_with([x_t], t, cache[key])
 
     # ---------------------------------------------------------------- tables and backends
     def tables(self, device, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
@@ -167,6 +182,10 @@ class BlurDiffusion:
         if value is not None and (not isinstance(value, torch.Tensor) or value.shape != ref.shape):
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
+
+    def _lincomb_with(self, inputs, t, coefs: torch.Tensor):
+        tab = self.tables(inputs[0].device, inputs[0].dtype)
+        return self.ops(inputs[0].device).spectral_lincomb(inputs, coefs, t.to(inputs[0].device), tab["U_h"], tab["U_w"])
 
     def _lincomb(self, inputs, t, coefs: str, rows=slice(None), noise_coef: Optional[str] = None,
                  noise_row=None, noise=None, generator=None):
@@ -254,3 +273,33 @@ class BlurDiffusion:
 
         return make_sampler(self, steps, kind, spacing).sample(model, shape, generator, device, dtype, progress,
                                                                callback, guard)
+
+
+#: What a network's output means: ``eps`` (the paper's ε_θ) or ``eps_residual`` (ε_θ = ε̄_ref + output).
+MODEL_OUTPUTS = ("eps", "eps_residual")
+
+
+class ReferenceResidual(torch.nn.Module):
+    """``ε_θ(x_t, t) = ε̄_ref(x_t, t) + net(x_t, t)``: the network only learns what the data has
+    beyond a Gaussian of its own spectrum (:meth:`BlurDiffusion.reference_eps`).
+
+    At initialisation (the UNet's last layer is zero) this is the Gaussian-optimal predictor, so
+    every frequency, the mean brightness (DC) included, passes through with the right gain from
+    the first step: photographs, whose DC power is 8x the toy data's, otherwise gave samples of
+    saturated colour until the network had learnt that gain (README, Table 1 in miniature). The
+    wrapped ``net`` keeps its own state dict; this module adds no parameters.
+    """
+
+    def __init__(self, net: torch.nn.Module, process: BlurDiffusion):
+        super().__init__()
+        self.net = net
+        self.__dict__["process"] = process  # not a submodule: no parameters, no state
+
+    @property
+    def config(self):
+        return self.net.config
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.net(x_t, t)
+        ref = self.process.reference_eps(x_t, t)
+        return ref + out.to(ref.dtype)

@@ -47,7 +47,7 @@ from blurdiff.checkpoint import (
 )
 from blurdiff.data import infinite_loader, open_dataset
 from blurdiff.devices import resolve_device
-from blurdiff.diffusion import BACKENDS, BlurDiffusion
+from blurdiff.diffusion import BACKENDS, BlurDiffusion, ReferenceResidual
 from blurdiff.health import HealthEvent, TrainingHealth
 from blurdiff.images import save_grid
 from blurdiff.presets import PRESETS, get_preset
@@ -283,11 +283,14 @@ class Trainer:
             "preset": preset.name,
             "process": self.process.config,
             "unet": dataclasses.asdict(self.model.config),
+            "model_output": preset.model_output,
             "train": dataclasses.asdict(opts),
         }
         if state is not None:
             self._check_same_run(state["config"])
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # The ε-predictor of the EMA weights, for samples (the EMA network itself is what is saved).
+        self.ema_eps = ReferenceResidual(self.ema, self.process) if preset.model_output == "eps_residual" else self.ema
         self._ema_params, self._model_params = list(self.ema.parameters()), list(self.model.parameters())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
@@ -377,8 +380,8 @@ class Trainer:
         return found
 
     def _check_same_run(self, saved: Dict[str, Any]) -> None:
-        for key in ("preset", "process", "unet"):
-            diff = _config_diff(saved.get(key), self.config[key])
+        for key in ("preset", "process", "unet", "model_output"):
+            diff = _config_diff(saved.get(key, "eps" if key == "model_output" else None), self.config[key])
             if diff:
                 raise ValueError(f"--resume: the run in {self.run_dir} was trained with a different {key} than "
                                  f"this command asks for ({diff}); use the run's own settings, or another --out")
@@ -441,7 +444,10 @@ class Trainer:
 
     def _eps_model(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return self.ddp_model(x_t, t)
+            out = self.ddp_model(x_t, t)
+        if self.preset.model_output == "eps_residual":
+            out = self.process.reference_eps(x_t, t) + out.float()
+        return out
 
     def _draw_t_noise(self, x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """t and ε of this rank's samples, cut from draws for the whole global batch.
@@ -573,7 +579,7 @@ class Trainer:
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
         with torch.no_grad(), self._autocast():
-            x = self.process.sample(self.ema, shape, generator=generator, device=self.device, steps=steps,
+            x = self.process.sample(self.ema_eps, shape, generator=generator, device=self.device, steps=steps,
                                     kind="ancestral", guard=False)
         return divergence_reasons(SampleStats.of(x.float()), self.process.data_stats.std)
 
@@ -629,7 +635,7 @@ class Trainer:
 
         def ema_eps(x, t):
             with self._autocast():
-                return self.ema(x, t)
+                return self.ema_eps(x, t)
 
         images = self.process.sample(ema_eps, shape, generator=generator, device=self.device)
         path = self.run_dir / "samples" / f"step-{self.step:08d}.png"

@@ -24,6 +24,8 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+
+import blurdiff_ops
 from PIL import Image
 
 from blurdiff.presets import get_preset
@@ -123,7 +125,7 @@ def test_checkpoint_contents_load_with_weights_only(toy_lmdb, tmp_path):
     assert {"step", "model", "ema", "optimizer", "config", "rng", "data"} <= state.keys()
     assert state["step"] == 2 and state["data"]["start_batch"] == 2
     cfg = state["config"]
-    assert cfg.keys() == {"preset", "process", "unet", "train"}
+    assert cfg.keys() == {"preset", "process", "unet", "model_output", "train"}
     assert cfg["preset"] == "toy" and tuple(cfg["process"]["resolution"]) == (RES, RES)
     assert cfg["train"]["batch_size"] == BATCH and cfg["train"]["lr"] == trainer.options.lr
     assert {"train_generator", "ranks", "device_type"} <= state["rng"].keys()
@@ -625,3 +627,30 @@ def test_cuda_training_amp_resume_and_samples(toy_lmdb, tmp_path, amp):
     assert resumed.step == 6 and all(np.isfinite(m["loss"]) for m in metrics(tmp_path))
     process, model = build_from_checkpoint(load_checkpoint(latest_checkpoint(tmp_path)), device="cuda")
     assert next(model.parameters()).is_cuda
+
+
+def test_eps_residual_output_trains_saves_and_samples(toy_lmdb, tmp_path):
+    """A preset with model_output="eps_residual" (the photos32 ones): the network adds to the
+    Gaussian reference's ε, which it equals at initialisation (zero last layer); the checkpoint
+    says so and rebuilds the same predictor."""
+    from blurdiff.diffusion import ReferenceResidual
+
+    trainer = run(opts(toy_lmdb, tmp_path, preset="photos32-quartic", max_steps=2, ckpt_every=2))
+    assert trainer.config["model_output"] == "eps_residual"
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    process, model = build_from_checkpoint(state)
+    assert isinstance(model, ReferenceResidual) and model.config.image_size == RES
+    x = torch.randn(3, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([1, 500, 1000])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), model.process.reference_eps(x, t) + model.net(x, t))
+        fresh = ReferenceResidual(type(model.net)(model.net.config), process)  # zero-initialised output
+        torch.testing.assert_close(fresh(x, t), process.reference_eps(x, t))
+    # ε̄_ref is the exact predictor of Gaussian data of the data's power: at t = N, per frequency,
+    # √(1-Ā) x̄ / (Ā v + 1 - Ā) (float32 op: to 1e-4).
+    tab = process.tables("cpu", torch.float64)
+    ref_bar = blurdiff_ops.reference.to_spectral(process.reference_eps(x, t)[2].double(), tab["U_h"], tab["U_w"])
+    x_bar = blurdiff_ops.reference.to_spectral(x[2].double(), tab["U_h"], tab["U_w"])
+    rho, v = process.A_bar[1000], process.data_stats.reference_var
+    torch.testing.assert_close(ref_bar / x_bar, ((1 - rho).sqrt() / (rho * v + 1 - rho)).expand_as(x_bar),
+                               rtol=1e-4, atol=0)
