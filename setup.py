@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _is_toolkit(path) -> bool:
-    return bool(path) and (Path(path) / "include" / "cuda_runtime.h").is_file() and (Path(path) / "bin" / "nvcc").exists()
+    return (
+        bool(path) and (Path(path) / "include" / "cuda_runtime.h").is_file() and (Path(path) / "bin" / "nvcc").exists()
+    )
 
 
 def find_cuda_home():
@@ -71,11 +73,16 @@ def extension_modules():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             major = _toolkit_version(cuda_home)[0]
             os.environ["TORCH_CUDA_ARCH_LIST"] = ("7.0;" if major < 13 else "") + "7.5;8.0;8.6;9.0+PTX"
-        print(f"blurdiff: building CUDA kernels with the toolkit in {cuda_home} "
-              f"for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPUs)')}")
+        print(
+            f"blurdiff: building CUDA kernels with the toolkit in {cuda_home} "
+            f"for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPUs)')}"
+        )
     else:
-        why = "BLURDIFF_NO_CUDA is set" if not want_cuda else (
-            "torch is a CPU build" if not torch.version.cuda else "no CUDA toolkit found (set CUDA_HOME)")
+        why = (
+            "BLURDIFF_NO_CUDA is set"
+            if not want_cuda
+            else ("torch is a CPU build" if not torch.version.cuda else "no CUDA toolkit found (set CUDA_HOME)")
+        )
         print(f"blurdiff: building CPU kernels only ({why})")
 
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -83,21 +90,34 @@ def extension_modules():
     sources = ["csrc/blurdiff_ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No errno and no FP traps (as torch itself is built): lets the noise and coefficient loops
     # vectorise (a select cannot be speculated while a multiply might trap).
-    cxx = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math",
-           f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}"]
+    cxx = [
+        "-O3",
+        "-fvisibility=hidden",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}",
+    ]
     link = []
     # at::parallel_for is a header template: without OpenMP in *our* compile it runs serially
     # (measured: 2 threads no faster than 1). The pip wheels of torch load their libgomp before
     # ours, so there is one OpenMP runtime. BLURDIFF_NO_OPENMP=1 opts out (other compilers/runtimes).
-    if (torch.backends.openmp.is_available() and sys.platform.startswith("linux")
-            and os.environ.get("BLURDIFF_NO_OPENMP", "0") != "1"):
+    if (
+        torch.backends.openmp.is_available()
+        and sys.platform.startswith("linux")
+        and os.environ.get("BLURDIFF_NO_OPENMP", "0") != "1"
+    ):
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     if cuda_home:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         nvcc = ["-O3", "--threads=2", "-DBLURDIFF_WITH_CUDA", f"-DBLURDIFF_TORCH_VERSION_TOKENS={torch.__version__}"]
-        ext = CUDAExtension("blurdiff_ops._C", sources, extra_compile_args={"cxx": cxx + ["-DBLURDIFF_WITH_CUDA"], "nvcc": nvcc},
-                            extra_link_args=link, py_limited_api=False)
+        ext = CUDAExtension(
+            "blurdiff_ops._C",
+            sources,
+            extra_compile_args={"cxx": cxx + ["-DBLURDIFF_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=link,
+            py_limited_api=False,
+        )
     else:
         ext = CppExtension("blurdiff_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -52,17 +52,22 @@ def _case(op, batch, n, device):
     t = torch.randint(1, 1001, (batch,), device=device, generator=g)
     U_h, U_w = tab["U_h"], tab["U_w"]
     if op == "to_spectral":
-        return dict(fused=lambda: blurdiff_ops.to_spectral(x, U_h, U_w), reference=lambda: R._to_spectral(x, U_h, U_w)), 2
+        return dict(
+            fused=lambda: blurdiff_ops.to_spectral(x, U_h, U_w), reference=lambda: R._to_spectral(x, U_h, U_w)
+        ), 2
     if op == "from_spectral":
-        return dict(fused=lambda: blurdiff_ops.from_spectral(x, U_h, U_w), reference=lambda: R._from_spectral(x, U_h, U_w)), 2
+        return dict(
+            fused=lambda: blurdiff_ops.from_spectral(x, U_h, U_w), reference=lambda: R._from_spectral(x, U_h, U_w)
+        ), 2
     if op == "q_sample":  # K = 2 with the noise given
         args = ([x, e], tab["q_coefs"], t, U_h, U_w)
-        return dict(fused=lambda: blurdiff_ops.spectral_lincomb(*args),
-                    reference=lambda: R.lincomb_unchecked(*args)), 6
+        return dict(fused=lambda: blurdiff_ops.spectral_lincomb(*args), reference=lambda: R.lincomb_unchecked(*args)), 6
     if op == "reverse_step":  # K = 2, noise drawn: by the op in the spectral domain, by the reference itself
         args = ([x, e], tab["step_coefs"], t, U_h, U_w, tab["step_noise"])
-        return dict(fused=lambda: blurdiff_ops.spectral_lincomb(*args, generator=g),
-                    reference=lambda: R.lincomb_unchecked(*args, generator=g)), 6
+        return dict(
+            fused=lambda: blurdiff_ops.spectral_lincomb(*args, generator=g),
+            reference=lambda: R.lincomb_unchecked(*args, generator=g),
+        ), 6
     raise ValueError(op)
 
 
@@ -85,9 +90,11 @@ def _compiled(fn):
 
 def _timed(fn, device):
     if device == "cuda":
+
         def run():
             fn()
             torch.cuda.synchronize()
+
         return run
     return fn
 
@@ -112,8 +119,9 @@ def test_op(benchmark, device, shape, op, impl):
     else:
         fn = fns[impl]
     benchmark.group = f"{device} {op} {batch}x3x{n}x{n}"
-    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                                threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if device == "cuda" else "cpu", threads=torch.get_num_threads()
+    )
     run = _timed(fn, device)
     # Many rounds of the small cases: on a two-core machine a single descheduling costs a round.
     rounds = {32: 200, 64: 100, 128: 30}.get(n, 8) if device == "cpu" else 50
@@ -151,12 +159,13 @@ def test_paired(benchmark, device, shape, op):
             times[name].append(time.perf_counter() - start)
 
     benchmark.group = f"{device} {op} {batch}x3x{n}x{n} paired"
-    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                                threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if device == "cuda" else "cpu", threads=torch.get_num_threads()
+    )
     rounds = {32: 200, 64: 100, 128: 30}.get(n, 8) if device == "cpu" else 50
-    benchmark.pedantic(_timed(fns["fused"], device), setup=between_rounds, rounds=rounds, iterations=1,
-                       warmup_rounds=3)
+    benchmark.pedantic(_timed(fns["fused"], device), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=3)
     # The warm-up rounds ran the setup too: keep the calls of the timed rounds (with
     # --benchmark-disable there is one call in all).
-    benchmark.extra_info["paired"] = {name: {"min": min(ts[-rounds:]), "median": statistics.median(ts[-rounds:])}
-                                      for name, ts in times.items()}
+    benchmark.extra_info["paired"] = {
+        name: {"min": min(ts[-rounds:]), "median": statistics.median(ts[-rounds:])} for name, ts in times.items()
+    }

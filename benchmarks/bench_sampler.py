@@ -105,8 +105,10 @@ def test_full(benchmark, device, res, backend, capsys):
     lines = []
     if op is not None:
         benchmark.extra_info["op_share"] = op / full
-        lines.append(f"{device} {res}x{res} {backend:9s}: op {op * 1e3:8.3f} ms, full step {full * 1e3:8.2f} ms, "
-                     f"op share {100 * op / full:5.1f} %")
+        lines.append(
+            f"{device} {res}x{res} {backend:9s}: op {op * 1e3:8.3f} ms, full step {full * 1e3:8.2f} ms, "
+            f"op share {100 * op / full:5.1f} %"
+        )
     ops = [_medians.get((device, res, b, "op")) for b in BACKENDS]
     if backend == BACKENDS[-1] and None not in ops:
         lines.append(f"{device} {res}x{res} op reference/fused = {ops[1] / ops[0]:.2f}x")

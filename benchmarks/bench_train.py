@@ -25,7 +25,7 @@ from PIL import Image
 
 import blurdiff_ops
 from blurdiff.toy_data import toy_image
-from blurdiff.train import TrainOptions, Trainer
+from blurdiff.train import Trainer, TrainOptions
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -57,9 +57,20 @@ def image_folders(tmp_path_factory):
 
 def _trainer(case, image_folders, tmp_path) -> Trainer:
     preset, res, batch, device, amp, _ = CASES[case]
-    options = TrainOptions(data=str(image_folders(res)), preset=preset, out=str(tmp_path / "run"), max_steps=10**9,
-                           batch_size=batch, resolution=res, device=device, amp=amp, num_workers=0 if device == "cpu" else 2,
-                           sample_every=0, ckpt_every=0, progress=False)
+    options = TrainOptions(
+        data=str(image_folders(res)),
+        preset=preset,
+        out=str(tmp_path / "run"),
+        max_steps=10**9,
+        batch_size=batch,
+        resolution=res,
+        device=device,
+        amp=amp,
+        num_workers=0 if device == "cpu" else 2,
+        sample_every=0,
+        ckpt_every=0,
+        progress=False,
+    )
     trainer = Trainer(options)
     for _ in range(3):  # warm up: allocator, oneDNN/cuDNN kernel choice, DataLoader start
         trainer.run_step(trainer._next_batch())
@@ -102,10 +113,15 @@ def test_train_step(benchmark, case, image_folders, tmp_path):
     benchmark.pedantic(_step, args=(trainer,), rounds=rounds, iterations=1, warmup_rounds=1)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(
-        steps_per_s=1 / median, images_per_s=trainer.global_batch / median, batch=trainer.global_batch,
-        resolution=trainer.process.resolution[0], params_M=sum(p.numel() for p in trainer.model.parameters()) / 1e6,
-        fused_kernels=blurdiff_ops.kernels_available(trainer.device.type), device=str(trainer.device),
-        threads=torch.get_num_threads())
+        steps_per_s=1 / median,
+        images_per_s=trainer.global_batch / median,
+        batch=trainer.global_batch,
+        resolution=trainer.process.resolution[0],
+        params_M=sum(p.numel() for p in trainer.model.parameters()) / 1e6,
+        fused_kernels=blurdiff_ops.kernels_available(trainer.device.type),
+        device=str(trainer.device),
+        threads=torch.get_num_threads(),
+    )
     trainer.close()
 
 
@@ -118,6 +134,11 @@ def test_process_share_of_step(benchmark, case, image_folders, tmp_path):
     benchmark.group = "process part of a train step"
     benchmark.pedantic(_process_part, args=(trainer, x0), rounds=max(rounds, 20), iterations=1, warmup_rounds=2)
     process = benchmark.stats.stats.median
-    benchmark.extra_info.update(process_s=process, step_s=step, process_share=process / step,
-                                device=str(trainer.device), batch=trainer.global_batch)
+    benchmark.extra_info.update(
+        process_s=process,
+        step_s=step,
+        process_share=process / step,
+        device=str(trainer.device),
+        batch=trainer.global_batch,
+    )
     trainer.close()

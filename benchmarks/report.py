@@ -26,13 +26,17 @@ def _table(rows, info) -> None:
         if not fused:
             print(f"| {device} | {op} | {shape} | - | | | | |")
             continue
-        ratio = lambda k: f"{row[k] / fused:.2f}x" if k in row else "-"  # noqa: E731
         gemm = f"{fused / row['gemm']:.2f}x" if "gemm" in row else "-"
         note = ""
         if "bytes_moved" in info.get(key, {}):
             gbps = info[key]["bytes_moved"] / (fused * 1e-3) / 1e9
             note = f"{gbps:.0f} GB/s on {info[key].get('device', '')}"
-        print(f"| {device} | {op} | {shape} | {fused:.3f} | {ratio('reference')} | {ratio('compiled')} | {gemm} | {note} |")
+        ratios = f"{_ratio(row, 'reference')} | {_ratio(row, 'compiled')} | {gemm}"
+        print(f"| {device} | {op} | {shape} | {fused:.3f} | {ratios} | {note} |")
+
+
+def _ratio(row, name: str) -> str:
+    return f"{row[name] / row['fused']:.2f}x" if name in row else "-"
 
 
 def main(path: str, stat: str = "median") -> None:
@@ -51,8 +55,10 @@ def main(path: str, stat: str = "median") -> None:
         if impl == "fused":
             info[key] = extra
     machine = data.get("machine_info", {})
-    print(f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
-          f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {stat} times in ms; ratios from this one run.\n")
+    print(
+        f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
+        f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {stat} times in ms; ratios from this one run.\n"
+    )
     if separate:
         print("Each implementation timed in a group of its own:\n")
         _table(separate, info)

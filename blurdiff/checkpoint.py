@@ -24,8 +24,9 @@ import json
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,7 +48,7 @@ def checkpoint_path(run_dir, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"ckpt-{step:08d}.pt"
 
 
-def save_checkpoint(state: Dict[str, Any], path) -> Path:
+def save_checkpoint(state: dict[str, Any], path) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file, flushed and fsynced, then renamed.
 
     A crash at any moment leaves either the old file or the complete new one, never a torn one.
@@ -64,7 +65,7 @@ def save_checkpoint(state: Dict[str, Any], path) -> Path:
     return path
 
 
-def content_checksum(state: Dict[str, Any]) -> str:
+def content_checksum(state: dict[str, Any]) -> str:
     """``sha256:HEX`` of everything in ``state`` but its checksum: the dtype, shape and bytes of
     every tensor and a canonical form of the plain data around them, so that it is the same after
     a save and a load onto another device."""
@@ -94,7 +95,7 @@ def _feed(h, x) -> None:
         h.update(repr((type(x).__name__, x)).encode() + b"\0")
 
 
-def list_checkpoints(run_dir) -> List[Path]:
+def list_checkpoints(run_dir) -> list[Path]:
     """The run's checkpoints, oldest first (by step)."""
     d = checkpoint_dir(run_dir)
     if not d.is_dir():
@@ -103,7 +104,7 @@ def list_checkpoints(run_dir) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir) -> Optional[Path]:
+def latest_checkpoint(run_dir) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
 
@@ -115,7 +116,7 @@ def prune_checkpoints(run_dir, keep: int, protect=()) -> None:
             p.unlink(missing_ok=True)
 
 
-def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``, with clear errors for wrong files.
 
     ValueError: the file's content is not a loadable checkpoint. OSError (and MemoryError) pass
@@ -137,19 +138,23 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     return state
 
 
-def check_finite(state: Dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> None:
+def check_finite(state: dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> None:
     """ValueError naming ``path`` and the weights (``model``, ``ema``) that hold NaN or inf: they
     would sample black or noise images, or carry a resumed run on from a diverged state."""
     for key in which:
-        bad = [name for name, t in state[key].items()
-               if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+        bad = [
+            name
+            for name, t in state[key].items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
+        ]
         if bad:
-            raise ValueError(f"{path}: the {key} weights are not finite (NaN or inf in {len(bad)} of "
-                             f"{len(state[key])} tensors, first {bad[0]}); use an older checkpoint")
+            raise ValueError(
+                f"{path}: the {key} weights are not finite (NaN or inf in {len(bad)} of "
+                f"{len(state[key])} tensors, first {bad[0]}); use an older checkpoint"
+            )
 
 
-def networks_of(state: Dict[str, Any], path, which: Sequence[str] = ("model", "ema")
-                ) -> Dict[str, torch.nn.Module]:
+def networks_of(state: dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> dict[str, torch.nn.Module]:
     """``{key: network}`` for the weights ``state[key]``: the network the checkpoint's config
     describes, built on the meta device (no memory, no initialisation) and given the checkpoint's
     own tensors. ValueError naming ``path`` when the weights do not fit it or are not finite."""
@@ -164,15 +169,18 @@ def networks_of(state: Dict[str, Any], path, which: Sequence[str] = ("model", "e
             # load of it (the trainer's, into its real network) would then assign instead of copy.
             network.load_state_dict(dict(state[key]), assign=True)
         except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as e:
-            raise ValueError(f"{path}: the {key} weights do not fit the network its config describes: "
-                             f"{' '.join(str(e).split())[:300]}") from e
+            raise ValueError(
+                f"{path}: the {key} weights do not fit the network its config describes: "
+                f"{' '.join(str(e).split())[:300]}"
+            ) from e
         networks[key] = network
     check_finite(state, path, which)  # once the weights are known to be state dicts of that network
     return networks
 
 
-def load_newest_readable(run_dir, validate: Optional[Callable[[Path, Dict[str, Any]], None]] = None
-                         ) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def load_newest_readable(
+    run_dir, validate: Callable[[Path, dict[str, Any]], None] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of ``run_dir`` that loads (and that ``validate(path, state)``, when
     given, accepts: it raises ValueError for a checkpoint that does not fit the run), with its
     path; None if the run has none.
@@ -199,12 +207,16 @@ def load_newest_readable(run_dir, validate: Optional[Callable[[Path, Dict[str, A
                 n += 1
                 aside = skipped.with_name(f"{skipped.name}.unreadable-{n}")
             skipped.replace(aside)
-            warnings.warn(f"skipping {skipped.name}: {reason} (renamed to {aside.name}); "
-                          f"resuming from {path.name}")
+            warnings.warn(
+                f"skipping {skipped.name}: {reason} (renamed to {aside.name}); resuming from {path.name}",
+                stacklevel=2,
+            )
         return path, state
     if bad:
-        raise ValueError(f"no checkpoint in {checkpoint_dir(run_dir)} loads (tried "
-                         f"{', '.join(p.name for p, _ in bad)}; newest: {bad[0][1]})")
+        raise ValueError(
+            f"no checkpoint in {checkpoint_dir(run_dir)} loads (tried "
+            f"{', '.join(p.name for p, _ in bad)}; newest: {bad[0][1]})"
+        )
     return None
 
 
@@ -219,9 +231,11 @@ def check_run_folder(run_dir) -> None:
         return
     from blurdiff.toy_data import _some
 
-    raise FileExistsError(f"--out {run_dir} is not empty and is not a blurdiff run (no checkpoints/ckpt-*.pt, "
-                          f"no config.json of a run); it holds {_some(names)}. Refusing to write the run's "
-                          f"config.json and metrics.jsonl there: choose a new or empty folder")
+    raise FileExistsError(
+        f"--out {run_dir} is not empty and is not a blurdiff run (no checkpoints/ckpt-*.pt, "
+        f"no config.json of a run); it holds {_some(names)}. Refusing to write the run's "
+        f"config.json and metrics.jsonl there: choose a new or empty folder"
+    )
 
 
 def _is_run_config(path: Path) -> bool:
@@ -230,8 +244,11 @@ def _is_run_config(path: Path) -> bool:
     except (OSError, ValueError):  # absent, a folder, unreadable, not JSON
         return False
     # What the trainer writes there: a checkpoint's config (see the top of this file).
-    return (isinstance(config, dict) and isinstance(config.get("preset"), str)
-            and all(isinstance(config.get(k), dict) for k in ("process", "unet", "train")))
+    return (
+        isinstance(config, dict)
+        and isinstance(config.get("preset"), str)
+        and all(isinstance(config.get(k), dict) for k in ("process", "unet", "train"))
+    )
 
 
 def check_writable(run_dir) -> None:
@@ -265,8 +282,9 @@ def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:
     return latest
 
 
-def build_from_checkpoint(state: Dict[str, Any], use_ema: bool = True, device="cpu", backend: str = "auto",
-                          source="the checkpoint") -> Tuple["BlurDiffusion", torch.nn.Module]:
+def build_from_checkpoint(
+    state: dict[str, Any], use_ema: bool = True, device="cpu", backend: str = "auto", source="the checkpoint"
+) -> tuple[BlurDiffusion, torch.nn.Module]:
     """The process (with the run's data statistics, when the checkpoint has them) and the network
     (EMA weights by default) a checkpoint describes, in eval mode. ValueError (naming ``source``,
     the file) for weights that are not finite."""

@@ -10,7 +10,7 @@ import argparse
 import errno
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 
 def _data(sub) -> None:
@@ -24,21 +24,27 @@ def _data(sub) -> None:
     toy.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
     toy.set_defaults(handler=_run_toy)
     photos = data.add_parser(
-        "photos", help="write random crops of scikit-image's colour photographs as an LSUN-format lmdb",
+        "photos",
+        help="write random crops of scikit-image's colour photographs as an LSUN-format lmdb",
         description="Random square crops (random photograph, position, scale from a tenth to half of the "
-                    "photograph's shorter side, horizontal flip) of the nine colour photographs that scikit-image "
-                    "ships in its wheel (read from the installed package, never downloaded), resized to --size, as "
-                    "an LSUN-format lmdb like `data toy`. Held-out split: one quadrant of every photograph "
-                    "(blurdiff.photos.PHOTOS names which); --split heldout crops lie inside it, --split train crops "
-                    "never touch it, so the two splits share no source pixel. Deterministic given --seed. Needs "
-                    'scikit-image: pip install "blurdiff[photos]" (or pip install scikit-image).')
+        "photograph's shorter side, horizontal flip) of the nine colour photographs that scikit-image "
+        "ships in its wheel (read from the installed package, never downloaded), resized to --size, as "
+        "an LSUN-format lmdb like `data toy`. Held-out split: one quadrant of every photograph "
+        "(blurdiff.photos.PHOTOS names which); --split heldout crops lie inside it, --split train crops "
+        "never touch it, so the two splits share no source pixel. Deterministic given --seed. Needs "
+        'scikit-image: pip install "blurdiff[photos]" (or pip install scikit-image).',
+    )
     photos.add_argument("--out", required=True, help="lmdb folder to create")
     photos.add_argument("--n", type=int, required=True, help="number of crops")
     photos.add_argument("--size", type=int, required=True, help="side of the crops in pixels")
     photos.add_argument("--seed", type=int, default=0)
-    photos.add_argument("--split", choices=("train", "heldout"), default="train",
-                        help="train: crops that never touch the held-out quadrant of any photograph; heldout: "
-                             "crops inside it (for the quality yardstick; disjoint from train)")
+    photos.add_argument(
+        "--split",
+        choices=("train", "heldout"),
+        default="train",
+        help="train: crops that never touch the held-out quadrant of any photograph; heldout: "
+        "crops inside it (for the quality yardstick; disjoint from train)",
+    )
     photos.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
     photos.set_defaults(handler=_run_photos)
     export = data.add_parser("export", help="write an lmdb (or image folder) as PNGs 000000.png … (for FID)")
@@ -82,8 +88,9 @@ def _fid(sub) -> None:
     p = sub.add_parser("fid", help="FID between two image folders (or a folder and saved .npz statistics)")
     p.add_argument("--real", required=True, help="folder of real images, or an .npz with mu and sigma")
     p.add_argument("--fake", required=True, help="folder of generated images, or an .npz")
-    p.add_argument("--inception-weights", default=None,
-                   help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)")
+    p.add_argument(
+        "--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)"
+    )
     p.add_argument("--limit", type=int, default=10000, help="images per set (the paper reports FID-10K)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default=None)
@@ -93,8 +100,14 @@ def _fid(sub) -> None:
 def _run_fid(args) -> int:
     from blurdiff.fid import fid_main
 
-    value = fid_main(args.real, args.fake, inception_weights=args.inception_weights, batch_size=args.batch_size,
-                     device=args.device, limit=args.limit)
+    value = fid_main(
+        args.real,
+        args.fake,
+        inception_weights=args.inception_weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        limit=args.limit,
+    )
     print(f"FID: {value:.4f}")
     return 0
 
@@ -125,16 +138,24 @@ def _run_spectrum(args) -> int:
 
 
 def _eval(sub) -> None:
-    p = sub.add_parser("eval", help="the quality yardstick: samples against data, beside the data's noise floor",
-                       description="Multi-scale sliced Wasserstein distance, spectrum error, channel statistics and "
-                                   "the out-of-range fraction of a folder of samples against a data set, each beside "
-                                   "the same number for a disjoint set of data images (what a perfect generator "
-                                   "scores). Needs no downloaded weights.")
+    p = sub.add_parser(
+        "eval",
+        help="the quality yardstick: samples against data, beside the data's noise floor",
+        description="Multi-scale sliced Wasserstein distance, spectrum error, channel statistics and "
+        "the out-of-range fraction of a folder of samples against a data set, each beside "
+        "the same number for a disjoint set of data images (what a perfect generator "
+        "scores). Needs no downloaded weights.",
+    )
     p.add_argument("--samples", required=True, help="folder of generated images (blurdiff sample --out)")
-    p.add_argument("--data", required=True, help="data set (lmdb or image folder) with at least twice as many images; "
-                                                 "held-out images, not the training set, to not reward memorisation")
-    p.add_argument("--n", type=int, default=None,
-                   help="images per set (default: all samples, at most half the data set)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="data set (lmdb or image folder) with at least twice as many images; "
+        "held-out images, not the training set, to not reward memorisation",
+    )
+    p.add_argument(
+        "--n", type=int, default=None, help="images per set (default: all samples, at most half the data set)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the data subsets, patches and projections")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--check", action="store_true", help="exit with 1 when the verdict is poor or diverged")
@@ -161,8 +182,10 @@ def _run_eval(args) -> int:
     data = load_data_images(args.data, tuple(samples.shape[-2:]), 2 * n, seed=args.seed, exact=args.n is not None)
     n = min(n, len(data) // 2)
     if n < MIN_IMAGES:
-        raise ValueError(f"the yardstick needs at least {2 * MIN_IMAGES} data images (a reference and a noise-floor "
-                         f"set of {MIN_IMAGES}), {args.data} holds {len(data)}")
+        raise ValueError(
+            f"the yardstick needs at least {2 * MIN_IMAGES} data images (a reference and a noise-floor "
+            f"set of {MIN_IMAGES}), {args.data} holds {len(data)}"
+        )
     raw, note = None, "(raw values unknown: these are of the PNGs, clamped)"
     stats_file = samples_dir / "stats.json"
     if stats_file.is_file():
@@ -171,10 +194,12 @@ def _run_eval(args) -> int:
             note = f"(raw values before the clamp, from {stats_file})"
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{stats_file} is unreadable ({e}); remove it to evaluate the PNGs alone") from e
-    report = evaluate(samples[:n], data[:2 * n], raw_stats=raw, seed=args.seed)
+    report = evaluate(samples[:n], data[: 2 * n], raw_stats=raw, seed=args.seed)
     report["samples"], report["data"] = str(samples_dir), str(args.data)
-    print(f"{n} samples from {samples_dir} against {n} images of {args.data} (noise floor: {n} others), "
-          f"{samples.shape[-2]}x{samples.shape[-1]}; out-of-range fractions {note}")
+    print(
+        f"{n} samples from {samples_dir} against {n} images of {args.data} (noise floor: {n} others), "
+        f"{samples.shape[-2]}x{samples.shape[-1]}; out-of-range fractions {note}"
+    )
     print(format_report(report))
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
@@ -205,10 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one command: its exit code, or 2 with a one-line error on stderr for bad input."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return int(handler(args) or 0)
@@ -228,7 +255,7 @@ _USER_ERRNOS = {errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _user_error_message(e: Exception) -> Optional[str]:
+def _user_error_message(e: Exception) -> str | None:
     """The one-line message for an error caused by the input or the machine; ``None`` for the rest."""
     from PIL import UnidentifiedImageError
 

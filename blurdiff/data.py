@@ -32,7 +32,7 @@ import operator
 import os
 import struct
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -313,8 +313,7 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.path!r}, resolution={self.resolution}, hflip={self.hflip}, "
-            f"len={len(self)})"
+            f"{type(self).__name__}({self.path!r}, resolution={self.resolution}, hflip={self.hflip}, len={len(self)})"
         )
 
 
@@ -352,8 +351,9 @@ def _acquire_env(path: str, subdir: bool):
                 pass
             entry = None
         if entry is None:
-            env = lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False,
-                            meminit=False, max_readers=2048)
+            env = lmdb.open(
+                path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048
+            )
             entry = _ENVS[key] = [env, pid, 0]
         entry[2] += 1
         return entry[0], key
@@ -556,8 +556,17 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     ``flips=True`` the items are ``(index, flip)`` pairs, the flips from :func:`epoch_flips`.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0, shuffle: bool = True, flips: bool = False):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+        shuffle: bool = True,
+        flips: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -595,8 +604,9 @@ class InfiniteLoader:
     the next ``next()`` returns (= ``start_batch`` + batches yielded so far): save it in a
     checkpoint and pass it back as ``start_batch`` to resume."""
 
-    def __init__(self, dataset, sampler: ResumableBatchSampler, num_workers: int, pin_memory: bool,
-                 prefetch_factor: int | None):
+    def __init__(
+        self, dataset, sampler: ResumableBatchSampler, num_workers: int, pin_memory: bool, prefetch_factor: int | None
+    ):
         self.dataset = dataset
         self.sampler = sampler
         self.next_batch = sampler.start_batch

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 
 
-def resolve_device(name: Optional[Union[str, torch.device]]) -> torch.device:
+def resolve_device(name: str | torch.device | None) -> torch.device:
     """``name`` as a device (None: ``cuda`` when available, else ``cpu``), with a clear
     ValueError for a name that is not a device or for CUDA on a machine without it."""
     if name is None:

@@ -8,14 +8,14 @@ precision when it is tiny) and cached per device in the working dtype.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple, Union
+from collections.abc import Callable
 
 import torch
 
 import blurdiff_ops
-from blurdiff_ops import table_dtype_for
 from blurdiff.bases import check_basis_args, check_resolution, make_basis
 from blurdiff.schedules import blur_f, check_tables_fit, int_arg, noise_betas, real_arg
+from blurdiff_ops import table_dtype_for
 
 DIRECTIONS = ("coarse_to_fine", "fine_to_coarse")
 BACKENDS = ("auto", "fused", "reference")
@@ -26,7 +26,7 @@ BACKENDS = ("auto", "fused", "reference")
 X0_REG = 1e-6
 
 
-def _pair(resolution: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(resolution, int):
         return resolution, resolution
     H, W = (int(v) for v in resolution)
@@ -41,7 +41,7 @@ class BlurDiffusion:
 
     def __init__(
         self,
-        resolution: Union[int, Tuple[int, int]] = 64,
+        resolution: int | tuple[int, int] = 64,
         basis: str = "gaussian",
         sigma: float = 0.4,
         blur_schedule: str = "quartic",
@@ -65,8 +65,14 @@ class BlurDiffusion:
         # building them, and the float32 copies of tables()); measured: 16.7 at 160 x 160, N = 1000.
         check_tables_fit(17, steps, H, W)
         self.config = dict(
-            resolution=(H, W), basis=basis, sigma=sigma, blur_schedule=blur_schedule,
-            f_max=f_max, noise_schedule=noise_schedule, steps=steps, direction=direction,
+            resolution=(H, W),
+            basis=basis,
+            sigma=sigma,
+            blur_schedule=blur_schedule,
+            f_max=f_max,
+            noise_schedule=noise_schedule,
+            steps=steps,
+            direction=direction,
             eig_floor=eig_floor,
         )
         self.resolution = (H, W)
@@ -99,7 +105,7 @@ class BlurDiffusion:
         x0_gain = A_bar.sqrt() / (A_bar + X0_REG * one_minus_A_bar)
         x0_coefs = torch.stack([x0_gain, -x0_gain * one_minus_A_bar.sqrt()])
 
-        self._tables64: Dict[str, torch.Tensor] = {
+        self._tables64: dict[str, torch.Tensor] = {
             "U_h": b.U_h,
             "U_w": b.U_w,
             "q_coefs": torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()]),
@@ -107,7 +113,7 @@ class BlurDiffusion:
             "step_noise": step_noise,
             "x0_coefs": x0_coefs,
         }
-        self._cache: Dict[Tuple[torch.device, torch.dtype], Dict[str, torch.Tensor]] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
 
     # ---------------------------------------------------------------- data statistics
     @property
@@ -119,8 +125,10 @@ class BlurDiffusion:
     @data_stats.setter
     def data_stats(self, stats) -> None:
         if stats is not None and tuple(stats.spectral_power.shape) != self.resolution:
-            raise ValueError(f"data statistics of {tuple(stats.spectral_power.shape)} frequencies do not fit "
-                             f"this process's resolution {self.resolution}")
+            raise ValueError(
+                f"data statistics of {tuple(stats.spectral_power.shape)} frequencies do not fit "
+                f"this process's resolution {self.resolution}"
+            )
         self.__dict__["_data_stats"] = stats
         self.__dict__.pop("_respace_samplers", None)  # their tables were built on the old reference
         self.__dict__.pop("_reference_eps", None)
@@ -140,13 +148,11 @@ class BlurDiffusion:
         return self._lincomb_with([x_t], t, cache[key])
 
     # ---------------------------------------------------------------- tables and backends
-    def tables(self, device, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+    def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """The process tables on ``device`` in the table dtype for data of ``dtype``."""
         key = (torch.device(device), table_dtype_for(dtype))
         if key not in self._cache:
-            self._cache[key] = {
-                k: v.to(device=key[0], dtype=key[1]).contiguous() for k, v in self._tables64.items()
-            }
+            self._cache[key] = {k: v.to(device=key[0], dtype=key[1]).contiguous() for k, v in self._tables64.items()}
         return self._cache[key]
 
     def ops(self, device: torch.device):
@@ -178,17 +184,28 @@ class BlurDiffusion:
                 raise ValueError(f"t must lie in 1 … {self.steps}, got values in [{lo}, {hi}]")
 
     @staticmethod
-    def _check_like(name: str, value: Optional[torch.Tensor], ref_name: str, ref: torch.Tensor) -> None:
+    def _check_like(name: str, value: torch.Tensor | None, ref_name: str, ref: torch.Tensor) -> None:
         if value is not None and (not isinstance(value, torch.Tensor) or value.shape != ref.shape):
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
 
     def _lincomb_with(self, inputs, t, coefs: torch.Tensor):
         tab = self.tables(inputs[0].device, inputs[0].dtype)
-        return self.ops(inputs[0].device).spectral_lincomb(inputs, coefs, t.to(inputs[0].device), tab["U_h"], tab["U_w"])
+        return self.ops(inputs[0].device).spectral_lincomb(
+            inputs, coefs, t.to(inputs[0].device), tab["U_h"], tab["U_w"]
+        )
 
-    def _lincomb(self, inputs, t, coefs: str, rows=slice(None), noise_coef: Optional[str] = None,
-                 noise_row=None, noise=None, generator=None):
+    def _lincomb(
+        self,
+        inputs,
+        t,
+        coefs: str,
+        rows=slice(None),
+        noise_coef: str | None = None,
+        noise_row=None,
+        noise=None,
+        generator=None,
+    ):
         """One spectral_lincomb over the tables named ``coefs`` (rows ``rows``) and ``noise_coef``."""
         x = inputs[0]
         tab = self.tables(x.device, x.dtype)
@@ -200,8 +217,13 @@ class BlurDiffusion:
         )
 
     # ---------------------------------------------------------------- the process
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """``x_t = U √Ā_t U^T x_0 + U √(1-Ā_t) U^T ε`` (Eq. 4); ε drawn when not given."""
         self._check_t(t, x0)
         self._check_like("noise", noise, "x0", x0)
@@ -213,9 +235,14 @@ class BlurDiffusion:
         # Fresh noise is drawn in the spectral domain by the op: the same law, one transform less.
         return self._lincomb([x0], t, "q_coefs", slice(0, 1), "q_coefs", 1, generator=generator)
 
-    def reverse_step(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor,
-                     noise: Optional[torch.Tensor] = None,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def reverse_step(
+        self,
+        x_t: torch.Tensor,
+        eps_pred: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """One step ``x_t → x_{t-1}``; ``noise`` is pixel-space ``z`` (drawn when not given)."""
         self._check_t(t, x_t)
         self._check_like("eps_pred", eps_pred, "x_t", x_t)
@@ -223,8 +250,9 @@ class BlurDiffusion:
         return self._reverse_step(x_t, eps_pred, t, noise, generator)
 
     def _reverse_step(self, x_t, eps_pred, t, noise=None, generator=None):
-        return self._lincomb([x_t, eps_pred], t, "step_coefs", noise_coef="step_noise", noise=noise,
-                             generator=generator)
+        return self._lincomb(
+            [x_t, eps_pred], t, "step_coefs", noise_coef="step_noise", noise=noise, generator=generator
+        )
 
     def predict_x0(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoised estimate ``x̂_0 = U (x̄_t - √(1-Ā_t) ε̄) / √Ā_t``, regularised (``X0_REG``)
@@ -233,8 +261,9 @@ class BlurDiffusion:
         self._check_like("eps_pred", eps_pred, "x_t", x_t)
         return self._lincomb([x_t, eps_pred], t, "x0_coefs")
 
-    def prior_sample(self, shape, generator: Optional[torch.Generator] = None, device=None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def prior_sample(
+        self, shape, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """``x_N = U √(1-Ā_N) U^T z``."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
@@ -242,9 +271,14 @@ class BlurDiffusion:
         self._check_t(t, z)
         return self._lincomb([z], t, "q_coefs", slice(1, 2))
 
-    def training_loss(self, model: Callable, x0: torch.Tensor, t: Optional[torch.Tensor] = None,
-                      noise: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def training_loss(
+        self,
+        model: Callable,
+        x0: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Eq. 10 with λ = 1: ``mean ‖ε_θ(x_t, t) - ε‖²``, ``t ~ Uniform{1 … N}``."""
         B = x0.shape[0]
         if t is None:
@@ -257,11 +291,20 @@ class BlurDiffusion:
         eps_pred = model(x_t, t)
         return torch.nn.functional.mse_loss(eps_pred.float(), noise.float())
 
-    def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
-               dtype: torch.dtype = torch.float32, progress: bool = False,
-               callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
-               steps=None, kind: Optional[str] = None, guard: bool = True,
-               spacing: Optional[str] = None) -> torch.Tensor:
+    def sample(
+        self,
+        model: Callable,
+        shape,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        progress: bool = False,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        steps=None,
+        kind: str | None = None,
+        guard: bool = True,
+        spacing: str | None = None,
+    ) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
         (a count K, placed by ``spacing``, or a list) with the sampler ``kind`` of
         :mod:`blurdiff.respace` (default: ``ancestral2m`` when K < N).
@@ -271,8 +314,9 @@ class BlurDiffusion:
         """
         from blurdiff.respace import make_sampler
 
-        return make_sampler(self, steps, kind, spacing).sample(model, shape, generator, device, dtype, progress,
-                                                               callback, guard)
+        return make_sampler(self, steps, kind, spacing).sample(
+            model, shape, generator, device, dtype, progress, callback, guard
+        )
 
 
 #: What a network's output means: ``eps`` (the paper's ε_θ) or ``eps_residual`` (ε_θ = ε̄_ref + output).

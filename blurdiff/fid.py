@@ -34,8 +34,8 @@ import json
 import os
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -82,9 +82,7 @@ def _check_stats(mu: np.ndarray, sigma: np.ndarray, which: str) -> tuple[np.ndar
         raise ValueError(f"mu{which} must be a vector, got shape {mu.shape}")
     d = mu.shape[0]
     if sigma.shape != (d, d):
-        raise ValueError(
-            f"sigma{which} must be ({d}, {d}) to match mu{which} of shape ({d},), got {sigma.shape}"
-        )
+        raise ValueError(f"sigma{which} must be ({d}, {d}) to match mu{which} of shape ({d},), got {sigma.shape}")
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
         raise ValueError(f"mu{which}/sigma{which} contain NaN or inf")
     return mu, sigma
@@ -376,6 +374,4 @@ def fid_main(
     limit: int | None = DEFAULT_LIMIT,
 ) -> float:
     """The CLI's FID entry point: FID-10K by default (``limit=10000``); prints nothing."""
-    return fid_from_paths(
-        real, fake, weights=inception_weights, batch_size=batch_size, device=device, limit=limit
-    )
+    return fid_from_paths(real, fake, weights=inception_weights, batch_size=batch_size, device=device, limit=limit)

@@ -15,8 +15,8 @@ leaves only the blur ``U D^{Σ f} U^T x_0``: the fade to grey hides it at large 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -29,10 +29,14 @@ __all__ = ["add_arguments", "main", "forward_figure", "forward_process_figure", 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     figures = p.add_subparsers(dest="figure", required=True)
-    fwd = figures.add_parser("forward", help="the forward process on real images (noisy, and the means of both directions)")
+    fwd = figures.add_parser(
+        "forward", help="the forward process on real images (noisy, and the means of both directions)"
+    )
     fwd.add_argument("--data", required=True, help="LSUN-format lmdb or image folder")
     fwd.add_argument("--out", required=True, help="PNG file to write")
-    fwd.add_argument("--preset", required=True, help="experiment preset whose process to show (e.g. toy, lsun64-quartic)")
+    fwd.add_argument(
+        "--preset", required=True, help="experiment preset whose process to show (e.g. toy, lsun64-quartic)"
+    )
     fwd.add_argument("--n", type=int, default=4, help="number of images (rows of three)")
     fwd.add_argument("--start", type=int, default=0, help="index of the first image in the data set")
     fwd.add_argument("--columns", type=int, default=8, help="time steps shown, t = 0 … N evenly spaced")
@@ -41,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fwd.add_argument("--scale", type=int, default=None, help="pixel upscaling (default: cells of at least 64 px)")
 
 
-def _time_columns(N: int, columns: int) -> List[int]:
+def _time_columns(N: int, columns: int) -> list[int]:
     if columns < 2:
         raise ValueError(f"--columns must be at least 2, got {columns}")
     return sorted({round(N * c / (columns - 1)) for c in range(columns)})
@@ -83,8 +87,15 @@ def _font(size: int = 12):
         return ImageFont.load_default()
 
 
-def forward_figure(x0: torch.Tensor, process, columns: int = 8, seed: int = 0, normalize: bool = False,
-                   scale: Optional[int] = None, title: str = "") -> Image.Image:
+def forward_figure(
+    x0: torch.Tensor,
+    process,
+    columns: int = 8,
+    seed: int = 0,
+    normalize: bool = False,
+    scale: int | None = None,
+    title: str = "",
+) -> Image.Image:
     """The labelled figure (a PIL image) for images ``x0`` ``[B, C, H, W]`` in [-1, 1]."""
     times = _time_columns(process.steps, columns)
     noisy, c2f, f2c = forward_rows(x0, process, times, seed, normalize)
@@ -92,8 +103,11 @@ def forward_figure(x0: torch.Tensor, process, columns: int = 8, seed: int = 0, n
     s = scale or upscale_factor(max(H, W))
     ch, cw, pad = H * s, W * s, 2
     left, top = 90, 40 if title else 24
-    rows = [r for b in range(B) for r in (
-        (f"#{b} x_t", noisy[:, b]), (f"#{b} mean c2f", c2f[:, b]), (f"#{b} mean f2c", f2c[:, b]))]
+    rows = [
+        r
+        for b in range(B)
+        for r in ((f"#{b} x_t", noisy[:, b]), (f"#{b} mean c2f", c2f[:, b]), (f"#{b} mean f2c", f2c[:, b]))
+    ]
     width = left + len(times) * (cw + pad) + pad
     height = top + len(rows) * (ch + pad) + pad + 6 * (B - 1)
     img = Image.new("RGB", (width, height), "white")
@@ -120,8 +134,17 @@ def forward_figure(x0: torch.Tensor, process, columns: int = 8, seed: int = 0, n
     return img
 
 
-def forward_process_figure(data, out, preset: str, n: int = 4, start: int = 0, columns: int = 8, seed: int = 0,
-                           normalize: bool = False, scale: Optional[int] = None) -> Path:
+def forward_process_figure(
+    data,
+    out,
+    preset: str,
+    n: int = 4,
+    start: int = 0,
+    columns: int = 8,
+    seed: int = 0,
+    normalize: bool = False,
+    scale: int | None = None,
+) -> Path:
     """Read ``n`` images of ``data`` at the preset's resolution and write the figure to ``out``."""
     from blurdiff.data import open_dataset
     from blurdiff.diffusion import BlurDiffusion
@@ -138,9 +161,11 @@ def forward_process_figure(data, out, preset: str, n: int = 4, start: int = 0, c
         raise ValueError(f"--start {start} is outside the data set's {len(ds)} images")
     idx = range(start, min(start + n, len(ds)))
     x0 = torch.stack([ds[i] for i in idx]).float()
-    title = (f"forward process, preset {preset}: {spec.process.get('blur_schedule')} blur, "
-             f"f_max={spec.process.get('f_max'):.4g}, N={process.steps}"
-             + (" (means / sqrt(alpha_bar_t))" if normalize else ""))
+    title = (
+        f"forward process, preset {preset}: {spec.process.get('blur_schedule')} blur, "
+        f"f_max={spec.process.get('f_max'):.4g}, N={process.steps}"
+        + (" (means / sqrt(alpha_bar_t))" if normalize else "")
+    )
     img = forward_figure(x0, process, columns, seed, normalize, scale, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +176,17 @@ def forward_process_figure(data, out, preset: str, n: int = 4, start: int = 0, c
 
 def main(args: argparse.Namespace) -> int:
     if args.figure == "forward":
-        out = forward_process_figure(args.data, args.out, args.preset, n=args.n, start=args.start,
-                                     columns=args.columns, seed=args.seed, normalize=args.normalize,
-                                     scale=args.scale)
+        out = forward_process_figure(
+            args.data,
+            args.out,
+            args.preset,
+            n=args.n,
+            start=args.start,
+            columns=args.columns,
+            seed=args.seed,
+            normalize=args.normalize,
+            scale=args.scale,
+        )
         print(f"wrote {out}")
         return 0
     raise ValueError(f"unknown figure {args.figure!r}")  # pragma: no cover - argparse checks

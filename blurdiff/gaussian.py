@@ -11,12 +11,11 @@ discretisation error from a network's error (docs/sampling.md §9).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["BANDS", "exact_score", "gaussian_distance", "output_variance", "power_law_spectrum",
-           "reference_estimate"]
+__all__ = ["BANDS", "exact_score", "gaussian_distance", "output_variance", "power_law_spectrum", "reference_estimate"]
 
 BANDS = 4  # radial frequency bands, equal widths of the normalised index radius
 
@@ -81,12 +80,17 @@ def output_variance(sampler, v: torch.Tensor) -> torch.Tensor:
 
 def _bands(resolution) -> torch.Tensor:
     H, W = resolution
-    r = torch.sqrt((torch.arange(H, dtype=torch.float64)[:, None] / H) ** 2
-                   + (torch.arange(W, dtype=torch.float64)[None, :] / W) ** 2) / 2 ** 0.5
+    r = (
+        torch.sqrt(
+            (torch.arange(H, dtype=torch.float64)[:, None] / H) ** 2
+            + (torch.arange(W, dtype=torch.float64)[None, :] / W) ** 2
+        )
+        / 2**0.5
+    )
     return (r * BANDS).clamp(max=BANDS - 1).long()
 
 
-def gaussian_distance(var: torch.Tensor, v: torch.Tensor) -> Dict[str, object]:
+def gaussian_distance(var: torch.Tensor, v: torch.Tensor) -> dict[str, object]:
     """2-Wasserstein distance and KL divergence between ``N(0, diag(var))`` (a sampler's output)
     and ``N(0, diag(v))`` (the data), one channel of one image: totals and per radial band
     (``bands[b]``: frequencies of normalised index radius in ``[b/4, (b+1)/4)``)."""
@@ -94,17 +98,29 @@ def gaussian_distance(var: torch.Tensor, v: torch.Tensor) -> Dict[str, object]:
     ratio = var / v
     kl = 0.5 * (ratio - 1 - torch.log(ratio))
     band = _bands(tuple(v.shape))
-    per_band: List[Dict[str, float]] = []
+    per_band: list[dict[str, float]] = []
     for b in range(BANDS):
         m = band == b
-        per_band.append({"w2": float(w2_sq[m].sum().sqrt()), "kl": float(kl[m].sum()),
-                         "var_ratio_min": float(ratio[m].min()), "var_ratio_max": float(ratio[m].max())})
-    return {"w2": float(w2_sq.sum().sqrt()), "kl": float(kl.sum()), "bands": per_band,
-            "var_ratio_min": float(ratio.min()), "var_ratio_max": float(ratio.max())}
+        per_band.append(
+            {
+                "w2": float(w2_sq[m].sum().sqrt()),
+                "kl": float(kl[m].sum()),
+                "var_ratio_min": float(ratio[m].min()),
+                "var_ratio_max": float(ratio[m].max()),
+            }
+        )
+    return {
+        "w2": float(w2_sq.sum().sqrt()),
+        "kl": float(kl.sum()),
+        "bands": per_band,
+        "var_ratio_min": float(ratio.min()),
+        "var_ratio_max": float(ratio.max()),
+    }
 
 
-def evaluate_samplers(process, v: torch.Tensor, kinds: Sequence[str], counts: Sequence[int],
-                      reference: Optional[torch.Tensor] = None) -> List[Dict[str, object]]:
+def evaluate_samplers(
+    process, v: torch.Tensor, kinds: Sequence[str], counts: Sequence[int], reference: torch.Tensor | None = None
+) -> list[dict[str, object]]:
     """:func:`gaussian_distance` of every (kind, K) on Gaussian data of power ``v``, the samplers
     using ``reference`` (default ``v``) as their Gaussian reference. ``ddpm`` only at K = N."""
     from blurdiff.respace import Sampler

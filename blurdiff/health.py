@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 __all__ = ["HealthEvent", "TrainingHealth"]
 
@@ -36,25 +36,25 @@ class TrainingHealth:
     grad_factor: float = 4.0
     recover_factor: float = 1.1
     # State (plain data: checkpoints keep it).
-    windows: List[List[float]] = field(default_factory=list)  # [end step, mean loss, mean grad norm, healthy]
-    spikes: List[Dict[str, Any]] = field(default_factory=list)
-    in_spike: Optional[Dict[str, Any]] = None
+    windows: list[list[float]] = field(default_factory=list)  # [end step, mean loss, mean grad norm, healthy]
+    spikes: list[dict[str, Any]] = field(default_factory=list)
+    in_spike: dict[str, Any] | None = None
     _steps: int = 0
     _loss_sum: float = 0.0
     _grad_sum: float = 0.0
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: Optional[Dict[str, Any]], **defaults) -> "TrainingHealth":
+    def from_state(cls, state: dict[str, Any] | None, **defaults) -> TrainingHealth:
         if not state:
             return cls(**defaults)
         known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
     # ------------------------------------------------------------------ updates
-    def update(self, step: int, loss: float, grad_norm: float) -> Optional[HealthEvent]:
+    def update(self, step: int, loss: float, grad_norm: float) -> HealthEvent | None:
         """Record one step; when it closes a window, judge the window (an event or None)."""
         self._steps += 1
         self._loss_sum += loss
@@ -68,13 +68,13 @@ class TrainingHealth:
         del self.windows[:-1000]  # bounded: the reference needs only the last few healthy ones
         return event
 
-    def _reference(self) -> Optional[tuple]:
-        healthy = [w for w in self.windows if w[3]][-self.history:]
+    def _reference(self) -> tuple | None:
+        healthy = [w for w in self.windows if w[3]][-self.history :]
         if len(healthy) < self.min_history:
             return None
         return statistics.median(w[1] for w in healthy), statistics.median(w[2] for w in healthy)
 
-    def _judge(self, step: int, loss: float, grad: float) -> Optional[HealthEvent]:
+    def _judge(self, step: int, loss: float, grad: float) -> HealthEvent | None:
         if self.in_spike is not None:
             ref_loss = self.in_spike["reference_loss"]
             if loss <= self.recover_factor * ref_loss:
@@ -82,7 +82,9 @@ class TrainingHealth:
                 self.spikes.append(self.in_spike)
                 self.in_spike = None
                 self.windows.append([step, loss, grad, True])
-                return HealthEvent("recovered", step, f"loss back to {loss:.4g} (reference {ref_loss:.4g}) at step {step}")
+                return HealthEvent(
+                    "recovered", step, f"loss back to {loss:.4g} (reference {ref_loss:.4g}) at step {step}"
+                )
             self.windows.append([step, loss, grad, False])
             return None
         ref = self._reference()
@@ -95,8 +97,14 @@ class TrainingHealth:
                 why.append(f"mean gradient norm {grad:.3g} is {grad / ref_grad:.1f}x the {ref_grad:.3g} before")
             if why:
                 start = step - self.window + 1
-                self.in_spike = {"start": start, "step": step, "loss": loss, "grad_norm": grad,
-                                 "reference_loss": ref_loss, "reference_grad_norm": ref_grad}
+                self.in_spike = {
+                    "start": start,
+                    "step": step,
+                    "loss": loss,
+                    "grad_norm": grad,
+                    "reference_loss": ref_loss,
+                    "reference_grad_norm": ref_grad,
+                }
                 self.windows.append([step, loss, grad, False])
                 return HealthEvent("spike", step, f"loss spike in steps {start}-{step}: " + "; ".join(why))
         self.windows.append([step, loss, grad, True])
@@ -114,11 +122,19 @@ class TrainingHealth:
             return f"too short to judge (fewer than {self.window} steps)"
         last = self.windows[-1]
         best = min(w[1] for w in self.windows)
-        past = (f"; {len(self.spikes)} earlier spike(s), recovered (first at step {self.spikes[0]['step']})"
-                if self.spikes else "")
+        past = (
+            f"; {len(self.spikes)} earlier spike(s), recovered (first at step {self.spikes[0]['step']})"
+            if self.spikes
+            else ""
+        )
         if self.in_spike is not None:
             s = self.in_spike
-            return (f"loss spike since step {s['start']} not recovered: last window's loss {last[1]:.4g} against "
-                    f"{s['reference_loss']:.4g} before it (gradient norm {last[2]:.3g} against "
-                    f"{s['reference_grad_norm']:.3g}){past}")
-        return f"final loss {last[1]:.4g} (best window {best:.4g}), gradient norm {last[2]:.3g}, no unrecovered spike{past}"
+            return (
+                f"loss spike since step {s['start']} not recovered: last window's loss {last[1]:.4g} against "
+                f"{s['reference_loss']:.4g} before it (gradient norm {last[2]:.3g} against "
+                f"{s['reference_grad_norm']:.3g}){past}"
+            )
+        return (
+            f"final loss {last[1]:.4g} (best window {best:.4g}), gradient norm {last[2]:.3g}, "
+            f"no unrecovered spike{past}"
+        )

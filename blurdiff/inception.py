@@ -48,9 +48,7 @@ __all__ = [
 ]
 
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
-)
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
 FID_INPUT_RESOLUTION = 299
 FID_FEATURE_DIM = 2048
 FID_NUM_CLASSES = 1008
@@ -399,9 +397,7 @@ def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
         raise _not_the_weights(path, (lines[1:] or lines)[0][:200]) from exc
 
 
-def load_fid_inception(
-    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> FIDInceptionV3:
+def load_fid_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """The FID Inception-v3 with pytorch-fid's published weights, in eval mode, no grads.
 
     Args:

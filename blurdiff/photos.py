@@ -60,7 +60,7 @@ import io
 import logging
 import math
 import os
-from typing import Dict, NamedTuple, Tuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -86,7 +86,7 @@ __all__ = [
 #: The photographs, in a fixed order, with the quadrant each holds out (``"tl"``, ``"tr"``,
 #: ``"bl"``, ``"br"``: top/bottom, left/right). The quadrants cycle so that the held-out set is not
 #: one corner of every photograph; the stereo pair of motorcycles shares one (see the module's notes).
-PHOTOS: Tuple[Tuple[str, str], ...] = (
+PHOTOS: tuple[tuple[str, str], ...] = (
     ("astronaut.png", "tl"),
     ("chelsea.png", "tr"),
     ("coffee.png", "br"),
@@ -134,11 +134,12 @@ def _skimage_data():
     except ImportError as e:
         raise PhotosUnavailableError(
             f"the photos data set needs scikit-image, whose wheel ships the photographs it crops "
-            f"(skimage/data/); install it: {INSTALL_HINT}") from e
+            f"(skimage/data/); install it: {INSTALL_HINT}"
+        ) from e
     return importlib.resources.files("skimage") / "data"
 
 
-def load_photos() -> Dict[str, np.ndarray]:
+def load_photos() -> dict[str, np.ndarray]:
     """The nine photographs as read-only uint8 RGB ``[H, W, 3]``, read from the installed
     scikit-image (never downloaded; decoded once per process): :class:`PhotosUnavailableError`
     without scikit-image, ``FileNotFoundError`` naming the files when some are missing from it."""
@@ -147,7 +148,7 @@ def load_photos() -> Dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=2)
-def _read_photos(where: str) -> Dict[str, np.ndarray]:
+def _read_photos(where: str) -> dict[str, np.ndarray]:
     folder = _skimage_data()
     photos, missing = {}, []
     for name, _ in PHOTOS:
@@ -168,11 +169,12 @@ def _read_photos(where: str) -> Dict[str, np.ndarray]:
         raise FileNotFoundError(
             f"scikit-image {version} at {where} lacks the photograph(s) {', '.join(missing)}; the photos data "
             f"set reads them from the installed package and never downloads them. scikit-image 0.26 ships all "
-            f"nine ({', '.join(n for n, _ in PHOTOS)}): reinstall or upgrade it ({INSTALL_HINT})")
+            f"nine ({', '.join(n for n, _ in PHOTOS)}): reinstall or upgrade it ({INSTALL_HINT})"
+        )
     return photos
 
 
-def heldout_region(name: str, height: int, width: int) -> Tuple[int, int, int, int]:
+def heldout_region(name: str, height: int, width: int) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)``: the held-out quadrant of photograph ``name`` of that size
     (rows ``top … bottom - 1``, columns ``left … right - 1``)."""
     quadrant = dict(PHOTOS).get(name)
@@ -190,13 +192,13 @@ def _check_split(split: str) -> int:
     return SPLITS.index(split)
 
 
-def _side_range(size: int, m: int) -> Tuple[int, int]:
+def _side_range(size: int, m: int) -> tuple[int, int]:
     hi = max(1, int(MAX_FRACTION * m))
     lo = min(max(int(size), int(round(MIN_FRACTION * m))), hi)
     return lo, hi
 
 
-def _draw_crop(rng: np.random.Generator, size: int, split: str, shapes: Dict[str, Tuple[int, int]]) -> Crop:
+def _draw_crop(rng: np.random.Generator, size: int, split: str, shapes: dict[str, tuple[int, int]]) -> Crop:
     name = PHOTOS[int(rng.integers(len(PHOTOS)))][0]
     H, W = shapes[name]
     lo, hi = _side_range(size, min(H, W))
@@ -237,7 +239,7 @@ def crop_spec(i: int, size: int, seed: int = 0, split: str = "train") -> Crop:
 
 
 def _render(photo: np.ndarray, crop: Crop, size: int) -> np.ndarray:
-    patch = Image.fromarray(photo[crop.top:crop.top + crop.side, crop.left:crop.left + crop.side])
+    patch = Image.fromarray(photo[crop.top : crop.top + crop.side, crop.left : crop.left + crop.side])
     if crop.side != size:
         patch = patch.resize((size, size), resample=Image.Resampling.BICUBIC, reducing_gap=None)
     if crop.flip:
@@ -263,8 +265,17 @@ def photo_key(i: int, seed: int = 0, split: str = "train") -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def make_photos_lmdb(out, n: int, size: int, seed: int = 0, split: str = "train", *, overwrite: bool = False,
-                     fmt: str = "WEBP", commit_every: int = 256) -> str:
+def make_photos_lmdb(
+    out,
+    n: int,
+    size: int,
+    seed: int = 0,
+    split: str = "train",
+    *,
+    overwrite: bool = False,
+    fmt: str = "WEBP",
+    commit_every: int = 256,
+) -> str:
     """Write ``n`` crops of ``size x size`` of the ``split`` as an LSUN-format lmdb at ``out``.
 
     The output-folder rules of :func:`blurdiff.toy_data.make_toy_lmdb`: the lmdb is built in a
@@ -283,7 +294,7 @@ def make_photos_lmdb(out, n: int, size: int, seed: int = 0, split: str = "train"
     fmt = _resolve_format(fmt)
     _check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
 
-    def record(i: int) -> Tuple[bytes, bytes]:
+    def record(i: int) -> tuple[bytes, bytes]:
         crop = _draw_crop(_rng(i, seed, split), size, split, shapes)
         return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
 

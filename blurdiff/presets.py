@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any
 
 from blurdiff.schedules import PAPER_F_MAX
 
-_LSUN64 = dict(resolution=64, basis="gaussian", sigma=0.4, noise_schedule="linear", steps=1000,
-               direction="coarse_to_fine")
+_LSUN64 = dict(
+    resolution=64, basis="gaussian", sigma=0.4, noise_schedule="linear", steps=1000, direction="coarse_to_fine"
+)
 
 
 @dataclass(frozen=True)
 class ExperimentPreset:
     name: str
-    process: Dict[str, Any]
+    process: dict[str, Any]
     unet: str
-    unet_overrides: Dict[str, Any] = field(default_factory=dict)
+    unet_overrides: dict[str, Any] = field(default_factory=dict)
     lr: float = 5e-5
     batch_size: int = 16
     ema_decay: float = 0.9999
@@ -34,23 +35,30 @@ class ExperimentPreset:
     # on the Gaussian reference's ε (ReferenceResidual), which data with a strong mean needs.
     model_output: str = "eps"
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-PRESETS: Dict[str, ExperimentPreset] = {
+PRESETS: dict[str, ExperimentPreset] = {
     # Table 1: f(N) = 0.14 quartic (the paper's best), 0.6 log, and no blur (DDPM in the basis).
     "lsun64-quartic": ExperimentPreset(
-        "lsun64-quartic", dict(_LSUN64, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "adm-lsun64"),
+        "lsun64-quartic", dict(_LSUN64, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "adm-lsun64"
+    ),
     "lsun64-log": ExperimentPreset("lsun64-log", dict(_LSUN64, blur_schedule="log", f_max=0.6), "adm-lsun64"),
     "lsun64-noblur": ExperimentPreset("lsun64-noblur", dict(_LSUN64, blur_schedule="none", f_max=0.0), "adm-lsun64"),
     # Two CPU cores, minutes: 16x16, a widened tiny UNet, a faster learning rate, a shorter EMA
     # (tried on the toy data: 32x32 or 32 channels still gave saturated colour fields after 25 min).
     # lr 1e-3 without warm-up or clipping diverged after 2300 steps on two machines (issue 10).
     "toy": ExperimentPreset(
-        "toy", dict(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "tiny",
-        unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)), lr=5e-4, batch_size=16, ema_decay=0.999,
-        warmup_steps=200),
+        "toy",
+        dict(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2),
+        "tiny",
+        unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)),
+        lr=5e-4,
+        batch_size=16,
+        ema_decay=0.999,
+        warmup_steps=200,
+    ),
 }
 
 # Table 1 in miniature (scripts/table1.py): the three rows at 32x32 on `blurdiff data photos`, sized for
@@ -87,15 +95,27 @@ PRESETS: Dict[str, ExperimentPreset] = {
 # 0.54, no divergence, where the plain ε network still diverged at 1400). At 32x32 a step takes
 # about 0.5 s and a forward pass of 32 images 0.3 s on two idle cores (3.6x and 2.4x the toy's step).
 _PHOTOS32 = dict(_LSUN64, resolution=32, sigma=0.4, eig_floor=0.03)
-_PHOTOS32_TRAIN = dict(unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)), lr=5e-4, batch_size=16,
-                       ema_decay=0.999, warmup_steps=200, grad_clip=1.0, model_output="eps_residual")
-PRESETS.update({
-    f"photos32-{row}": ExperimentPreset(
-        # the paper's f(N) at 64x64 (Table 1) scaled by (32/64)^2
-        f"photos32-{row}", dict(_PHOTOS32, blur_schedule=schedule, f_max=PAPER_F_MAX[schedule] * (32 / 64) ** 2),
-        "tiny", **_PHOTOS32_TRAIN)
-    for row, schedule in (("quartic", "quartic"), ("log", "log"), ("noblur", "none"))
-})
+_PHOTOS32_TRAIN = dict(
+    unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)),
+    lr=5e-4,
+    batch_size=16,
+    ema_decay=0.999,
+    warmup_steps=200,
+    grad_clip=1.0,
+    model_output="eps_residual",
+)
+PRESETS.update(
+    {
+        f"photos32-{row}": ExperimentPreset(
+            # the paper's f(N) at 64x64 (Table 1) scaled by (32/64)^2
+            f"photos32-{row}",
+            dict(_PHOTOS32, blur_schedule=schedule, f_max=PAPER_F_MAX[schedule] * (32 / 64) ** 2),
+            "tiny",
+            **_PHOTOS32_TRAIN,
+        )
+        for row, schedule in (("quartic", "quartic"), ("log", "log"), ("noblur", "none"))
+    }
+)
 
 
 def get_preset(name: str) -> ExperimentPreset:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, Optional, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -17,8 +18,15 @@ class Progress:
     readable. ``enabled=False`` makes it silent.
     """
 
-    def __init__(self, total: Optional[int], desc: str = "", unit: str = "it", enabled: bool = True,
-                 initial: int = 0, min_interval: float = 0.5):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        unit: str = "it",
+        enabled: bool = True,
+        initial: int = 0,
+        min_interval: float = 0.5,
+    ):
         self.total, self.desc, self.unit = total, desc, unit
         self.enabled = enabled
         self.n = initial
@@ -30,7 +38,7 @@ class Progress:
         self._min_interval = min_interval if self._tty else max(min_interval, 30.0)
         self.postfix = ""
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -72,8 +80,9 @@ class Progress:
             sys.stderr.flush()
 
 
-def progress(iterable: Iterable[T], total: Optional[int] = None, desc: str = "", unit: str = "it",
-             enabled: bool = True) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True
+) -> Iterator[T]:
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     with Progress(total, desc, unit, enabled) as bar:

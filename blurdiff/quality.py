@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,8 +72,8 @@ class SampleStats:
     """Per-channel sums of raw (unclamped) images, merged batch by batch; JSON-able."""
 
     count: int = 0  # values per channel
-    total: List[float] = field(default_factory=list)
-    total_sq: List[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    total_sq: list[float] = field(default_factory=list)
     outside_1: int = 0
     beyond_1_5: int = 0
     nonfinite: int = 0
@@ -80,7 +81,7 @@ class SampleStats:
     max: float = -math.inf
 
     @classmethod
-    def of(cls, images: torch.Tensor) -> "SampleStats":
+    def of(cls, images: torch.Tensor) -> SampleStats:
         """The statistics of ``[B, C, H, W]`` images."""
         x = images.detach().to(torch.float64)
         finite = torch.isfinite(x)
@@ -98,7 +99,7 @@ class SampleStats:
             max=float(xf.max()) if x.numel() else -math.inf,
         )
 
-    def merge(self, other: "SampleStats") -> "SampleStats":
+    def merge(self, other: SampleStats) -> SampleStats:
         if not self.count:
             return SampleStats(**other.to_dict())
         if not other.count:
@@ -121,11 +122,11 @@ class SampleStats:
         return self.count * len(self.total)
 
     @property
-    def mean(self) -> List[float]:
+    def mean(self) -> list[float]:
         return [s / self.count for s in self.total]
 
     @property
-    def std(self) -> List[float]:
+    def std(self) -> list[float]:
         return [math.sqrt(max(q / self.count - m * m, 0.0)) for q, m in zip(self.total_sq, self.mean)]
 
     @property
@@ -143,14 +144,19 @@ class SampleStats:
     def beyond_1_5_fraction(self) -> float:
         return self.beyond_1_5 / self.values if self.values else 0.0
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
-            "count": self.count, "total": list(self.total), "total_sq": list(self.total_sq),
-            "outside_1": self.outside_1, "beyond_1_5": self.beyond_1_5, "nonfinite": self.nonfinite,
-            "min": self.min, "max": self.max,
+            "count": self.count,
+            "total": list(self.total),
+            "total_sq": list(self.total_sq),
+            "outside_1": self.outside_1,
+            "beyond_1_5": self.beyond_1_5,
+            "nonfinite": self.nonfinite,
+            "min": self.min,
+            "max": self.max,
         }
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """What a reader wants to see (JSON-able; no infinities)."""
         if not self.count:
             return {"images_values": 0}
@@ -167,7 +173,7 @@ class SampleStats:
         }
 
 
-def divergence_reasons(stats: SampleStats, data_std: Optional[float] = None) -> List[str]:
+def divergence_reasons(stats: SampleStats, data_std: float | None = None) -> list[str]:
     """Why ``stats`` look like a diverged sampler or network (empty: they do not).
 
     Non-finite values; more than 1 % of values beyond ±1.5; or a standard deviation more than
@@ -179,8 +185,10 @@ def divergence_reasons(stats: SampleStats, data_std: Optional[float] = None) -> 
     if stats.nonfinite:
         reasons.append(f"{stats.nonfinite} non-finite values")
     if stats.beyond_1_5_fraction > DIVERGED_BEYOND_FRACTION:
-        reasons.append(f"{100 * stats.beyond_1_5_fraction:.1f}% of values beyond ±1.5 "
-                       f"(limit {100 * DIVERGED_BEYOND_FRACTION:.0f}%; range {stats.min:.3g} … {stats.max:.3g})")
+        reasons.append(
+            f"{100 * stats.beyond_1_5_fraction:.1f}% of values beyond ±1.5 "
+            f"(limit {100 * DIVERGED_BEYOND_FRACTION:.0f}%; range {stats.min:.3g} … {stats.max:.3g})"
+        )
     std = stats.overall_std
     limit = DIVERGED_STD_RATIO * data_std if data_std else 1.0
     if std > limit:
@@ -189,14 +197,17 @@ def divergence_reasons(stats: SampleStats, data_std: Optional[float] = None) -> 
     return reasons
 
 
-def warn_if_diverged(stats: SampleStats, data_std: Optional[float], what: str) -> List[str]:
+def warn_if_diverged(stats: SampleStats, data_std: float | None, what: str) -> list[str]:
     """Warn (:class:`SamplesDivergedWarning`) naming ``what`` (checkpoint, sampler) when the
     statistics show divergence; returns the reasons."""
     reasons = divergence_reasons(stats, data_std)
     if reasons:
-        warnings.warn(f"the samples of {what} look diverged: {'; '.join(reasons)}. Do not trust them: "
-                      f"check the training log (loss spikes) or use another sampler/checkpoint",
-                      SamplesDivergedWarning, stacklevel=3)
+        warnings.warn(
+            f"the samples of {what} look diverged: {'; '.join(reasons)}. Do not trust them: "
+            f"check the training log (loss spikes) or use another sampler/checkpoint",
+            SamplesDivergedWarning,
+            stacklevel=3,
+        )
     return reasons
 
 
@@ -226,7 +237,7 @@ def _up(x: torch.Tensor, size) -> torch.Tensor:
     return _blur(out, gain=4.0)
 
 
-def laplacian_pyramid(images: torch.Tensor, min_size: int = 8) -> List[torch.Tensor]:
+def laplacian_pyramid(images: torch.Tensor, min_size: int = 8) -> list[torch.Tensor]:
     """Band-pass levels of ``[N, C, H, W]``, finest first; the last level is the low-pass image
     of the smallest side ``>= min_size``."""
     levels = []
@@ -258,8 +269,13 @@ def _patches(level: torch.Tensor, per_image: int, size: int, generator: torch.Ge
     return patches.permute(0, 1, 4, 2, 3).reshape(N * P, C, size * size)
 
 
-def sliced_wasserstein(sets: Sequence[torch.Tensor], reference: torch.Tensor, directions: int = 128,
-                       repeats: int = 4, generator: Optional[torch.Generator] = None) -> List[float]:
+def sliced_wasserstein(
+    sets: Sequence[torch.Tensor],
+    reference: torch.Tensor,
+    directions: int = 128,
+    repeats: int = 4,
+    generator: torch.Generator | None = None,
+) -> list[float]:
     """For each of ``sets``: the mean over random unit directions of the 1-D Wasserstein-1
     distance between the projections of its rows and of the rows of ``reference`` (as many rows).
 
@@ -267,8 +283,9 @@ def sliced_wasserstein(sets: Sequence[torch.Tensor], reference: torch.Tensor, di
     """
     for s in sets:
         if s.shape != reference.shape:
-            raise ValueError(f"sliced_wasserstein needs sets of the reference's shape {tuple(reference.shape)}, "
-                             f"got {tuple(s.shape)}")
+            raise ValueError(
+                f"sliced_wasserstein needs sets of the reference's shape {tuple(reference.shape)}, got {tuple(s.shape)}"
+            )
     totals = np.zeros(len(sets))
     for _ in range(repeats):
         dirs = torch.randn(reference.shape[1], directions, generator=generator, dtype=torch.float64)
@@ -282,9 +299,16 @@ def sliced_wasserstein(sets: Sequence[torch.Tensor], reference: torch.Tensor, di
     return (totals / repeats).tolist()
 
 
-def multiscale_swd(sets: Sequence[torch.Tensor], reference: torch.Tensor, patches_per_image: int = 128,
-                   patch: int = 7, directions: int = 128, repeats: int = 4, min_size: int = 8,
-                   seed: int = 0) -> List[Dict[str, Any]]:
+def multiscale_swd(
+    sets: Sequence[torch.Tensor],
+    reference: torch.Tensor,
+    patches_per_image: int = 128,
+    patch: int = 7,
+    directions: int = 128,
+    repeats: int = 4,
+    min_size: int = 8,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """SWD ×10³ of each image set in ``sets`` against ``reference`` at every Laplacian level.
 
     Every set must hold as many images as ``reference``. Patches are normalised per channel
@@ -295,7 +319,9 @@ def multiscale_swd(sets: Sequence[torch.Tensor], reference: torch.Tensor, patche
     """
     for s in sets:
         if s.shape != reference.shape:
-            raise ValueError(f"every set must match the reference's shape {tuple(reference.shape)}, got {tuple(s.shape)}")
+            raise ValueError(
+                f"every set must match the reference's shape {tuple(reference.shape)}, got {tuple(s.shape)}"
+            )
     pyramids = [laplacian_pyramid(s, min_size) for s in sets]
     out = []
     for level, ref in enumerate(laplacian_pyramid(reference, min_size)):
@@ -305,12 +331,16 @@ def multiscale_swd(sets: Sequence[torch.Tensor], reference: torch.Tensor, patche
         mean = ref_patches.mean(dim=(0, 2), keepdim=True)
         std = ref_patches.std(dim=(0, 2), keepdim=True).clamp_min(1e-12)
 
-        def descriptors(patches):
+        def descriptors(patches, mean=mean, std=std):
             return ((patches - mean) / std).flatten(1)
 
-        values = sliced_wasserstein([descriptors(_patches(p[level], patches_per_image, size, g)) for p in pyramids],
-                                    descriptors(ref_patches), directions, repeats,
-                                    torch.Generator().manual_seed(seed + level))
+        values = sliced_wasserstein(
+            [descriptors(_patches(p[level], patches_per_image, size, g)) for p in pyramids],
+            descriptors(ref_patches),
+            directions,
+            repeats,
+            torch.Generator().manual_seed(seed + level),
+        )
         out.append({"size": tuple(ref.shape[-2:]), "values": [SWD_SCALE * v for v in values]})
     return out
 
@@ -320,12 +350,12 @@ def multiscale_swd(sets: Sequence[torch.Tensor], reference: torch.Tensor, patche
 # ------------------------------------------------------------------------------------------------
 
 
-def _channel_stats(x: torch.Tensor) -> Dict[str, List[float]]:
+def _channel_stats(x: torch.Tensor) -> dict[str, list[float]]:
     x = x.to(torch.float64)
     return {"mean": x.mean(dim=(0, 2, 3)).tolist(), "std": x.std(dim=(0, 2, 3)).tolist()}
 
 
-def _spectrum_errors(images: torch.Tensor, reference: torch.Tensor) -> Dict[str, float]:
+def _spectrum_errors(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     from blurdiff.spectrum import spectrum_report
 
     rep = spectrum_report(images, reference)
@@ -333,8 +363,13 @@ def _spectrum_errors(images: torch.Tensor, reference: torch.Tensor) -> Dict[str,
     return {"all": float(np.mean(ratio[freq > 0])), "high": rep["high_freq_mean_abs_log10_ratio"]}
 
 
-def evaluate(samples: torch.Tensor, data: torch.Tensor, raw_stats: Optional[SampleStats] = None,
-             seed: int = 0, patches_per_image: int = 128) -> Dict[str, Any]:
+def evaluate(
+    samples: torch.Tensor,
+    data: torch.Tensor,
+    raw_stats: SampleStats | None = None,
+    seed: int = 0,
+    patches_per_image: int = 128,
+) -> dict[str, Any]:
     """The yardstick of ``samples`` against ``data``, beside the data's own noise floor.
 
     ``samples`` is ``[n, C, H, W]`` in [-1, 1]; ``data`` holds at least ``2n`` images of the same
@@ -351,22 +386,28 @@ def evaluate(samples: torch.Tensor, data: torch.Tensor, raw_stats: Optional[Samp
     if n < MIN_IMAGES:
         raise ValueError(f"the yardstick needs at least {MIN_IMAGES} samples, got {n}")
     if data.dim() != 4 or data.shape[1:] != samples.shape[1:]:
-        raise ValueError(f"data images are {tuple(data.shape[1:])} but samples {tuple(samples.shape[1:])}: "
-                         f"compare at the same channels and resolution")
+        raise ValueError(
+            f"data images are {tuple(data.shape[1:])} but samples {tuple(samples.shape[1:])}: "
+            f"compare at the same channels and resolution"
+        )
     if data.shape[0] < 2 * n:
-        raise ValueError(f"the yardstick needs twice as many data images as samples (a reference set and a "
-                         f"disjoint noise-floor set of {n} each), got {data.shape[0]} for {n} samples")
+        raise ValueError(
+            f"the yardstick needs twice as many data images as samples (a reference set and a "
+            f"disjoint noise-floor set of {n} each), got {data.shape[0]} for {n} samples"
+        )
     if raw_stats is None:
         raw_stats = SampleStats.of(samples)
     samples = samples.to(torch.float64).clamp(-1, 1)
-    reference, floor = data[:n].to(torch.float64), data[n:2 * n].to(torch.float64)
+    reference, floor = data[:n].to(torch.float64), data[n : 2 * n].to(torch.float64)
 
-    metrics: Dict[str, Dict[str, float]] = {}
+    metrics: dict[str, dict[str, float]] = {}
     levels = multiscale_swd([samples, floor], reference, patches_per_image=patches_per_image, seed=seed)
     for lv in levels:
         metrics[f"swd_{lv['size'][0]}x{lv['size'][1]}"] = {"samples": lv["values"][0], "floor": lv["values"][1]}
-    metrics["swd_avg"] = {"samples": float(np.mean([lv["values"][0] for lv in levels])),
-                          "floor": float(np.mean([lv["values"][1] for lv in levels]))}
+    metrics["swd_avg"] = {
+        "samples": float(np.mean([lv["values"][0] for lv in levels])),
+        "floor": float(np.mean([lv["values"][1] for lv in levels])),
+    }
     spec_s, spec_f = _spectrum_errors(samples, reference), _spectrum_errors(floor, reference)
     metrics["spectrum_error"] = {"samples": spec_s["all"], "floor": spec_f["all"]}
     metrics["spectrum_error_high"] = {"samples": spec_s["high"], "floor": spec_f["high"]}
@@ -409,10 +450,14 @@ def _verdict(metrics, raw_stats: SampleStats, data_std: float):
         ratio = m["samples"] / (m["floor"] + slack)
         if ratio > POOR_FACTOR:
             worst = "poor"
-            reasons.append(f"{name} {m['samples']:.3g} is more than {POOR_FACTOR:g}× the floor ({m['floor']:.3g} + {slack:g})")
+            reasons.append(
+                f"{name} {m['samples']:.3g} is more than {POOR_FACTOR:g}× the floor ({m['floor']:.3g} + {slack:g})"
+            )
         elif ratio > GOOD_FACTOR:
             worst = "poor" if worst == "poor" else "fair"
-            reasons.append(f"{name} {m['samples']:.3g} is more than {GOOD_FACTOR:g}× the floor ({m['floor']:.3g} + {slack:g})")
+            reasons.append(
+                f"{name} {m['samples']:.3g} is more than {GOOD_FACTOR:g}× the floor ({m['floor']:.3g} + {slack:g})"
+            )
     return worst, reasons
 
 
@@ -427,7 +472,7 @@ _LABELS = {
 }
 
 
-def format_report(report: Dict[str, Any]) -> str:
+def format_report(report: dict[str, Any]) -> str:
     """The report as an aligned text table, samples beside the data's noise floor."""
     lines = [f"{'metric':34s} {'samples':>10s} {'data floor':>10s}"]
     for name, m in report["metrics"].items():
@@ -442,8 +487,14 @@ def format_report(report: Dict[str, Any]) -> str:
     lines.append(f"channel means: samples {fmt(ch['samples']['mean'])}, data {fmt(ch['reference']['mean'])}")
     lines.append(f"channel stds:  samples {fmt(ch['samples']['std'])}, data {fmt(ch['reference']['std'])}")
     verdict = report["verdict"]
-    lines.append(f"verdict: {verdict}" + (": " + "; ".join(report["reasons"]) if report["reasons"] else
-                                          " (every number within a few times the data's own noise floor)"))
+    lines.append(
+        f"verdict: {verdict}"
+        + (
+            ": " + "; ".join(report["reasons"])
+            if report["reasons"]
+            else " (every number within a few times the data's own noise floor)"
+        )
+    )
     return "\n".join(lines)
 
 
@@ -461,7 +512,9 @@ def load_data_images(path, resolution, count: int, seed: int = 0, exact: bool = 
 
     dataset = open_dataset(path, resolution)
     if exact and len(dataset) < count:
-        raise ValueError(f"the data set {path} holds {len(dataset)} images; the yardstick needs {count} "
-                         f"(a reference set and a disjoint noise-floor set as large as the samples)")
+        raise ValueError(
+            f"the data set {path} holds {len(dataset)} images; the yardstick needs {count} "
+            f"(a reference set and a disjoint noise-floor set as large as the samples)"
+        )
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     return torch.stack([dataset[(int(i), False)] for i in order])

@@ -31,13 +31,13 @@ Each step is one ``spectral_lincomb`` beside the network.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from blurdiff_ops import table_dtype_for
 from blurdiff.progress import Progress
+from blurdiff_ops import table_dtype_for
 
 __all__ = ["KINDS", "Sampler", "default_kind", "make_sampler", "spaced_steps"]
 
@@ -46,7 +46,7 @@ STOCHASTIC = ("ddpm", "ancestral", "ancestral2m")  # the kinds that draw noise
 MULTISTEP = ("ancestral2m", "ddim2m")  # second order: the previous step's prediction is one more input
 
 
-def spaced_steps(num_steps: int, count: int) -> Tuple[int, ...]:
+def spaced_steps(num_steps: int, count: int) -> tuple[int, ...]:
     """``count`` steps of ``1 … num_steps`` evenly spaced, both ends included, descending.
 
     ``s_k = round(1 + (k - 1)(N - 1)/(K - 1))`` for ``k = 1 … K``; ``K = N`` gives every step,
@@ -63,7 +63,7 @@ def spaced_steps(num_steps: int, count: int) -> Tuple[int, ...]:
 SPACINGS = ("uniform", "quadratic", "logsnr")
 
 
-def _distinct_ascending(values: Sequence[float], N: int) -> List[int]:
+def _distinct_ascending(values: Sequence[float], N: int) -> list[int]:
     """Round ascending ``values`` in [1, N] to distinct integer steps, the first 1 and the last N:
     where rounding would repeat a step, the later ones move up (the total stays K)."""
     K = len(values)
@@ -74,7 +74,7 @@ def _distinct_ascending(values: Sequence[float], N: int) -> List[int]:
     return out
 
 
-def strided_steps(process, count: int, spacing: str = "uniform") -> Tuple[int, ...]:
+def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, ...]:
     """``count`` of the process's steps ``1 … N``, descending, both ends included, placed by
     ``spacing``: ``uniform`` in t (:func:`spaced_steps`), ``quadratic`` (t ∝ k², denser near the
     data), or ``logsnr`` (uniform in the log signal-to-noise ratio of the frequency with the median
@@ -86,7 +86,7 @@ def strided_steps(process, count: int, spacing: str = "uniform") -> Tuple[int, .
         raise ValueError(f"the number of sampling steps must lie in 1 … {N} (the process's steps), got {count}")
     frac = torch.linspace(0, 1, K, dtype=torch.float64)
     if spacing == "quadratic":
-        values = (1 + (N - 1) * frac ** 2).tolist()
+        values = (1 + (N - 1) * frac**2).tolist()
     elif spacing == "logsnr":
         flat = process.D.flatten()
         mid = int(torch.argsort(flat)[flat.numel() // 2])
@@ -104,7 +104,7 @@ def strided_steps(process, count: int, spacing: str = "uniform") -> Tuple[int, .
     return tuple(reversed(_distinct_ascending(values, N)))
 
 
-def _resolve_steps(process, steps, spacing: str = "uniform") -> Tuple[int, ...]:
+def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
     N = process.steps
     if steps is None:
         return tuple(range(N, 0, -1))
@@ -133,7 +133,7 @@ def _segment(process, i: int, j: int):
     if i - j == 1:
         # One original step: a = A_i, taken from the same tables as BlurDiffusion (bitwise).
         return process.log_A[i], process.A[i], process.one_minus_A[i]
-    log_a = process.log_A[j + 1:i + 1].sum(dim=0)  # log(Ā_i / Ā_j), with no cancellation
+    log_a = process.log_A[j + 1 : i + 1].sum(dim=0)  # log(Ā_i / Ā_j), with no cancellation
     return log_a, log_a.exp(), -torch.expm1(log_a)
 
 
@@ -186,12 +186,13 @@ def _extrapolation_weight(theta_p, theta_i, theta_j, h):
     nodes = _GAUSS_NODES.to(theta_i)[:, None, None]
     theta = theta_i + (theta_j - theta_i) * (nodes + 1) / 2
     log_tan_i = torch.log(torch.tan(theta_i))
-    integral = 0.5 * h * (_GAUSS_WEIGHTS.to(theta_i)[:, None, None] * 2 * (torch.log(torch.tan(theta)) - log_tan_i)).sum(0)
+    integral = (
+        0.5 * h * (_GAUSS_WEIGHTS.to(theta_i)[:, None, None] * 2 * (torch.log(torch.tan(theta)) - log_tan_i)).sum(0)
+    )
     return integral / (h * 2 * (log_tan_i - torch.log(torch.tan(theta_p))))
 
 
-def _step_tables(process, steps: Tuple[int, ...], kind: str, v: Optional[torch.Tensor]
-                 ) -> Dict[str, Optional[torch.Tensor]]:
+def _step_tables(process, steps: tuple[int, ...], kind: str, v: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
     """``step_coefs`` ``[I, K+1, H, W]`` and ``step_noise`` ``[K+1, H, W]`` (σ, or None), for the
     inputs ``[x_i, ε_i]`` (I = 2) or, for the multistep kinds, ``[x_i, ε_i, ε_prev, x_prev]``."""
     A, one_minus_A_bar = process.A, process.one_minus_A_bar
@@ -242,11 +243,16 @@ def default_kind(K: int, N: int) -> str:
 
 
 #: The spacing of the K kept steps that measured best for each kind (docs/sampling.md §9).
-DEFAULT_SPACING = {"ddpm": "uniform", "ancestral": "uniform", "ddim": "uniform",
-                   "ancestral2m": "quadratic", "ddim2m": "quadratic"}
+DEFAULT_SPACING = {
+    "ddpm": "uniform",
+    "ancestral": "uniform",
+    "ddim": "uniform",
+    "ancestral2m": "quadratic",
+    "ddim2m": "quadratic",
+}
 
 
-def _resolve(process, steps, kind: Optional[str], spacing: Optional[str]) -> Tuple[Tuple[int, ...], str, str]:
+def _resolve(process, steps, kind: str | None, spacing: str | None) -> tuple[tuple[int, ...], str, str]:
     """(kept steps, kind, spacing) with the defaults filled: the kind from the number of steps,
     the spacing from the kind."""
     if steps is None:
@@ -264,7 +270,7 @@ def _resolve(process, steps, kind: Optional[str], spacing: Optional[str]) -> Tup
     return _resolve_steps(process, steps, spacing), kind, spacing
 
 
-def _resolve_reference(process, kind: str, reference_var: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _resolve_reference(process, kind: str, reference_var: torch.Tensor | None) -> torch.Tensor | None:
     """The Gaussian reference (spectral power per frequency, float64 ``[H, W]``) of the kinds that
     use one: given, else the process's data statistics, else a flat spectrum with a warning."""
     if kind == "ddpm":
@@ -278,13 +284,16 @@ def _resolve_reference(process, kind: str, reference_var: Optional[torch.Tensor]
                 f"older version, or a process without data_stats): using a flat spectrum (1 at every "
                 f"frequency), which is stable but less accurate. Set process.data_stats = "
                 f"blurdiff.statistics.estimate_data_statistics(process, batches) to fix this",
-                stacklevel=4)
+                stacklevel=4,
+            )
             return torch.ones(H, W, dtype=torch.float64)
         return stats.reference_var
     v = torch.as_tensor(reference_var, dtype=torch.float64).cpu()
     if tuple(v.shape) != (H, W) or not torch.isfinite(v).all() or (v <= 0).any():
-        raise ValueError(f"reference_var must be a positive, finite [{H}, {W}] tensor (the spectral power "
-                         f"of the data per frequency), got shape {tuple(v.shape)}")
+        raise ValueError(
+            f"reference_var must be a positive, finite [{H}, {W}] tensor (the spectral power "
+            f"of the data per frequency), got shape {tuple(v.shape)}"
+        )
     return v
 
 
@@ -295,8 +304,14 @@ class Sampler:
     ``spectral_lincomb`` of ``[x_i, ε_θ]`` (plus noise drawn in the spectral domain).
     """
 
-    def __init__(self, process, steps: Union[None, int, Sequence[int]] = None, kind: Optional[str] = None,
-                 reference_var: Optional[torch.Tensor] = None, spacing: Optional[str] = None):
+    def __init__(
+        self,
+        process,
+        steps: None | int | Sequence[int] = None,
+        kind: str | None = None,
+        reference_var: torch.Tensor | None = None,
+        spacing: str | None = None,
+    ):
         self.process = process
         self.steps, self.kind, self.spacing = _resolve(process, steps, kind, spacing)
         self.K = len(self.steps)
@@ -304,13 +319,15 @@ class Sampler:
         if kind == "ddpm" and self.K != process.steps:
             # Its 2 - √a and 1 - a are first-order in the step: strided, it over-disperses the
             # fine frequencies (10x their power at K = 100 with a trained network, docs/sampling.md).
-            raise ValueError(f"the ddpm sampler (Eq. 12) is the paper's small-step formula and runs only with all "
-                             f"{process.steps} steps, not {self.K}; with fewer steps use 'ancestral' (stochastic) "
-                             f"or 'ddim' (deterministic)")
+            raise ValueError(
+                f"the ddpm sampler (Eq. 12) is the paper's small-step formula and runs only with all "
+                f"{process.steps} steps, not {self.K}; with fewer steps use 'ancestral' (stochastic) "
+                f"or 'ddim' (deterministic)"
+            )
         self._position = {s: self.K - n for n, s in enumerate(self.steps)}  # step -> k
         self.reference_var = _resolve_reference(process, kind, reference_var)
         self._tables64 = _step_tables(process, self.steps, kind, self.reference_var)
-        self._cache: Dict[Tuple[torch.device, torch.dtype], Dict[str, Optional[torch.Tensor]]] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor | None]] = {}
 
     def __repr__(self) -> str:
         return f"Sampler(kind={self.kind!r}, K={self.K} of N={self.process.steps}, spacing={self.spacing!r})"
@@ -322,13 +339,15 @@ class Sampler:
             raise ValueError(f"step {step} is not one of this sampler's {self.K} kept steps")
         return self._position[step]
 
-    def tables(self, device, dtype: torch.dtype = torch.float32) -> Dict[str, Optional[torch.Tensor]]:
+    def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor | None]:
         """``step_coefs`` ``[2, K+1, H, W]``, ``step_noise`` ``[K+1, H, W]`` (None for ddim),
         ``timesteps`` (int64 ``[K+1]``, ``s_0 = 0 … s_K = N``), in the table dtype on ``device``."""
         key = (torch.device(device), table_dtype_for(dtype))
         if key not in self._cache:
-            tab = {k: None if v is None else v.to(device=key[0], dtype=key[1]).contiguous()
-                   for k, v in self._tables64.items()}
+            tab = {
+                k: None if v is None else v.to(device=key[0], dtype=key[1]).contiguous()
+                for k, v in self._tables64.items()
+            }
             tab["timesteps"] = torch.tensor((0,) + tuple(reversed(self.steps)), dtype=torch.int64, device=key[0])
             self._cache[key] = tab
         return self._cache[key]
@@ -342,9 +361,15 @@ class Sampler:
             raise ValueError(f"position k must lie in 1 … {self.K}, got {k}")
         return torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
 
-    def step(self, x: torch.Tensor, eps: torch.Tensor, k, noise: Optional[torch.Tensor] = None,
-             generator: Optional[torch.Generator] = None,
-             prev: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    def step(
+        self,
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        k,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prev: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """One step from ``x_{s_k}`` to ``x_{s_{k-1}}`` (``k``: position, int or int64 ``[B]``).
 
         ``noise`` is pixel-space ``z`` (drawn from ``generator`` when not given); the deterministic
@@ -356,21 +381,34 @@ class Sampler:
         ptab = proc.tables(x.device, x.dtype)
         noise_coef = tab["step_noise"]
         return proc.ops(x.device).spectral_lincomb(
-            self._inputs(x, eps, prev), tab["step_coefs"], self._as_index(k, x), ptab["U_h"], ptab["U_w"],
-            noise_coef, noise if noise_coef is not None else None, generator,
+            self._inputs(x, eps, prev),
+            tab["step_coefs"],
+            self._as_index(k, x),
+            ptab["U_h"],
+            ptab["U_w"],
+            noise_coef,
+            noise if noise_coef is not None else None,
+            generator,
         )
 
-    def _inputs(self, x, eps, prev) -> List[torch.Tensor]:
+    def _inputs(self, x, eps, prev) -> list[torch.Tensor]:
         if self.kind not in MULTISTEP:
             return [x, eps]
         x_prev, eps_prev = prev if prev is not None else (x, eps)  # coefficients 0 at the first step
         return [x, eps, eps_prev, x_prev]
 
     @torch.no_grad()
-    def sample(self, model: Callable, shape, generator: Optional[torch.Generator] = None, device=None,
-               dtype: torch.dtype = torch.float32, progress: bool = False,
-               callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
-               guard: bool = True) -> torch.Tensor:
+    def sample(
+        self,
+        model: Callable,
+        shape,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        progress: bool = False,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        guard: bool = True,
+    ) -> torch.Tensor:
         """Sample from the prior ``x_N`` down the kept steps; returns ``x_0`` (not clamped).
 
         ``callback(step, x_step, eps_pred)`` is called before each step, as in
@@ -395,8 +433,10 @@ class Sampler:
                 if callback is not None:
                     callback(s, x, eps)
                 idx = t if k == s else torch.full((B,), k, dtype=torch.int64, device=x.device)
-                x, prev = ops.spectral_lincomb(self._inputs(x, eps, prev), coefs, idx, U_h, U_w, noise_coef, None,
-                                               generator), (x, eps)
+                x, prev = (
+                    ops.spectral_lincomb(self._inputs(x, eps, prev), coefs, idx, U_h, U_w, noise_coef, None, generator),
+                    (x, eps),
+                )
                 bar.update(1)
         if guard:
             from blurdiff.quality import SampleStats, warn_if_diverged
@@ -406,8 +446,9 @@ class Sampler:
         return x
 
 
-def make_sampler(process, steps: Union[None, int, Sequence[int]] = None, kind: Optional[str] = None,
-                 spacing: Optional[str] = None) -> Sampler:
+def make_sampler(
+    process, steps: None | int | Sequence[int] = None, kind: str | None = None, spacing: str | None = None
+) -> Sampler:
     """The sampler of ``process`` on ``steps`` (None: all N; an int K: K placed by ``spacing``; or
     a list), with the process's data statistics as the Gaussian reference of the integrators;
     ``kind`` None is :func:`default_kind`, ``spacing`` None :data:`DEFAULT_SPACING` of the kind.

@@ -39,7 +39,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -61,29 +60,54 @@ _PNG = re.compile(r"^\d{6,}\.png$")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # dest is not "run": the CLI keeps the command's entry point in args.run.
-    p.add_argument("--run", dest="run_dir", metavar="RUN", default=None,
-                   help="run folder (its newest checkpoint is used unless --ckpt)")
-    p.add_argument("--ckpt", metavar="FILE", default=None, help="checkpoint file (a path, or a file name inside RUN/checkpoints)")
+    p.add_argument(
+        "--run",
+        dest="run_dir",
+        metavar="RUN",
+        default=None,
+        help="run folder (its newest checkpoint is used unless --ckpt)",
+    )
+    p.add_argument(
+        "--ckpt", metavar="FILE", default=None, help="checkpoint file (a path, or a file name inside RUN/checkpoints)"
+    )
     p.add_argument("--n", type=int, required=True, help="number of images (DIR/000000.png … )")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
-    p.add_argument("--steps", metavar="K", type=int, default=None, help="sampling steps K, evenly spaced (default: all N)")
-    p.add_argument("--sampler", choices=KINDS, default=None,
-                   help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral2m: "
-                        "second-order reverse-SDE integrator (the default with --steps); ancestral: first-order; "
-                        "ddim, ddim2m: deterministic (docs/sampling.md)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="where the K kept steps lie: uniform in t, quadratic (denser near the data) or uniform in "
-                        "log-SNR (default: the best measured for the sampler, respace.DEFAULT_SPACING)")
+    p.add_argument(
+        "--steps", metavar="K", type=int, default=None, help="sampling steps K, evenly spaced (default: all N)"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=KINDS,
+        default=None,
+        help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral2m: "
+        "second-order reverse-SDE integrator (the default with --steps); ancestral: first-order; "
+        "ddim, ddim2m: deterministic (docs/sampling.md)",
+    )
+    p.add_argument(
+        "--spacing",
+        choices=SPACINGS,
+        default=None,
+        help="where the K kept steps lie: uniform in t, quadratic (denser near the data) or uniform in "
+        "log-SNR (default: the best measured for the sampler, respace.DEFAULT_SPACING)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="images per batch (part of what determines the images, like --seed)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per batch (part of what determines the images, like --seed)"
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when available)")
-    p.add_argument("--backend", choices=("auto", "fused", "reference"), default="auto",
-                   help="spectral ops: compiled kernels (fused), plain PyTorch (reference), or auto")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "fused", "reference"),
+        default="auto",
+        help="spectral ops: compiled kernels (fused), plain PyTorch (reference), or auto",
+    )
     p.add_argument("--preset", default=None, help="refuse a checkpoint trained with another preset")
-    p.add_argument("--trajectory", action="store_true",
-                   help="also write DIR/figures/trajectory.png and DIR/figures/trajectory_x0.png")
+    p.add_argument(
+        "--trajectory",
+        action="store_true",
+        help="also write DIR/figures/trajectory.png and DIR/figures/trajectory_x0.png",
+    )
     p.add_argument("--grid", action="store_true", help="also write DIR/figures/grid.png (the first 64 images)")
     p.add_argument("--trajectory-samples", type=int, default=4, help="rows of the trajectory figures")
     p.add_argument("--trajectory-frames", type=int, default=10, help="columns of the trajectory figures")
@@ -109,7 +133,7 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _find_checkpoint(run: Optional[str], ckpt: Optional[str]) -> Path:
+def _find_checkpoint(run: str | None, ckpt: str | None) -> Path:
     if run is None and ckpt is None:
         raise ValueError("give --run RUN (its newest checkpoint) or --ckpt FILE")
     if run is not None and not Path(run).is_dir():
@@ -136,14 +160,14 @@ def _load(args, device: torch.device):
 
         get_preset(args.preset)  # an unknown name is its own error
         if config.get("preset") != args.preset:
-            raise ValueError(
-                f"{path} was trained with preset {config.get('preset')!r}, not --preset {args.preset!r}")
+            raise ValueError(f"{path} was trained with preset {config.get('preset')!r}, not --preset {args.preset!r}")
     which = "model" if args.no_ema else "ema"
     if not isinstance(state.get(which), dict) or not state[which]:
         raise ValueError(f"{path} holds no {which} weights" + ("" if args.no_ema else " (try --no-ema)"))
     try:
-        process, model = build_from_checkpoint(state, use_ema=not args.no_ema, device=device, backend=args.backend,
-                                               source=path)  # NaN or inf weights: a ValueError naming the file
+        process, model = build_from_checkpoint(
+            state, use_ema=not args.no_ema, device=device, backend=args.backend, source=path
+        )  # NaN or inf weights: a ValueError naming the file
         process.ops(device)  # backend='fused' without kernels fails here, not mid-run
     except (RuntimeError, TypeError, KeyError) as e:
         raise ValueError(f"{path}: cannot build the model it describes: {e}") from e
@@ -156,7 +180,7 @@ def _resolved_backend(process, device: torch.device) -> str:
     return "reference" if process.ops(device) is blurdiff_ops.reference else "fused"
 
 
-def _check_settings(out: Path, settings: Dict) -> None:
+def _check_settings(out: Path, settings: dict) -> None:
     """Write ``DIR/sample.json``, or check that an existing one agrees with ``settings``."""
     path = out / SETTINGS_FILE
     if path.is_file():
@@ -168,11 +192,14 @@ def _check_settings(out: Path, settings: Dict) -> None:
         if diff:
             raise ValueError(
                 f"{out} already holds samples made with other settings ({'; '.join(diff)}). Repeat "
-                f"those settings to continue, or pick another --out")
+                f"those settings to continue, or pick another --out"
+            )
         return
     if any(_PNG.match(p.name) for p in out.iterdir()):
-        raise ValueError(f"{out} already holds numbered PNGs but no {SETTINGS_FILE}: not a folder this "
-                         f"command made; pick another --out")
+        raise ValueError(
+            f"{out} already holds numbered PNGs but no {SETTINGS_FILE}: not a folder this "
+            f"command made; pick another --out"
+        )
     write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
@@ -185,24 +212,24 @@ class _Trajectory:
         n = max(1, min(frames - 1, len(steps)))
         picks = sorted({round(k * (len(steps) - 1) / max(n - 1, 1)) for k in range(n)})
         self.at = {steps[k] for k in picks}
-        self.x: List[torch.Tensor] = []
-        self.x0: List[torch.Tensor] = []
+        self.x: list[torch.Tensor] = []
+        self.x0: list[torch.Tensor] = []
 
     def __call__(self, step: int, x: torch.Tensor, eps: torch.Tensor) -> None:
         if step in self.at:
-            x, eps = x[:self.rows], eps[:self.rows]
+            x, eps = x[: self.rows], eps[: self.rows]
             self.x.append(x.detach().float().cpu())
             t = torch.full((x.shape[0],), step, dtype=torch.int64, device=x.device)
             self.x0.append(self.sampler.process.predict_x0(x, eps, t).float().cpu())
 
     def save(self, out: Path, final: torch.Tensor) -> None:
-        final = final[:self.rows].detach().float().cpu()
+        final = final[: self.rows].detach().float().cpu()
         out.mkdir(exist_ok=True)
         save_strips(_upscale(self.x + [final]), out / "trajectory.png")
         save_strips(_upscale(self.x0 + [final]), out / "trajectory_x0.png")
 
 
-def _upscale(frames: List[torch.Tensor]) -> List[torch.Tensor]:
+def _upscale(frames: list[torch.Tensor]) -> list[torch.Tensor]:
     """Nearest-neighbour upscaling for figures (see :func:`blurdiff.images.upscale_factor`)."""
     s = upscale_factor(max(frames[0].shape[-2:]))
     return [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
@@ -231,7 +258,7 @@ class _RawStats:
 
     def __init__(self, path: Path):
         self.path = path
-        self.batches: Dict[int, SampleStats] = {}
+        self.batches: dict[int, SampleStats] = {}
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
@@ -247,7 +274,7 @@ class _RawStats:
             f.flush()
             os.fsync(f.fileno())
 
-    def total(self, batches) -> Tuple[SampleStats, int]:
+    def total(self, batches) -> tuple[SampleStats, int]:
         """The merged statistics of ``batches`` and how many of them have none (made by a version
         that did not record them)."""
         merged, unknown = SampleStats(), 0
@@ -269,18 +296,37 @@ def _report_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, sampler, p
     data_std = data_stats.std if data_stats is not None else None
     reasons = divergence_reasons(stats, data_std)
     summary = stats.summary()
-    print(f"raw values (before the clamp to [-1, 1]): std {summary['overall_std']:.3f}"
-          f"{f' (data {data_std:.3f})' if data_std else ''}, outside [-1, 1] {100 * stats.outside_fraction:.2f}%, "
-          f"beyond ±1.5 {100 * stats.beyond_1_5_fraction:.3f}%, range {stats.min:.3g} … {stats.max:.3g}"
-          + (f" ({unknown} batches made by an older version not counted)" if unknown else ""))
+    print(
+        f"raw values (before the clamp to [-1, 1]): std {summary['overall_std']:.3f}"
+        f"{f' (data {data_std:.3f})' if data_std else ''}, outside [-1, 1] {100 * stats.outside_fraction:.2f}%, "
+        f"beyond ±1.5 {100 * stats.beyond_1_5_fraction:.3f}%, range {stats.min:.3g} … {stats.max:.3g}"
+        + (f" ({unknown} batches made by an older version not counted)" if unknown else "")
+    )
     if reasons:
-        print(f"blurdiff sample: WARNING: these samples look DIVERGED ({'; '.join(reasons)}): checkpoint {ckpt}, "
-              f"{sampler.kind} sampler with {sampler.K} steps. Do not use them; check the run's metrics.jsonl for "
-              f"loss spikes, or try another checkpoint or sampler", file=sys.stderr)
-    write_text_atomic(out / STATS_FILE, json.dumps({
-        "checkpoint": str(ckpt), "sampler": sampler.kind, "steps": sampler.K, "batches_unknown": unknown,
-        "raw": stats.to_dict(), "summary": summary, "data_std": data_std, "diverged": bool(reasons),
-        "reasons": reasons}, indent=2) + "\n")
+        print(
+            f"blurdiff sample: WARNING: these samples look DIVERGED ({'; '.join(reasons)}): checkpoint {ckpt}, "
+            f"{sampler.kind} sampler with {sampler.K} steps. Do not use them; check the run's metrics.jsonl for "
+            f"loss spikes, or try another checkpoint or sampler",
+            file=sys.stderr,
+        )
+    write_text_atomic(
+        out / STATS_FILE,
+        json.dumps(
+            {
+                "checkpoint": str(ckpt),
+                "sampler": sampler.kind,
+                "steps": sampler.K,
+                "batches_unknown": unknown,
+                "raw": stats.to_dict(),
+                "summary": summary,
+                "data_std": data_std,
+                "diverged": bool(reasons),
+                "reasons": reasons,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
 
 
 # ------------------------------------------------------------------------------------- main
@@ -305,34 +351,41 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, {
-        "format": _FORMAT,
-        "checkpoint_sha256": _file_sha256(path),
-        "checkpoint_step": int(state["step"]),
-        "preset": state["config"].get("preset"),
-        "ema": not args.no_ema,
-        "sampler": sampler.kind,
-        "steps": sampler.K,
-        "spacing": sampler.spacing,
-        "seed": args.seed,
-        "batch_size": B,
-        "backend": _resolved_backend(process, device),
-        "device": device.type,
-        "resolution": list(process.resolution),
-    })
+    _check_settings(
+        out,
+        {
+            "format": _FORMAT,
+            "checkpoint_sha256": _file_sha256(path),
+            "checkpoint_step": int(state["step"]),
+            "preset": state["config"].get("preset"),
+            "ema": not args.no_ema,
+            "sampler": sampler.kind,
+            "steps": sampler.K,
+            "spacing": sampler.spacing,
+            "seed": args.seed,
+            "batch_size": B,
+            "backend": _resolved_backend(process, device),
+            "device": device.type,
+            "resolution": list(process.resolution),
+        },
+    )
     remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
 
     num_batches = -(-args.n // B)
-    missing = {b: [i for i in range(b * B, min((b + 1) * B, args.n)) if not _is_complete_png(out / image_name(i))]
-               for b in range(num_batches)}
+    missing = {
+        b: [i for i in range(b * B, min((b + 1) * B, args.n)) if not _is_complete_png(out / image_name(i))]
+        for b in range(num_batches)
+    }
     todo = [b for b in range(num_batches) if missing[b]]
     if args.trajectory and 0 not in todo:
         todo.insert(0, 0)  # batch 0 again (the same images), only to record its trajectory
     total = sum(len(missing[b]) for b in todo)
     present = args.n - sum(len(v) for v in missing.values())
-    print(f"{path}: step {state['step']}, {'EMA' if not args.no_ema else 'raw'} weights; "
-          f"{sampler.kind} sampler, {sampler.K}/{process.steps} steps, batches of {B} on {device}; "
-          f"{present} of {args.n} images present, {total} to make")
+    print(
+        f"{path}: step {state['step']}, {'EMA' if not args.no_ema else 'raw'} weights; "
+        f"{sampler.kind} sampler, {sampler.K}/{process.steps} steps, batches of {B} on {device}; "
+        f"{present} of {args.n} images present, {total} to make"
+    )
 
     t0 = time.perf_counter()
     written = 0
@@ -342,14 +395,18 @@ def main(args: argparse.Namespace) -> int:
             first = b * B
             gen = torch.Generator(device=device)
             gen.manual_seed(batch_seed(args.seed, first, B))
-            record = _Trajectory(sampler, min(args.trajectory_samples, B), args.trajectory_frames) \
-                if args.trajectory and b == 0 else None
+            record = (
+                _Trajectory(sampler, min(args.trajectory_samples, B), args.trajectory_frames)
+                if args.trajectory and b == 0
+                else None
+            )
 
             def callback(step, x, eps, record=record, n_batch=n_batch):
                 if record is not None:
                     record(step, x, eps)
-                bar.update(0, batch=f"{n_batch + 1}/{len(todo)}",
-                           step=f"{sampler.K - sampler.position(step) + 1}/{sampler.K}")
+                bar.update(
+                    0, batch=f"{n_batch + 1}/{len(todo)}", step=f"{sampler.K - sampler.position(step) + 1}/{sampler.K}"
+                )
 
             x = sampler.sample(model, shape, generator=gen, device=device, callback=callback, guard=False)
             raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics

@@ -213,11 +213,9 @@ def plot_spectra(
         tw = draw.textlength(label, font=font)
         draw.text((x0 - 8 - tw, py - 7), label, fill="black", font=font)
     draw.rectangle([x0, y0, x1, y1], outline="black")
-    draw.text(((x0 + x1) / 2 - draw.textlength(title, font=font) / 2, 8), title, fill="black",
-              font=font)
+    draw.text(((x0 + x1) / 2 - draw.textlength(title, font=font) / 2, 8), title, fill="black", font=font)
     xlabel = "frequency (cycles / image)"
-    draw.text(((x0 + x1) / 2 - draw.textlength(xlabel, font=font) / 2, height - 20), xlabel,
-              fill="black", font=font)
+    draw.text(((x0 + x1) / 2 - draw.textlength(xlabel, font=font) / 2, height - 20), xlabel, fill="black", font=font)
     draw.text((6, 8), "power", fill="black", font=font)
 
     # Curves.

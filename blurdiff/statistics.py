@@ -7,8 +7,9 @@ The trainer measures these once on the training data and stores them in every ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any
 
 import torch
 
@@ -30,8 +31,8 @@ class DataStatistics:
     standard deviations of the pixels; how many images they come from."""
 
     count: int
-    channel_mean: List[float]
-    channel_std: List[float]
+    channel_mean: list[float]
+    channel_std: list[float]
     spectral_power: torch.Tensor
 
     @property
@@ -46,26 +47,36 @@ class DataStatistics:
         """The spectral power, floored at ``MIN_POWER``: the samplers' Gaussian reference."""
         return self.spectral_power.to(torch.float64).clamp_min(MIN_POWER)
 
-    def to_state(self) -> Dict[str, Any]:
+    def to_state(self) -> dict[str, Any]:
         """Plain data for a checkpoint (loads with ``weights_only=True``)."""
-        return {"count": self.count, "channel_mean": list(self.channel_mean), "channel_std": list(self.channel_std),
-                "spectral_power": self.spectral_power.to(torch.float64).cpu()}
+        return {
+            "count": self.count,
+            "channel_mean": list(self.channel_mean),
+            "channel_std": list(self.channel_std),
+            "spectral_power": self.spectral_power.to(torch.float64).cpu(),
+        }
 
     @classmethod
-    def from_state(cls, state: Optional[Dict[str, Any]], resolution) -> Optional["DataStatistics"]:
+    def from_state(cls, state: dict[str, Any] | None, resolution) -> DataStatistics | None:
         """The statistics saved by :meth:`to_state` (None for checkpoints that have none); checks
         that they fit ``resolution``."""
         if not state:
             return None
         try:
             power = torch.as_tensor(state["spectral_power"], dtype=torch.float64)
-            stats = cls(int(state["count"]), [float(v) for v in state["channel_mean"]],
-                        [float(v) for v in state["channel_std"]], power)
+            stats = cls(
+                int(state["count"]),
+                [float(v) for v in state["channel_mean"]],
+                [float(v) for v in state["channel_std"]],
+                power,
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"the checkpoint's data statistics are malformed: {e}") from e
         if tuple(power.shape) != tuple(resolution) or not torch.isfinite(power).all() or (power < 0).any():
-            raise ValueError(f"the checkpoint's spectral power is {tuple(power.shape)}, not finite and non-negative "
-                             f"at the process's resolution {tuple(resolution)}")
+            raise ValueError(
+                f"the checkpoint's spectral power is {tuple(power.shape)}, not finite and non-negative "
+                f"at the process's resolution {tuple(resolution)}"
+            )
         return stats
 
 

@@ -38,7 +38,7 @@ import re
 import secrets
 import shutil
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, features
@@ -359,8 +359,9 @@ def make_toy_lmdb(
     return out
 
 
-def _write_toy_lmdb(tmp: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int,
-                    render_kwargs: dict) -> None:
+def _write_toy_lmdb(
+    tmp: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int, render_kwargs: dict
+) -> None:
     import lmdb
 
     # Encoded images are smaller than raw RGB (PNG's worst case is raw plus a little);

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -68,9 +68,11 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, step: int, loss: float, grad_norm: float):
         self.step, self.loss, self.grad_norm = step, loss, grad_norm
-        super().__init__(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
-                         f"(loss={loss}, grad norm={grad_norm}); stopped before the optimizer step, no "
-                         f"checkpoint of this state was written")
+        super().__init__(
+            f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
+            f"(loss={loss}, grad norm={grad_norm}); stopped before the optimizer step, no "
+            f"checkpoint of this state was written"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,9 +83,17 @@ class NonFiniteLossError(RuntimeError):
 # when resuming, else from the preset (or the default here), so that `--resume` alone continues
 # a run exactly as it was started.
 _FROM_PRESET = object()
-_TRAJECTORY_DEFAULTS: Dict[str, Any] = dict(
-    batch_size=_FROM_PRESET, lr=_FROM_PRESET, ema_decay=_FROM_PRESET, warmup_steps=_FROM_PRESET,
-    grad_clip=_FROM_PRESET, amp="none", seed=0, resolution=None, process_overrides={}, unet_overrides={},
+_TRAJECTORY_DEFAULTS: dict[str, Any] = dict(
+    batch_size=_FROM_PRESET,
+    lr=_FROM_PRESET,
+    ema_decay=_FROM_PRESET,
+    warmup_steps=_FROM_PRESET,
+    grad_clip=_FROM_PRESET,
+    amp="none",
+    seed=0,
+    resolution=None,
+    process_overrides={},
+    unet_overrides={},
 )
 
 
@@ -101,16 +111,16 @@ class TrainOptions:
     out: str
     max_steps: int
     resume: bool = False
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    ema_decay: Optional[float] = None
-    warmup_steps: Optional[int] = None
-    grad_clip: Optional[float] = None
-    amp: Optional[str] = None
-    seed: Optional[int] = None
-    resolution: Optional[int] = None
-    process_overrides: Optional[Dict[str, Any]] = None
-    unet_overrides: Optional[Dict[str, Any]] = None
+    batch_size: int | None = None
+    lr: float | None = None
+    ema_decay: float | None = None
+    warmup_steps: int | None = None
+    grad_clip: float | None = None
+    amp: str | None = None
+    seed: int | None = None
+    resolution: int | None = None
+    process_overrides: dict[str, Any] | None = None
+    unet_overrides: dict[str, Any] | None = None
     ckpt_every: int = 5000
     keep: int = 3
     sample_every: int = 10000
@@ -118,17 +128,17 @@ class TrainOptions:
     log_every: int = 100
     health_window: int = 100
     final_check: bool = True
-    num_workers: Optional[int] = None
-    device: Optional[str] = None
+    num_workers: int | None = None
+    device: str | None = None
     backend: str = "auto"
     progress: bool = True
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainOptions":
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
-    def resolved(self, saved: Optional[Dict[str, Any]] = None) -> "TrainOptions":
+    def resolved(self, saved: dict[str, Any] | None = None) -> TrainOptions:
         """A copy with every unset trajectory option filled: from ``saved`` (a checkpoint's
         ``config["train"]``) when given, else from the preset or the defaults."""
         preset = get_preset(self.preset)
@@ -169,8 +179,9 @@ class TrainOptions:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
-def _config_diff(saved, wanted) -> Optional[str]:
+def _config_diff(saved, wanted) -> str | None:
     """None when two plain-data configs agree (blind to tuple-vs-list), else what differs."""
+
     def plain(x):
         return json.loads(json.dumps(x, default=str))
 
@@ -195,7 +206,7 @@ class DistInfo:
     initialized_here: bool = False
 
 
-def setup_distributed(device: Optional[str]) -> DistInfo:
+def setup_distributed(device: str | None) -> DistInfo:
     """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; start the process group when there are several
     processes (nccl on CUDA, gloo on the CPU). A single process needs none of it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -212,7 +223,7 @@ def setup_distributed(device: Optional[str]) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), initialized_here)
 
 
-def _device_for_rank(requested: Optional[str], rank: int, world_size: int) -> torch.device:
+def _device_for_rank(requested: str | None, rank: int, world_size: int) -> torch.device:
     """The device of process ``rank``: ``requested`` (default: CUDA when available); a CUDA device
     without an index is one GPU per process, torchrun's LOCAL_RANK when set, else the rank, modulo
     the visible GPUs (1 where each process sees only its own), or the current GPU for one process."""
@@ -243,8 +254,7 @@ class Trainer:
     the same preset, process and network) and loads the newest checkpoint when resuming.
     """
 
-    def __init__(self, options: TrainOptions, rank: int = 0, world_size: int = 1,
-                 device: Optional[torch.device] = None):
+    def __init__(self, options: TrainOptions, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.run_dir = Path(options.out)
@@ -305,8 +315,8 @@ class Trainer:
         start_batch = 0
         health = (state.get("health") or {}) if state is not None else {}
         self.health = TrainingHealth.from_state(health.get("monitor"), window=opts.health_window)
-        self.last_good: Optional[str] = health.get("last_good")  # newest checkpoint saved while healthy
-        self.verdict: Optional[Tuple[bool, str]] = None  # set by health_report()
+        self.last_good: str | None = health.get("last_good")  # newest checkpoint saved while healthy
+        self.verdict: tuple[bool, str] | None = None  # set by health_report()
         if state is not None:
             start_batch = self._load_state(state)
         self._last_saved = self.step if state is not None else None
@@ -316,17 +326,25 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
         num_workers = opts.num_workers if opts.num_workers is not None else (4 if self.device.type == "cuda" else 0)
-        self.loader = infinite_loader(dataset, self.batch_size, seed=opts.seed, num_workers=num_workers,
-                                      rank=rank, world_size=world_size, start_batch=start_batch,
-                                      pin_memory=self.device.type == "cuda")
+        self.loader = infinite_loader(
+            dataset,
+            self.batch_size,
+            seed=opts.seed,
+            num_workers=num_workers,
+            rank=rank,
+            world_size=world_size,
+            start_batch=start_batch,
+            pin_memory=self.device.type == "cuda",
+        )
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
 
     # ------------------------------------------------------------------ run folder and resuming
-    def _checkpoint_to_resume(self, opts: TrainOptions) -> Optional[Dict[str, Any]]:
+    def _checkpoint_to_resume(self, opts: TrainOptions) -> dict[str, Any] | None:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"--out {self.run_dir} exists and is not a folder")
         check_run_folder(self.run_dir)  # someone else's config.json and metrics.jsonl are not ours to replace
@@ -338,8 +356,10 @@ class Trainer:
                 log.info("--resume: no checkpoint in %s yet, starting a new run", self.run_dir)
             return None
         if not opts.resume:
-            raise ValueError(f"the run folder {self.run_dir} already has checkpoints (newest: {newest.name}); "
-                             f"pass --resume to continue that run, or choose another --out")
+            raise ValueError(
+                f"the run folder {self.run_dir} already has checkpoints (newest: {newest.name}); "
+                f"pass --resume to continue that run, or choose another --out"
+            )
         if self.world_size == 1:
             path, state = self._newest_readable()
         else:
@@ -361,8 +381,8 @@ class Trainer:
         log.info("resuming from %s", path)
         return state
 
-    def _newest_readable(self) -> Tuple[Path, Dict[str, Any]]:
-        def fits_the_run(path: Path, state: Dict[str, Any]) -> None:
+    def _newest_readable(self) -> tuple[Path, dict[str, Any]]:
+        def fits_the_run(path: Path, state: dict[str, Any]) -> None:
             # What _load_state will load, tried first on networks without memory, so that a
             # checkpoint that does not fit is set aside like an unreadable one and an older one
             # is tried. The optimizer is the trainer's (see __init__).
@@ -379,19 +399,24 @@ class Trainer:
             raise ValueError(f"--resume: the checkpoints in {checkpoint_dir(self.run_dir)} vanished while resuming")
         return found
 
-    def _check_same_run(self, saved: Dict[str, Any]) -> None:
+    def _check_same_run(self, saved: dict[str, Any]) -> None:
         for key in ("preset", "process", "unet", "model_output"):
             diff = _config_diff(saved.get(key, "eps" if key == "model_output" else None), self.config[key])
             if diff:
-                raise ValueError(f"--resume: the run in {self.run_dir} was trained with a different {key} than "
-                                 f"this command asks for ({diff}); use the run's own settings, or another --out")
+                raise ValueError(
+                    f"--resume: the run in {self.run_dir} was trained with a different {key} than "
+                    f"this command asks for ({diff}); use the run's own settings, or another --out"
+                )
         saved_train = saved["train"]
         for key in ("batch_size", "seed"):
             if saved_train.get(key) != self.config["train"][key]:
-                warnings.warn(f"--resume with {key} {self.config['train'][key]} (the run used {saved_train.get(key)}): "
-                              f"training goes on, but not with the batches the run would have seen")
+                warnings.warn(
+                    f"--resume with {key} {self.config['train'][key]} (the run used {saved_train.get(key)}): "
+                    f"training goes on, but not with the batches the run would have seen",
+                    stacklevel=2,
+                )
 
-    def _load_state(self, state: Dict[str, Any]) -> int:
+    def _load_state(self, state: dict[str, Any]) -> int:
         """Model, EMA, optimizer, scaler, step and RNG states from ``state``; returns ``start_batch``."""
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -411,15 +436,21 @@ class Trainer:
             if self.device.type == "cuda" and mine.get("cuda") is not None:
                 torch.cuda.set_rng_state(mine["cuda"], self.device)
         else:
-            warnings.warn("--resume on another device type or number of processes: the random streams "
-                          "are re-seeded from (seed, step), so the run is not bitwise the uninterrupted one")
+            warnings.warn(
+                "--resume on another device type or number of processes: the random streams "
+                "are re-seeded from (seed, step), so the run is not bitwise the uninterrupted one",
+                stacklevel=2,
+            )
             self.generator.manual_seed(self.options.seed + 1_000_003 * self.step)
             torch.manual_seed(self.options.seed + 1 + self.rank + 1_000_003 * self.step)
         if data.get("num_images", self.num_images) != self.num_images:
             if self.is_main:
-                warnings.warn(f"--resume on a data set of {self.num_images} images (the run was trained on "
-                              f"{data['num_images']}): the data stream is re-cut, so the batches from here "
-                              "on are not the ones the run would have seen")
+                warnings.warn(
+                    f"--resume on a data set of {self.num_images} images (the run was trained on "
+                    f"{data['num_images']}): the data stream is re-cut, so the batches from here "
+                    "on are not the ones the run would have seen",
+                    stacklevel=2,
+                )
             return self.step
         if data.get("world_size", 1) != self.world_size or data.get("batch_size") != self.batch_size:
             return self.step  # a re-cut data stream: at least do not restart at its beginning
@@ -449,19 +480,19 @@ class Trainer:
             out = self.process.reference_eps(x_t, t) + out.float()
         return out
 
-    def _draw_t_noise(self, x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _draw_t_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t and ε of this rank's samples, cut from draws for the whole global batch.
 
         Rank ``r`` holds samples ``r, r + G, r + 2G, ...`` of the global batch (the loader's
         sharding), so it keeps ``[r::G]`` of the global draws.
         """
         G = self.world_size
-        t = torch.randint(1, self.process.steps + 1, (x0.shape[0] * G,), generator=self.generator,
-                          device=self.device)
-        noise = torch.randn((x0.shape[0] * G, *x0.shape[1:]), generator=self.generator, device=self.device,
-                            dtype=x0.dtype)
+        t = torch.randint(1, self.process.steps + 1, (x0.shape[0] * G,), generator=self.generator, device=self.device)
+        noise = torch.randn(
+            (x0.shape[0] * G, *x0.shape[1:]), generator=self.generator, device=self.device, dtype=x0.dtype
+        )
         if G > 1:
-            t, noise = t[self.rank::G].contiguous(), noise[self.rank::G].contiguous()
+            t, noise = t[self.rank :: G].contiguous(), noise[self.rank :: G].contiguous()
         return t, noise
 
     def _next_batch(self) -> torch.Tensor:
@@ -478,7 +509,7 @@ class Trainer:
             value /= self.world_size
         return value
 
-    def run_step(self, x0: torch.Tensor) -> Tuple[float, float]:
+    def run_step(self, x0: torch.Tensor) -> tuple[float, float]:
         """One optimizer step on the batch ``x0``; returns (loss averaged over ranks, grad norm).
 
         Raises :class:`NonFiniteLossError` before touching the weights if either is NaN/inf
@@ -492,8 +523,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        loss_value, norm_value = torch.stack([self._mean_over_ranks(loss.detach()).float(),
-                                              grad_norm.float()]).tolist()  # one sync per step
+        loss_value, norm_value = torch.stack(
+            [self._mean_over_ranks(loss.detach()).float(), grad_norm.float()]
+        ).tolist()  # one sync per step
         if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(norm_value)):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self.step + 1, loss_value, norm_value)
@@ -530,15 +562,25 @@ class Trainer:
         opts = self.options
         if self.is_main:
             self._prepare_run_folder()
-            log.info("training %s on %d images: %s steps, batch %d (%d per process x %d), lr %g, ema %g, "
-                     "device %s", opts.preset, self.num_images, opts.max_steps, self.global_batch,
-                     self.batch_size, self.world_size, opts.lr, opts.ema_decay, self.device)
+            log.info(
+                "training %s on %d images: %s steps, batch %d (%d per process x %d), lr %g, ema %g, device %s",
+                opts.preset,
+                self.num_images,
+                opts.max_steps,
+                self.global_batch,
+                self.batch_size,
+                self.world_size,
+                opts.lr,
+                opts.ema_decay,
+                self.device,
+            )
         if self.step >= opts.max_steps:
             log.info("the run is already at step %d >= --max-steps %d: nothing to do", self.step, opts.max_steps)
             return self.step
         window = _Window()
-        with Progress(opts.max_steps, "training", unit="step", initial=self.step,
-                      enabled=opts.progress and self.is_main) as bar:
+        with Progress(
+            opts.max_steps, "training", unit="step", initial=self.step, enabled=opts.progress and self.is_main
+        ) as bar:
             while self.step < opts.max_steps:
                 loss, grad_norm = self.run_step(self._next_batch())
                 self.step += 1
@@ -563,27 +605,41 @@ class Trainer:
         if not self.is_main:
             return
         if event.kind == "spike":
-            kept = (f"; {self.last_good} (the last checkpoint saved before it) is kept from pruning"
-                    if self.last_good else "")
-            log.warning("%s%s. If it does not recover, lower --lr or raise --warmup-steps and start again from "
-                        "that checkpoint", event.message, kept)
+            kept = (
+                f"; {self.last_good} (the last checkpoint saved before it) is kept from pruning"
+                if self.last_good
+                else ""
+            )
+            log.warning(
+                "%s%s. If it does not recover, lower --lr or raise --warmup-steps and start again from that checkpoint",
+                event.message,
+                kept,
+            )
         else:
             log.info("recovered from the loss spike: %s", event.message)
-        self._append_metrics({"step": event.step, "event": event.kind, "message": event.message,
-                              "last_good_checkpoint": self.last_good, "time": time.time()})
+        self._append_metrics(
+            {
+                "step": event.step,
+                "event": event.kind,
+                "message": event.message,
+                "last_good_checkpoint": self.last_good,
+                "time": time.time(),
+            }
+        )
 
-    def final_sample_check(self, n: Optional[int] = None, steps: int = 50) -> List[str]:
+    def final_sample_check(self, n: int | None = None, steps: int = 50) -> list[str]:
         """Sample ``n`` images (default ``sample_n``) from the EMA with the stable ancestral sampler
         at ``steps`` steps and return why they look diverged (empty: they do not)."""
         H, W = self.process.resolution
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
         with torch.no_grad(), self._autocast():
-            x = self.process.sample(self.ema_eps, shape, generator=generator, device=self.device, steps=steps,
-                                    kind="ancestral", guard=False)
+            x = self.process.sample(
+                self.ema_eps, shape, generator=generator, device=self.device, steps=steps, kind="ancestral", guard=False
+            )
         return divergence_reasons(SampleStats.of(x.float()), self.process.data_stats.std)
 
-    def health_report(self) -> Tuple[bool, str]:
+    def health_report(self) -> tuple[bool, str]:
         """(healthy, one line): the loss history's verdict, and the final sample check's when enabled.
         Also kept as ``self.verdict`` and written to metrics.jsonl."""
         text = self.health.summary()
@@ -598,13 +654,14 @@ class Trainer:
         if not healthy and self.last_good:
             text += f"; last checkpoint saved while healthy: {checkpoint_dir(self.run_dir) / self.last_good}"
         if self.is_main:
-            self._append_metrics({"step": self.step, "event": "end", "healthy": healthy, "message": text,
-                                  "time": time.time()})
+            self._append_metrics(
+                {"step": self.step, "event": "end", "healthy": healthy, "message": text, "time": time.time()}
+            )
         self.verdict = (healthy, text)
         return self.verdict
 
     # ------------------------------------------------------------------ logs, samples, checkpoints
-    def _log_metrics(self, window: "_Window") -> None:
+    def _log_metrics(self, window: _Window) -> None:
         if not self.is_main or window.steps == 0:
             return
         elapsed = time.perf_counter() - window.t0
@@ -619,12 +676,12 @@ class Trainer:
         }
         self._append_metrics(record)
 
-    def _append_metrics(self, record: Dict[str, Any]) -> None:
+    def _append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
 
-    def sample_grid(self) -> Optional[Path]:
+    def sample_grid(self) -> Path | None:
         """A grid of ``sample_n`` EMA samples (fixed seed: grids of different steps compare),
         drawn with ``BlurDiffusion.sample``, saved as ``RUN/samples/step-XXXXXXXX.png``."""
         if not self.is_main:
@@ -644,16 +701,18 @@ class Trainer:
         log.debug("wrote %s", path)
         return path
 
-    def _rng_states(self) -> Dict[str, Any]:
-        mine = {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+    def _rng_states(self) -> dict[str, Any]:
+        mine = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
         ranks = [mine]
         if self.world_size > 1:  # collective: every rank's dropout stream goes into rank 0's file
             ranks = [None] * self.world_size
             dist.all_gather_object(ranks, mine)
         return {"device_type": self.device.type, "train_generator": self.generator.get_state(), "ranks": ranks}
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The checkpoint (see ``blurdiff.checkpoint``); a collective call under DDP."""
         return {
             "step": self.step,
@@ -663,14 +722,19 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config,
             "rng": self._rng_states(),
-            "data": {"start_batch": self.loader.next_batch, "batch_size": self.batch_size,
-                     "world_size": self.world_size, "seed": self.options.seed, "num_images": self.num_images},
+            "data": {
+                "start_batch": self.loader.next_batch,
+                "batch_size": self.batch_size,
+                "world_size": self.world_size,
+                "seed": self.options.seed,
+                "num_images": self.num_images,
+            },
             "data_stats": self.process.data_stats.to_state(),
             "health": {"monitor": self.health.state_dict(), "last_good": self.last_good},
             "versions": {"torch": str(torch.__version__)},
         }
 
-    def save(self) -> Optional[Path]:
+    def save(self) -> Path | None:
         """Write ``RUN/checkpoints/ckpt-{step}.pt`` atomically (rank 0) and keep the newest ``--keep``."""
         path = checkpoint_path(self.run_dir, self.step)
         if self.health.healthy:
@@ -715,7 +779,7 @@ class _Window:
 def _measure_data_statistics(process: BlurDiffusion, dataset) -> DataStatistics:
     """The statistics of the first ``DEFAULT_IMAGES`` of a fixed permutation of ``dataset``, unflipped."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:DEFAULT_IMAGES].tolist()
-    batches = (torch.stack([dataset[(i, False)] for i in order[k:k + 64]]) for k in range(0, len(order), 64))
+    batches = (torch.stack([dataset[(i, False)] for i in order[k : k + 64]]) for k in range(0, len(order), 64))
     return estimate_data_statistics(process, batches)
 
 
@@ -765,18 +829,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, help=f"experiment preset: {presets}")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, samples, config.json)")
     p.add_argument("--max-steps", type=int, required=True, help="train until this many optimizer steps in all")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --out (required when it has checkpoints); "
-                        "options not given again are taken from the run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out (required when it has checkpoints); "
+        "options not given again are taken from the run",
+    )
     g = p.add_argument_group("optimisation (unset: the preset's, or the run's on --resume)")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="images per step PER PROCESS (under torchrun the global batch is this x processes)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step PER PROCESS (under torchrun the global batch is this x processes)",
+    )
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper: 5e-5)")
     g.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step (paper: 0.9999)")
     g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient to this L2 norm (0: off)")
-    g.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up over this many steps (0: off)")
-    g.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
-                   help="mixed precision for the network: bf16, or fp16 with a GradScaler (CUDA only); default none")
+    g.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear learning-rate warm-up over this many steps (0: off)"
+    )
+    g.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        default=None,
+        help="mixed precision for the network: bf16, or fp16 with a GradScaler (CUDA only); default none",
+    )
     g.add_argument("--seed", type=int, default=None, help="seed of weights, data order, t, noise (default 0)")
     g.add_argument("--resolution", type=int, default=None, help="train at this side instead of the preset's")
     o = p.add_argument_group("checkpoints, logs, samples")
@@ -785,18 +862,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--sample-every", type=int, default=10000, help="EMA sample grid every K steps (0: never)")
     o.add_argument("--sample-n", type=int, default=16, help="images in a sample grid")
     o.add_argument("--log-every", type=int, default=100, help="a line of metrics.jsonl every K steps")
-    o.add_argument("--health-window", type=int, default=100,
-                   help="steps per window of the loss-spike detector (each window's mean loss and gradient "
-                        "norm against the median of the windows before)")
-    o.add_argument("--no-final-check", dest="final_check", action="store_false",
-                   help="skip sampling a few EMA images at the end to check that they are in range")
+    o.add_argument(
+        "--health-window",
+        type=int,
+        default=100,
+        help="steps per window of the loss-spike detector (each window's mean loss and gradient "
+        "norm against the median of the windows before)",
+    )
+    o.add_argument(
+        "--no-final-check",
+        dest="final_check",
+        action="store_false",
+        help="skip sampling a few EMA images at the end to check that they are in range",
+    )
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     d = p.add_argument_group("hardware")
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    d.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes per training process (default: 4 on CUDA, 0 on the CPU)")
-    d.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="process ops: fused kernels (auto: when built) or the plain-PyTorch reference")
+    d.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes per training process (default: 4 on CUDA, 0 on the CPU)",
+    )
+    d.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="process ops: fused kernels (auto: when built) or the plain-PyTorch reference",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -805,9 +898,11 @@ def main(args: argparse.Namespace) -> int:
         options = TrainOptions.from_args(args)
         trainer = train(options)
     except NonFiniteLossError as e:
-        print(f"blurdiff train: error: {e}. The last good checkpoint (if any) in "
-              f"{checkpoint_dir(args.out)} is intact; lower --lr or set --grad-clip and --resume.",
-              file=sys.stderr)
+        print(
+            f"blurdiff train: error: {e}. The last good checkpoint (if any) in "
+            f"{checkpoint_dir(args.out)} is intact; lower --lr or set --grad-clip and --resume.",
+            file=sys.stderr,
+        )
         return 3
     except Exception as e:  # noqa: BLE001 - re-raised below unless it is bad input
         from blurdiff.cli import _user_error_message  # one mapping for `blurdiff train` and `-m blurdiff.train`
@@ -825,8 +920,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # `torchrun --nproc-per-node G -m blurdiff.train ...` works without the CLI too
-    _parser = argparse.ArgumentParser(prog="blurdiff.train", description=__doc__,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser = argparse.ArgumentParser(
+        prog="blurdiff.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(_parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     raise SystemExit(main(_parser.parse_args()))

@@ -48,9 +48,7 @@ def _head_count(channels: int, config: UNetConfig) -> int:
             )
         return channels // config.num_head_channels
     if config.num_heads < 1 or channels % config.num_heads:
-        raise ValueError(
-            f"UNetConfig.num_heads={config.num_heads} does not divide the attention width {channels}"
-        )
+        raise ValueError(f"UNetConfig.num_heads={config.num_heads} does not divide the attention width {channels}")
     return config.num_heads
 
 
@@ -92,9 +90,7 @@ class UNetConfig:
         if self.num_res_blocks < 1:
             raise ValueError(f"UNetConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
         if not self.channel_mult or min(self.channel_mult) <= 0:
-            raise ValueError(
-                f"UNetConfig.channel_mult must be non-empty and positive, got {self.channel_mult}"
-            )
+            raise ValueError(f"UNetConfig.channel_mult must be non-empty and positive, got {self.channel_mult}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -144,7 +140,7 @@ PRESETS: dict[str, UNetConfig] = {
 }
 
 
-def build_unet(preset: str, **overrides) -> "UNet":
+def build_unet(preset: str, **overrides) -> UNet:
     """Build a UNet from a named preset, with any ``UNetConfig`` field overridden.
 
     >>> model = build_unet("tiny", dropout=0.1)
@@ -171,9 +167,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     represent most integers that large.
     """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.to(torch.float32)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -395,9 +389,7 @@ class UNet(nn.Module):
         # Encoder.  skip_chans records the width of every activation the decoder will
         # concatenate back, one per input block, in order.
         ch = first_ch = cfg.channel_mult[0] * mc
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))]
-        )
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
         skip_chans = [ch]
         ds = 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -409,17 +401,13 @@ class UNet(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_chans.append(ch)
             if level != cfg.levels - 1:
-                down = res_block(ch, ch, down=True) if cfg.resblock_updown else Downsample(
-                    ch, cfg.conv_resample
-                )
+                down = res_block(ch, ch, down=True) if cfg.resblock_updown else Downsample(ch, cfg.conv_resample)
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 skip_chans.append(ch)
                 ds *= 2
 
         # Bottleneck: global attention at the coarsest scale, where it is cheapest.
-        self.middle_block = TimestepEmbedSequential(
-            res_block(ch, ch), attention(ch), res_block(ch, ch)
-        )
+        self.middle_block = TimestepEmbedSequential(res_block(ch, ch), attention(ch), res_block(ch, ch))
 
         # Decoder: one more block per level than the encoder, so every skip is consumed
         # (the extra one takes the Downsample output / the stem conv).
@@ -431,9 +419,7 @@ class UNet(nn.Module):
                 if ds in cfg.attention_ds:
                     layers.append(attention(ch))
                 if level and i == cfg.num_res_blocks:
-                    up = res_block(ch, ch, up=True) if cfg.resblock_updown else Upsample(
-                        ch, cfg.conv_resample
-                    )
+                    up = res_block(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample)
                     layers.append(up)
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
@@ -463,9 +449,7 @@ class UNet(nn.Module):
             )
         if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],):
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(
-                f"UNet: t must be a 1-D tensor of shape [B] = [{x.shape[0]}], got {shape}"
-            )
+            raise ValueError(f"UNet: t must be a 1-D tensor of shape [B] = [{x.shape[0]}], got {shape}")
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"UNet: t must be an integer or float tensor, got {t.dtype}")
 

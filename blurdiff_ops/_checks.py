@@ -12,7 +12,7 @@ at a table is worse than an error. Under ``torch.no_grad()`` they may (nothing i
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -63,7 +63,7 @@ def _check_data(op: str, name: str, x) -> None:
         _fail(op, f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
 
 
-def check_constant_tables(op: str, **tables: Optional[torch.Tensor]) -> None:
+def check_constant_tables(op: str, **tables: torch.Tensor | None) -> None:
     """Reject tables that require grad (see the module docstring); call where grad mode is on."""
     for name, value in tables.items():
         if value is not None and value.requires_grad:
@@ -93,8 +93,8 @@ def check_lincomb(
     t: torch.Tensor,
     U_h: torch.Tensor,
     U_w: torch.Tensor,
-    noise_coef: Optional[torch.Tensor],
-    noise: Optional[torch.Tensor],
+    noise_coef: torch.Tensor | None,
+    noise: torch.Tensor | None,
     check_t_range: bool = True,
 ) -> None:
     """Checks for ``spectral_lincomb`` (DESIGN.md §2).
@@ -170,7 +170,7 @@ def check_lincomb(
         check_constant_tables(op, coefs=coefs, U_h=U_h, U_w=U_w, noise_coef=noise_coef)
 
 
-def check_generator(generator: Optional[torch.Generator], device: torch.device) -> None:
+def check_generator(generator: torch.Generator | None, device: torch.device) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):

@@ -21,7 +21,7 @@ they run when the extension loaded):
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -73,14 +73,18 @@ def _fake_check_basis(op: str, U_h, U_w, H, W, table_dtype: torch.dtype) -> None
 
 def _fake_check_data(op: str, name: str, x) -> None:
     _fake_check(op, x.dim() == 4, f"{name} must be [B, C, H, W], got shape {tuple(x.shape)}")
-    _fake_check(op, x.dtype in _checks._DATA_DTYPES, f"{name} must be float32, float64, float16 or bfloat16, "
-                f"got {x.dtype}")
+    _fake_check(
+        op, x.dtype in _checks._DATA_DTYPES, f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}"
+    )
 
 
 def _fake_check_same_shape(op: str, name: str, x, like, like_name: str) -> None:
     for d in range(like.dim()):
-        _fake_check(op, x.shape[d] == like.shape[d], f"{name} has shape {tuple(x.shape)} but {like_name} has "
-                    f"{tuple(like.shape)}")
+        _fake_check(
+            op,
+            x.shape[d] == like.shape[d],
+            f"{name} has shape {tuple(x.shape)} but {like_name} has {tuple(like.shape)}",
+        )
 
 
 def _fake_check_samples(op: str, x, coefs, t, U_h, U_w, noise_coef) -> None:
@@ -99,10 +103,14 @@ def _fake_check_samples(op: str, x, coefs, t, U_h, U_w, noise_coef) -> None:
         T = coefs.shape[1]
         _fake_check(op, noise_coef.dim() == 3, f"noise_coef must be [T, H, W], got shape {tuple(noise_coef.shape)}")
         for d, n in enumerate((T, H, W)):
-            _fake_check(op, noise_coef.shape[d] == n, f"noise_coef must have shape [T={T}, {H}, {W}], got "
-                        f"{tuple(noise_coef.shape)}")
-        _fake_check(op, noise_coef.dtype == table_dtype, f"noise_coef must have dtype {table_dtype}, got "
-                    f"{noise_coef.dtype}")
+            _fake_check(
+                op,
+                noise_coef.shape[d] == n,
+                f"noise_coef must have shape [T={T}, {H}, {W}], got {tuple(noise_coef.shape)}",
+            )
+        _fake_check(
+            op, noise_coef.dtype == table_dtype, f"noise_coef must have dtype {table_dtype}, got {noise_coef.dtype}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,8 +144,9 @@ def from_spectral(x_bar: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> 
 def _transform_fake(op: str):
     def fake(x, U_h, U_w):
         _fake_check(op, x.dim() >= 2, f"x must have at least 2 dimensions [..., H, W], got shape {tuple(x.shape)}")
-        _fake_check(op, x.dtype in _checks._DATA_DTYPES, f"x must be float32, float64, float16 or bfloat16, "
-                    f"got {x.dtype}")
+        _fake_check(
+            op, x.dtype in _checks._DATA_DTYPES, f"x must be float32, float64, float16 or bfloat16, got {x.dtype}"
+        )
         _fake_check_basis(op, U_h, U_w, x.shape[-2], x.shape[-1], _checks.table_dtype_for(x.dtype))
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -186,9 +195,9 @@ def spectral_lincomb(
     t: torch.Tensor,
     U_h: torch.Tensor,
     U_w: torch.Tensor,
-    noise_coef: Optional[torch.Tensor] = None,
-    noise: Optional[torch.Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    noise_coef: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``from_spectral(Σ_k coefs[k, t[b]] ⊙ to_spectral(inputs[k][b]) + noise_coef[t[b]] ⊙ z̄[b])``.
 
@@ -218,8 +227,9 @@ def _lincomb_fake(inputs, coefs, t, U_h, U_w, noise_coef=None, noise=None, gener
         _fake_check_same_shape(op, f"inputs[{k}]", x, x0, "inputs[0]")
         _fake_check(op, x.dtype == x0.dtype, f"inputs[{k}] has dtype {x.dtype} but inputs[0] has {x0.dtype}")
     _fake_check_samples(op, x0, coefs, t, U_h, U_w, noise_coef)
-    _fake_check(op, coefs.shape[0] == len(inputs), f"coefs must have shape [K={len(inputs)}, T, H, W], got "
-                f"{tuple(coefs.shape)}")
+    _fake_check(
+        op, coefs.shape[0] == len(inputs), f"coefs must have shape [K={len(inputs)}, T, H, W], got {tuple(coefs.shape)}"
+    )
     if noise is not None:
         _fake_check(op, noise_coef is not None, "noise was given but noise_coef is None")
         _fake_check_data(op, "noise", noise)
@@ -268,7 +278,7 @@ def _lincomb_backward_setup(ctx, inputs, output):
     ctx.save_for_backward(coefs, t, U_h, U_w, noise_coef)
 
 
-def _lincomb_backward_backward(ctx, grads: List[torch.Tensor]):
+def _lincomb_backward_backward(ctx, grads: list[torch.Tensor]):
     coefs, t, U_h, U_w, noise_coef = ctx.saved_tensors
     K = coefs.shape[0]
     # Outputs that did not reach the loss come back as None: they contribute nothing.

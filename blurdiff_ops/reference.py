@@ -7,7 +7,7 @@ float32 (the tables are float32 then), like the kernels do.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -46,9 +46,9 @@ def spectral_lincomb(
     t: torch.Tensor,
     U_h: torch.Tensor,
     U_w: torch.Tensor,
-    noise_coef: Optional[torch.Tensor] = None,
-    noise: Optional[torch.Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    noise_coef: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``from_spectral(Σ_k coefs[k, t] ⊙ to_spectral(inputs[k]) + noise_coef[t] ⊙ z̄)``.
 

@@ -18,7 +18,7 @@ def main() -> None:
     assert torch.cuda.is_available() and blurdiff_ops.kernels_available("cuda"), "needs a GPU and the CUDA kernels"
     dev = "cuda"
     ops = torch.ops.blurdiff_ops
-    for (H, W) in [(5, 7), (16, 16), (31, 36), (64, 64), (128, 128), (150, 130)]:
+    for H, W in [(5, 7), (16, 16), (31, 36), (64, 64), (128, 128), (150, 130)]:
         for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             if dtype == torch.float64 and H * W > 64 * 64:
                 continue

@@ -34,7 +34,9 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250, 1000])
     p.add_argument("--reference", choices=("estimate", "flat", "exact"), default="estimate")
-    p.add_argument("--data", default=None, help="measure v from this data set (lmdb or folder) instead of the power law")
+    p.add_argument(
+        "--data", default=None, help="measure v from this data set (lmdb or folder) instead of the power law"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     warnings.simplefilter("ignore")  # the flat reference warns; the table says it
@@ -53,14 +55,18 @@ def main() -> None:
         ref = {"estimate": reference_estimate(v, 512), "flat": torch.ones_like(v), "exact": v}[args.reference]
         rows = evaluate_samplers(process, v, args.kinds, args.steps, reference=ref)
         out[name] = rows
-        print(f"\n{name} at {res[0]}x{res[1]}, reference: {args.reference}; 2-Wasserstein distance (total, then "
-              f"per band from coarse to fine) and KL to the data")
+        print(
+            f"\n{name} at {res[0]}x{res[1]}, reference: {args.reference}; 2-Wasserstein distance (total, then "
+            f"per band from coarse to fine) and KL to the data"
+        )
         print("| sampler | K | W2 | " + " | ".join(f"W2 band {b + 1}" for b in range(BANDS)) + " | KL | var ratio |")
         print("|---|---|---|" + "---|" * BANDS + "---|---|")
         for r in rows:
             bands = " | ".join(f"{b['w2']:.3g}" for b in r["bands"])
-            print(f"| {r['kind']} | {r['K']} | {r['w2']:.3g} | {bands} | {r['kl']:.3g} | "
-                  f"{r['var_ratio_min']:.3f} – {r['var_ratio_max']:.3f} |")
+            print(
+                f"| {r['kind']} | {r['K']} | {r['w2']:.3g} | {bands} | {r['kl']:.3g} | "
+                f"{r['var_ratio_min']:.3f} – {r['var_ratio_max']:.3f} |"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -56,3 +56,16 @@ elif ! "$CLANG_FORMAT" --dry-run --Werror "${cxx_files[@]}"; then
 else
   echo "lint: clang-format $("$CLANG_FORMAT" --version | sed 's/.*version //'): ${#cxx_files[@]} files in csrc/ formatted"
 fi
+
+# --- Python: ruff lint and format, rules and line length in pyproject.toml -----------------------
+RUFF=$(ensure_tool ruff 0.17.6 ruff)
+if [ "$FIX" = 1 ]; then
+  "$RUFF" check --fix . || failed+=(ruff-check)
+  "$RUFF" format .
+else
+  "$RUFF" check . || { echo "lint: ruff check found problems (bash scripts/lint.sh --fix fixes some)" >&2; failed+=(ruff-check); }
+  if ! "$RUFF" format --check .; then
+    echo "lint: Python files are not formatted (bash scripts/lint.sh --fix, or $RUFF format)" >&2
+    failed+=(ruff-format)
+  fi
+fi

@@ -36,20 +36,73 @@ def one(args, seed: int, threads: int) -> dict:
     d = out / f"seed{seed}-threads{threads}"
     d.mkdir(parents=True, exist_ok=True)
     log = d / "log.txt"
-    _run(cli + ["train", "--data", str(out / "data"), "--preset", "toy", "--out", str(d / "run"), "--max-steps",
-                str(args.steps), "--device", "cpu", "--ckpt-every", "200", "--sample-every", "0", "--seed", str(seed),
-                "--resume", "--no-progress"], env, log)
-    _run(cli + ["sample", "--run", str(d / "run"), "--n", str(args.eval_n), "--out", str(d / "samples"), "--steps",
-                "50", "--seed", "0", "--device", "cpu", "--batch-size", "128", "--quiet"], env, log)
-    _run(cli + ["eval", "--samples", str(d / "samples"), "--data", str(out / "heldout"), "--json",
-                str(d / "eval.json")], env, log)
+    _run(
+        cli
+        + [
+            "train",
+            "--data",
+            str(out / "data"),
+            "--preset",
+            "toy",
+            "--out",
+            str(d / "run"),
+            "--max-steps",
+            str(args.steps),
+            "--device",
+            "cpu",
+            "--ckpt-every",
+            "200",
+            "--sample-every",
+            "0",
+            "--seed",
+            str(seed),
+            "--resume",
+            "--no-progress",
+        ],
+        env,
+        log,
+    )
+    _run(
+        cli
+        + [
+            "sample",
+            "--run",
+            str(d / "run"),
+            "--n",
+            str(args.eval_n),
+            "--out",
+            str(d / "samples"),
+            "--steps",
+            "50",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "128",
+            "--quiet",
+        ],
+        env,
+        log,
+    )
+    _run(
+        cli + ["eval", "--samples", str(d / "samples"), "--data", str(out / "heldout"), "--json", str(d / "eval.json")],
+        env,
+        log,
+    )
     report = json.loads((d / "eval.json").read_text())
     lines = [json.loads(x) for x in (d / "run" / "metrics.jsonl").read_text().splitlines()]
     end = [m for m in lines if m.get("event") == "end"][-1]
     final_loss = [m for m in lines if "loss" in m][-1]["loss"]
     spikes = sum(1 for m in lines if m.get("event") == "spike")
-    return {"seed": seed, "threads": threads, "final_loss": final_loss, "healthy": end["healthy"], "spikes": spikes,
-            "report": report}
+    return {
+        "seed": seed,
+        "threads": threads,
+        "final_loss": final_loss,
+        "healthy": end["healthy"],
+        "spikes": spikes,
+        "report": report,
+    }
 
 
 def main() -> None:
@@ -65,27 +118,48 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "blurdiff"]
     if not (out / "data" / "data.mdb").exists():
-        subprocess.run(cli + ["data", "toy", "--out", str(out / "data"), "--n", "2000", "--size", "32", "--seed", "0"],
-                       check=True)
+        subprocess.run(
+            cli + ["data", "toy", "--out", str(out / "data"), "--n", "2000", "--size", "32", "--seed", "0"], check=True
+        )
     if not (out / "heldout" / "data.mdb").exists():
-        subprocess.run(cli + ["data", "toy", "--out", str(out / "heldout"), "--n", str(2 * args.eval_n), "--size", "32",
-                              "--seed", "1"], check=True)
+        subprocess.run(
+            cli
+            + [
+                "data",
+                "toy",
+                "--out",
+                str(out / "heldout"),
+                "--n",
+                str(2 * args.eval_n),
+                "--size",
+                "32",
+                "--seed",
+                "1",
+            ],
+            check=True,
+        )
     cells = [(s, t) for t in args.threads for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda c: one(args, *c), cells))
-    print("| seed | threads | final loss | healthy (spikes) | SWD avg (x1e3) | spectrum error | std | "
-          "outside [-1, 1] | verdict |")
+    print(
+        "| seed | threads | final loss | healthy (spikes) | SWD avg (x1e3) | spectrum error | std | "
+        "outside [-1, 1] | verdict |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m, raw = r["report"]["metrics"], r["report"]["raw"]
-        print(f"| {r['seed']} | {r['threads']} | {r['final_loss']:.4f} | {'yes' if r['healthy'] else 'NO'} "
-              f"({r['spikes']}) | {m['swd_avg']['samples']:.1f} | {m['spectrum_error']['samples']:.3f} | "
-              f"{raw['overall_std']:.3f} | {100 * m['outside_1']['samples']:.2f}% | {r['report']['verdict']} |")
+        print(
+            f"| {r['seed']} | {r['threads']} | {r['final_loss']:.4f} | {'yes' if r['healthy'] else 'NO'} "
+            f"({r['spikes']}) | {m['swd_avg']['samples']:.1f} | {m['spectrum_error']['samples']:.3f} | "
+            f"{raw['overall_std']:.3f} | {100 * m['outside_1']['samples']:.2f}% | {r['report']['verdict']} |"
+        )
     floor = results[0]["report"]
     fm = floor["metrics"]
     data_std = (sum(s * s for s in floor["channels"]["reference"]["std"]) / 3) ** 0.5
-    print(f"| data (noise floor) | | | | {fm['swd_avg']['floor']:.1f} | {fm['spectrum_error']['floor']:.3f} | "
-          f"{data_std:.3f} | 0.00% | |")
+    print(
+        f"| data (noise floor) | | | | {fm['swd_avg']['floor']:.1f} | {fm['spectrum_error']['floor']:.3f} | "
+        f"{data_std:.3f} | 0.00% | |"
+    )
     (out / "table.json").write_text(json.dumps(results, indent=2))
 
 

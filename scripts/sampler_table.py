@@ -40,8 +40,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--json", default=None, help="write every row (and the floor) to this file")
-    p.add_argument("--train-data", default=None,
-                   help="the run's training data, to measure its statistics when the checkpoint predates them")
+    p.add_argument(
+        "--train-data",
+        default=None,
+        help="the run's training data, to measure its statistics when the checkpoint predates them",
+    )
     args = p.parse_args()
 
     path = resolve_checkpoint(args.run, args.ckpt)
@@ -49,11 +52,14 @@ def main() -> None:
     process, model = build_from_checkpoint(state, source=path)
     if process.data_stats is None and args.train_data:
         process.data_stats = estimate_data_statistics(
-            process, load_data_images(args.train_data, process.resolution, DEFAULT_IMAGES, exact=False).split(64))
+            process, load_data_images(args.train_data, process.resolution, DEFAULT_IMAGES, exact=False).split(64)
+        )
     data = load_data_images(args.data, process.resolution, 2 * args.n)
     shape = (3, *process.resolution)
-    print(f"{path} (step {state['step']}), {args.n} samples per cell, seeds {args.seeds}, "
-          f"{torch.get_num_threads()} threads, against {2 * args.n} images of {args.data}\n")
+    print(
+        f"{path} (step {state['step']}), {args.n} samples per cell, seeds {args.seeds}, "
+        f"{torch.get_num_threads()} threads, against {2 * args.n} images of {args.data}\n"
+    )
     rows, floor = [], None
     print(_HEADER)
     for kind in args.kinds:
@@ -76,19 +82,34 @@ def main() -> None:
                 report = evaluate(torch.cat(parts), data, raw_stats=raw, seed=seed)
                 floor = {k: report["metrics"][k]["floor"] for k in COLUMNS}
                 cells.append((seconds, report))
-            row = {"kind": kind, "K": K, "spacing": sampler.spacing, "seconds_per_image": float(np.mean([c[0] for c in cells])),
-                   "verdicts": [c[1]["verdict"] for c in cells],
-                   "std": [c[1]["raw"]["overall_std"] for c in cells],
-                   "beyond_1_5": [c[1]["metrics"]["beyond_1_5"]["samples"] for c in cells]}
+            row = {
+                "kind": kind,
+                "K": K,
+                "spacing": sampler.spacing,
+                "seconds_per_image": float(np.mean([c[0] for c in cells])),
+                "verdicts": [c[1]["verdict"] for c in cells],
+                "std": [c[1]["raw"]["overall_std"] for c in cells],
+                "beyond_1_5": [c[1]["metrics"]["beyond_1_5"]["samples"] for c in cells],
+            }
             for k in COLUMNS:
                 row[k] = [c[1]["metrics"][k]["samples"] for c in cells]
             rows.append(row)
             print(_line(row), flush=True)
-    print(f"\ndata noise floor: " + ", ".join(f"{k} {v:.4g}" for k, v in floor.items()))
+    print("\ndata noise floor: " + ", ".join(f"{k} {v:.4g}" for k, v in floor.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": str(path), "step": state["step"], "n": args.n, "seeds": args.seeds,
-                       "floor": floor, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "checkpoint": str(path),
+                    "step": state["step"],
+                    "n": args.n,
+                    "seeds": args.seeds,
+                    "floor": floor,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 def _fmt(values, digits=3) -> str:
@@ -97,14 +118,18 @@ def _fmt(values, digits=3) -> str:
     return f"{np.mean(values):.{digits}g} ± {np.std(values):.2g}"
 
 
-_HEADER = ("| sampler | K | SWD avg (x1e3) | spectrum error | channel std error | sample std | beyond ±1.5 | "
-           "verdicts | s / image |\n|---|---|---|---|---|---|---|---|---|")
+_HEADER = (
+    "| sampler | K | SWD avg (x1e3) | spectrum error | channel std error | sample std | beyond ±1.5 | "
+    "verdicts | s / image |\n|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def _line(row) -> str:
-    return (f"| {row['kind']} | {row['K']} | {_fmt(row['swd_avg'])} | {_fmt(row['spectrum_error'])} | "
-            f"{_fmt(row['channel_std_error'])} | {_fmt(row['std'])} | {_fmt([100 * v for v in row['beyond_1_5']])}% | "
-            f"{' '.join(row['verdicts'])} | {row['seconds_per_image']:.3f} |")
+    return (
+        f"| {row['kind']} | {row['K']} | {_fmt(row['swd_avg'])} | {_fmt(row['spectrum_error'])} | "
+        f"{_fmt(row['channel_std_error'])} | {_fmt(row['std'])} | {_fmt([100 * v for v in row['beyond_1_5']])}% | "
+        f"{' '.join(row['verdicts'])} | {row['seconds_per_image']:.3f} |"
+    )
 
 
 if __name__ == "__main__":

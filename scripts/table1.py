@@ -59,20 +59,20 @@ import time
 import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from blurdiff.atomic import atomic_path, write_text_atomic
-from blurdiff.checkpoint import latest_checkpoint, load_newest_readable, build_from_checkpoint
+from blurdiff.checkpoint import build_from_checkpoint, latest_checkpoint, load_newest_readable
 from blurdiff.diffusion import BlurDiffusion
 from blurdiff.images import grid, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
-from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.quality import SampleStats, evaluate, load_data_images
 from blurdiff.respace import make_sampler
+from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.spectrum import plot_spectra, radial_power_spectrum
 from blurdiff.train import NonFiniteLossError, TrainOptions, train
 from blurdiff.unet import build_unet
@@ -82,8 +82,20 @@ SAMPLERS = ("eq12", "fast")
 PLAN = "plan.json"
 _FORMAT = 1
 # Plan fields that must stay the same between calls on one DIR (seeds and settings may change).
-_PLAN_KEYS = ("resolution", "steps", "n", "sample_batch", "fast_steps", "process_steps", "train_images",
-              "heldout_images", "data_seed", "eval_seed", "paper_blur", "ckpt_every")
+_PLAN_KEYS = (
+    "resolution",
+    "steps",
+    "n",
+    "sample_batch",
+    "fast_steps",
+    "process_steps",
+    "train_images",
+    "heldout_images",
+    "data_seed",
+    "eval_seed",
+    "paper_blur",
+    "ckpt_every",
+)
 TRAIN_OVERHEAD = 1.1  # data loading, EMA, checkpoints, logging beside the timed steps (measured: ~1.05-1.1)
 
 
@@ -92,26 +104,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="experiment folder (made if absent; resumed if it holds plan.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (= data order seeds)")
-    p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),
-                   help="rows of Table 1 to run")
+    p.add_argument(
+        "--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS), help="rows of Table 1 to run"
+    )
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per training run")
     p.add_argument("--resolution", type=int, default=32, help="image side (the presets are 32; others for tests)")
     p.add_argument("--n", type=int, default=32, help="images sampled per run and sampler (at least 16)")
     p.add_argument("--sample-batch", type=int, default=32, help="images per sampling pass (fixes the noise drawn)")
     p.add_argument("--fast-steps", type=int, default=50, help="steps K of the few-step sampler")
-    p.add_argument("--process-steps", type=int, default=None,
-                   help="the process's N (default: the preset's 1000; smaller only for tests)")
+    p.add_argument(
+        "--process-steps",
+        type=int,
+        default=None,
+        help="the process's N (default: the preset's 1000; smaller only for tests)",
+    )
     p.add_argument("--train-images", type=int, default=20000, help="crops in the training lmdb")
     p.add_argument("--heldout-images", type=int, default=1024, help="crops in the held-out lmdb (at least 2n)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the photo crops")
-    p.add_argument("--eval-seed", type=int, default=0,
-                   help="seed of the yardstick (data subsets, patches, projections)")
-    p.add_argument("--paper-blur", action="store_true",
-                   help="use the paper's f(N) unscaled (0.140625, 0.6) instead of the same physical blur as at 64x64")
+    p.add_argument(
+        "--eval-seed", type=int, default=0, help="seed of the yardstick (data subsets, patches, projections)"
+    )
+    p.add_argument(
+        "--paper-blur",
+        action="store_true",
+        help="use the paper's f(N) unscaled (0.140625, 0.6) instead of the same physical blur as at 64x64",
+    )
     p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every K training steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--fid-weights", default=None,
-                   help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)")
+    p.add_argument(
+        "--fid-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)"
+    )
     p.add_argument("--no-fid", action="store_true", help="skip FID even when the weights are present")
     p.add_argument("--estimate-only", action="store_true", help="time the network here, print the estimate and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
@@ -133,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def plan_of(args) -> Dict[str, Any]:
+def plan_of(args) -> dict[str, Any]:
     return {"format": _FORMAT, **{k: getattr(args, k) for k in _PLAN_KEYS}}
 
 
@@ -145,12 +167,16 @@ def check_plan(out: Path, args) -> None:
         old = json.loads(path.read_text())
         diff = [f"{k}: {old.get(k)!r} there, {plan[k]!r} now" for k in plan if old.get(k) != plan[k]]
         if diff:
-            raise SystemExit(f"table1: {out} holds an experiment with other settings ({'; '.join(diff)}); "
-                             f"repeat them to resume it, or choose another --out")
+            raise SystemExit(
+                f"table1: {out} holds an experiment with other settings ({'; '.join(diff)}); "
+                f"repeat them to resume it, or choose another --out"
+            )
         return
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"table1: {out} is not empty and holds no {PLAN}: not an experiment of this script; "
-                         f"choose a new or empty --out")
+        raise SystemExit(
+            f"table1: {out} is not empty and holds no {PLAN}: not an experiment of this script; "
+            f"choose a new or empty --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(plan, indent=2) + "\n")
 
@@ -171,13 +197,13 @@ class Run:
     def train_file(self) -> Path:
         return self.results / "train.json"
 
-    def process_overrides(self) -> Dict[str, Any]:
+    def process_overrides(self) -> dict[str, Any]:
         return process_overrides(self.preset, self.args)
 
     def f_max(self) -> float:
         return float(dict(get_preset(self.preset).process, **self.process_overrides())["f_max"])
 
-    def trained(self) -> Optional[Dict[str, Any]]:
+    def trained(self) -> dict[str, Any] | None:
         """train.json when the run is finished (at --steps), else None."""
         info = _read_json(self.train_file)
         return info if info and info.get("steps") == self.args.steps else None
@@ -192,11 +218,11 @@ class Run:
         return self.results / sampler
 
 
-def process_overrides(preset_name: str, args) -> Dict[str, Any]:
+def process_overrides(preset_name: str, args) -> dict[str, Any]:
     """The process changes a run makes to its preset: N for tests, and f(N) for another resolution
     (the same physical blur: the paper's f(N) x (resolution/64)^2) or the paper's unscaled."""
     preset = get_preset(preset_name)
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     if args.process_steps is not None and args.process_steps != preset.process["steps"]:
         out["steps"] = args.process_steps
     paper = PAPER_F_MAX[preset.process["blur_schedule"]]
@@ -206,14 +232,14 @@ def process_overrides(preset_name: str, args) -> Dict[str, Any]:
     return out
 
 
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
@@ -233,8 +259,8 @@ class Clock:
     """Seconds per unit of each kind of work: a short benchmark first, then what the work measures."""
 
     def __init__(self):
-        self.rate: Dict[str, float] = {}
-        self.measured: Dict[str, List[float]] = {}  # kind -> [seconds, units]
+        self.rate: dict[str, float] = {}
+        self.measured: dict[str, list[float]] = {}  # kind -> [seconds, units]
         self.start = time.perf_counter()
 
     def seconds(self, kind: str, units: float) -> float:
@@ -297,12 +323,12 @@ def benchmark(args, clock: Clock) -> None:
 
     data = torch.rand(2 * args.n, 3, res, res) * 2 - 1
     t0 = time.perf_counter()
-    evaluate(data[:args.n].clone(), data, seed=0)
+    evaluate(data[: args.n].clone(), data, seed=0)
     clock.rate["score"] = time.perf_counter() - t0
     clock.rate["data_image"] = 2.5e-3  # measured: ~2.5 ms per crop (decode once, crop, resize, webp)
 
 
-def work_left(runs: List[Run], args, N: int, data_left: int) -> Dict[str, float]:
+def work_left(runs: list[Run], args, N: int, data_left: int) -> dict[str, float]:
     """Units of each kind of work not done yet."""
     steps = samples = scores = 0
     for run in runs:
@@ -312,38 +338,52 @@ def work_left(runs: List[Run], args, N: int, data_left: int) -> Dict[str, float]
         for sampler in SAMPLERS:
             K = N if sampler == "eq12" else args.fast_steps
             done = _chunks_done(run, sampler, args)
-            samples += K * sum(min(args.sample_batch, args.n - b * args.sample_batch)
-                               for b in range(_num_chunks(args)) if b not in done)
+            samples += K * sum(
+                min(args.sample_batch, args.n - b * args.sample_batch)
+                for b in range(_num_chunks(args))
+                if b not in done
+            )
             scores += 0 if _read_json(run.sampler_dir(sampler) / "score.json") else 1
     return {"train_step": steps, "sample_image_step": samples, "score": scores, "data_image": data_left}
 
 
-def estimate(clock: Clock, units: Dict[str, float]) -> float:
+def estimate(clock: Clock, units: dict[str, float]) -> float:
     return sum(clock.seconds(kind, u) for kind, u in units.items())
 
 
-def full_work(args, runs: List[Run], N: int) -> Dict[str, float]:
+def full_work(args, runs: list[Run], N: int) -> dict[str, float]:
     """Units of each kind of work of the whole experiment."""
-    return {"train_step": len(runs) * args.steps, "sample_image_step": len(runs) * (N + args.fast_steps) * args.n,
-            "score": len(runs) * len(SAMPLERS) + 1, "data_image": args.train_images + args.heldout_images}
+    return {
+        "train_step": len(runs) * args.steps,
+        "sample_image_step": len(runs) * (N + args.fast_steps) * args.n,
+        "score": len(runs) * len(SAMPLERS) + 1,
+        "data_image": args.train_images + args.heldout_images,
+    }
 
 
-def print_estimate(clock: Clock, args, runs: List[Run], N: int, left: Dict[str, float]) -> None:
+def print_estimate(clock: Clock, args, runs: list[Run], N: int, left: dict[str, float]) -> None:
     per_run_train = clock.seconds("train_step", args.steps)
     per_run_sample = clock.seconds("sample_image_step", (N + args.fast_steps) * args.n)
     full = full_work(args, runs, N)
-    print(f"timing on this machine ({torch.get_num_threads()} torch threads): a training step "
-          f"{1e3 * clock.rate['train_step']:.0f} ms (batch {get_preset(SETTINGS['quartic']).batch_size}), a sampling "
-          f"step {1e3 * clock.rate['sample_image_step'] * args.n:.0f} ms ({args.n} images), a scoring "
-          f"{clock.rate['score']:.1f} s")
-    print(f"estimate per run: training {hms(per_run_train)} ({args.steps} steps), sampling {hms(per_run_sample)} "
-          f"(Eq. 12: {N} steps, fast: {args.fast_steps} steps, {args.n} images each)")
-    print(f"estimate of the whole experiment ({len(runs)} runs): {hms(estimate(clock, full))}; "
-          f"left to do: {hms(estimate(clock, left))}", flush=True)
+    print(
+        f"timing on this machine ({torch.get_num_threads()} torch threads): a training step "
+        f"{1e3 * clock.rate['train_step']:.0f} ms (batch {get_preset(SETTINGS['quartic']).batch_size}), a sampling "
+        f"step {1e3 * clock.rate['sample_image_step'] * args.n:.0f} ms ({args.n} images), a scoring "
+        f"{clock.rate['score']:.1f} s"
+    )
+    print(
+        f"estimate per run: training {hms(per_run_train)} ({args.steps} steps), sampling {hms(per_run_sample)} "
+        f"(Eq. 12: {N} steps, fast: {args.fast_steps} steps, {args.n} images each)"
+    )
+    print(
+        f"estimate of the whole experiment ({len(runs)} runs): {hms(estimate(clock, full))}; "
+        f"left to do: {hms(estimate(clock, left))}",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data
-def ensure_data(out: Path, args, clock: Clock) -> Tuple[Path, Path]:
+def ensure_data(out: Path, args, clock: Clock) -> tuple[Path, Path]:
     train_dir, heldout_dir = out / "data" / "train", out / "data" / "heldout"
     for path, n, split in ((train_dir, args.train_images, "train"), (heldout_dir, args.heldout_images, "heldout")):
         if (path / "data.mdb").is_file():
@@ -351,19 +391,34 @@ def ensure_data(out: Path, args, clock: Clock) -> Tuple[Path, Path]:
         t0 = time.perf_counter()
         make_photos_lmdb(path, n, args.resolution, seed=args.data_seed, split=split)
         clock.record("data_image", time.perf_counter() - t0, n)
-        print(f"data: wrote {n} {split} crops of {args.resolution}x{args.resolution} to {path} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"data: wrote {n} {split} crops of {args.resolution}x{args.resolution} to {path} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     return train_dir, heldout_dir
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train_run(run: Run, train_data: Path, args) -> Dict[str, Any]:
+def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
     N = args.process_steps or get_preset(run.preset).process["steps"]
     options = TrainOptions(
-        data=str(train_data), preset=run.preset, out=str(run.run_dir), max_steps=args.steps, resume=True,
-        seed=run.seed, resolution=args.resolution if args.resolution != 32 else None,
-        process_overrides=run.process_overrides(), ckpt_every=args.ckpt_every, keep=2, sample_every=0, log_every=50,
-        final_check=N >= 50, device="cpu", progress=not args.quiet)
+        data=str(train_data),
+        preset=run.preset,
+        out=str(run.run_dir),
+        max_steps=args.steps,
+        resume=True,
+        seed=run.seed,
+        resolution=args.resolution if args.resolution != 32 else None,
+        process_overrides=run.process_overrides(),
+        ckpt_every=args.ckpt_every,
+        keep=2,
+        sample_every=0,
+        log_every=50,
+        final_check=N >= 50,
+        device="cpu",
+        progress=not args.quiet,
+    )
     start_step = run.steps_done()
     t0 = time.perf_counter()
     try:
@@ -372,8 +427,13 @@ def train_run(run: Run, train_data: Path, args) -> Dict[str, Any]:
         info = {"steps": args.steps, "step": trainer.step, "healthy": healthy, "verdict": verdict}
     except NonFiniteLossError as e:
         info = {"steps": args.steps, "step": e.step - 1, "healthy": False, "failed": str(e)}
-    info.update(seconds=time.perf_counter() - t0, steps_this_call=args.steps - start_step,
-                preset=run.preset, process_overrides=run.process_overrides(), seed=run.seed)
+    info.update(
+        seconds=time.perf_counter() - t0,
+        steps_this_call=args.steps - start_step,
+        preset=run.preset,
+        process_overrides=run.process_overrides(),
+        seed=run.seed,
+    )
     _write_json(run.train_file, info)
     return info
 
@@ -426,7 +486,7 @@ def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
     cached = _read_json(file)
     if cached and cached.get("key") == key:
         return cached["dc_gain"]
-    x0 = heldout[:args.n]
+    x0 = heldout[: args.n]
     t = torch.full((x0.shape[0],), process.steps, dtype=torch.int64)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     tab = process.tables("cpu", torch.float32)
@@ -449,9 +509,18 @@ def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report) 
     path, state, process, model = loaded
     sampler = make_run_sampler(process, sampler_name, args)
     folder = run.sampler_dir(sampler_name)
-    meta = {"checkpoint": path.name, "checkpoint_step": int(state["step"]), "checksum": state.get("checksum"),
-            "kind": sampler.kind, "K": sampler.K, "spacing": sampler.spacing, "N": process.steps, "n": args.n,
-            "batch": args.sample_batch, "seed": run.seed}
+    meta = {
+        "checkpoint": path.name,
+        "checkpoint_step": int(state["step"]),
+        "checksum": state.get("checksum"),
+        "kind": sampler.kind,
+        "K": sampler.K,
+        "spacing": sampler.spacing,
+        "N": process.steps,
+        "n": args.n,
+        "batch": args.sample_batch,
+        "seed": run.seed,
+    }
     old = _read_json(folder / "meta.json")
     if old != meta:
         if folder.exists():
@@ -471,14 +540,24 @@ def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report) 
             clock.record("sample_image_step", time.perf_counter() - t0, size * sampler.K)
             with atomic_path(file, durable=True) as tmp:
                 torch.save({"x": x.float().cpu()}, tmp)
-            report(f"sampled {run.name} {sampler_name} ({sampler.kind}, {sampler.K} steps) chunk {b + 1}/"
-                   f"{_num_chunks(args)}: {size} images in {hms(time.perf_counter() - t0)}")
+            report(
+                f"sampled {run.name} {sampler_name} ({sampler.kind}, {sampler.K} steps) chunk {b + 1}/"
+                f"{_num_chunks(args)}: {size} images in {hms(time.perf_counter() - t0)}"
+            )
         parts.append(torch.load(file, weights_only=True)["x"])
     return torch.cat(parts)
 
 
-def score(run: Run, sampler_name: str, samples: torch.Tensor, heldout: torch.Tensor, meta: Dict[str, Any],
-          args, clock: Clock, fid: "Fid") -> Dict[str, Any]:
+def score(
+    run: Run,
+    sampler_name: str,
+    samples: torch.Tensor,
+    heldout: torch.Tensor,
+    meta: dict[str, Any],
+    args,
+    clock: Clock,
+    fid: Fid,
+) -> dict[str, Any]:
     file = run.sampler_dir(sampler_name) / "score.json"
     cached = _read_json(file)
     if cached and cached.get("meta") == meta and (cached.get("fid") is not None or not fid.available):
@@ -487,7 +566,7 @@ def score(run: Run, sampler_name: str, samples: torch.Tensor, heldout: torch.Ten
         result = cached
     else:
         t0 = time.perf_counter()
-        report = evaluate(samples, heldout[:2 * args.n], raw_stats=SampleStats.of(samples), seed=args.eval_seed)
+        report = evaluate(samples, heldout[: 2 * args.n], raw_stats=SampleStats.of(samples), seed=args.eval_seed)
         clock.record("score", time.perf_counter() - t0, 1)
         result = {"meta": meta, "report": report, "fid": None}
     if fid.available:
@@ -510,16 +589,20 @@ class Fid:
             self.weights = resolve_weights_path(args.fid_weights)
         except FileNotFoundError:
             where = args.fid_weights or default_weights_path()
-            self.note = (f"FID skipped: the standard Inception weights are not at {where} (pass --fid-weights FILE "
-                         f"or put pt_inception-2015-12-05-6726825d.pth there; nothing is downloaded)")
+            self.note = (
+                f"FID skipped: the standard Inception weights are not at {where} (pass --fid-weights FILE "
+                f"or put pt_inception-2015-12-05-6726825d.pth there; nothing is downloaded)"
+            )
             return
         self.available = True
         self.real = out / "data" / "heldout_png"
         self.heldout_dir, self.cache = heldout_dir, out / "fid_cache"
-        self.note = (f"FID: {args.n} samples against all {args.heldout_images} held-out crops, Inception weights "
-                     f"{self.weights}; on so few samples it is biased upwards (not comparable with FID-10K)")
+        self.note = (
+            f"FID: {args.n} samples against all {args.heldout_images} held-out crops, Inception weights "
+            f"{self.weights}; on so few samples it is biased upwards (not comparable with FID-10K)"
+        )
 
-    def of(self, samples: torch.Tensor, folder: Path) -> Optional[float]:
+    def of(self, samples: torch.Tensor, folder: Path) -> float | None:
         """FID of ``samples`` (written as PNGs to ``folder``); None, and FID off from here on with the
         reason in the note, when the weights turn out unusable."""
         from blurdiff.fid import fid_from_paths
@@ -542,7 +625,7 @@ class Fid:
 
 
 # ------------------------------------------------------------------------------------------------ table
-def _stats(values: List[float]) -> str:
+def _stats(values: list[float]) -> str:
     v = [x for x in values if x is not None and math.isfinite(x)]
     if not v:
         return "—"
@@ -554,35 +637,53 @@ def _stats(values: List[float]) -> str:
 _SAMPLER_LABEL = {"eq12": "Eq. 12", "fast": "few-step"}
 
 
-def write_table(out: Path, args, runs: List[Run], results: Dict[Tuple[str, int, str], Dict[str, Any]],
-                reference: Optional[Dict[str, Any]], fid: Fid, N: int, clock: Clock, data_std: float,
-                gains: Dict[Tuple[str, int], float]) -> Path:
+def write_table(
+    out: Path,
+    args,
+    runs: list[Run],
+    results: dict[tuple[str, int, str], dict[str, Any]],
+    reference: dict[str, Any] | None,
+    fid: Fid,
+    N: int,
+    clock: Clock,
+    data_std: float,
+    gains: dict[tuple[str, int], float],
+) -> Path:
     lines = [f"# Table 1 in miniature: photo crops at {args.resolution}x{args.resolution}", ""]
     preset = get_preset(SETTINGS["quartic"])
     net = dict(preset.unet_overrides)
-    lines.append(f"{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}) per setting; {args.steps} optimizer "
-                 f"steps of batch {preset.batch_size} each (`tiny` UNet, {net}; Adam {preset.lr:g}, warm-up "
-                 f"{preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}); {args.train_images} "
-                 f"training crops. Each run sampled from its EMA weights, {args.n} images per sampler, the same noise "
-                 f"for every setting of a seed; scored with `blurdiff.quality.evaluate` against {2 * args.n} of "
-                 f"{args.heldout_images} held-out crops (a quadrant of every photograph that training never sees; "
-                 f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
-                 f"(sample std); verdicts per seed. SWD ×1e3 (averaged over the Laplacian levels); spectrum "
-                 f"error: mean |log10| power ratio over all frequencies but DC; std: of the raw samples, "
-                 f"channels pooled. N = {N}.")
+    lines.append(
+        f"{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}) per setting; {args.steps} optimizer "
+        f"steps of batch {preset.batch_size} each (`tiny` UNet, {net}; Adam {preset.lr:g}, warm-up "
+        f"{preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}); {args.train_images} "
+        f"training crops. Each run sampled from its EMA weights, {args.n} images per sampler, the same noise "
+        f"for every setting of a seed; scored with `blurdiff.quality.evaluate` against {2 * args.n} of "
+        f"{args.heldout_images} held-out crops (a quadrant of every photograph that training never sees; "
+        f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
+        f"(sample std); verdicts per seed. SWD ×1e3 (averaged over the Laplacian levels); spectrum "
+        f"error: mean |log10| power ratio over all frequencies but DC; std: of the raw samples, "
+        f"channels pooled. N = {N}."
+    )
     lines.append("")
     lines.append(fid.note + ".")
     lines.append("")
-    lines.append("| setting | f(N) | sampler | SWD avg | spectrum error | spectrum error, upper half | std | "
-                 "verdicts | FID |")
+    lines.append(
+        "| setting | f(N) | sampler | SWD avg | spectrum error | spectrum error, upper half | std | verdicts | FID |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     floor = None
     for setting in args.settings:
         setting_runs = [r for r in runs if r.setting == setting]
         f_max = setting_runs[0].f_max()
         paper = PAPER_F_MAX[get_preset(SETTINGS[setting]).process["blur_schedule"]]
-        f_text = "0 (no blur)" if f_max == 0 else (f"{f_max:.4g} {get_preset(SETTINGS[setting]).process['blur_schedule']}"
-                                                   + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})"))
+        f_text = (
+            "0 (no blur)"
+            if f_max == 0
+            else (
+                f"{f_max:.4g} {get_preset(SETTINGS[setting]).process['blur_schedule']}"
+                + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})")
+            )
+        )
         for sampler in SAMPLERS:
             cells = [results.get((setting, r.seed, sampler)) for r in setting_runs]
             done = [c for c in cells if c is not None]
@@ -594,8 +695,11 @@ def write_table(out: Path, args, runs: List[Run], results: Dict[Tuple[str, int, 
             meta = done[0]["meta"]
             m = [c["report"]["metrics"] for c in done]
             floor = done[0]["report"]["metrics"]
-            unhealthy = [r for r in setting_runs if (r.trained() or {}).get("healthy") is False
-                         and not (r.trained() or {}).get("failed")]
+            unhealthy = [
+                r
+                for r in setting_runs
+                if (r.trained() or {}).get("healthy") is False and not (r.trained() or {}).get("failed")
+            ]
             verdicts = " ".join(c["report"]["verdict"] for c in done)
             if failed:
                 verdicts += f" ({len(failed)} diverged in training)"
@@ -604,39 +708,53 @@ def write_table(out: Path, args, runs: List[Run], results: Dict[Tuple[str, int, 
 
             lines.append(
                 f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} ({meta['kind']}, {meta['K']} steps) | "
-                f"{_stats([x['swd_avg']['samples'] for x in m])} | {_stats([x['spectrum_error']['samples'] for x in m])} | "
+                f"{_stats([x['swd_avg']['samples'] for x in m])} | "
+                f"{_stats([x['spectrum_error']['samples'] for x in m])} | "
                 f"{_stats([x['spectrum_error_high']['samples'] for x in m])} | "
                 f"{_stats([c['report']['raw']['overall_std'] for c in done])} | {verdicts} | "
-                f"{_stats([c.get('fid') for c in done])} |")
+                f"{_stats([c.get('fid') for c in done])} |"
+            )
     if floor is None and reference is not None:
         floor = reference["report"]["metrics"]
     if floor is not None:
-        lines.append(f"| held-out data (noise floor) | | | {floor['swd_avg']['floor']:.3g} | "
-                     f"{floor['spectrum_error']['floor']:.3g} | {floor['spectrum_error_high']['floor']:.3g} | "
-                     f"{data_std:.3g} | | |")
+        lines.append(
+            f"| held-out data (noise floor) | | | {floor['swd_avg']['floor']:.3g} | "
+            f"{floor['spectrum_error']['floor']:.3g} | {floor['spectrum_error_high']['floor']:.3g} | "
+            f"{data_std:.3g} | | |"
+        )
     if reference is not None:
         m = reference["report"]["metrics"]
-        lines.append(f"| training crops (a perfect model of the training split) | | | {m['swd_avg']['samples']:.3g} | "
-                     f"{m['spectrum_error']['samples']:.3g} | {m['spectrum_error_high']['samples']:.3g} | "
-                     f"{reference['report']['raw']['overall_std']:.3g} | {reference['report']['verdict']} | "
-                     f"{_stats([reference.get('fid')])} |")
+        lines.append(
+            f"| training crops (a perfect model of the training split) | | | {m['swd_avg']['samples']:.3g} | "
+            f"{m['spectrum_error']['samples']:.3g} | {m['spectrum_error_high']['samples']:.3g} | "
+            f"{reference['report']['raw']['overall_std']:.3g} | {reference['report']['verdict']} | "
+            f"{_stats([reference.get('fid')])} |"
+        )
     lines.append("")
     if gains:
-        lines.append("The networks' gain on the mean frequency at t = N (about 1 is right; below 1/2 Eq. 12 blows the "
-                     "images' brightness up; `dc_gain` in scripts/table1.py): " + "; ".join(
-                         f"{setting} {_stats([gains[(setting, s)] for s in args.seeds if (setting, s) in gains])}"
-                         for setting in args.settings if any((setting, s) in gains for s in args.seeds)) + ".")
+        lines.append(
+            "The networks' gain on the mean frequency at t = N (about 1 is right; below 1/2 Eq. 12 blows the "
+            "images' brightness up; `dc_gain` in scripts/table1.py): "
+            + "; ".join(
+                f"{setting} {_stats([gains[(setting, s)] for s in args.seeds if (setting, s) in gains])}"
+                for setting in args.settings
+                if any((setting, s) in gains for s in args.seeds)
+            )
+            + "."
+        )
         lines.append("")
     train_seconds = [(r.trained() or {}).get("seconds") for r in runs]
-    lines.append(f"Time: {hms(clock.elapsed)} in this call; training runs took "
-                 + (", ".join(f"{r.name} {hms(s)}" for r, s in zip(runs, train_seconds) if s is not None) or "—")
-                 + ". Figure: figure.png; every number: results.json.")
+    lines.append(
+        f"Time: {hms(clock.elapsed)} in this call; training runs took "
+        + (", ".join(f"{r.name} {hms(s)}" for r, s in zip(runs, train_seconds) if s is not None) or "—")
+        + ". Figure: figure.png; every number: results.json."
+    )
     path = out / "table.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
-def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> Dict[str, Any]:
+def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> dict[str, Any]:
     """Training crops scored against held-out crops: what a perfect model of the training split scores."""
     file = out / "results" / "train_reference.json"
     meta = {"n": args.n, "eval_seed": args.eval_seed}
@@ -647,7 +765,7 @@ def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid
     if cached and cached.get("meta") == meta:
         result = cached
     else:
-        report = evaluate(images, heldout[:2 * args.n], seed=args.eval_seed)
+        report = evaluate(images, heldout[: 2 * args.n], seed=args.eval_seed)
         result = {"meta": meta, "report": report, "fid": None}
     if fid.available:
         result["fid"] = fid.of(images, out / "results" / "train_reference_png")
@@ -670,8 +788,14 @@ def _label(img, text: str, width: int):
     return canvas
 
 
-def write_figure(out: Path, args, runs: List[Run], samples: Dict[Tuple[str, int, str], torch.Tensor],
-                 heldout: torch.Tensor, train_images: Optional[torch.Tensor]) -> Optional[Path]:
+def write_figure(
+    out: Path,
+    args,
+    runs: list[Run],
+    samples: dict[tuple[str, int, str], torch.Tensor],
+    heldout: torch.Tensor,
+    train_images: torch.Tensor | None,
+) -> Path | None:
     """Sample grids (rows: samplers; columns: data, then each setting; the first seed's samples) and
     the radial power spectra of every setting and sampler (all seeds pooled) against the held-out data's."""
     from PIL import Image
@@ -686,14 +810,18 @@ def write_figure(out: Path, args, runs: List[Run], samples: Dict[Tuple[str, int,
         img = Image.fromarray(grid(x, nrow))
         return _label(img, text, img.width)
 
-    columns = [[panel(heldout, "held-out data"),
-                panel(train_images, "training crops") if train_images is not None else None]]
+    columns = [
+        [panel(heldout, "held-out data"), panel(train_images, "training crops") if train_images is not None else None]
+    ]
     curves = {"held-out data": radial_power_spectrum(heldout)}
     for setting in args.settings:
         col = []
         for sampler in SAMPLERS:
-            pooled = [samples[(setting, r.seed, sampler)] for r in runs
-                      if r.setting == setting and (setting, r.seed, sampler) in samples]
+            pooled = [
+                samples[(setting, r.seed, sampler)]
+                for r in runs
+                if r.setting == setting and (setting, r.seed, sampler) in samples
+            ]
             if not pooled:
                 col.append(None)
                 continue
@@ -709,8 +837,12 @@ def write_figure(out: Path, args, runs: List[Run], samples: Dict[Tuple[str, int,
     grid_w = len(columns) * (cell_w + gap) + gap
     plot_h = 420
     tmp = out / ".spectra.tmp.png"
-    plot_spectra(curves, tmp, size=(max(grid_w, 720), plot_h),
-                 title="radial power spectrum: samples (seeds pooled, clamped) against held-out data")
+    plot_spectra(
+        curves,
+        tmp,
+        size=(max(grid_w, 720), plot_h),
+        title="radial power spectrum: samples (seeds pooled, clamped) against held-out data",
+    )
     plot = Image.open(tmp)
     plot.load()
     tmp.unlink()
@@ -744,8 +876,11 @@ def main(argv=None) -> int:
         return 0
 
     check_plan(out, args)
-    data_left = sum(n for n, d in ((args.train_images, "train"), (args.heldout_images, "heldout"))
-                    if not (out / "data" / d / "data.mdb").is_file())
+    data_left = sum(
+        n
+        for n, d in ((args.train_images, "train"), (args.heldout_images, "heldout"))
+        if not (out / "data" / d / "data.mdb").is_file()
+    )
     left = work_left(runs, args, N, data_left)
     if any(v for k, v in left.items() if k != "score"):
         benchmark(args, clock)
@@ -759,19 +894,22 @@ def main(argv=None) -> int:
     def progress(what: str) -> None:
         remaining = estimate(clock, work_left(runs, args, N, 0))
         eta = datetime.now() + timedelta(seconds=remaining)
-        print(f"[{tasks_done[0]}/{tasks_total}] {what}; elapsed {hms(clock.elapsed)}, left ≈ {hms(remaining)} "
-              f"(ETA {eta:%H:%M})", flush=True)
+        print(
+            f"[{tasks_done[0]}/{tasks_total}] {what}; elapsed {hms(clock.elapsed)}, left ≈ {hms(remaining)} "
+            f"(ETA {eta:%H:%M})",
+            flush=True,
+        )
 
     train_dir, heldout_dir = ensure_data(out, args, clock)
     heldout = load_data_images(heldout_dir, args.resolution, 2 * args.n, seed=args.eval_seed)
-    data_std = float(heldout[:args.n].std())  # the reference set's, channels pooled (as the samples' std)
+    data_std = float(heldout[: args.n].std())  # the reference set's, channels pooled (as the samples' std)
     fid = Fid(out, heldout_dir, args)
     print(fid.note, flush=True)
     reference = reference_score(out, train_dir, heldout, args, fid)
 
-    results: Dict[Tuple[str, int, str], Dict[str, Any]] = {}
-    gains: Dict[Tuple[str, int], float] = {}
-    samples: Dict[Tuple[str, int, str], torch.Tensor] = {}
+    results: dict[tuple[str, int, str], dict[str, Any]] = {}
+    gains: dict[tuple[str, int], float] = {}
+    samples: dict[tuple[str, int, str], torch.Tensor] = {}
     for run in runs:
         info = run.trained()
         if info is None:
@@ -802,23 +940,43 @@ def main(argv=None) -> int:
             tasks_done[0] += 1
             if fresh or cached is None:
                 r = result["report"]
-                progress(f"{run.name} {sampler}: SWD {r['metrics']['swd_avg']['samples']:.3g} (floor "
-                         f"{r['metrics']['swd_avg']['floor']:.3g}), spectrum error "
-                         f"{r['metrics']['spectrum_error']['samples']:.3g}, std {r['raw']['overall_std']:.3g}, "
-                         f"{r['verdict']}")
-        write_table(out, args, runs, results, reference, fid, N, clock, data_std, gains)  # a partial table after every run
+                progress(
+                    f"{run.name} {sampler}: SWD {r['metrics']['swd_avg']['samples']:.3g} (floor "
+                    f"{r['metrics']['swd_avg']['floor']:.3g}), spectrum error "
+                    f"{r['metrics']['spectrum_error']['samples']:.3g}, std {r['raw']['overall_std']:.3g}, "
+                    f"{r['verdict']}"
+                )
+        write_table(
+            out, args, runs, results, reference, fid, N, clock, data_std, gains
+        )  # a partial table after every run
 
     train_images = load_data_images(train_dir, args.resolution, min(args.n, 36), seed=args.eval_seed + 1)
     table = write_table(out, args, runs, results, reference, fid, N, clock, data_std, gains)
     figure = write_figure(out, args, runs, samples, heldout, train_images)
-    _write_json(out / "results.json", {
-        "plan": plan_of(args), "seeds": args.seeds, "settings": args.settings, "fid_note": fid.note,
-        "runs": {r.name: {"train": r.trained(), "dc_gain": gains.get((r.setting, r.seed)),
-                          **{s: results.get((r.setting, r.seed, s)) for s in SAMPLERS}} for r in runs},
-        "train_reference": reference})
+    _write_json(
+        out / "results.json",
+        {
+            "plan": plan_of(args),
+            "seeds": args.seeds,
+            "settings": args.settings,
+            "fid_note": fid.note,
+            "runs": {
+                r.name: {
+                    "train": r.trained(),
+                    "dc_gain": gains.get((r.setting, r.seed)),
+                    **{s: results.get((r.setting, r.seed, s)) for s in SAMPLERS},
+                }
+                for r in runs
+            },
+            "train_reference": reference,
+        },
+    )
     print(table.read_text())
-    print(f"table: {table}\nfigure: {figure}\nresults: {out / 'results.json'}\ntotal time of this call: "
-          f"{hms(clock.elapsed)}", flush=True)
+    print(
+        f"table: {table}\nfigure: {figure}\nresults: {out / 'results.json'}\ntotal time of this call: "
+        f"{hms(clock.elapsed)}",
+        flush=True,
+    )
     return 0
 
 

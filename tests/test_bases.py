@@ -34,8 +34,7 @@ def test_rgb_spectral_blur_equals_direct_toeplitz_blur(sigma, hw):
     direct = toeplitz_blur_matrix(H, sigma) @ x @ toeplitz_blur_matrix(W, sigma).T
     torch.testing.assert_close(blurred, direct, rtol=0, atol=1e-12)
     # And by direct 2-D convolution with zero padding, not through any matrix.
-    k = torch.outer(*(torch.exp(-(torch.arange(-(n - 1), n, dtype=torch.float64) ** 2) / (2 * sigma**2))
-                      for n in hw))
+    k = torch.outer(*(torch.exp(-(torch.arange(-(n - 1), n, dtype=torch.float64) ** 2) / (2 * sigma**2)) for n in hw))
     k = k / k.sum()
     conv = torch.nn.functional.conv2d(x.reshape(-1, 1, H, W), k[None, None], padding=(H - 1, W - 1))
     torch.testing.assert_close(blurred, conv.reshape(2, 3, H, W), rtol=0, atol=1e-12)
@@ -45,13 +44,16 @@ def test_dct_basis_is_dct_ii():
     n = 8
     C = dct_matrix(n)
     x = torch.randn(n, dtype=torch.float64)
-    direct = torch.tensor([sum(x[m] * math.cos(math.pi * (m + 0.5) * k / n) for m in range(n)) for k in range(n)],
-                          dtype=torch.float64)
+    direct = torch.tensor(
+        [sum(x[m] * math.cos(math.pi * (m + 0.5) * k / n) for m in range(n)) for k in range(n)], dtype=torch.float64
+    )
     direct *= torch.tensor([math.sqrt(1 / n)] + [math.sqrt(2 / n)] * (n - 1), dtype=torch.float64)
     torch.testing.assert_close(C @ x, direct)
     b = make_basis("dct", 6, 10, sigma=0.5)
-    torch.testing.assert_close(b.D[2, 3], torch.tensor(math.exp(-0.125 * ((math.pi * 2 / 6) ** 2 + (math.pi * 3 / 10) ** 2)),
-                                                       dtype=torch.float64))
+    torch.testing.assert_close(
+        b.D[2, 3],
+        torch.tensor(math.exp(-0.125 * ((math.pi * 2 / 6) ** 2 + (math.pi * 3 / 10) ** 2)), dtype=torch.float64),
+    )
 
 
 def test_eigenvalues_are_sorted_coarse_first_and_floored():

@@ -23,10 +23,26 @@ def test_bench_ops_and_report(tmp_path):
     # The packages this test imported (installed, or an in-place build), for the child pytest.
     site = str(Path(blurdiff_ops.__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(ROOT / "benchmarks" / "bench_ops.py"), "-k", "cpu and 16x3x32x32",
-                          "--benchmark-only", f"--benchmark-json={out}"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "benchmarks" / "bench_ops.py"),
+            "-k",
+            "cpu and 16x3x32x32",
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads(out.read_text())
     paired = [b for b in data["benchmarks"] if "paired" in b["extra_info"]]
@@ -35,8 +51,12 @@ def test_bench_ops_and_report(tmp_path):
         assert {"reference", "compiled"} <= b["extra_info"]["paired"].keys()
 
     for stat in ("median", "min"):
-        report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out), "--stat", stat],
-                                capture_output=True, text=True, check=True).stdout
+        report = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out), "--stat", stat],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert f"{stat} times in ms" in report
         rows = [line for line in report.splitlines() if line.startswith("| cpu | q_sample | 16x3x32x32")]
         assert len(rows) == 2  # the separate groups and the paired table

@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from test_sample import make_run
 
 from blurdiff.checkpoint import (
     CHECKSUM_KEY,
@@ -22,7 +23,6 @@ from blurdiff.checkpoint import (
     save_checkpoint,
 )
 from blurdiff.cli import main
-from test_sample import make_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,8 +33,25 @@ def _one_thread(one_torch_thread):
 def sample(capsys, run, out, *extra) -> tuple[int, str]:
     """``blurdiff sample`` of two images: the exit code and stderr."""
     capsys.readouterr()
-    rc = main(["sample", "--run", str(run), "--out", str(out), "--n", "2", "--batch-size", "2", "--quiet",
-               "--steps", "4", "--sampler", "ddim", *map(str, extra)])
+    rc = main(
+        [
+            "sample",
+            "--run",
+            str(run),
+            "--out",
+            str(out),
+            "--n",
+            "2",
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--steps",
+            "4",
+            "--sampler",
+            "ddim",
+            *map(str, extra),
+        ]
+    )
     return rc, capsys.readouterr().err
 
 

@@ -171,12 +171,33 @@ def test_disk_full_during_export(toy, tmp_path, monkeypatch, capsys):
 
 def test_disk_full_while_saving_a_checkpoint(toy, tmp_path, monkeypatch, capsys):
     def short_write(*args, **kwargs):  # torch.save's zip writer on a full disk
-        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed "
-                           "writing file data/0: file write failed\nunexpected pos 1024 vs 512")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed "
+            "writing file data/0: file write failed\nunexpected pos 1024 vs 512"
+        )
 
     monkeypatch.setattr(torch, "save", short_write)
-    rc, err = run(capsys, "train", "--data", toy, "--preset", "toy", "--out", tmp_path / "run", "--max-steps", 1,
-                  "--batch-size", 2, "--resolution", 8, "--no-progress", "--device", "cpu", "--num-workers", 0)
+    rc, err = run(
+        capsys,
+        "train",
+        "--data",
+        toy,
+        "--preset",
+        "toy",
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        1,
+        "--batch-size",
+        2,
+        "--resolution",
+        8,
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--num-workers",
+        0,
+    )
     assert rc == 2 and "disk full" in err
 
 

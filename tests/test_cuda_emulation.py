@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_op_inputs import CASES, check_views
 
 import blurdiff_ops
 import blurdiff_ops.reference as R
 from blurdiff.bases import make_basis
-from test_op_inputs import CASES, check_views
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "emulation" / "emulated_ops.cpp"
@@ -32,8 +32,14 @@ def emu(tmp_path_factory):
     from torch.utils import cpp_extension
 
     build = tmp_path_factory.mktemp("emu_build")
-    cpp_extension.load(name="blurdiff_emu", sources=[str(SOURCE)], extra_cflags=["-O2"], build_directory=str(build),
-                       is_python_module=False, verbose=False)
+    cpp_extension.load(
+        name="blurdiff_emu",
+        sources=[str(SOURCE)],
+        extra_cflags=["-O2"],
+        build_directory=str(build),
+        is_python_module=False,
+        verbose=False,
+    )
     ops = torch.ops.blurdiff_emu
     yield ops
     ops.set_max_shared_memory(48 * 1024)
@@ -71,7 +77,9 @@ def test_emulated_lincomb_matches_reference_and_cpu_kernels(emu, path, hw, dtype
     _set_path(emu, path)
     xs, coefs, t, U_h, U_w, nc, nz = _problem(*hw, K=2, dtype=dtype, B=1 if hw == (64, 64) else 2)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), tol)
+    _check(
+        emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), tol
+    )
     _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w), R.spectral_lincomb(xs, coefs, t, U_h, U_w), tol)
     if blurdiff_ops.kernels_available("cpu"):
         # Drawn noise: the same generator state gives the same Philox numbers on both paths; the
@@ -88,7 +96,7 @@ def test_emulated_half_types(emu, path, dtype):
     xs, coefs, t, U_h, U_w, nc, nz = _problem(12, 20, K=2, dtype=dtype)
     want = R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
     # Both compute in float32 and round once at the end: at most one rounding apart.
-    _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), want, 2 ** -7 if dtype == torch.bfloat16 else 2 ** -10)
+    _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), want, 2**-7 if dtype == torch.bfloat16 else 2**-10)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -124,14 +132,24 @@ def test_emulated_fused_kernel_at_its_largest_plane(emu):
     """128 x 128 fills 16 quads per thread, the largest fused configuration."""
     emu.set_max_shared_memory(64 * 1024)
     xs, coefs, t, U_h, U_w, nc, nz = _problem(128, 128, K=1, B=1, C=1, basis="dct")
-    _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), 2e-5)
+    _check(
+        emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), 2e-5
+    )
 
 
 def test_emulated_noise_statistics(emu):
     emu.set_max_shared_memory(48 * 1024)
     H, W, B = 6, 10, 400
-    z = emu.spectral_lincomb([torch.zeros(B, 1, H, W)], torch.zeros(1, 1, H, W), torch.zeros(B, dtype=torch.int64),
-                             torch.eye(H), torch.eye(W), torch.ones(1, H, W), None, torch.Generator().manual_seed(0))
+    z = emu.spectral_lincomb(
+        [torch.zeros(B, 1, H, W)],
+        torch.zeros(1, 1, H, W),
+        torch.zeros(B, dtype=torch.int64),
+        torch.eye(H),
+        torch.eye(W),
+        torch.ones(1, H, W),
+        None,
+        torch.Generator().manual_seed(0),
+    )
     assert abs(z.mean().item()) < 0.02 and abs(z.var().item() - 1) < 0.03
     assert z.var(dim=0).min() > 0.7  # each pixel, padded lanes included, has its own stream
 

@@ -138,7 +138,7 @@ def test_toy_lmdb_roundtrip(toy8, tmp_path):
     assert len(items) == 8
     assert all(HEX40.match(k) for k, _ in items)
     assert sorted(k.decode() for k, _ in items) == sorted(toy_key(i, 0) for i in range(8))
-    for k, v in items:
+    for _, v in items:
         assert Image.open(io.BytesIO(v)).format == ("WEBP" if WEBP else "PNG")
     # lossless: key of image i holds exactly toy_image(i)
     by_key = dict(items)
@@ -431,9 +431,7 @@ def test_dataloader_workers_fork_safe(bad_lmdb):
     ds = LMDBImageDataset(path, (12, 16))
     serial = torch.stack([ds[i] for i in range(len(ds))])  # opens the env in this process first
     assert ds.bad_records == 1
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=1, num_workers=2, multiprocessing_context="fork", shuffle=False
-    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork", shuffle=False)
     parallel = torch.cat(list(loader))
     torch.testing.assert_close(parallel, serial)
     assert ds.bad_records == 2  # the worker's skip is counted here too (shared counter)
@@ -447,8 +445,7 @@ def test_dataloader_workers_fork_safe(bad_lmdb):
             x = ds[i]
             return x, os.getpid(), ds._pid  # white box: the pid that opened the environment
 
-    got = list(torch.utils.data.DataLoader(WithPids(), batch_size=None, num_workers=2,
-                                           multiprocessing_context="fork"))
+    got = list(torch.utils.data.DataLoader(WithPids(), batch_size=None, num_workers=2, multiprocessing_context="fork"))
     torch.testing.assert_close(torch.stack([x for x, _, _ in got]), serial)
     assert all(int(p) == int(q) != os.getpid() for _, p, q in got)
     assert ds._pid == os.getpid()
@@ -494,8 +491,10 @@ def test_infinite_loader_order_sharding_and_resume():
     ws = 2
     bpe = batches_per_epoch(n, bs, ws)
     assert bpe == 3
-    ranks = [[b.tolist() for b in take(infinite_loader(IndexDataset(n), bs, 5, rank=r, world_size=ws), 2 * bpe)]
-             for r in range(ws)]
+    ranks = [
+        [b.tolist() for b in take(infinite_loader(IndexDataset(n), bs, 5, rank=r, world_size=ws), 2 * bpe)]
+        for r in range(ws)
+    ]
     for e in range(2):
         s0 = set(sum(ranks[0][e * bpe : (e + 1) * bpe], []))
         s1 = set(sum(ranks[1][e * bpe : (e + 1) * bpe], []))

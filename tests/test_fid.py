@@ -103,13 +103,9 @@ def test_symmetric_and_zero_on_identical():
     s1, s2 = _random_spd(rng, d), _random_spd(rng, d, rank=4)
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
     # rank-deficient s2: sqrt of rounding-level eigenvalues limits agreement to ~1e-9 rel.
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
-        frechet_distance(mu2, s2, mu1, s1), rel=1e-7
-    )
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-7)
     s2_full = _random_spd(rng, d)
-    assert frechet_distance(mu1, s1, mu2, s2_full) == pytest.approx(
-        frechet_distance(mu2, s2_full, mu1, s1), rel=1e-10
-    )
+    assert frechet_distance(mu1, s1, mu2, s2_full) == pytest.approx(frechet_distance(mu2, s2_full, mu1, s1), rel=1e-10)
     assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
     assert frechet_distance(mu1, s1, mu2, s2) > 0.1
 

@@ -68,9 +68,23 @@ def toy_lmdb(tmp_path_factory) -> Path:
 
 def test_a_bad_learning_rate_is_detected_recorded_and_reported(toy_lmdb, tmp_path, capsys):
     """40 sane steps, then the run is resumed with a learning rate 100x too high."""
-    base = dict(data=str(toy_lmdb), preset="toy", out=str(tmp_path), batch_size=4, resolution=RES, warmup_steps=0,
-                lr=5e-4, ckpt_every=10, keep=2, sample_every=0, log_every=5, health_window=5, progress=False,
-                device="cpu", final_check=False)
+    base = dict(
+        data=str(toy_lmdb),
+        preset="toy",
+        out=str(tmp_path),
+        batch_size=4,
+        resolution=RES,
+        warmup_steps=0,
+        lr=5e-4,
+        ckpt_every=10,
+        keep=2,
+        sample_every=0,
+        log_every=5,
+        health_window=5,
+        progress=False,
+        device="cpu",
+        final_check=False,
+    )
     first = train(TrainOptions(max_steps=40, **base))
     assert first.verdict[0], first.verdict
     resumed = train(TrainOptions(**dict(base, max_steps=60, resume=True, lr=5e-2)))
@@ -95,9 +109,30 @@ def test_cli_last_line_says_healthy(toy_lmdb, tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path), "--max-steps", "30",
-                              "--batch-size", "4", "--resolution", str(RES), "--warmup-steps", "5",
-                              "--health-window", "5", "--no-final-check", "--no-progress", "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(toy_lmdb),
+            "--preset",
+            "toy",
+            "--out",
+            str(tmp_path),
+            "--max-steps",
+            "30",
+            "--batch-size",
+            "4",
+            "--resolution",
+            str(RES),
+            "--warmup-steps",
+            "5",
+            "--health-window",
+            "5",
+            "--no-final-check",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("run healthy: final loss"), last

@@ -17,12 +17,16 @@ from blurdiff.bases import make_basis
 
 ops = torch.ops.blurdiff_ops if blurdiff_ops.kernels_available("cpu") else None
 
-needs_kernels = pytest.mark.skipif(ops is None, reason="blurdiff_ops._C is not built (pip install --no-build-isolation .)")
+needs_kernels = pytest.mark.skipif(
+    ops is None, reason="blurdiff_ops._C is not built (pip install --no-build-isolation .)"
+)
 
 HAS_CUDA = torch.cuda.is_available() and blurdiff_ops.kernels_available("cuda")
 DEVICES = [
     pytest.param("cpu"),
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and the CUDA kernels")]),
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and the CUDA kernels")]
+    ),
 ]
 
 # Error of a float32 result against a float64 oracle: a few ulps per accumulation over H + W
@@ -126,8 +130,9 @@ def test_backward_op_matches_reference(device):
 
 @needs_kernels
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
-                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1]
+)
 def test_every_path_in_every_dtype(device, dtype):
     """Drawn noise with K = 1, 2, 3, the plain transforms and the backward op (several outputs,
     and one output whose coefficients join the last pass), each in every data type."""
@@ -137,9 +142,15 @@ def test_every_path_in_every_dtype(device, dtype):
     # The noise z̄ this seed gives for [B, C, H, W]: the noise term alone, in an identity basis.
     eye = lambda n: torch.eye(n, device=device, dtype=table)  # noqa: E731
     zeros = torch.zeros(B, C, H, W, device=device, dtype=dtype)
-    z_bar = blurdiff_ops.spectral_lincomb([zeros], torch.zeros(1, 1, H, W, device=device, dtype=table),
-                                          torch.zeros(B, dtype=torch.int64, device=device), eye(H), eye(W),
-                                          torch.ones(1, H, W, device=device, dtype=table), generator=gen())
+    z_bar = blurdiff_ops.spectral_lincomb(
+        [zeros],
+        torch.zeros(1, 1, H, W, device=device, dtype=table),
+        torch.zeros(B, dtype=torch.int64, device=device),
+        eye(H),
+        eye(W),
+        torch.ones(1, H, W, device=device, dtype=table),
+        generator=gen(),
+    )
     z_bar = z_bar.double().cpu()
     for K in (1, 2, 3):
         xs, coefs, t, U_h, U_w, nc, _ = _problem(H, W, K, B=B, C=C, dtype=dtype, device=device, seed=K)
@@ -208,8 +219,12 @@ def test_seeded_noise_reproduces_and_is_standard_normal(device):
     # No correlation between neighbouring pixels, lanes of a Philox block, rows or planes.
     corr = lambda a, b: ((a - a.mean()) * (b - b.mean())).mean().item() / (a.std() * b.std()).item()  # noqa: E731
     img = z.reshape(2 * B, H, W)
-    for a, b in [(img[:, :, :-1], img[:, :, 1:]), (img[:, :-1], img[:, 1:]), (img[:-1], img[1:]),
-                 (img[:, :, 0::4], img[:, :, 1::4])]:
+    for a, b in [
+        (img[:, :, :-1], img[:, :, 1:]),
+        (img[:, :-1], img[:, 1:]),
+        (img[:-1], img[1:]),
+        (img[:, :, 0::4], img[:, :, 1::4]),
+    ]:
         assert abs(corr(a, b)) < 0.02
     # Sample means per pixel are not stuck (every pixel gets its own stream).
     assert z.var(dim=0).min() > 0.6
@@ -223,9 +238,15 @@ def test_drawn_noise_enters_with_its_coefficient(device):
     b = make_basis("gaussian", H, W)
     U_h, U_w = b.U_h.float().to(device), b.U_w.float().to(device)
     nc = torch.linspace(0.1, 2.0, H * W).reshape(1, H, W).to(device)
-    out = blurdiff_ops.spectral_lincomb([torch.zeros(B, 1, H, W, device=device)], torch.zeros(1, 1, H, W, device=device),
-                                        torch.zeros(B, dtype=torch.int64, device=device), U_h, U_w, nc,
-                                        generator=torch.Generator(device).manual_seed(0))
+    out = blurdiff_ops.spectral_lincomb(
+        [torch.zeros(B, 1, H, W, device=device)],
+        torch.zeros(1, 1, H, W, device=device),
+        torch.zeros(B, dtype=torch.int64, device=device),
+        U_h,
+        U_w,
+        nc,
+        generator=torch.Generator(device).manual_seed(0),
+    )
     spec = (U_h.T @ out @ U_w).double().cpu()
     var = spec.var(dim=0)[0]
     torch.testing.assert_close(var, (nc[0] ** 2).double().cpu(), rtol=0.12, atol=0)
@@ -278,8 +299,11 @@ def test_opcheck(case):
 @needs_kernels
 def test_opcheck_drawn_noise_schema_and_fake():
     xs, coefs, t, U_h, U_w, nc, _ = _problem(6, 10, K=1)
-    torch.library.opcheck(ops.spectral_lincomb.default, (xs, coefs, t, U_h, U_w, nc, None, torch.Generator()),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        ops.spectral_lincomb.default,
+        (xs, coefs, t, U_h, U_w, nc, None, torch.Generator()),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @needs_kernels

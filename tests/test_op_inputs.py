@@ -23,7 +23,9 @@ needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="blurdiff_ops._C is n
 HAS_CUDA = torch.cuda.is_available() and blurdiff_ops.kernels_available("cuda")
 DEVICES = [
     pytest.param("cpu"),
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and the CUDA kernels")]),
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and the CUDA kernels")]
+    ),
 ]
 
 B, C, H, W, T = 3, 2, 6, 10, 5
@@ -62,9 +64,14 @@ def _problem(device="cpu", dtype=torch.float64, channels=C):
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device, dtype)  # noqa: E731
     shape = (B, channels, H, W)
     return dict(
-        x0=r(*shape), x1=r(*shape), coefs=r(2, T, H, W), t=torch.tensor([4, 0, 2], device=device),
-        U_h=b.U_h.to(device, dtype), U_w=b.U_w.to(device, dtype),
-        noise_coef=torch.rand(T, H, W, generator=g, dtype=torch.float64).to(device, dtype), noise=r(*shape),
+        x0=r(*shape),
+        x1=r(*shape),
+        coefs=r(2, T, H, W),
+        t=torch.tensor([4, 0, 2], device=device),
+        U_h=b.U_h.to(device, dtype),
+        U_w=b.U_w.to(device, dtype),
+        noise_coef=torch.rand(T, H, W, generator=g, dtype=torch.float64).to(device, dtype),
+        noise=r(*shape),
     )
 
 
@@ -75,24 +82,45 @@ def _per_table(grad, coefs, t, U_h, U_w, noise_coef):
 
 # name -> (the arguments it takes from _problem, call on an op namespace, the reference).
 CASES = {
-    "to_spectral": (("x0", "U_h", "U_w"), lambda ops, a: ops.to_spectral(a["x0"], a["U_h"], a["U_w"]),
-                    lambda a: R.to_spectral(a["x0"], a["U_h"], a["U_w"])),
-    "from_spectral": (("x0", "U_h", "U_w"), lambda ops, a: ops.from_spectral(a["x0"], a["U_h"], a["U_w"]),
-                      lambda a: R.from_spectral(a["x0"], a["U_h"], a["U_w"])),
-    "lincomb": (("x0", "x1", "coefs", "t", "U_h", "U_w", "noise_coef", "noise"),
-                lambda ops, a: ops.spectral_lincomb([a["x0"], a["x1"]], a["coefs"], a["t"], a["U_h"], a["U_w"],
-                                                    a["noise_coef"], a["noise"]),
-                lambda a: R.spectral_lincomb([a["x0"], a["x1"]], a["coefs"], a["t"], a["U_h"], a["U_w"],
-                                             a["noise_coef"], a["noise"])),
+    "to_spectral": (
+        ("x0", "U_h", "U_w"),
+        lambda ops, a: ops.to_spectral(a["x0"], a["U_h"], a["U_w"]),
+        lambda a: R.to_spectral(a["x0"], a["U_h"], a["U_w"]),
+    ),
+    "from_spectral": (
+        ("x0", "U_h", "U_w"),
+        lambda ops, a: ops.from_spectral(a["x0"], a["U_h"], a["U_w"]),
+        lambda a: R.from_spectral(a["x0"], a["U_h"], a["U_w"]),
+    ),
+    "lincomb": (
+        ("x0", "x1", "coefs", "t", "U_h", "U_w", "noise_coef", "noise"),
+        lambda ops, a: ops.spectral_lincomb(
+            [a["x0"], a["x1"]], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"], a["noise"]
+        ),
+        lambda a: R.spectral_lincomb(
+            [a["x0"], a["x1"]], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"], a["noise"]
+        ),
+    ),
     # Drawn noise: the same seed on both calls; no reference (another generator).
-    "lincomb_drawn_noise": (("x0", "coefs", "t", "U_h", "U_w", "noise_coef"),
-                            lambda ops, a: ops.spectral_lincomb([a["x0"]], a["coefs"][:1], a["t"], a["U_h"], a["U_w"],
-                                                                a["noise_coef"], None, torch.Generator().manual_seed(4)),
-                            None),
-    "lincomb_backward": (("x0", "coefs", "t", "U_h", "U_w", "noise_coef"),
-                         lambda ops, a: ops.spectral_lincomb_backward(a["x0"], a["coefs"], a["t"], a["U_h"], a["U_w"],
-                                                                      a["noise_coef"]),
-                         lambda a: _per_table(a["x0"], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"])),
+    "lincomb_drawn_noise": (
+        ("x0", "coefs", "t", "U_h", "U_w", "noise_coef"),
+        lambda ops, a: ops.spectral_lincomb(
+            [a["x0"]],
+            a["coefs"][:1],
+            a["t"],
+            a["U_h"],
+            a["U_w"],
+            a["noise_coef"],
+            None,
+            torch.Generator().manual_seed(4),
+        ),
+        None,
+    ),
+    "lincomb_backward": (
+        ("x0", "coefs", "t", "U_h", "U_w", "noise_coef"),
+        lambda ops, a: ops.spectral_lincomb_backward(a["x0"], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"]),
+        lambda a: _per_table(a["x0"], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"]),
+    ),
 }
 
 
@@ -147,10 +175,18 @@ def test_q_sample_with_a_strided_or_expanded_t():
 # ---------------------------------------------------------------------------------------------
 # The same inputs rejected, the same way, by the public ops (kernels or fallback) and the reference.
 
+
 def _good():
     a = _problem(dtype=torch.float32)
-    return dict(inputs=[a["x0"], a["x1"]], coefs=a["coefs"], t=a["t"], U_h=a["U_h"], U_w=a["U_w"],
-                noise_coef=a["noise_coef"], noise=a["noise"])
+    return dict(
+        inputs=[a["x0"], a["x1"]],
+        coefs=a["coefs"],
+        t=a["t"],
+        U_h=a["U_h"],
+        U_w=a["U_w"],
+        noise_coef=a["noise_coef"],
+        noise=a["noise"],
+    )
 
 
 def _grad(x):

@@ -61,8 +61,12 @@ def test_writes_n_images_of_the_size_deterministically(tmp_path):
     assert not set(other) & set(by_key)
     x = photos.photo_crop(7, 16, seed=3)
     assert x.shape == (16, 16, 3) and x.dtype == np.uint8
-    assert np.array_equal(x, np.asarray(LMDBImageDataset(a, None).read_image(
-        [i for i in range(10) if ds.key(i) == photos.photo_key(7, 3)][0])))
+    assert np.array_equal(
+        x,
+        np.asarray(
+            LMDBImageDataset(a, None).read_image([i for i in range(10) if ds.key(i) == photos.photo_key(7, 3)][0])
+        ),
+    )
 
 
 def test_train_and_heldout_crops_share_no_pixel():
@@ -95,7 +99,7 @@ def test_pixels_of_the_two_splits_are_disjoint():
     for split in masks:
         for i in range(300):
             c = photos.crop_spec(i, 16, seed=0, split=split)
-            masks[split][c.photo][c.top:c.top + c.side, c.left:c.left + c.side] = True
+            masks[split][c.photo][c.top : c.top + c.side, c.left : c.left + c.side] = True
     for name in shapes:
         assert not (masks["train"][name] & masks["heldout"][name]).any(), name
 
@@ -159,11 +163,17 @@ def test_photos32_presets_differ_only_in_the_process():
     rows = [get_preset(f"photos32-{r}") for r in ("quartic", "log", "noblur")]
     for p in rows:
         assert p.unet == rows[0].unet and p.unet_overrides == rows[0].unet_overrides
-        assert (p.lr, p.batch_size, p.ema_decay, p.warmup_steps, p.grad_clip) == \
-            (rows[0].lr, rows[0].batch_size, rows[0].ema_decay, rows[0].warmup_steps, rows[0].grad_clip)
+        assert (p.lr, p.batch_size, p.ema_decay, p.warmup_steps, p.grad_clip) == (
+            rows[0].lr,
+            rows[0].batch_size,
+            rows[0].ema_decay,
+            rows[0].warmup_steps,
+            rows[0].grad_clip,
+        )
         assert p.process["resolution"] == 32 and p.process["sigma"] == 0.4 and p.process["steps"] == 1000
-        assert {k: v for k, v in p.process.items() if k not in ("blur_schedule", "f_max")} == \
-            {k: v for k, v in rows[0].process.items() if k not in ("blur_schedule", "f_max")}
+        assert {k: v for k, v in p.process.items() if k not in ("blur_schedule", "f_max")} == {
+            k: v for k, v in rows[0].process.items() if k not in ("blur_schedule", "f_max")
+        }
     # the same physical blur as the paper's at 64x64: f(N) x (32/64)^2
     assert [p.process["f_max"] for p in rows] == pytest.approx([PAPER_F_MAX["quartic"] / 4, 0.15, 0.0])
     assert [p.process["blur_schedule"] for p in rows] == ["quartic", "log", "none"]
@@ -182,9 +192,30 @@ def table1():
     return module
 
 
-TINY = ["--steps", "3", "--resolution", "16", "--n", "16", "--sample-batch", "16", "--fast-steps", "4",
-        "--process-steps", "20", "--train-images", "48", "--heldout-images", "40", "--ckpt-every", "2",
-        "--threads", "1", "--quiet", "--no-fid"]
+TINY = [
+    "--steps",
+    "3",
+    "--resolution",
+    "16",
+    "--n",
+    "16",
+    "--sample-batch",
+    "16",
+    "--fast-steps",
+    "4",
+    "--process-steps",
+    "20",
+    "--train-images",
+    "48",
+    "--heldout-images",
+    "40",
+    "--ckpt-every",
+    "2",
+    "--threads",
+    "1",
+    "--quiet",
+    "--no-fid",
+]
 
 
 @pytest.mark.slow

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from independent import Process
 
 from blurdiff import BlurDiffusion
 from blurdiff.bases import gaussian_kernel_1d
 from blurdiff.schedules import noise_betas
-from independent import Process
 
 T_CHECK = [1, 2, 10, 500, 1000]
 
@@ -33,7 +33,9 @@ def test_golden_forward_and_reverse(golden):
     np.testing.assert_allclose(q_noise.numpy(), golden["q_noise"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(proc.q_sample(x0, t, eps).numpy(), golden["x_i"], rtol=0, atol=1e-10)
     out = proc.reverse_step(
-        torch.from_numpy(golden["step_x"]), torch.from_numpy(golden["step_eps_pred"]), t,
+        torch.from_numpy(golden["step_x"]),
+        torch.from_numpy(golden["step_eps_pred"]),
+        t,
         noise=torch.from_numpy(golden["step_z"]),
     )
     np.testing.assert_allclose(out.numpy(), golden["step_out"], rtol=0, atol=1e-10)
@@ -54,7 +56,9 @@ def test_against_independent_float64(kind, f_max, hw):
     )
     np.testing.assert_allclose(
         proc.reverse_step(x, e, t, noise=z).numpy(),
-        ref.reverse_step(x.numpy(), e.numpy(), T_CHECK, z.numpy()), rtol=0, atol=1e-9,
+        ref.reverse_step(x.numpy(), e.numpy(), T_CHECK, z.numpy()),
+        rtol=0,
+        atol=1e-9,
     )
 
 
@@ -76,8 +80,10 @@ def test_last_step_adds_no_noise():
     b = proc.reverse_step(x, e, t, noise=torch.randn(2, 3, 8, 8))
     torch.testing.assert_close(a, b)
     t2 = torch.tensor([2, 2])
-    assert not torch.allclose(proc.reverse_step(x, e, t2, noise=torch.randn(2, 3, 8, 8)),
-                              proc.reverse_step(x, e, t2, noise=torch.randn(2, 3, 8, 8)))
+    assert not torch.allclose(
+        proc.reverse_step(x, e, t2, noise=torch.randn(2, 3, 8, 8)),
+        proc.reverse_step(x, e, t2, noise=torch.randn(2, 3, 8, 8)),
+    )
 
 
 def test_fine_to_coarse_floors_and_is_finite():
@@ -137,8 +143,9 @@ def test_training_loss_and_sampling_run():
     loss = proc.training_loss(model, x0, generator=torch.Generator().manual_seed(0))
     assert loss.dim() == 0 and torch.isfinite(loss)
     seen = []
-    out = proc.sample(model, (2, 3, 8, 12), generator=torch.Generator().manual_seed(3),
-                      callback=lambda i, x, e: seen.append(i))
+    out = proc.sample(
+        model, (2, 3, 8, 12), generator=torch.Generator().manual_seed(3), callback=lambda i, x, e: seen.append(i)
+    )
     assert out.shape == (2, 3, 8, 12) and torch.isfinite(out).all()
     assert seen == list(range(20, 0, -1))
     again = proc.sample(model, (2, 3, 8, 12), generator=torch.Generator().manual_seed(3))

@@ -10,12 +10,31 @@ import torch
 from blurdiff import BlurDiffusion
 
 BAD_ARGUMENTS = [
-    ("f_max", float("nan")), ("f_max", float("inf")), ("f_max", -0.1), ("f_max", "0.1"),
-    ("sigma", float("nan")), ("sigma", float("inf")), ("sigma", 0.0), ("sigma", -1.0),
-    ("eig_floor", float("nan")), ("eig_floor", 0.0), ("eig_floor", -0.1), ("eig_floor", 1.5),
-    ("steps", 0), ("steps", 2.5), ("steps", float("nan")), ("steps", True), ("steps", "10"),
-    ("resolution", 0), ("resolution", (8, 0)), ("resolution", 8.5), ("resolution", (8.5, 8)),
-    ("resolution", float("nan")), ("resolution", (8, 8, 8)), ("resolution", "8"), ("resolution", True),
+    ("f_max", float("nan")),
+    ("f_max", float("inf")),
+    ("f_max", -0.1),
+    ("f_max", "0.1"),
+    ("sigma", float("nan")),
+    ("sigma", float("inf")),
+    ("sigma", 0.0),
+    ("sigma", -1.0),
+    ("eig_floor", float("nan")),
+    ("eig_floor", 0.0),
+    ("eig_floor", -0.1),
+    ("eig_floor", 1.5),
+    ("steps", 0),
+    ("steps", 2.5),
+    ("steps", float("nan")),
+    ("steps", True),
+    ("steps", "10"),
+    ("resolution", 0),
+    ("resolution", (8, 0)),
+    ("resolution", 8.5),
+    ("resolution", (8.5, 8)),
+    ("resolution", float("nan")),
+    ("resolution", (8, 8, 8)),
+    ("resolution", "8"),
+    ("resolution", True),
 ]
 
 
@@ -30,8 +49,14 @@ def test_bad_numbers_are_rejected_by_name(name, value):
 def test_good_numbers_of_other_types_are_accepted():
     import numpy as np
 
-    p = BlurDiffusion(resolution=[np.int64(8), 6], steps=np.int64(10), f_max=np.float32(0.1), sigma=1,
-                      eig_floor=1, backend="reference")
+    p = BlurDiffusion(
+        resolution=[np.int64(8), 6],
+        steps=np.int64(10),
+        f_max=np.float32(0.1),
+        sigma=1,
+        eig_floor=1,
+        backend="reference",
+    )
     assert p.resolution == (8, 6) and p.steps == 10
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 from blurdiff.cli import main as cli_main
 from blurdiff.images import save_png
 from blurdiff.quality import (
-    SampleStats,
     SamplesDivergedWarning,
+    SampleStats,
     divergence_reasons,
     evaluate,
     laplacian_pyramid,
@@ -84,8 +84,9 @@ def test_sample_stats_merge_and_summary():
         assert parts.to_dict()[key] == pytest.approx(value), key
     finite = x[torch.isfinite(x)]
     assert whole.nonfinite == 1 and whole.outside_1 == int((finite.abs() > 1).sum())
-    assert whole.overall_std == pytest.approx(float(torch.where(torch.isfinite(x), x, 0).double().std(unbiased=False)),
-                                              rel=1e-6)
+    assert whole.overall_std == pytest.approx(
+        float(torch.where(torch.isfinite(x), x, 0).double().std(unbiased=False)), rel=1e-6
+    )
     assert SampleStats(**json.loads(json.dumps(whole.to_dict()))).to_dict() == whole.to_dict()
 
 
@@ -97,7 +98,7 @@ def _blur(x):
 
 
 def test_data_scores_about_the_floor_and_damage_ranks_worse(images):
-    data, held = images[:2 * N], images[2 * N:]
+    data, held = images[: 2 * N], images[2 * N :]
     good = evaluate(held, data)
     assert good["verdict"] == "good", good["reasons"]
     for name in ("swd_avg", "spectrum_error", "channel_mean_error", "channel_std_error"):
@@ -112,8 +113,11 @@ def test_data_scores_about_the_floor_and_damage_ranks_worse(images):
     }
     for what, x in damaged.items():
         report = evaluate(x, data)
-        worse = [name for name in ("swd_avg", "spectrum_error", "channel_mean_error", "channel_std_error")
-                 if report["metrics"][name]["samples"] > good["metrics"][name]["samples"]]
+        worse = [
+            name
+            for name in ("swd_avg", "spectrum_error", "channel_mean_error", "channel_std_error")
+            if report["metrics"][name]["samples"] > good["metrics"][name]["samples"]
+        ]
         finest = next(iter(report["metrics"]))  # the SWD of the finest Laplacian level
         assert report["metrics"][finest]["samples"] > 1.5 * good["metrics"][finest]["samples"], what
         assert len(worse) >= 3, (what, worse)
@@ -121,7 +125,7 @@ def test_data_scores_about_the_floor_and_damage_ranks_worse(images):
 
 
 def test_raw_values_decide_out_of_range_and_divergence(images):
-    data, held = images[:2 * N], images[2 * N:]
+    data, held = images[: 2 * N], images[2 * N :]
     raw = SampleStats.of(held * 4)  # what a diverged sampler produced before the PNGs clamped it
     report = evaluate(held.clamp(-1, 1), data, raw_stats=raw)
     assert report["verdict"] == "diverged"
@@ -150,27 +154,32 @@ def _write_folder(path, x):
 
 
 def test_eval_command_text_and_json(images, toy, tmp_path, capsys):
-    samples = _write_folder(tmp_path / "samples", images[2 * N:])
+    samples = _write_folder(tmp_path / "samples", images[2 * N :])
     out = tmp_path / "report.json"
-    assert cli_main(["eval", "--samples", str(samples), "--data", str(toy), "--n", str(N), "--json", str(out),
-                     "--check"]) == 0
+    assert (
+        cli_main(["eval", "--samples", str(samples), "--data", str(toy), "--n", str(N), "--json", str(out), "--check"])
+        == 0
+    )
     said = capsys.readouterr().out
     assert "SWD average" in said and "data floor" in said and "verdict: good" in said
     report = json.loads(out.read_text())
     assert report["n"] == N and report["verdict"] == "good" and "swd_avg" in report["metrics"]
     # The raw values that `blurdiff sample` records are what the out-of-range numbers use.
-    (samples / "stats.json").write_text(json.dumps({"raw": SampleStats.of(images[2 * N:] * 5).to_dict()}))
+    (samples / "stats.json").write_text(json.dumps({"raw": SampleStats.of(images[2 * N :] * 5).to_dict()}))
     assert cli_main(["eval", "--samples", str(samples), "--data", str(toy), "--n", str(N), "--check"]) == 1
     assert "verdict: diverged" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "is not a folder"),
-    ("empty", "no images"),
-    ("mixed sizes", "different sizes"),
-    ("too few samples", "at least 16 samples"),
-    ("too little data", "holds"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "is not a folder"),
+        ("empty", "no images"),
+        ("mixed sizes", "different sizes"),
+        ("too few samples", "at least 16 samples"),
+        ("too little data", "holds"),
+    ],
+)
 def test_eval_bad_input(case, message, images, toy, tmp_path, capsys):
     samples = tmp_path / "samples"
     data = str(toy)

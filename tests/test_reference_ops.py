@@ -67,8 +67,15 @@ def test_drawn_noise_is_standard_normal_in_pixels(name):
 def _good(dtype=torch.float32):
     U_h, U_w = _basis(4, 6, dtype=dtype)
     x = torch.randn(2, 3, 4, 6, dtype=dtype)
-    return dict(inputs=[x, x.clone()], coefs=torch.ones(2, 5, 4, 6, dtype=dtype), t=torch.tensor([0, 4]),
-                U_h=U_h, U_w=U_w, noise_coef=torch.ones(5, 4, 6, dtype=dtype), noise=torch.randn(2, 3, 4, 6, dtype=dtype))
+    return dict(
+        inputs=[x, x.clone()],
+        coefs=torch.ones(2, 5, 4, 6, dtype=dtype),
+        t=torch.tensor([0, 4]),
+        U_h=U_h,
+        U_w=U_w,
+        noise_coef=torch.ones(5, 4, 6, dtype=dtype),
+        noise=torch.randn(2, 3, 4, 6, dtype=dtype),
+    )
 
 
 def _bad_cases():
@@ -80,7 +87,10 @@ def _bad_cases():
     yield dict(inputs=torch.randn(2, 3, 4, 6)), "inputs must be a list"
     yield dict(inputs=[torch.randn(3, 4, 6), torch.randn(3, 4, 6)]), "inputs\\[0\\] must have 4 dimensions"
     yield dict(inputs=[torch.randn(2, 3, 4, 6), torch.randn(2, 3, 4, 5)]), "inputs\\[1\\] has shape"
-    yield dict(inputs=[torch.randn(2, 3, 4, 6), torch.randn(2, 3, 4, 6, dtype=torch.float64)]), "inputs\\[1\\] has dtype"
+    yield (
+        dict(inputs=[torch.randn(2, 3, 4, 6), torch.randn(2, 3, 4, 6, dtype=torch.float64)]),
+        "inputs\\[1\\] has dtype",
+    )
     yield dict(inputs=[torch.ones(2, 3, 4, 6, dtype=torch.int32)] * 2), "inputs\\[0\\] must be float32"
     yield dict(coefs=torch.ones(3, 5, 4, 6)), "coefs must have shape \\[K=2"
     yield dict(coefs=torch.ones(2, 5, 4, 6, dtype=torch.float64)), "coefs must have dtype torch.float32"

@@ -89,8 +89,9 @@ def test_full_sampler_equals_blurdiffusion(backend):
             t = torch.full((3,), i, dtype=torch.int64)
             a = p.reverse_step(a, model(a, t), t, generator=g)
     seen = []
-    b = make_sampler(p, 20).sample(model, (3, 3, 16, 16), generator=torch.Generator().manual_seed(11),
-                                   callback=lambda i, x, e: seen.append(i))
+    b = make_sampler(p, 20).sample(
+        model, (3, 3, 16, 16), generator=torch.Generator().manual_seed(11), callback=lambda i, x, e: seen.append(i)
+    )
     assert torch.equal(a, b)
     assert torch.equal(p.sample(model, (3, 3, 16, 16), generator=torch.Generator().manual_seed(11)), b)
     assert seen == list(range(20, 0, -1))
@@ -116,7 +117,7 @@ def _quadrature_coefficients(p, i, j, v, kind, n=20001):
     frac = torch.linspace(0, 1, n, dtype=torch.float64)[:, None, None]
     th = th_i + (th_j - th_i) * frac  # [n, H, W]
     rho, sig = torch.sin(th) ** 2, torch.cos(th)
-    s2 = rho * v + sig ** 2
+    s2 = rho * v + sig**2
     s2_i, s2_j = s2[0], s2[-1]
     sig_i = sig[0]
 
@@ -133,7 +134,7 @@ def _quadrature_coefficients(p, i, j, v, kind, n=20001):
         phi = torch.exp(cum[-1] - cum)  # Φ(u_j, u) = exp(∫_u^{u_j} λ du')
         m = phi[0]
         C = integral(phi / sig * 2 / torch.tan(th))
-        tau = integral(phi ** 2 * 2 / torch.tan(th)).sqrt()
+        tau = integral(phi**2 * 2 / torch.tan(th)).sqrt()
     return m + C * sig_i / s2_i, -C, tau
 
 
@@ -188,8 +189,9 @@ RES, C, B = 8, 3, 2048
 def _spectrum(res=RES):
     """A natural-image-like variance per frequency (the toy data's is 5.5 at DC down to 0.005):
     v = 20 / (1 + r)², r the frequency index radius; from 20 down to 0.17."""
-    r = torch.sqrt(torch.arange(res, dtype=torch.float64)[:, None] ** 2
-                   + torch.arange(res, dtype=torch.float64)[None, :] ** 2)
+    r = torch.sqrt(
+        torch.arange(res, dtype=torch.float64)[:, None] ** 2 + torch.arange(res, dtype=torch.float64)[None, :] ** 2
+    )
     return 20.0 / (1 + r) ** 2
 
 
@@ -251,8 +253,10 @@ def test_exact_score_what_holds(gaussian_process):
         for K in (5, 10, 50, 1000):
             r = predicted_variance(p, v, Sampler(p, K, kind, reference_var=v)) / v
             assert (r - 1).abs().max() <= prior_error + 1e-9, (kind, K)
-        errs = [(predicted_variance(p, v, Sampler(p, K, kind, reference_var=torch.ones_like(v))) / v).log().abs().max()
-                for K in (10, 50, 250, 1000)]
+        errs = [
+            (predicted_variance(p, v, Sampler(p, K, kind, reference_var=torch.ones_like(v))) / v).log().abs().max()
+            for K in (10, 50, 250, 1000)
+        ]
         if kind.startswith("ancestral"):
             assert errs == sorted(errs, reverse=True) and errs[-1] < 0.01, (kind, errs)
         else:
@@ -273,7 +277,7 @@ def test_predict_x0_regularised():
     assert torch.isfinite(p.predict_x0(p.q_sample(x0, t, noise), noise, t)).all()
 
 
-# --------------------------------------------------------------------------- few steps (issue 12)
+# --------------------------------------------------------------------------- few steps
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_spacings_keep_distinct_steps_with_both_ends(spacing):
     p = BlurDiffusion(resolution=8)
@@ -314,8 +318,9 @@ def test_error_falls_at_the_order_of_the_derivation():
     errors = {}
     for kind in ("ancestral", "ancestral2m", "ddim", "ddim2m"):
         at_n = output_variance(Sampler(p, 1000, kind, reference_var=flat), v)
-        errors[kind] = [gaussian_distance(output_variance(Sampler(p, K, kind, reference_var=flat), v), at_n)["w2"]
-                        for K in counts]
+        errors[kind] = [
+            gaussian_distance(output_variance(Sampler(p, K, kind, reference_var=flat), v), at_n)["w2"] for K in counts
+        ]
         if kind.startswith("ancestral"):
             assert ((at_n / v - 1).abs() < 0.025).all(), kind
     orders = {kind: _slope(counts, e) for kind, e in errors.items()}

@@ -23,9 +23,18 @@ from blurdiff.unet import build_unet
 def _one_thread(one_torch_thread):
     """Many small ops: one thread (see conftest.one_torch_thread)."""
 
+
 RES, STEPS = 16, 20
-PROCESS = dict(resolution=RES, basis="gaussian", sigma=0.4, blur_schedule="quartic", f_max=0.140625,
-               noise_schedule="linear", steps=STEPS, direction="coarse_to_fine")
+PROCESS = dict(
+    resolution=RES,
+    basis="gaussian",
+    sigma=0.4,
+    blur_schedule="quartic",
+    f_max=0.140625,
+    noise_schedule="linear",
+    steps=STEPS,
+    direction="coarse_to_fine",
+)
 
 
 def _weights(seed):
@@ -44,8 +53,7 @@ def make_run(root: Path, preset="toy", step=100) -> Path:
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": {},
-        "config": {"preset": preset, "process": dict(PROCESS), "unet": dataclasses.asdict(model.config),
-                   "train": {}},
+        "config": {"preset": preset, "process": dict(PROCESS), "unet": dataclasses.asdict(model.config), "train": {}},
     }
     save_checkpoint(state, checkpoint_path(root, step))
     return root
@@ -159,8 +167,9 @@ def test_resume_makes_empty_and_torn_pngs_again(run, tmp_path):
     assert sample(run, out, 7, "--grid") == 0
     after = stat(out)
     assert {k: v[2] for k, v in after.items()} == {k: v[2] for k, v in made.items()}  # the same images again
-    assert {k: after[k] for k in made if k not in ("000002.png", "000005.png")} == \
-        {k: made[k] for k in made if k not in ("000002.png", "000005.png")}  # the others untouched
+    assert {k: after[k] for k in made if k not in ("000002.png", "000005.png")} == {
+        k: made[k] for k in made if k not in ("000002.png", "000005.png")
+    }  # the others untouched
     with Image.open(out / "figures" / "grid.png") as im:
         assert im.size[0] > 3 * RES
 
@@ -221,7 +230,7 @@ def test_trajectory(run, tmp_path):
     strip = np.asarray(Image.open(out / "figures" / "trajectory.png"))
     for row in range(2):
         y, x = pad + row * (cell + pad), pad + 5 * (cell + pad)
-        last = strip[y:y + cell:s, x:x + cell:s]
+        last = strip[y : y + cell : s, x : x + cell : s]
         assert np.array_equal(last, np.asarray(Image.open(out / f"{row:06d}.png")))
     # Asked again when every image exists: the figures are redrawn, the images left alone.
     (out / "figures" / "trajectory.png").unlink()
@@ -240,7 +249,7 @@ def test_grid_shows_the_images_of_the_folder(run, tmp_path):
     for i in range(5):
         r, c = divmod(i, 3)
         y, x = pad + r * (cell + pad), pad + c * (cell + pad)
-        assert np.array_equal(grid[y:y + cell:s, x:x + cell:s], np.asarray(Image.open(out / f"{i:06d}.png")))
+        assert np.array_equal(grid[y : y + cell : s, x : x + cell : s], np.asarray(Image.open(out / f"{i:06d}.png")))
 
 
 # --------------------------------------------------------------------------- errors
@@ -294,8 +303,8 @@ def test_foreign_png_folder_is_refused(run, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- figures
 def test_forward_figure(tmp_path):
-    from blurdiff.figures import forward_process_figure, forward_rows
     from blurdiff.diffusion import BlurDiffusion
+    from blurdiff.figures import forward_process_figure, forward_rows
 
     data = tmp_path / "imgs"
     data.mkdir()
@@ -324,8 +333,38 @@ def test_figures_cli(tmp_path):
     data = tmp_path / "imgs"
     data.mkdir()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(data / "a.png")
-    assert main(["figures", "forward", "--data", str(data), "--out", str(tmp_path / "f.png"), "--preset", "toy",
-                 "--n", "1", "--columns", "3"]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "forward",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "f.png"),
+                "--preset",
+                "toy",
+                "--n",
+                "1",
+                "--columns",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "f.png").is_file()
-    assert main(["figures", "forward", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png"),
-                 "--preset", "toy"]) != 0
+    assert (
+        main(
+            [
+                "figures",
+                "forward",
+                "--data",
+                str(tmp_path / "missing"),
+                "--out",
+                str(tmp_path / "g.png"),
+                "--preset",
+                "toy",
+            ]
+        )
+        != 0
+    )

@@ -24,15 +24,19 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-
-import blurdiff_ops
 from PIL import Image
 
+import blurdiff_ops
+from blurdiff.checkpoint import (
+    build_from_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from blurdiff.presets import get_preset
-from blurdiff.checkpoint import (build_from_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                 save_checkpoint)
 from blurdiff.toy_data import make_toy_lmdb, toy_image
-from blurdiff.train import NonFiniteLossError, TrainOptions, Trainer, add_arguments, main, train
+from blurdiff.train import NonFiniteLossError, Trainer, TrainOptions, add_arguments, main, train
 
 RES = 16
 BATCH = 4
@@ -51,8 +55,19 @@ def toy_lmdb(tmp_path_factory) -> Path:
 
 
 def opts(data, out, **kw) -> TrainOptions:
-    base = dict(data=str(data), preset="toy", out=str(out), max_steps=4, batch_size=BATCH, resolution=RES,
-                ckpt_every=0, sample_every=0, log_every=1, progress=False, device="cpu")
+    base = dict(
+        data=str(data),
+        preset="toy",
+        out=str(out),
+        max_steps=4,
+        batch_size=BATCH,
+        resolution=RES,
+        ckpt_every=0,
+        sample_every=0,
+        log_every=1,
+        progress=False,
+        device="cpu",
+    )
     base.update(kw)
     return TrainOptions(**base)
 
@@ -102,8 +117,18 @@ def test_resume_is_bitwise_identical_to_a_straight_run(toy_lmdb, tmp_path):
     run(opts(toy_lmdb, tmp_path / "straight", **kw))
     run(opts(toy_lmdb, tmp_path / "halves", **dict(kw, max_steps=3)))
     # Resume with only the required options: batch size, resolution, overrides come from the run.
-    resumed = run(opts(toy_lmdb, tmp_path / "halves", resume=True, max_steps=6, ckpt_every=3,
-                       batch_size=None, resolution=None, unet_overrides=None))
+    resumed = run(
+        opts(
+            toy_lmdb,
+            tmp_path / "halves",
+            resume=True,
+            max_steps=6,
+            ckpt_every=3,
+            batch_size=None,
+            resolution=None,
+            unet_overrides=None,
+        )
+    )
     assert resumed.batch_size == BATCH and resumed.model.config.dropout == 0.1
 
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "ckpt-00000006.pt")
@@ -188,15 +213,21 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, mon
     straight = load_checkpoint(ckpts / "ckpt-00000004.pt")
     (ckpts / "ckpt-00000004.pt").write_bytes(b"damaged on disk")
 
-    with pytest.warns(UserWarning, match=r"skipping ckpt-00000004\.pt: .*not a loadable.*renamed to "
-                                         r"ckpt-00000004\.pt\.unreadable\); resuming from ckpt-00000002\.pt"):
+    with pytest.warns(
+        UserWarning,
+        match=r"skipping ckpt-00000004\.pt: .*not a loadable.*renamed to "
+        r"ckpt-00000004\.pt\.unreadable\); resuming from ckpt-00000002\.pt",
+    ):
         resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2, resume=True))
     assert resumed.step == 2  # from the checkpoint before the damaged one
     resumed.run_loop()
     resumed.close()
     # The damaged file is kept aside, and the redone steps end where the first run ended.
-    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-00000002.pt", "ckpt-00000004.pt",
-                                                       "ckpt-00000004.pt.unreadable"]
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "ckpt-00000002.pt",
+        "ckpt-00000004.pt",
+        "ckpt-00000004.pt.unreadable",
+    ]
     assert (ckpts / "ckpt-00000004.pt.unreadable").read_bytes() == b"damaged on disk"
     redone = load_checkpoint(ckpts / "ckpt-00000004.pt")
     for key in ("step", "model", "ema", "optimizer"):
@@ -216,8 +247,11 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, mon
     (ckpts / "ckpt-00000004.pt").write_bytes(b"y")
     with pytest.raises(ValueError, match=r"no checkpoint in .* loads \(tried ckpt-00000004\.pt, ckpt-00000002\.pt"):
         Trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
-    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-00000002.pt", "ckpt-00000004.pt",
-                                                       "ckpt-00000004.pt.unreadable"]
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "ckpt-00000002.pt",
+        "ckpt-00000004.pt",
+        "ckpt-00000004.pt.unreadable",
+    ]
 
 
 def test_resume_sets_aside_checkpoints_that_do_not_fit_the_run(toy_lmdb, tmp_path):
@@ -242,13 +276,20 @@ def test_resume_sets_aside_checkpoints_that_do_not_fit_the_run(toy_lmdb, tmp_pat
         resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=5, ckpt_every=1, keep=0, resume=True))
     assert resumed.step == 1
     said = [str(w.message) for w in caught if "skipping" in str(w.message)]
-    for step, reason in [(5, "content does not match its checksum"),
-                         (4, "the model weights do not fit the network its config describes: .*out.2.weight"),
-                         (3, "the ema weights are not finite"),
-                         (2, "the optimizer state does not fit the network")]:
+    for step, reason in [
+        (5, "content does not match its checksum"),
+        (4, "the model weights do not fit the network its config describes: .*out.2.weight"),
+        (3, "the ema weights are not finite"),
+        (2, "the optimizer state does not fit the network"),
+    ]:
         name = f"ckpt-{step:08d}.pt"
-        assert any(re.search(f"skipping {name}: .*{name}: {reason}.*renamed to {name}.unreadable\\); resuming "
-                             f"from ckpt-00000001.pt", m) for m in said), (step, said)
+        assert any(
+            re.search(
+                f"skipping {name}: .*{name}: {reason}.*renamed to {name}.unreadable\\); resuming from ckpt-00000001.pt",
+                m,
+            )
+            for m in said
+        ), (step, said)
         assert (ckpts / f"{name}.unreadable").is_file()
     # The redone steps end where the first run ended.
     resumed.run_loop()
@@ -264,8 +305,22 @@ def test_resume_refuses_a_run_whose_only_checkpoint_has_non_finite_weights(toy_l
     state = load_checkpoint(path)
     state["model"]["out.2.weight"].fill_(float("inf"))
     save_checkpoint(state, path)
-    args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path), "--max-steps", "2",
-                  "--resume", "--no-progress", "--device", "cpu"])
+    args = parse(
+        [
+            "--data",
+            str(toy_lmdb),
+            "--preset",
+            "toy",
+            "--out",
+            str(tmp_path),
+            "--max-steps",
+            "2",
+            "--resume",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert main(args) == 2
     assert f"{path}: the model weights are not finite" in capsys.readouterr().err
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # nothing set aside, nothing new
@@ -309,8 +364,22 @@ def test_nan_loss_stops_without_saving(toy_lmdb, tmp_path, monkeypatch, capsys):
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4]
 
     # Through the command: exit code 3 and a message naming the step and the loss.
-    args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path), "--max-steps", "8",
-                  "--resume", "--no-progress", "--device", "cpu"])
+    args = parse(
+        [
+            "--data",
+            str(toy_lmdb),
+            "--preset",
+            "toy",
+            "--out",
+            str(tmp_path),
+            "--max-steps",
+            "8",
+            "--resume",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert main(args) == 3
     message = capsys.readouterr().err
     assert "step 5" in message and "loss=nan" in message and "intact" in message
@@ -337,12 +406,28 @@ def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
     for name, text in files.items():
         (mine / name).write_text(text)
     for resume in (False, True):
-        with pytest.raises(FileExistsError, match=f"--out {mine} is not empty and is not a blurdiff run .*it holds "
-                                                  f"config.json, data/, metrics.jsonl ... \\(4 in all\\)"):
+        with pytest.raises(
+            FileExistsError,
+            match=f"--out {mine} is not empty and is not a blurdiff run .*it holds "
+            f"config.json, data/, metrics.jsonl ... \\(4 in all\\)",
+        ):
             Trainer(opts(toy_lmdb, mine, resume=resume))
     # Through `python -m blurdiff.train`'s own main: a one-line error and exit code 2.
-    args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(mine), "--max-steps", "1",
-                  "--no-progress", "--device", "cpu"])
+    args = parse(
+        [
+            "--data",
+            str(toy_lmdb),
+            "--preset",
+            "toy",
+            "--out",
+            str(mine),
+            "--max-steps",
+            "1",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert main(args) == 2
     assert capsys.readouterr().err.startswith(f"blurdiff train: error: --out {mine} is not empty")
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "data", "metrics.jsonl", "notes.txt"]
@@ -379,11 +464,26 @@ def test_unwritable_run_folder_fails_at_the_start(toy_lmdb, tmp_path, monkeypatc
         read_only(patched, ckpts)
         with pytest.raises(PermissionError, match=f"cannot write the run's checkpoints and logs .*'{ckpts}'"):
             Trainer(opts(toy_lmdb, tmp_path / "run", max_steps=3, resume=True))
-        args = parse(["--data", str(toy_lmdb), "--preset", "toy", "--out", str(tmp_path / "run"), "--max-steps",
-                      "3", "--resume", "--no-progress", "--device", "cpu"])
+        args = parse(
+            [
+                "--data",
+                str(toy_lmdb),
+                "--preset",
+                "toy",
+                "--out",
+                str(tmp_path / "run"),
+                "--max-steps",
+                "3",
+                "--resume",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
         assert main(args) == 2
-    assert capsys.readouterr().err == (f"blurdiff train: error: cannot write the run's checkpoints and logs "
-                                       f"(Permission denied): {ckpts}\n")
+    assert capsys.readouterr().err == (
+        f"blurdiff train: error: cannot write the run's checkpoints and logs (Permission denied): {ckpts}\n"
+    )
     assert [p.name for p in ckpts.iterdir()] == ["ckpt-00000001.pt"]
     # A new run in a folder that cannot be written: the folder named, nothing made.
     (tmp_path / "shared").mkdir()
@@ -504,8 +604,26 @@ def cli_main():
 
 def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", str(toy_lmdb), "--preset", "toy", "--out", str(out), "--max-steps", "2",
-            "--batch-size", "4", "--resolution", str(RES), "--log-every", "1", "--no-progress", "--device", "cpu"]
+    argv = [
+        "train",
+        "--data",
+        str(toy_lmdb),
+        "--preset",
+        "toy",
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--resolution",
+        str(RES),
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert cli_main(argv) == 0
     assert latest_checkpoint(out).name == "ckpt-00000002.pt" and len(metrics(out)) == 2
     # Two steps of an untrained network: the final check samples noise far out of range, and says so.
@@ -517,17 +635,25 @@ def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
     assert load_checkpoint(latest_checkpoint(out))["config"]["train"]["batch_size"] == 4
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--data": "MISSING"}, "does not exist"),
-    ({"--data": "EMPTY"}, "empty data set"),
-    ({"--preset": "nope"}, "unknown preset 'nope'; valid presets"),
-    ({"--amp": "fp16"}, "fp16 needs CUDA"),
-    ({"--max-steps": "-1"}, "--max-steps must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--data": "MISSING"}, "does not exist"),
+        ({"--data": "EMPTY"}, "empty data set"),
+        ({"--preset": "nope"}, "unknown preset 'nope'; valid presets"),
+        ({"--amp": "fp16"}, "fp16 needs CUDA"),
+        ({"--max-steps": "-1"}, "--max-steps must be >= 0"),
+    ],
+)
 def test_cli_bad_input(toy_lmdb, tmp_path, cli_main, capsys, change, message):
     (tmp_path / "EMPTY").mkdir()
-    values = {"--data": str(toy_lmdb), "--preset": "toy", "--out": str(tmp_path / "run"), "--max-steps": "1",
-              "--device": "cpu"}
+    values = {
+        "--data": str(toy_lmdb),
+        "--preset": "toy",
+        "--out": str(tmp_path / "run"),
+        "--max-steps": "1",
+        "--device": "cpu",
+    }
     for k, v in change.items():
         values[k] = str(tmp_path / v) if v in ("MISSING", "EMPTY") else v
     argv = ["train", *[s for kv in values.items() for s in kv], "--resolution", str(RES)]
@@ -550,11 +676,18 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, world_size: int, port: int, options: TrainOptions, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     trainer = train(options)
-    torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
-                "optimizer": trainer.optimizer.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "model": trainer.model.state_dict(),
+            "ema": trainer.ema.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+        },
+        os.path.join(out, f"rank{rank}.pt"),
+    )
 
 
 def test_ddp_gloo_two_processes_match_each_other_and_one_process(toy_lmdb, tmp_path):
@@ -570,8 +703,9 @@ def test_ddp_gloo_two_processes_match_each_other_and_one_process(toy_lmdb, tmp_p
     (ckpts / f"ckpt-{steps:08d}.pt").write_bytes(b"damaged")
     again = tmp_path / "again"
     again.mkdir()
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), dataclasses.replace(ddp, resume=True), str(again)),
-                                nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, _free_port(), dataclasses.replace(ddp, resume=True), str(again)), nprocs=2, join=True
+    )
     for r in (0, 1):
         assert_same(torch.load(again / f"rank{r}.pt", weights_only=True), r0)
     assert (ckpts / f"ckpt-{steps:08d}.pt.unreadable").read_bytes() == b"damaged"
@@ -594,9 +728,32 @@ def test_ddp_gloo_two_processes_match_each_other_and_one_process(toy_lmdb, tmp_p
 @pytest.mark.slow
 def test_torchrun_two_processes(toy_lmdb, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), "-m", "blurdiff.train", "--data", str(toy_lmdb), "--preset", "toy", "--out",
-           str(out), "--max-steps", "2", "--batch-size", "2", "--resolution", str(RES), "--no-progress", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "blurdiff.train",
+        "--data",
+        str(toy_lmdb),
+        "--preset",
+        "toy",
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--resolution",
+        str(RES),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     # The packages these tests import (installed, with their kernels, under scripts/test.sh; the
     # source tree in a developer's `python -m pytest`), not whatever the working folder holds.
     import blurdiff
@@ -652,5 +809,6 @@ def test_eps_residual_output_trains_saves_and_samples(toy_lmdb, tmp_path):
     ref_bar = blurdiff_ops.reference.to_spectral(process.reference_eps(x, t)[2].double(), tab["U_h"], tab["U_w"])
     x_bar = blurdiff_ops.reference.to_spectral(x[2].double(), tab["U_h"], tab["U_w"])
     rho, v = process.A_bar[1000], process.data_stats.reference_var
-    torch.testing.assert_close(ref_bar / x_bar, ((1 - rho).sqrt() / (rho * v + 1 - rho)).expand_as(x_bar),
-                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        ref_bar / x_bar, ((1 - rho).sqrt() / (rho * v + 1 - rho)).expand_as(x_bar), rtol=1e-4, atol=0
+    )
