@@ -1,6 +1,6 @@
 """Separable orthogonal bases ``U = U_h ⊗ U_w`` and their per-frequency eigenvalues ``D``.
 
-DESIGN.md §1: ``to_spectral(x) = U_h^T x U_w``. Frequencies are ordered from the largest
+docs/design.md §1: ``to_spectral(x) = U_h^T x U_w``. Frequencies are ordered from the largest
 eigenvalue (the coarsest) to the smallest, so index ``(0, 0)`` is the image mean-like mode.
 Everything here is float64; the diffusion object casts to its working dtype.
 """

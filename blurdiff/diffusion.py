@@ -1,6 +1,6 @@
 """``BlurDiffusion``: the forward process, the reverse step, training loss and sampling.
 
-DESIGN.md §1. Every operator of the process is diagonal in the basis ``U``, so each one is a
+docs/design.md §1. Every operator of the process is diagonal in the basis ``U``, so each one is a
 single ``blurdiff_ops.spectral_lincomb`` over per-frequency tables ``[N+1, H, W]`` indexed by
 the step. The tables are built once in float64 (in log space, so ``Ā_i`` keeps its relative
 precision when it is tiny) and cached per device in the working dtype.

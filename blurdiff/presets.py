@@ -48,7 +48,7 @@ PRESETS: dict[str, ExperimentPreset] = {
     "lsun64-noblur": ExperimentPreset("lsun64-noblur", dict(_LSUN64, blur_schedule="none", f_max=0.0), "adm-lsun64"),
     # Two CPU cores, minutes: 16x16, a widened tiny UNet, a faster learning rate, a shorter EMA
     # (tried on the toy data: 32x32 or 32 channels still gave saturated colour fields after 25 min).
-    # lr 1e-3 without warm-up or clipping diverged after 2300 steps on two machines (issue 10).
+    # lr 1e-3 without warm-up or clipping diverged after 2300 steps on two machines (README, "Samples you can trust").
     "toy": ExperimentPreset(
         "toy",
         dict(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2),

@@ -1,6 +1,6 @@
 """Sampling on all N steps or a strided subset: Eq. 12 (``ddpm``) and two exponential integrators.
 
-docs/sampling.md derives everything here; DESIGN.md §1 fixes the notation. In short: keep the
+docs/sampling.md derives everything here; docs/design.md §1 fixes the notation. In short: keep the
 steps ``N = s_K > … > s_1 ≥ 1`` and put ``s_0 = 0`` (the data). Between kept steps ``i = s_k``
 and ``j = s_{k-1}`` the forward process is again diagonal in the basis,
 

@@ -1,4 +1,4 @@
-"""Noise schedules ``β_i`` and blur schedules ``f(i)`` for ``i = 0 … N`` (DESIGN.md §1), float64."""
+"""Noise schedules ``β_i`` and blur schedules ``f(i)`` for ``i = 0 … N`` (docs/design.md §1), float64."""
 
 from __future__ import annotations
 

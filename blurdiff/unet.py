@@ -125,7 +125,7 @@ class UNetConfig:
         return 2 ** (self.levels - 1)
 
 
-# The paper's model (DESIGN.md section 3): 121.06 M parameters.
+# The paper's model (docs/design.md §3): 121.06 M parameters.
 # "tiny" is for CPU smoke runs and (widened, see presets.py) the "toy" experiment, at 16x16 or 32x32.
 PRESETS: dict[str, UNetConfig] = {
     "adm-lsun64": UNetConfig(),

@@ -1,6 +1,6 @@
 """Fused spectral-blur operators for blur diffusion.
 
-``to_spectral``, ``from_spectral`` and ``spectral_lincomb`` (DESIGN.md §2) run on compiled
+``to_spectral``, ``from_spectral`` and ``spectral_lincomb`` (docs/design.md §2) run on compiled
 C++/CUDA kernels when the extension is built, else on ``blurdiff_ops.reference`` (plain
 PyTorch, also the oracle in tests), with one warning that says why.
 

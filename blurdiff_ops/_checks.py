@@ -97,7 +97,7 @@ def check_lincomb(
     noise: torch.Tensor | None,
     check_t_range: bool = True,
 ) -> None:
-    """Checks for ``spectral_lincomb`` (DESIGN.md §2).
+    """Checks for ``spectral_lincomb`` (docs/design.md §2).
 
     ``check_t_range`` reads ``t`` back to the host; callers that built ``t`` themselves (the
     diffusion object, inside a sampling loop) may skip that synchronisation. A ``t`` on the meta

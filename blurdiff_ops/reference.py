@@ -1,6 +1,6 @@
 """The spectral ops in plain PyTorch: the oracle in tests and the baseline in benchmarks.
 
-This is the plainest clear implementation of DESIGN.md §2 (batched matmuls and broadcasting),
+This is the plainest clear implementation of docs/design.md §2 (batched matmuls and broadcasting),
 not a strawman: the compiled kernels must beat it honestly. Half-precision data is computed in
 float32 (the tables are float32 then), like the kernels do.
 """

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-# The authors' values (a copy of ../shared/golden/, see golden/README.md), kept in the repo so
+# The authors' values (a copy of the project's shared golden/ folder, see golden/README.md), kept in the repo so
 # that a clean clone always checks against them; BLURDIFF_GOLDEN points elsewhere.
 GOLDEN_DIR = Path(os.environ.get("BLURDIFF_GOLDEN", Path(__file__).resolve().parent / "golden"))
 

@@ -1,4 +1,4 @@
-"""An independent float64 NumPy implementation of DESIGN.md §1, for tests only.
+"""An independent float64 NumPy implementation of docs/design.md §1, for tests only.
 
 Written from the formulas, not from blurdiff: its own eigendecomposition (NumPy, ascending
 order, NumPy's signs), tables by direct products rather than log-space sums, and the
