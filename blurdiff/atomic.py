@@ -1,4 +1,5 @@
-"""Files written atomically: a temporary file beside the target, renamed over it when complete.
+"""Files written atomically (a temporary file beside the target, renamed over it when complete),
+and the hash that identifies a file's content (:func:`file_sha256`).
 
 A crash at any moment leaves the old file or the complete new one, never a torn one. The
 temporary is ``.NAME.tmp-PID``: hidden, never a final name, and found by :func:`remove_stale`
@@ -8,6 +9,7 @@ when a killed process left it behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +54,21 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes. Remembered per (path, size, modification time) for the
+    process: checkpoints and Inception weights are hundreds of MB, and are hashed more than once."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256_CACHE[key] = h.hexdigest()
+    return _SHA256_CACHE[key]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blurdiff.atomic import atomic_path
+from blurdiff.atomic import atomic_path, file_sha256
 from blurdiff.data import IMAGE_EXTENSIONS, list_images, read_image
 from blurdiff.devices import resolve_device
 from blurdiff.inception import (
@@ -262,20 +262,6 @@ def activation_statistics(
 
 # --------------------------------------------------------------------------- caching + FID
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
 
 def _cache_key(folder: Path, files: Sequence[Path], weights_id: str) -> str:
     entries = []
@@ -354,7 +340,7 @@ def fid_from_paths(
 
     if real.is_dir():
         mu1, sigma1 = _cached_real_statistics(
-            real, model_factory, _file_sha256(weights_path), batch_size, device, cache_dir, limit
+            real, model_factory, file_sha256(weights_path), batch_size, device, cache_dir, limit
         )
     else:
         mu1, sigma1 = load_statistics(real)

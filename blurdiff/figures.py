@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from blurdiff.atomic import atomic_path
-from blurdiff.images import to_uint8, upscale_factor
+from blurdiff.images import font, to_uint8, upscale_factor
 
 __all__ = ["add_arguments", "main", "forward_figure", "forward_process_figure", "forward_rows"]
 
@@ -80,13 +80,6 @@ def forward_rows(x0: torch.Tensor, process, times: Sequence[int], seed: int = 0,
     return torch.stack(noisy), torch.stack(c2f), torch.stack(f2c)
 
 
-def _font(size: int = 12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def forward_figure(
     x0: torch.Tensor,
     process,
@@ -112,18 +105,20 @@ def forward_figure(
     height = top + len(rows) * (ch + pad) + pad + 6 * (B - 1)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font = _font()
+    label_font = font()
     if title:
-        draw.text((left, 4), title, fill="black", font=font)
+        draw.text((left, 4), title, fill="black", font=label_font)
     for c, t in enumerate(times):
         x = left + pad + c * (cw + pad)
         label = f"t={t}"
-        draw.text((x + (cw - draw.textlength(label, font=font)) / 2, top - 16), label, fill="black", font=font)
+        draw.text(
+            (x + (cw - draw.textlength(label, font=label_font)) / 2, top - 16), label, fill="black", font=label_font
+        )
     y = top + pad
     for r, (label, frames) in enumerate(rows):
         if r and r % 3 == 0:
             y += 6  # a gap between images
-        draw.text((4, y + ch / 2 - 7), label, fill="black", font=font)
+        draw.text((4, y + ch / 2 - 7), label, fill="black", font=label_font)
         arr = to_uint8(frames)  # [T, H, W, C]
         for c in range(len(times)):
             cell = Image.fromarray(arr[c][..., 0] if arr.shape[-1] == 1 else arr[c]).convert("RGB")

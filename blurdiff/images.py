@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFont
 
 from blurdiff.atomic import atomic_path
 
@@ -60,3 +60,12 @@ def save_strips(frames: Sequence[torch.Tensor], path: str | os.PathLike) -> None
     stacked = torch.stack([f.detach().cpu() for f in frames], dim=1)  # [B, T, C, H, W]
     B, T = stacked.shape[:2]
     save_grid(stacked.reshape(B * T, *stacked.shape[2:]), path, nrow=T)
+
+
+def font(size: int = 12) -> ImageFont.ImageFont:
+    """Pillow's built-in font at ``size`` (a fixed-size bitmap font on Pillow < 10.1): labels
+    of figures, with no font file to find."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()

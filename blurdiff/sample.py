@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from blurdiff.atomic import remove_stale, write_text_atomic
+from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_dir, load_checkpoint, resolve_checkpoint
 from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
@@ -123,14 +123,6 @@ def batch_seed(seed: int, first: int, batch_size: int) -> int:
     """The seed of the batch that starts at image ``first`` (63 bits of a SHA-256)."""
     digest = hashlib.sha256(f"blurdiff-sample:{int(seed)}:{int(first)}:{int(batch_size)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _find_checkpoint(run: str | None, ckpt: str | None) -> Path:
@@ -355,7 +347,7 @@ def main(args: argparse.Namespace) -> int:
         out,
         {
             "format": _FORMAT,
-            "checkpoint_sha256": _file_sha256(path),
+            "checkpoint_sha256": file_sha256(path),
             "checkpoint_step": int(state["step"]),
             "preset": state["config"].get("preset"),
             "ema": not args.no_ema,

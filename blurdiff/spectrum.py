@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from blurdiff.images import font
 
 __all__ = ["load_image_folder", "plot_spectra", "radial_power_spectrum", "spectrum_report"]
 
@@ -142,13 +144,6 @@ _COLOURS = [
 ]
 
 
-def _font():
-    try:
-        return ImageFont.load_default(size=12)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def _decade_label(e: int) -> str:
     return f"1e{e}"
 
@@ -188,7 +183,7 @@ def plot_spectra(
     left, right, top, bottom = 70, 20, 30, 50
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font = _font()
+    label_font = font()
     x0, x1, y0, y1 = left, width - right, top, height - bottom  # plot box (y0 top)
 
     def to_px(lx: float, ly: float) -> tuple[float, float]:
@@ -203,20 +198,25 @@ def plot_spectra(
         draw.line([(px, y0), (px, y1)], fill=grid)
         draw.line([(px, y1), (px, y1 + 5)], fill="black")
         label = _decade_label(e)
-        tw = draw.textlength(label, font=font)
-        draw.text((px - tw / 2, y1 + 8), label, fill="black", font=font)
+        tw = draw.textlength(label, font=label_font)
+        draw.text((px - tw / 2, y1 + 8), label, fill="black", font=label_font)
     for e in range(y_lo, y_hi + 1):
         _, py = to_px(x_lo, e)
         draw.line([(x0, py), (x1, py)], fill=grid)
         draw.line([(x0 - 5, py), (x0, py)], fill="black")
         label = _decade_label(e)
-        tw = draw.textlength(label, font=font)
-        draw.text((x0 - 8 - tw, py - 7), label, fill="black", font=font)
+        tw = draw.textlength(label, font=label_font)
+        draw.text((x0 - 8 - tw, py - 7), label, fill="black", font=label_font)
     draw.rectangle([x0, y0, x1, y1], outline="black")
-    draw.text(((x0 + x1) / 2 - draw.textlength(title, font=font) / 2, 8), title, fill="black", font=font)
+    draw.text(((x0 + x1) / 2 - draw.textlength(title, font=label_font) / 2, 8), title, fill="black", font=label_font)
     xlabel = "frequency (cycles / image)"
-    draw.text(((x0 + x1) / 2 - draw.textlength(xlabel, font=font) / 2, height - 20), xlabel, fill="black", font=font)
-    draw.text((6, 8), "power", fill="black", font=font)
+    draw.text(
+        ((x0 + x1) / 2 - draw.textlength(xlabel, font=label_font) / 2, height - 20),
+        xlabel,
+        fill="black",
+        font=label_font,
+    )
+    draw.text((6, 8), "power", fill="black", font=label_font)
 
     # Curves.
     for i, (lf, lp) in enumerate(series.values()):
@@ -230,7 +230,7 @@ def plot_spectra(
     # Legend (top right).
     line_h = 16
     names = list(series)
-    box_w = 40 + max(int(draw.textlength(n, font=font)) for n in names) + 10
+    box_w = 40 + max(int(draw.textlength(n, font=label_font)) for n in names) + 10
     bx1, by0 = x1 - 8, y0 + 8
     bx0 = bx1 - box_w
     draw.rectangle([bx0, by0, bx1, by0 + line_h * len(names) + 8], fill="white", outline="black")
@@ -238,7 +238,7 @@ def plot_spectra(
         colour = _COLOURS[i % len(_COLOURS)]
         ly = by0 + 4 + i * line_h + line_h / 2
         draw.line([(bx0 + 6, ly), (bx0 + 32, ly)], fill=colour, width=3)
-        draw.text((bx0 + 38, ly - 7), name, fill="black", font=font)
+        draw.text((bx0 + 38, ly - 7), name, fill="black", font=label_font)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
