@@ -65,7 +65,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from blurdiff.toy_data import _check_replaceable, _new_output_folder, _resolve_format, encode_image
+from blurdiff.toy_data import (
+    _check_replaceable,
+    _new_output_folder,
+    _resolve_format,
+    encode_image,
+    write_lmdb_records,
+)
 
 log = logging.getLogger("blurdiff.data")
 
@@ -299,33 +305,6 @@ def make_photos_lmdb(
         return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
 
     with _new_output_folder(out, "photos-lmdb") as tmp:
-        _write_lmdb(tmp, n, record, size * size * 3 + 4096, commit_every)
+        write_lmdb_records(tmp, n, record, size * size * 3 + 4096, commit_every)
     log.info("wrote %d photo crops (%s split, %dx%d, %s, seed %d) to %s", n, split, size, size, fmt, seed, out)
     return out
-
-
-def _write_lmdb(tmp: str, n: int, record, per_image: int, commit_every: int) -> None:
-    """``record(i) -> (key, value)`` for ``i < n`` into a new lmdb at ``tmp`` (the loop of
-    :func:`blurdiff.toy_data._write_toy_lmdb`, for any records)."""
-    import lmdb
-
-    map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
-    env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
-    try:
-        start = 0
-        while start < n:
-            stop = min(n, start + max(1, int(commit_every)))
-            records = [record(i) for i in range(start, stop)]
-            while True:
-                try:
-                    with env.begin(write=True) as txn:
-                        for k, v in records:
-                            txn.put(k, v)
-                    break
-                except lmdb.MapFullError:
-                    map_size *= 2
-                    env.set_mapsize(map_size)
-            start = stop
-        env.sync(True)
-    finally:
-        env.close()

@@ -362,21 +362,26 @@ def make_toy_lmdb(
 def _write_toy_lmdb(
     tmp: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int, render_kwargs: dict
 ) -> None:
+    def record(i: int) -> tuple[bytes, bytes]:
+        return toy_key(i, seed).encode("ascii"), encode_image(toy_image(i, hw, seed, **render_kwargs), fmt)
+
+    write_lmdb_records(tmp, n, record, hw[0] * hw[1] * 3 + 4096, commit_every)
+
+
+def write_lmdb_records(tmp: str, n: int, record, per_image: int, commit_every: int) -> None:
+    """``record(i) -> (key, value)`` for ``i < n`` into a new lmdb at ``tmp``, ``commit_every``
+    records per transaction. ``per_image``: a generous bound on a value's size (encoded images
+    are smaller than raw RGB, PNG's worst case is raw plus a little); the map is sparse on Linux,
+    and grows on MapFullError anyway."""
     import lmdb
 
-    # Encoded images are smaller than raw RGB (PNG's worst case is raw plus a little);
-    # the map is sparse on Linux, so be generous and grow on MapFullError anyway.
-    per_image = hw[0] * hw[1] * 3 + 4096
     map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
     env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
     try:
         start = 0
         while start < n:
             stop = min(n, start + max(1, int(commit_every)))
-            records = [
-                (toy_key(i, seed).encode("ascii"), encode_image(toy_image(i, hw, seed, **render_kwargs), fmt))
-                for i in range(start, stop)
-            ]
+            records = [record(i) for i in range(start, stop)]
             while True:
                 try:
                     with env.begin(write=True) as txn:
