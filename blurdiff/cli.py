@@ -91,25 +91,55 @@ def _fid(sub) -> None:
     p.add_argument(
         "--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)"
     )
-    p.add_argument("--limit", type=int, default=10000, help="images per set (the paper reports FID-10K)")
+    p.add_argument(
+        "--allow-other-weights",
+        action="store_true",
+        help="use an Inception weights file whose sha256 is not the published one's (6726825d...); "
+        "the FID is then not comparable with published FIDs",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=10000,
+        help="images per set (the paper reports FID-10K); a warning says when a set holds fewer",
+    )
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default=None)
     p.set_defaults(handler=_run_fid)
 
 
 def _run_fid(args) -> int:
-    from blurdiff.fid import fid_main
+    from blurdiff.fid import fid_report
 
-    value = fid_main(
+    report = fid_report(
         args.real,
         args.fake,
-        inception_weights=args.inception_weights,
+        weights=args.inception_weights,
         batch_size=args.batch_size,
         device=args.device,
         limit=args.limit,
+        allow_other_weights=args.allow_other_weights,
     )
-    print(f"FID: {value:.4f}")
+    warnings = report.warnings()
+    # The caveat goes on the FID line itself too: that is the line people copy into tables.
+    caveat = " (NOT comparable with published FIDs: see the warnings on stderr)" if warnings else ""
+    print(f"FID: {report.fid:.4f}{caveat}")
+    print(f"real: {_count_text(report.real_count, report.real)}")
+    print(f"fake: {_count_text(report.fake_count, report.fake)}")
+    if report.weights_sha256 is None:
+        print("Inception weights: none used (both sides are .npz statistics)")
+    else:
+        which = "the published pytorch-fid file" if report.published_weights else "NOT the published pytorch-fid file"
+        print(f"Inception weights: {report.weights} (sha256 {report.weights_sha256[:8]}..., {which})")
+    for warning in warnings:
+        print(f"blurdiff fid: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _count_text(count: int | None, path: str) -> str:
+    if count is None:
+        return f"{path} (an .npz that stores no image count: how many images it rests on is unknown)"
+    return f"{count} images ({path})"
 
 
 def _spectrum(sub) -> None:

@@ -60,8 +60,9 @@ __all__ = [
     "infinite_loader",
 ]
 
-#: What every reader (training data, FID, spectra) takes as an image file, case-insensitively.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: What every reader (training data, FID, spectra) takes as an image file, case-insensitively:
+#: the extensions pytorch-fid reads, so both compute FID over the same files of a folder.
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 #: Pillow's ``reducing_gap`` for resizing; ``None`` is exact (fair) resampling. Setting e.g. 3.0
 #: speeds up large downscales with a result that is indistinguishable in practice.
@@ -95,18 +96,36 @@ _GREY16_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 def to_rgb(img: Image.Image) -> Image.Image:
     """``img`` as 8-bit RGB, the same way for every reader.
 
-    16-bit grey is scaled by 1/257 (65535 -> 255), a palette with transparency goes through
-    RGBA so its colours survive, and alpha is dropped (not composited). 16-bit RGB(A) PNGs
-    reach here already reduced to 8 bits by Pillow.
+    16-bit grey (PNG, PGM with any maxval, TIFF) is scaled by 1/257 (65535 -> 255), a palette
+    with transparency goes through RGBA so its colours survive, and alpha is dropped (not
+    composited). 16-bit RGB(A) PNGs and TIFFs reach here already reduced to 8 bits by Pillow.
+    Floating-point grey (32-bit float TIFFs, mode ``F``) with values in ``[0, 1]`` is scaled by
+    255, values in ``[0, 255]`` are kept; any other range (or NaN/inf) is a ``ValueError``.
     """
     if img.mode == "RGB":
         return img
     if img.mode in _GREY16_MODES:
         arr = np.asarray(img).astype(np.float64) / 257.0
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        img = _float_grey_to_l(img)
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
+
+
+def _float_grey_to_l(img: Image.Image) -> Image.Image:
+    # Pillow's own conversion clips to [0, 255], which turns the usual [0, 1] float image black.
+    # Float images carry no range, so it is taken from the values: [0, 1] is the convention of
+    # float image libraries, [0, 255] what Pillow assumes; anything else would be a guess.
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("a floating-point image with NaN or inf values")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 255.0:
+        raise ValueError(f"a floating-point image with values in [{lo:g}, {hi:g}], neither [0, 1] nor [0, 255]")
+    scale = 255.0 if hi <= 1.0 else 1.0
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
 
 
 def resize_no_crop(img: Image.Image, resolution) -> Image.Image:
@@ -147,10 +166,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        img = _decode(raw)
+        rgb = to_rgb(_decode(raw))  # to_rgb too: a float image of no known range is named like bad data
     except _DECODE_ERRORS as exc:
         raise UndecodableDataError(f"cannot decode the image {os.fspath(path)}: {exc}") from exc
-    return np.asarray(to_rgb(img), dtype=np.uint8)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _identity(st: os.stat_result, path: str) -> tuple:

@@ -25,6 +25,13 @@ class-sorted tree). The statistics of the *real* set are cached in ``cache_dir``
 ``~/.cache/blurdiff/fid``) under a hash of the chosen files (relative names, sizes, mtimes),
 the image resolution (of the first file), the network input resolution and the weights
 file's sha256; a changed, added or removed file gives a new key.
+
+What a number rests on. :func:`fid_report` returns the FID with the number of images behind
+each side (for an ``.npz``, the ``count`` it stores, if any; a cache hit keeps the count) and
+the weights' sha256. A folder with fewer images than ``limit`` silently gives FID-N instead of
+FID-10K; :meth:`FIDReport.warnings` says so, and ``blurdiff fid`` prints it. The weights file
+must be the published one (sha256 beginning ``6726825d``, checked even on a cache hit) unless
+``allow_other_weights=True``; the report then says the number is not comparable.
 """
 
 from __future__ import annotations
@@ -35,19 +42,24 @@ import os
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from blurdiff.atomic import atomic_path, file_sha256
+from blurdiff.atomic import atomic_path
 from blurdiff.data import IMAGE_EXTENSIONS, list_images, read_image
 from blurdiff.devices import resolve_device
 from blurdiff.inception import (
     FID_FEATURE_DIM,
     FID_INPUT_RESOLUTION,
+    FID_WEIGHTS_FILENAME,
+    FID_WEIGHTS_SHA256_PREFIX,
     FIDInceptionV3,
+    check_weights_file,
+    is_published_weights,
     load_fid_inception,
     resolve_weights_path,
 )
@@ -56,13 +68,16 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_LIMIT",
+    "FIDReport",
     "activation_statistics",
     "compute_activations",
     "fid_from_paths",
     "fid_main",
+    "fid_report",
     "frechet_distance",
     "list_image_files",
     "load_statistics",
+    "load_statistics_with_count",
     "read_image",
     "save_statistics",
 ]
@@ -206,6 +221,14 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     A file that is not such an ``.npz`` (truncated, another format, arrays missing) raises
     ``ValueError`` naming it; errors opening the file propagate as they are.
     """
+    mu, sigma, _ = load_statistics_with_count(path)
+    return mu, sigma
+
+
+def load_statistics_with_count(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """``(mu, sigma, count)`` from an ``.npz``; ``count`` is ``None`` when the file stores none
+    (pytorch-fid's ``--save-stats`` files do not). Errors as :func:`load_statistics`; a stored
+    ``count`` that is not a whole number of images is a ``ValueError`` too."""
     path = Path(path).expanduser()
     try:
         data = np.load(path, allow_pickle=False)
@@ -219,9 +242,17 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path} is not an .npz of FID statistics: no {sorted(missing)} (holds {data.files})")
         try:
             mu, sigma = data["mu"], data["sigma"]
+            count = data["count"] if "count" in data.files else None
         except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:  # a damaged member
             raise ValueError(f"{path} is not a readable .npz of FID statistics ({exc})") from exc
-    return _check_stats(mu, sigma, "")
+    mu, sigma = _check_stats(mu, sigma, "")
+    return mu, sigma, None if count is None else _check_count(count, path)
+
+
+def _check_count(count: np.ndarray, path: Path) -> int:
+    if count.shape != () or count.dtype.kind not in "iu" or int(count) < 0:
+        raise ValueError(f"{path}: its 'count' must be the number of images (a non-negative integer), got {count!r}")
+    return int(count)
 
 
 def _is_npz(path: str | os.PathLike) -> bool:
@@ -238,9 +269,10 @@ def activation_statistics(
     """Statistics of a set of images.
 
     For an ``.npz`` (arrays ``mu``, ``sigma``), returns ``(mu, sigma)`` (``model`` is unused and
-    may be ``None``). For a folder, computes the features of its images (see
-    :func:`list_image_files` for which, and ``limit``) and returns ``(mu, sigma, count)``.
-    A folder with fewer than 2 images raises ``ValueError`` (no covariance).
+    may be ``None``; :func:`load_statistics_with_count` gives its count too). For a folder,
+    computes the features of its images (see :func:`list_image_files` for which, and ``limit``)
+    and returns ``(mu, sigma, count)``. A folder with fewer than 2 images raises ``ValueError``
+    (no covariance).
     """
     if _is_npz(folder_or_npz):
         return load_statistics(folder_or_npz)
@@ -263,13 +295,16 @@ def activation_statistics(
 # --------------------------------------------------------------------------- caching + FID
 
 
-def _cache_key(folder: Path, files: Sequence[Path], weights_id: str) -> str:
+def _image_size(path: Path) -> list[int]:
+    with Image.open(path) as img:
+        return list(img.size)
+
+
+def _cache_key(folder: Path, files: Sequence[Path], image_size: list[int], weights_id: str) -> str:
     entries = []
     for f in files:
         st = f.stat()
         entries.append([f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns])
-    with Image.open(files[0]) as img:
-        image_size = list(img.size)
     payload = {
         "format": _CACHE_FORMAT,
         "files": entries,
@@ -284,25 +319,164 @@ def _cache_key(folder: Path, files: Sequence[Path], weights_id: str) -> str:
 def _cached_real_statistics(
     real: Path,
     model_factory: Callable[[], FIDInceptionV3],
-    weights_id: str,
+    weights_id: Callable[[], str],
     batch_size: int,
     device,
     cache_dir: Path,
     limit: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(mu, sigma, count)`` of the real folder, from the cache when it holds them."""
     files = list_image_files(real, limit)
     if len(files) < 2:
         raise ValueError(f"{real} holds {len(files)} image(s); FID needs at least 2")
-    key = _cache_key(real, files, weights_id)
+    # The first image is opened before the weights are hashed and checked, so a folder of
+    # non-images is reported as such rather than as a weights problem.
+    image_size = _image_size(files[0])
+    key = _cache_key(real, files, image_size, weights_id())
     cache_file = cache_dir / f"{real.name or 'real'}-{key[:32]}.npz"
     if cache_file.is_file():
         try:
-            return load_statistics(cache_file)
+            mu, sigma, count = load_statistics_with_count(cache_file)
         except (OSError, ValueError):
             pass  # unreadable cache entry: recompute and overwrite it
+        else:
+            # The key names exactly these files, so an entry written here stores their number;
+            # one without it (or with another) is damaged and recomputed like an unreadable one.
+            if count == len(files):
+                return mu, sigma, count
     mu, sigma, count = activation_statistics(real, model_factory(), batch_size, device, limit)
     save_statistics(cache_file, mu, sigma, count)
-    return mu, sigma
+    return mu, sigma, count
+
+
+def _fid_label(n: int) -> str:
+    """``FID-10K`` style: 10000 -> ``10K``, 2500 -> ``2500``."""
+    return f"{n // 1000}K" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+@dataclass(frozen=True)
+class FIDReport:
+    """A FID and what it rests on.
+
+    Attributes:
+        fid: the Fréchet distance.
+        real_count, fake_count: images behind each side's statistics: for a folder, the number
+            used (at most ``limit``); for an ``.npz``, the ``count`` it stores, ``None`` if none.
+        weights_sha256: sha256 of the Inception weights file; ``None`` when both sides are
+            ``.npz`` statistics (no network was run here).
+        published_weights: whether that file is pytorch-fid's published one; ``None`` when no
+            network was run (which weights made the ``.npz`` files is not recorded in them).
+        limit: the cap on images per folder (``None``: all of them).
+        real, fake, weights: the paths, for messages.
+    """
+
+    fid: float
+    real_count: int | None
+    fake_count: int | None
+    weights_sha256: str | None
+    published_weights: bool | None
+    limit: int | None
+    real: str = ""
+    fake: str = ""
+    weights: str | None = None
+
+    def warnings(self) -> list[str]:
+        """Why this number may not be comparable with published FIDs, one sentence each."""
+        out = []
+        if self.published_weights is False:
+            out.append(
+                f"the Inception weights {self.weights} are not the published pytorch-fid file "
+                f"{FID_WEIGHTS_FILENAME} (sha256 {self.weights_sha256[:8]}..., expected "
+                f"{FID_WEIGHTS_SHA256_PREFIX}...): this FID is not comparable with published FIDs"
+            )
+        if self.limit is not None:
+            for side, path, count in (("real", self.real, self.real_count), ("fake", self.fake, self.fake_count)):
+                if count is not None and count < self.limit:
+                    out.append(self._short_side_warning(side, path, count))
+        return out
+
+    def _short_side_warning(self, side: str, path: str, count: int) -> str:
+        # FID's estimate is biased upwards, the more so the fewer the images, so an FID-N with
+        # N < limit is larger than the FID-limit it silently replaces.
+        what = "holds statistics of only" if Path(path).suffix.lower() == ".npz" else "holds only"
+        limit = _fid_label(self.limit)
+        paper = " such as the paper's" if self.limit == DEFAULT_LIMIT else " (the paper reports FID-10K)"
+        return (
+            f"{side} {path} {what} {count} images, fewer than the limit of {self.limit}: this is "
+            f"FID-{_fid_label(count)}, not FID-{limit}. FID is biased upwards on fewer images, so this "
+            f"number is expected to be higher than FID-{limit} and is not comparable with FID-{limit} "
+            f"numbers{paper}"
+        )
+
+
+def fid_report(
+    real: str | os.PathLike,
+    fake: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 50,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    allow_other_weights: bool = False,
+) -> FIDReport:
+    """FID between ``real`` and ``fake`` (each a folder of images or an ``.npz`` of statistics),
+    with the image counts and the weights it rests on (:class:`FIDReport`).
+
+    The statistics of a ``real`` folder are cached in ``cache_dir`` (default
+    ``~/.cache/blurdiff/fid``); ``fake`` is always recomputed. ``weights`` is the pytorch-fid
+    weights file (default: the torch hub cache; never downloaded, ``FileNotFoundError`` says
+    where to get it; it is needed even on a cache hit, since its sha256 is part of the cache
+    key). Its sha256 must be the published file's (``UnpublishedWeightsError`` otherwise)
+    unless ``allow_other_weights``. ``limit`` caps the images taken from each folder (evenly
+    spaced). Prints nothing; :meth:`FIDReport.warnings` says what makes the number incomparable.
+    """
+    device = resolve_device(device)
+    real, fake = Path(real).expanduser(), Path(fake).expanduser()
+    for p in (real, fake):
+        if not (p.is_dir() or _is_npz(p)):
+            raise FileNotFoundError(f"neither a folder of images nor an .npz of statistics: {p}")
+    cache_dir = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+
+    need_model = real.is_dir() or fake.is_dir()
+    weights_path = resolve_weights_path(weights) if need_model else None
+    sha256: list[str] = []
+    model: list[FIDInceptionV3] = []
+
+    def weights_id() -> str:
+        # Checked once, when first needed (the real set's cache key, or the network): a cache
+        # hit must not let unpublished weights through either.
+        if not sha256:
+            sha256.append(check_weights_file(weights_path, allow_other_weights))
+        return sha256[0]
+
+    def model_factory() -> FIDInceptionV3:
+        if not model:
+            weights_id()
+            model.append(load_fid_inception(weights_path, device=device, allow_other_weights=allow_other_weights))
+        return model[0]
+
+    if real.is_dir():
+        mu1, sigma1, real_count = _cached_real_statistics(
+            real, model_factory, weights_id, batch_size, device, cache_dir, limit
+        )
+    else:
+        mu1, sigma1, real_count = load_statistics_with_count(real)
+    if fake.is_dir():
+        mu2, sigma2, fake_count = activation_statistics(fake, model_factory(), batch_size, device, limit)
+    else:
+        mu2, sigma2, fake_count = load_statistics_with_count(fake)
+    sha = weights_id() if need_model else None
+    return FIDReport(
+        fid=frechet_distance(mu1, sigma1, mu2, sigma2),
+        real_count=real_count,
+        fake_count=fake_count,
+        weights_sha256=sha,
+        published_weights=None if sha is None else is_published_weights(sha),
+        limit=limit,
+        real=str(real),
+        fake=str(fake),
+        weights=None if weights_path is None else str(weights_path),
+    )
 
 
 def fid_from_paths(
@@ -313,42 +487,19 @@ def fid_from_paths(
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     limit: int | None = None,
+    allow_other_weights: bool = False,
 ) -> float:
-    """FID between ``real`` and ``fake`` (each a folder of images or an ``.npz`` of statistics).
-
-    The statistics of a ``real`` folder are cached in ``cache_dir`` (default
-    ``~/.cache/blurdiff/fid``); ``fake`` is always recomputed. ``weights`` is the pytorch-fid
-    weights file (default: the torch hub cache; never downloaded, ``FileNotFoundError`` says
-    where to get it; it is needed even on a cache hit, since its sha256 is part of the cache
-    key). ``limit`` caps the images taken from each folder (evenly spaced).
-    """
-    device = resolve_device(device)
-    real, fake = Path(real).expanduser(), Path(fake).expanduser()
-    for p in (real, fake):
-        if not (p.is_dir() or _is_npz(p)):
-            raise FileNotFoundError(f"neither a folder of images nor an .npz of statistics: {p}")
-    cache_dir = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
-
-    need_model = real.is_dir() or fake.is_dir()
-    model: list[FIDInceptionV3] = []
-    weights_path = resolve_weights_path(weights) if need_model else None
-
-    def model_factory() -> FIDInceptionV3:
-        if not model:
-            model.append(load_fid_inception(weights_path, device=device))
-        return model[0]
-
-    if real.is_dir():
-        mu1, sigma1 = _cached_real_statistics(
-            real, model_factory, file_sha256(weights_path), batch_size, device, cache_dir, limit
-        )
-    else:
-        mu1, sigma1 = load_statistics(real)
-    if fake.is_dir():
-        mu2, sigma2, _ = activation_statistics(fake, model_factory(), batch_size, device, limit)
-    else:
-        mu2, sigma2 = load_statistics(fake)
-    return frechet_distance(mu1, sigma1, mu2, sigma2)
+    """The FID alone; see :func:`fid_report` (the same arguments) for the counts behind it."""
+    return fid_report(
+        real,
+        fake,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=cache_dir,
+        limit=limit,
+        allow_other_weights=allow_other_weights,
+    ).fid
 
 
 def fid_main(
@@ -358,6 +509,16 @@ def fid_main(
     batch_size: int = 50,
     device: str | torch.device | None = None,
     limit: int | None = DEFAULT_LIMIT,
+    allow_other_weights: bool = False,
 ) -> float:
-    """The CLI's FID entry point: FID-10K by default (``limit=10000``); prints nothing."""
-    return fid_from_paths(real, fake, weights=inception_weights, batch_size=batch_size, device=device, limit=limit)
+    """FID with the command line's defaults: FID-10K (``limit=10000``); prints nothing. The
+    ``blurdiff fid`` command uses :func:`fid_report` with the same defaults, for the counts."""
+    return fid_from_paths(
+        real,
+        fake,
+        weights=inception_weights,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        allow_other_weights=allow_other_weights,
+    )

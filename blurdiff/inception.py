@@ -22,6 +22,12 @@ Input handling is pytorch-fid's: images in ``[0, 1]`` are resized to 299x299 (bi
 Weights are never downloaded: :func:`load_fid_inception` reads a given file or the torch hub
 cache and raises :class:`FileNotFoundError` saying where to get the file otherwise, and
 :class:`InceptionWeightsError` naming the file when it is not these weights.
+
+Only the published file gives FIDs comparable with published ones, so its sha256 is checked:
+the first 8 hex digits must be ``6726825d`` (the torch hub hash prefix in the file's name, which
+``torch.hub`` checks the same way when pytorch-fid downloads it). Another file (other weights of
+the same architecture, a damaged download) raises :class:`UnpublishedWeightsError` unless the
+caller passes ``allow_other_weights=True``.
 """
 
 from __future__ import annotations
@@ -36,12 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blurdiff.atomic import file_sha256
+
 __all__ = [
     "FID_WEIGHTS_FILENAME",
+    "FID_WEIGHTS_SHA256_PREFIX",
     "FID_WEIGHTS_URL",
     "FIDInceptionV3",
     "InceptionWeightsError",
+    "UnpublishedWeightsError",
+    "check_weights_file",
     "default_weights_path",
+    "is_published_weights",
     "load_fid_inception",
     "random_fid_inception",
     "resolve_weights_path",
@@ -49,6 +61,9 @@ __all__ = [
 
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
+# torch hub names a file <name>-<first 8 hex digits of its sha256>.<ext> and checks that prefix
+# on download; it is all that is published about the file's hash, so it is what is checked here.
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"
 FID_INPUT_RESOLUTION = 299
 FID_FEATURE_DIM = 2048
 FID_NUM_CLASSES = 1008
@@ -59,6 +74,14 @@ class InceptionWeightsError(ValueError, RuntimeError):
 
     Both a ``ValueError`` (a bad ``weights`` argument) and a ``RuntimeError`` (what a strict
     ``load_state_dict`` raised before this type existed), so callers of either kind still work.
+    """
+
+
+class UnpublishedWeightsError(InceptionWeightsError):
+    """The weights file's sha256 is not the published file's (``6726825d...``).
+
+    Its FIDs would not be comparable with published ones; ``allow_other_weights=True``
+    (``--allow-other-weights``) uses it anyway.
     """
 
 
@@ -330,6 +353,31 @@ def resolve_weights_path(weights: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def is_published_weights(sha256: str) -> bool:
+    """Whether a file with this (hex) sha256 is pytorch-fid's published weights file."""
+    return sha256.lower().startswith(FID_WEIGHTS_SHA256_PREFIX)
+
+
+def check_weights_file(path: str | os.PathLike, allow_other_weights: bool = False) -> str:
+    """The sha256 of the weights file at ``path``; :class:`UnpublishedWeightsError` if it is not
+    the published file, unless ``allow_other_weights``.
+
+    The hash is remembered per path, size and modification time (:func:`blurdiff.atomic.file_sha256`),
+    so checking the same file again costs nothing.
+    """
+    path = Path(path)
+    sha256 = file_sha256(path)
+    if not allow_other_weights and not is_published_weights(sha256):
+        raise UnpublishedWeightsError(
+            f"{path} is not the FID Inception weights {FID_WEIGHTS_FILENAME}: its sha256 begins "
+            f"{sha256[:8]}, the published file's begins {FID_WEIGHTS_SHA256_PREFIX} (other weights, or a "
+            f"damaged or incomplete download of {FID_WEIGHTS_URL}). Pass the published file "
+            f"(weights=... / --inception-weights), or, to use this one anyway for FIDs that are not "
+            f"comparable with published ones, allow_other_weights=True / --allow-other-weights"
+        )
+    return sha256
+
+
 def _fill_batchnorm_counters(model: nn.Module, state_dict: dict) -> dict:
     # Files saved before PyTorch 0.4.1 carry no ``num_batches_tracked``; BatchNorm already
     # fills it in on load when the file's metadata says so, this also covers files whose
@@ -397,22 +445,31 @@ def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
         raise _not_the_weights(path, (lines[1:] or lines)[0][:200]) from exc
 
 
-def load_fid_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:
+def load_fid_inception(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", allow_other_weights: bool = False
+) -> FIDInceptionV3:
     """The FID Inception-v3 with pytorch-fid's published weights, in eval mode, no grads.
 
     Args:
         weights: path to ``pt_inception-2015-12-05-6726825d.pth`` (or a folder holding it).
             ``None`` looks in the torch hub cache (``torch.hub.get_dir()/checkpoints/``).
         device: where to put the network.
+        allow_other_weights: accept a file of the right architecture whose sha256 is not the
+            published file's (its FIDs are not comparable with published ones).
 
     Raises:
         FileNotFoundError: the file is not there (the message says where to get it and where
             to put it). Nothing is ever downloaded.
         InceptionWeightsError: the file is not these weights (unreadable, other keys or shapes).
+        UnpublishedWeightsError: (an ``InceptionWeightsError``) the file loads, but its sha256
+            is not the published file's, and ``allow_other_weights`` is false.
     """
     path = resolve_weights_path(weights)
     model = FIDInceptionV3()
+    # Structure first: for a file that is not a state dict at all, "unreadable" or "missing
+    # keys" says more than "another hash".
     _load_strict(model, _fill_batchnorm_counters(model, _read_state_dict(path)), path)
+    check_weights_file(path, allow_other_weights)
     return _finalise(model, device)
 
 

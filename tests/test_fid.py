@@ -1,6 +1,9 @@
 """FID: the Fréchet distance against closed forms and an independent float64 computation,
-the FID Inception architecture (key names, shapes, patched pools), and the folder -> FID
-pipeline with a randomly initialised network (plumbing only: no published weights here)."""
+the FID Inception architecture (key names, shapes, patched pools), the folder -> FID
+pipeline with a randomly initialised network (plumbing only: no published weights here, so
+those tests pass ``allow_other_weights=True``), and what makes a FID trustworthy: the weights'
+hash check, the image counts and the warnings when a set is smaller than the limit, the file
+types pytorch-fid reads, and (with pytorch-fid installed) agreement with pytorch-fid itself."""
 
 import inspect
 import os
@@ -15,21 +18,30 @@ from PIL import Image
 
 from blurdiff import fid as fidmod
 from blurdiff import inception as incmod
+from blurdiff.atomic import file_sha256
+from blurdiff.data import IMAGE_EXTENSIONS, UndecodableDataError
 from blurdiff.fid import (
+    FIDReport,
     activation_statistics,
     fid_from_paths,
     fid_main,
+    fid_report,
     frechet_distance,
     list_image_files,
     load_statistics,
+    load_statistics_with_count,
     save_statistics,
 )
 from blurdiff.inception import (
     FID_WEIGHTS_FILENAME,
+    FID_WEIGHTS_SHA256_PREFIX,
     FID_WEIGHTS_URL,
     FIDInceptionV3,
     InceptionA,
     InceptionE,
+    UnpublishedWeightsError,
+    check_weights_file,
+    is_published_weights,
     load_fid_inception,
     random_fid_inception,
 )
@@ -256,7 +268,7 @@ def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module, skip=()):
 def test_state_dict_round_trip_strict(random_weights):
     """Checks wiring only: a random network's state dict reloads strictly through the loader."""
     model, path = random_weights
-    loaded = load_fid_inception(weights=path)
+    loaded = load_fid_inception(weights=path, allow_other_weights=True)
     assert not loaded.training and loaded.input_resolution == 299
     assert not any(p.requires_grad for p in loaded.parameters())
     _assert_same_state(loaded, model)
@@ -267,7 +279,7 @@ def test_state_dict_round_trip_strict(random_weights):
     assert torch.isfinite(out).all() and out.std() > 0
     assert torch.equal(out, ref)
     # A folder holding the file works too; a file missing a key fails loudly (strict).
-    _assert_same_state(load_fid_inception(weights=path.parent), model)
+    _assert_same_state(load_fid_inception(weights=path.parent, allow_other_weights=True), model)
     sd = torch.load(path, weights_only=True)
     del sd["Mixed_6c.branch7x7_2.conv.weight"]
     bad = path.parent / "bad.pth"
@@ -290,7 +302,7 @@ def test_state_dict_without_batchnorm_counters_loads(random_weights):
     old = path.parent / "old.pth"
     torch.save(sd, old, _use_new_zipfile_serialization=False)
     assert old.read_bytes()[:2] != b"PK"  # not a zip archive
-    _assert_same_state(load_fid_inception(weights=old), model, skip=("num_batches_tracked",))
+    _assert_same_state(load_fid_inception(weights=old, allow_other_weights=True), model, skip=("num_batches_tracked",))
 
 
 @pytest.mark.plumbing
@@ -386,7 +398,7 @@ def test_folder_with_fewer_than_two_images_is_an_error(tmp_path, random_weights)
     one = _write_pngs(tmp_path / "one", 1, 0)
     two = _write_pngs(tmp_path / "two", 2, 1)
     with pytest.raises(ValueError, match="1 image.*at least 2"):
-        fid_from_paths(one, two, weights=weights, cache_dir=tmp_path / "c")
+        fid_from_paths(one, two, weights=weights, cache_dir=tmp_path / "c", allow_other_weights=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
@@ -429,7 +441,7 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
 
     monkeypatch.setattr(fidmod, "compute_activations", counting)
 
-    d_same = fid_from_paths(real, same, weights=weights, batch_size=3, cache_dir=cache)
+    d_same = fid_from_paths(real, same, weights=weights, batch_size=3, cache_dir=cache, allow_other_weights=True)
     assert calls == [("real", 3), ("same", 3)]
     assert abs(d_same) < 1e-6
     cached = list(cache.glob("*.npz"))
@@ -448,7 +460,7 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
         return float(np.sum((mu1 - mu2) ** 2))
 
     monkeypatch.setattr(fidmod, "frechet_distance", recording)
-    d_diff = fid_from_paths(real, fake, weights=weights, batch_size=3, cache_dir=cache)
+    d_diff = fid_from_paths(real, fake, weights=weights, batch_size=3, cache_dir=cache, allow_other_weights=True)
     assert calls[2:] == [("fake", 3)]  # real came from the cache
     assert d_diff > 1e3 * max(d_same, 1e-9)
     assert np.array_equal(seen[0][0], mu_c) and np.array_equal(seen[0][1], sigma_c)
@@ -460,7 +472,7 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
         raise AssertionError("features recomputed although cached")
 
     monkeypatch.setattr(fidmod, "compute_activations", broken)
-    d_npz = fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache)
+    d_npz = fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, allow_other_weights=True)
     assert d_npz == d_diff
     for x, y in zip(seen[1], seen[0]):
         assert np.array_equal(x, y)
@@ -468,10 +480,10 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
     # Changing the real set (here a file's mtime) changes the key: no stale statistics.
     os.utime(real / "img_000.png", ns=(0, 10**18))
     with pytest.raises(AssertionError, match="recomputed"):
-        fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache)
+        fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, allow_other_weights=True)
     # So does a limit that selects a different subset.
     monkeypatch.setattr(fidmod, "compute_activations", counting)
-    fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, limit=2)
+    fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, limit=2, allow_other_weights=True)
     assert calls[-1] == ("real", 2)
     assert len(list(cache.glob("*.npz"))) == 2
     assert not [p for p in cache.iterdir() if p.suffix != ".npz"]  # no temporaries left
@@ -499,9 +511,269 @@ def test_fid_main_uses_hub_cache_and_prints_nothing(tmp_path, random_weights, mo
         return 12.5
 
     monkeypatch.setattr(fidmod, "frechet_distance", distance)
-    out = fid_main(real, fake, batch_size=2, device="cpu")
+    out = fid_main(real, fake, batch_size=2, device="cpu", allow_other_weights=True)
     assert out == 12.5
     assert seen[0][:4] == ((2048,), (2048, 2048), (2048,), (2048, 2048)) and seen[0][4] != 0
     assert len(list((tmp_path / "default_cache").glob("*.npz"))) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+# --------------------------------------------------------------------------- trust: weights
+
+
+def test_unpublished_weights_are_refused_naming_file_hash_and_override(random_weights):
+    """The random weights saved under the published name are not the published file: its
+    sha256 does not begin 6726825d, and the loader says so, and how to override."""
+    _, path = random_weights
+    sha = file_sha256(path)
+    assert not sha.startswith(FID_WEIGHTS_SHA256_PREFIX) and not is_published_weights(sha)
+    with pytest.raises(UnpublishedWeightsError) as info:
+        load_fid_inception(weights=path)
+    msg = str(info.value)
+    assert isinstance(info.value, incmod.InceptionWeightsError) and isinstance(info.value, ValueError)
+    for part in (str(path), sha[:8], FID_WEIGHTS_SHA256_PREFIX, "allow_other_weights=True", "--allow-other-weights"):
+        assert part in msg, part
+    assert "not comparable with published" in msg and "\n" not in msg
+    assert check_weights_file(path, allow_other_weights=True) == sha
+
+
+def test_published_hash_is_accepted(random_weights, monkeypatch):
+    """Wiring of the check only: a file whose sha256 begins 6726825d loads without the override."""
+    _, path = random_weights
+    monkeypatch.setattr(incmod, "file_sha256", lambda p: FID_WEIGHTS_SHA256_PREFIX + "0" * 56)
+    assert not load_fid_inception(weights=path).training
+    assert is_published_weights("6726825D" + "f" * 56)
+
+
+@pytest.mark.plumbing
+def test_fid_refuses_unpublished_weights_even_on_a_cache_hit(tmp_path, random_weights, monkeypatch):
+    """Checks wiring only: allowed once (which caches the real statistics), refused after: the
+    cache must not let other weights through; nothing is computed before the refusal."""
+    _, weights = random_weights
+    _small_network(monkeypatch)
+    monkeypatch.setattr(fidmod, "frechet_distance", lambda *a: 1.0)  # the distance is tested above
+    real = _write_pngs(tmp_path / "real", 2, seed=0)
+    fake = _write_pngs(tmp_path / "fake", 2, seed=1)
+    cache = tmp_path / "cache"
+    report = fid_report(real, fake, weights=weights, cache_dir=cache, allow_other_weights=True)
+    assert report.published_weights is False and report.weights_sha256 == file_sha256(weights)
+    fake_npz = save_statistics(tmp_path / "fake.npz", np.zeros(2048), np.eye(2048), count=2)
+
+    def broken(*args, **kwargs):
+        raise AssertionError("features computed with refused weights")
+
+    monkeypatch.setattr(fidmod, "compute_activations", broken)
+    for other in (fake, fake_npz):
+        with pytest.raises(UnpublishedWeightsError, match="--allow-other-weights"):
+            fid_from_paths(real, other, weights=weights, cache_dir=cache)
+        with pytest.raises(UnpublishedWeightsError):
+            fid_main(real, other, inception_weights=weights)
+    assert fid_from_paths(real, fake_npz, weights=weights, cache_dir=cache, allow_other_weights=True) == 1.0
+
+
+# --------------------------------------------------------------------------- trust: counts
+
+
+def test_statistics_count_is_read_back_or_none(tmp_path):
+    mu, sigma = np.zeros(3), np.eye(3)
+    assert load_statistics_with_count(save_statistics(tmp_path / "c.npz", mu, sigma, count=7))[2] == 7
+    assert load_statistics_with_count(save_statistics(tmp_path / "n.npz", mu, sigma))[2] is None
+    np.savez(tmp_path / "bad.npz", mu=mu, sigma=sigma, count=np.array([1.5, 2]))
+    with pytest.raises(ValueError, match=r"bad.npz: its 'count' must be the number of images"):
+        load_statistics_with_count(tmp_path / "bad.npz")
+
+
+@pytest.mark.plumbing
+def test_report_counts_limit_warnings_and_cache_hit(tmp_path, random_weights, monkeypatch):
+    """Checks wiring only: each side's image count (folder, cached folder, .npz with and
+    without a count), and the warnings when a side has fewer images than the limit."""
+    _, weights = random_weights
+    _small_network(monkeypatch)
+    monkeypatch.setattr(fidmod, "frechet_distance", lambda *a: 3.25)
+    real = _write_pngs(tmp_path / "real", 4, seed=0)
+    fake = _write_pngs(tmp_path / "fake", 3, seed=1, kind="smooth")
+    cache = tmp_path / "cache"
+    kw = dict(weights=weights, cache_dir=cache, allow_other_weights=True)
+
+    report = fid_report(real, fake, limit=10000, **kw)
+    assert isinstance(report, FIDReport) and report.fid == 3.25
+    assert (report.real_count, report.fake_count, report.limit) == (4, 3, 10000)
+    assert report.weights_sha256 == file_sha256(weights) and report.published_weights is False
+    warnings = report.warnings()
+    assert len(warnings) == 3
+    assert "not comparable with published FIDs" in warnings[0] and str(weights) in warnings[0]
+    assert str(real) in warnings[1] and "FID-4, not FID-10K" in warnings[1]
+    assert str(fake) in warnings[2] and "FID-3, not FID-10K" in warnings[2]
+    assert all("biased upwards" in w and "the paper's" in w for w in warnings[1:])
+
+    # The cached real statistics keep their count; a limit of 2 takes 2 images of each set.
+    def broken_for_real(files, *args, **kwargs):
+        assert Path(files[0]).parent.name != "real", "real statistics recomputed although cached"
+        return original(files, *args, **kwargs)
+
+    original = fidmod.compute_activations
+    monkeypatch.setattr(fidmod, "compute_activations", broken_for_real)
+    again = fid_report(real, fake, limit=10000, **kw)
+    assert (again.real_count, again.fake_count) == (4, 3)
+    monkeypatch.setattr(fidmod, "compute_activations", original)  # a new subset: a new cache entry
+    limited = fid_report(real, fake, limit=2, **kw)
+    assert (limited.real_count, limited.fake_count) == (2, 2)
+    assert [w for w in limited.warnings() if "fewer than the limit" in w] == []
+    unlimited = fid_report(real, fake, **kw)  # the library's default: all images, no limit to miss
+    assert unlimited.limit is None and len(unlimited.warnings()) == 1  # only the weights
+
+    # .npz statistics: the stored count, or None (unknown) when the file stores none.
+    with_count = save_statistics(tmp_path / "with.npz", np.zeros(2048), np.eye(2048), count=5000)
+    without = save_statistics(tmp_path / "without.npz", np.zeros(2048), np.eye(2048))
+    report = fid_report(with_count, without, limit=10000, **kw)
+    assert (report.real_count, report.fake_count) == (5000, None)
+    assert report.weights_sha256 is None and report.published_weights is None  # no network run
+    (warning,) = report.warnings()
+    assert "statistics of only 5000 images" in warning and "FID-5K, not FID-10K" in warning
+
+
+@pytest.mark.plumbing
+def test_cli_prints_fid_counts_and_warns_on_stderr(tmp_path, random_weights, monkeypatch, capsys):
+    """Checks wiring only: `blurdiff fid` prints the FID and both counts on stdout; a set smaller
+    than --limit and other weights are warned about on stderr, and flagged on the FID line;
+    without --allow-other-weights the random weights are refused (exit 2, the flag named)."""
+    from blurdiff.cli import main
+
+    _, weights = random_weights
+    _small_network(monkeypatch)
+    monkeypatch.setattr(fidmod, "frechet_distance", lambda *a: 7.5)
+    monkeypatch.setattr(fidmod, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    real = _write_pngs(tmp_path / "real", 3, seed=0)
+    fake = _write_pngs(tmp_path / "fake", 2, seed=1, kind="smooth")
+    argv = ["fid", "--real", str(real), "--fake", str(fake), "--inception-weights", str(weights), "--device", "cpu"]
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "blurdiff fid: error:" in err and "--allow-other-weights" in err and str(weights) in err
+
+    assert main([*argv, "--allow-other-weights"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("FID: 7.5000 (NOT comparable with published FIDs")
+    assert lines[1] == f"real: 3 images ({real})" and lines[2] == f"fake: 2 images ({fake})"
+    assert "NOT the published pytorch-fid file" in lines[3] and file_sha256(weights)[:8] in lines[3]
+    warnings = [ln for ln in err.splitlines() if ln.startswith("blurdiff fid: warning:")]
+    assert len(warnings) == 3, err
+    assert "not comparable with published FIDs" in warnings[0]
+    assert "FID-3, not FID-10K" in warnings[1] and "FID-2, not FID-10K" in warnings[2]
+    assert all("biased upwards" in w for w in warnings[1:])
+
+    # With the published hash and enough images for --limit: no caveat, nothing on stderr.
+    monkeypatch.setattr(incmod, "file_sha256", lambda p: FID_WEIGHTS_SHA256_PREFIX + "0" * 56)
+    monkeypatch.setattr(fidmod, "check_weights_file", incmod.check_weights_file)
+    assert main([*argv, "--limit", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "FID: 7.5000" and err == ""
+    assert "(sha256 6726825d..., the published pytorch-fid file)" in out
+    assert f"real: 2 images ({real})" in out
+
+
+# --------------------------------------------------------------------------- trust: file types
+
+
+def test_fid_reads_pytorch_fid_extensions():
+    assert set(IMAGE_EXTENSIONS) >= {
+        f".{e}" for e in ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
+    }
+
+
+def test_pgm_ppm_and_tiff_are_listed_and_read(tmp_path):
+    """Files Pillow writes: grey and 16-bit PGM, RGB PPM, 8-bit RGB, 16-bit grey and float TIFF;
+    each read as the 8-bit RGB image it holds (grey repeated, 16 bits scaled by 1/257, floats
+    in [0, 1] by 255)."""
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    grey16 = grey.astype(np.uint16) * 257
+    images = {
+        "a_grey.pgm": (Image.fromarray(grey), grey),
+        "b_grey16.pgm": (Image.fromarray(grey16), grey),
+        "c_rgb.ppm": (Image.fromarray(rgb), rgb),
+        "d_rgb.tif": (Image.fromarray(rgb), rgb),
+        "e_grey16.tiff": (Image.fromarray(grey16), grey),
+        "f_float01.tif": (Image.fromarray(grey.astype(np.float32) / 255.0), grey),
+        "g_float255.TIF": (Image.fromarray(grey.astype(np.float32)), grey),
+    }
+    for name, (img, _) in images.items():
+        img.save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    files = list_image_files(tmp_path)
+    assert [f.name for f in files] == sorted(images)
+    with Image.open(tmp_path / "b_grey16.pgm") as im16, Image.open(tmp_path / "f_float01.tif") as imf:
+        assert im16.mode.startswith("I") and imf.mode == "F"  # the modes the reader has to convert
+    for f in files:
+        expected = images[f.name][1]
+        if expected.ndim == 2:
+            expected = np.repeat(expected[..., None], 3, axis=2)
+        got = fidmod.read_image(f)
+        assert got.dtype == np.uint8 and got.shape == (6, 8, 3), f.name
+        np.testing.assert_array_equal(got, expected, err_msg=f.name)
+
+
+def test_float_tiff_of_unknown_range_is_an_error_naming_it(tmp_path):
+    bad = tmp_path / "hdr.tif"
+    Image.fromarray(np.linspace(-1.0, 300.0, 12, dtype=np.float32).reshape(3, 4)).save(bad)
+    with pytest.raises(UndecodableDataError, match=r"hdr.tif.*values in \[-1, 300\], neither \[0, 1\] nor \[0, 255\]"):
+        fidmod.read_image(bad)
+
+
+# --------------------------------------------------------------------------- pytorch-fid itself
+
+
+@pytest.mark.slow
+@pytest.mark.plumbing
+# pytorch-fid's own sqrtm call: scipy deprecates its `disp` argument, and S1 S2 of 5 images is
+# singular by construction (what the tolerance below is about).
+@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
+def test_agrees_with_pytorch_fid(tmp_path, random_weights, monkeypatch):
+    """Checks wiring only (random weights in both): pytorch-fid's own InceptionV3 and FID, fed
+    the same weights file, give our pool3 features and our FID. Needs the `fid-check` extra
+    (pip install "blurdiff[fid-check]"); ~30 s on one CPU core, mostly scipy's sqrtm.
+
+    Tolerances: both run the same float32 convolutions, so the features agree to float32
+    rounding (bitwise on this machine); 1e-4 of the largest feature still catches every real
+    difference, e.g. an unpatched Mixed_7c pool changes them by ~20% and align_corners=True in
+    the resize by ~1%. The FIDs come from the same features through two algorithms (scipy's
+    Schur sqrtm of S1 S2 there, the eigenvalues of sqrt(S1) S2 sqrt(S1) here) on rank-deficient
+    covariances (5 images, 2048 features); they agreed to 3e-8 relative, so 1e-5 is rounding,
+    not a formula difference (a missing factor 2 on the trace term would be O(1))."""
+    pytest.importorskip("pytorch_fid")
+    import pytorch_fid.inception as pf_inception
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    model, weights = random_weights
+    urls = []
+
+    def from_our_file(url, *args, **kwargs):  # instead of downloading the published weights
+        urls.append(url)
+        return torch.load(weights, map_location="cpu", weights_only=True)
+
+    monkeypatch.setattr(pf_inception, "load_state_dict_from_url", from_our_file)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # and nothing cached
+    theirs = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    assert urls and all(u.endswith(FID_WEIGHTS_FILENAME) for u in urls)
+
+    torch.manual_seed(0)
+    for shape in [(3, 3, 32, 32), (2, 3, 64, 48)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            ref = theirs(x)[0].flatten(1)
+            ours = model(x)
+        assert ref.shape == ours.shape == (shape[0], 2048)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
+
+    real = _write_pngs(tmp_path / "real", 5, seed=0, kind="noise")
+    fake = _write_pngs(tmp_path / "fake", 5, seed=1, kind="smooth")
+    expected = calculate_fid_given_paths([str(real), str(fake)], 5, "cpu", 2048, num_workers=0)
+    kw = dict(batch_size=5, device="cpu", cache_dir=tmp_path / "c", allow_other_weights=True)
+    report = fid_report(real, fake, weights=weights, **kw)
+    assert (report.real_count, report.fake_count) == (5, 5)
+    assert expected > 1.0
+    assert report.fid == pytest.approx(expected, rel=1e-5)
+    assert not (tmp_path / "hub").exists()
