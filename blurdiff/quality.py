@@ -14,15 +14,18 @@ images of the same size (the *noise floor*: what a perfect generator would score
 
 :class:`SampleStats` accumulates the raw statistics of generated images batch by batch, and
 :func:`divergence_reasons` says when they show a diverged sampler or network; samplers call
-:func:`warn_if_diverged` on what they produce.
+:func:`warn_if_diverged` on what they produce. :func:`evaluate_folder` is ``blurdiff eval``: a
+folder of samples against a data set.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,7 @@ __all__ = [
     "SamplesDivergedWarning",
     "divergence_reasons",
     "evaluate",
+    "evaluate_folder",
     "format_report",
     "laplacian_pyramid",
     "multiscale_swd",
@@ -518,3 +522,43 @@ def load_data_images(path, resolution, count: int, seed: int = 0, exact: bool = 
         )
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     return torch.stack([dataset[(int(i), False)] for i in order])
+
+
+def evaluate_folder(samples, data, n: int | None = None, seed: int = 0) -> tuple[dict[str, Any], Path | None]:
+    """The yardstick of a folder of samples (``blurdiff sample --out``) against a data set (lmdb or
+    image folder; held-out images, not the training set, to not reward memorisation).
+
+    ``n`` images per set: by default all the samples, at most half the data set; when given, the
+    folder must hold ``n`` images and the data set ``2n``. The out-of-range fractions use the raw
+    values before the clamp that ``blurdiff sample`` recorded in the folder's ``stats.json``, else
+    those of the PNGs. Returns the report of :func:`evaluate`, with the two paths added as
+    ``samples`` and ``data``, and the ``stats.json`` whose raw values it used (None: none).
+    """
+    from blurdiff.sample import STATS_FILE
+    from blurdiff.spectrum import load_image_folder
+
+    samples_dir = Path(samples)
+    if not samples_dir.is_dir():
+        raise FileNotFoundError(f"--samples {samples_dir} is not a folder")
+    images = load_image_folder(samples_dir)
+    count = n if n is not None else len(images)
+    if count > len(images):
+        raise ValueError(f"--n {count}: the folder {samples_dir} holds only {len(images)} images")
+    if count < MIN_IMAGES:
+        raise ValueError(f"the yardstick needs at least {MIN_IMAGES} samples, got {count} (in {samples_dir})")
+    reference = load_data_images(data, tuple(images.shape[-2:]), 2 * count, seed=seed, exact=n is not None)
+    count = min(count, len(reference) // 2)
+    if count < MIN_IMAGES:
+        raise ValueError(
+            f"the yardstick needs at least {2 * MIN_IMAGES} data images (a reference and a noise-floor "
+            f"set of {MIN_IMAGES}), {data} holds {len(reference)}"
+        )
+    raw, stats_file = None, samples_dir / STATS_FILE
+    if stats_file.is_file():
+        try:
+            raw = SampleStats(**json.loads(stats_file.read_text())["raw"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{stats_file} is unreadable ({e}); remove it to evaluate the PNGs alone") from e
+    report = evaluate(images[:count], reference[: 2 * count], raw_stats=raw, seed=seed)
+    report["samples"], report["data"] = str(samples_dir), str(data)
+    return report, stats_file if raw is not None else None

@@ -30,14 +30,14 @@ deviation 3× the data's) a warning names the checkpoint and the sampler.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
 from blurdiff.quality import SampleStats, divergence_reasons
-from blurdiff.respace import KINDS, SPACINGS, make_sampler
+from blurdiff.respace import make_sampler
 
 SETTINGS_FILE = "sample.json"
 RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
@@ -56,62 +56,6 @@ STATS_FILE = "stats.json"  # their sum over the batches of the images, and the d
 _FORMAT = 2  # 2: the integrators of docs/sampling.md §4-§6 (ancestral and ddim changed), spacing
 FIGURES = "figures"  # a sub-folder, so image-folder readers (FID, spectra) see only the samples
 _PNG = re.compile(r"^\d{6,}\.png$")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    # dest is not "run": the CLI keeps the command's entry point in args.run.
-    p.add_argument(
-        "--run",
-        dest="run_dir",
-        metavar="RUN",
-        default=None,
-        help="run folder (its newest checkpoint is used unless --ckpt)",
-    )
-    p.add_argument(
-        "--ckpt", metavar="FILE", default=None, help="checkpoint file (a path, or a file name inside RUN/checkpoints)"
-    )
-    p.add_argument("--n", type=int, required=True, help="number of images (DIR/000000.png … )")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder")
-    p.add_argument(
-        "--steps", metavar="K", type=int, default=None, help="sampling steps K, evenly spaced (default: all N)"
-    )
-    p.add_argument(
-        "--sampler",
-        choices=KINDS,
-        default=None,
-        help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral2m: "
-        "second-order reverse-SDE integrator (the default with --steps); ancestral: first-order; "
-        "ddim, ddim2m: deterministic (docs/sampling.md)",
-    )
-    p.add_argument(
-        "--spacing",
-        choices=SPACINGS,
-        default=None,
-        help="where the K kept steps lie: uniform in t, quadratic (denser near the data) or uniform in "
-        "log-SNR (default: the best measured for the sampler, respace.DEFAULT_SPACING)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--batch-size", type=int, default=32, help="images per batch (part of what determines the images, like --seed)"
-    )
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when available)")
-    p.add_argument(
-        "--backend",
-        choices=("auto", "fused", "reference"),
-        default="auto",
-        help="spectral ops: compiled kernels (fused), plain PyTorch (reference), or auto",
-    )
-    p.add_argument("--preset", default=None, help="refuse a checkpoint trained with another preset")
-    p.add_argument(
-        "--trajectory",
-        action="store_true",
-        help="also write DIR/figures/trajectory.png and DIR/figures/trajectory_x0.png",
-    )
-    p.add_argument("--grid", action="store_true", help="also write DIR/figures/grid.png (the first 64 images)")
-    p.add_argument("--trajectory-samples", type=int, default=4, help="rows of the trajectory figures")
-    p.add_argument("--trajectory-frames", type=int, default=10, help="columns of the trajectory figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -140,25 +84,25 @@ def _find_checkpoint(run: str | None, ckpt: str | None) -> Path:
     return resolve_checkpoint(run, None)
 
 
-def _load(args, device: torch.device):
+def _load(run, ckpt, preset: str | None, ema: bool, backend: str, device: torch.device):
     """(checkpoint path, state, process, model) with clear errors for every wrong input."""
-    path = _find_checkpoint(args.run_dir, args.ckpt)
+    path = _find_checkpoint(run, ckpt)
     state = load_checkpoint(path)
     config = state.get("config")
     if not isinstance(config, dict) or not all(k in config for k in ("process", "unet")):
         raise ValueError(f"{path}: the checkpoint's config lacks the process/unet description")
-    if args.preset is not None:
+    if preset is not None:
         from blurdiff.presets import get_preset
 
-        get_preset(args.preset)  # an unknown name is its own error
-        if config.get("preset") != args.preset:
-            raise ValueError(f"{path} was trained with preset {config.get('preset')!r}, not --preset {args.preset!r}")
-    which = "model" if args.no_ema else "ema"
+        get_preset(preset)  # an unknown name is its own error
+        if config.get("preset") != preset:
+            raise ValueError(f"{path} was trained with preset {config.get('preset')!r}, not --preset {preset!r}")
+    which = "ema" if ema else "model"
     if not isinstance(state.get(which), dict) or not state[which]:
-        raise ValueError(f"{path} holds no {which} weights" + ("" if args.no_ema else " (try --no-ema)"))
+        raise ValueError(f"{path} holds no {which} weights" + (" (try --no-ema)" if ema else ""))
     try:
         process, model = build_from_checkpoint(
-            state, use_ema=not args.no_ema, device=device, backend=args.backend, source=path
+            state, use_ema=ema, device=device, backend=backend, source=path
         )  # NaN or inf weights: a ValueError naming the file
         process.ops(device)  # backend='fused' without kernels fails here, not mid-run
     except (RuntimeError, TypeError, KeyError) as e:
@@ -214,11 +158,13 @@ class _Trajectory:
             t = torch.full((x.shape[0],), step, dtype=torch.int64, device=x.device)
             self.x0.append(self.sampler.process.predict_x0(x, eps, t).float().cpu())
 
-    def save(self, out: Path, final: torch.Tensor) -> None:
+    def save(self, out: Path, final: torch.Tensor) -> tuple[Path, Path]:
         final = final[: self.rows].detach().float().cpu()
         out.mkdir(exist_ok=True)
-        save_strips(_upscale(self.x + [final]), out / "trajectory.png")
-        save_strips(_upscale(self.x0 + [final]), out / "trajectory_x0.png")
+        paths = out / "trajectory.png", out / "trajectory_x0.png"
+        save_strips(_upscale(self.x + [final]), paths[0])
+        save_strips(_upscale(self.x0 + [final]), paths[1])
+        return paths
 
 
 def _upscale(frames: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -278,39 +224,23 @@ class _RawStats:
         return merged, unknown
 
 
-def _report_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, sampler, process) -> None:
-    """Print the raw statistics of the folder's batches, warn when they show divergence, and write
-    ``DIR/stats.json`` (read by ``blurdiff eval``)."""
+def _summarize_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, integrator, data_std: float | None):
+    """The raw statistics of the folder's batches (None when none are recorded), how many batches
+    have none, and why they look diverged; written to ``DIR/stats.json`` (read by ``blurdiff eval``)."""
     stats, unknown = raw.total(batches)
     if not stats.count:
-        return
-    data_stats = process.data_stats
-    data_std = data_stats.std if data_stats is not None else None
+        return None, unknown, []
     reasons = divergence_reasons(stats, data_std)
-    summary = stats.summary()
-    print(
-        f"raw values (before the clamp to [-1, 1]): std {summary['overall_std']:.3f}"
-        f"{f' (data {data_std:.3f})' if data_std else ''}, outside [-1, 1] {100 * stats.outside_fraction:.2f}%, "
-        f"beyond ±1.5 {100 * stats.beyond_1_5_fraction:.3f}%, range {stats.min:.3g} … {stats.max:.3g}"
-        + (f" ({unknown} batches made by an older version not counted)" if unknown else "")
-    )
-    if reasons:
-        print(
-            f"blurdiff sample: WARNING: these samples look DIVERGED ({'; '.join(reasons)}): checkpoint {ckpt}, "
-            f"{sampler.kind} sampler with {sampler.K} steps. Do not use them; check the run's metrics.jsonl for "
-            f"loss spikes, or try another checkpoint or sampler",
-            file=sys.stderr,
-        )
     write_text_atomic(
         out / STATS_FILE,
         json.dumps(
             {
                 "checkpoint": str(ckpt),
-                "sampler": sampler.kind,
-                "steps": sampler.K,
+                "sampler": integrator.kind,
+                "steps": integrator.K,
                 "batches_unknown": unknown,
                 "raw": stats.to_dict(),
-                "summary": summary,
+                "summary": stats.summary(),
                 "data_std": data_std,
                 "diverged": bool(reasons),
                 "reasons": reasons,
@@ -319,27 +249,91 @@ def _report_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, sampler, p
         )
         + "\n",
     )
+    return stats, unknown, reasons
 
 
-# ------------------------------------------------------------------------------------- main
-def main(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.trajectory and (args.trajectory_samples < 1 or args.trajectory_frames < 2):
+# ------------------------------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What :func:`sample_to_folder` is about to do: known once the checkpoint is loaded and the
+    folder checked, before the first image is drawn."""
+
+    checkpoint: Path
+    checkpoint_step: int
+    ema: bool
+    sampler: str  # the kind (blurdiff.respace.KINDS)
+    steps: int  # the K steps kept ...
+    process_steps: int  # ... of the process's N
+    spacing: str
+    batch_size: int
+    device: torch.device
+    n: int
+    present: int  # images already complete in the folder
+    to_make: int
+    advice: tuple[str, ...]  # the sampler's warnings about these settings (e.g. no data statistics)
+
+
+@dataclass(frozen=True)
+class SamplingReport:
+    """What :func:`sample_to_folder` did."""
+
+    plan: SamplingPlan
+    out: Path
+    written: int  # images made by this call
+    seconds: float
+    raw: SampleStats | None  # the values before the clamp of every batch of the folder (None: none recorded)
+    raw_unknown_batches: int  # batches made by a version that recorded none
+    data_std: float | None  # the training data's (from the checkpoint), the yardstick of ``raw``'s std
+    diverged: tuple[str, ...]  # why the raw values look diverged; empty: they do not
+    trajectory: tuple[Path, Path] | None  # DIR/figures/trajectory.png and trajectory_x0.png
+    grid: Path | None  # DIR/figures/grid.png
+
+
+def sample_to_folder(
+    *,
+    run: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
+    n: int,
+    out: str | os.PathLike,
+    steps: int | None = None,
+    sampler: str | None = None,
+    spacing: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    ema: bool = True,
+    device: str | torch.device | None = None,
+    backend: str = "auto",
+    preset: str | None = None,
+    trajectory: bool = False,
+    grid: bool = False,
+    trajectory_samples: int = 4,
+    trajectory_frames: int = 10,
+    quiet: bool = False,
+    on_plan: Callable[[SamplingPlan], None] | None = None,
+) -> SamplingReport:
+    """Sample the newest checkpoint of the run folder ``run`` (or the checkpoint ``ckpt``: a path,
+    or a file name inside ``run``) into the folder ``out``, as the module docstring describes:
+    ``blurdiff sample``, whose options these keywords are (``ema=False`` is ``--no-ema``).
+
+    ``on_plan`` is called with the :class:`SamplingPlan` before the first image is drawn (the
+    command line prints it); ``quiet`` hides the progress bar. Bad input (a missing run, a
+    checkpoint of another preset, a folder of other settings ...) raises ValueError or an OSError.
+    """
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if trajectory and (trajectory_samples < 1 or trajectory_frames < 2):
         raise ValueError("--trajectory-samples must be >= 1 and --trajectory-frames >= 2")
-    device = resolve_device(args.device)
-    path, state, process, model = _load(args, device)
-    with warnings.catch_warnings(record=True) as caught:  # said once below, not as a Python warning
+    device = resolve_device(device)
+    path, state, process, model = _load(run, ckpt, preset, ema, backend, device)
+    with warnings.catch_warnings(record=True) as caught:  # advice for the caller, not a Python warning
         warnings.simplefilter("always")
-        sampler = make_sampler(process, args.steps, args.sampler, args.spacing)
-    for w in caught:
-        print(f"blurdiff sample: warning: {w.message}", file=sys.stderr)
-    B = args.batch_size
+        integrator = make_sampler(process, steps, sampler, spacing)
+    B = batch_size
     shape = (B, model.config.in_channels, *process.resolution)
 
-    out = Path(args.out)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -350,11 +344,11 @@ def main(args: argparse.Namespace) -> int:
             "checkpoint_sha256": file_sha256(path),
             "checkpoint_step": int(state["step"]),
             "preset": state["config"].get("preset"),
-            "ema": not args.no_ema,
-            "sampler": sampler.kind,
-            "steps": sampler.K,
-            "spacing": sampler.spacing,
-            "seed": args.seed,
+            "ema": ema,
+            "sampler": integrator.kind,
+            "steps": integrator.K,
+            "spacing": integrator.spacing,
+            "seed": seed,
             "batch_size": B,
             "backend": _resolved_backend(process, device),
             "device": device.type,
@@ -363,33 +357,45 @@ def main(args: argparse.Namespace) -> int:
     )
     remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
 
-    num_batches = -(-args.n // B)
+    num_batches = -(-n // B)
     missing = {
-        b: [i for i in range(b * B, min((b + 1) * B, args.n)) if not _is_complete_png(out / image_name(i))]
+        b: [i for i in range(b * B, min((b + 1) * B, n)) if not _is_complete_png(out / image_name(i))]
         for b in range(num_batches)
     }
     todo = [b for b in range(num_batches) if missing[b]]
-    if args.trajectory and 0 not in todo:
+    if trajectory and 0 not in todo:
         todo.insert(0, 0)  # batch 0 again (the same images), only to record its trajectory
     total = sum(len(missing[b]) for b in todo)
-    present = args.n - sum(len(v) for v in missing.values())
-    print(
-        f"{path}: step {state['step']}, {'EMA' if not args.no_ema else 'raw'} weights; "
-        f"{sampler.kind} sampler, {sampler.K}/{process.steps} steps, batches of {B} on {device}; "
-        f"{present} of {args.n} images present, {total} to make"
+    plan = SamplingPlan(
+        checkpoint=path,
+        checkpoint_step=int(state["step"]),
+        ema=ema,
+        sampler=integrator.kind,
+        steps=integrator.K,
+        process_steps=process.steps,
+        spacing=integrator.spacing,
+        batch_size=B,
+        device=device,
+        n=n,
+        present=n - sum(len(v) for v in missing.values()),
+        to_make=total,
+        advice=tuple(str(w.message) for w in caught),
     )
+    if on_plan is not None:
+        on_plan(plan)
 
     t0 = time.perf_counter()
     written = 0
+    trajectory_paths = None
     raw = _RawStats(out / RAW_STATS_FILE)
-    with Progress(total, "sampling", unit="img", enabled=not args.quiet) as bar:
+    with Progress(total, "sampling", unit="img", enabled=not quiet) as bar:
         for n_batch, b in enumerate(todo):
             first = b * B
             gen = torch.Generator(device=device)
-            gen.manual_seed(batch_seed(args.seed, first, B))
+            gen.manual_seed(batch_seed(seed, first, B))
             record = (
-                _Trajectory(sampler, min(args.trajectory_samples, B), args.trajectory_frames)
-                if args.trajectory and b == 0
+                _Trajectory(integrator, min(trajectory_samples, B), trajectory_frames)
+                if trajectory and b == 0
                 else None
             )
 
@@ -397,28 +403,39 @@ def main(args: argparse.Namespace) -> int:
                 if record is not None:
                     record(step, x, eps)
                 bar.update(
-                    0, batch=f"{n_batch + 1}/{len(todo)}", step=f"{sampler.K - sampler.position(step) + 1}/{sampler.K}"
+                    0,
+                    batch=f"{n_batch + 1}/{len(todo)}",
+                    step=f"{integrator.K - integrator.position(step) + 1}/{integrator.K}",
                 )
 
-            x = sampler.sample(model, shape, generator=gen, device=device, callback=callback, guard=False)
+            x = integrator.sample(model, shape, generator=gen, device=device, callback=callback, guard=False)
             raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics
             for i in missing[b]:
                 save_png(x[i - first], out / image_name(i))
             if record is not None:
-                record.save(out / FIGURES, x)
+                trajectory_paths = record.save(out / FIGURES, x)
             written += len(missing[b])
             bar.update(len(missing[b]))
-    elapsed = time.perf_counter() - t0
-    rate = f", {written / elapsed:.2f} img/s" if written and elapsed > 0 else ""
-    print(f"wrote {written} images to {out} ({present} were already there){rate}")
-    _report_raw_stats(raw, range(num_batches), out, path, sampler, process)
-    if args.trajectory:
-        print(f"trajectory: {out / FIGURES / 'trajectory.png'}, {out / FIGURES / 'trajectory_x0.png'}")
-    if args.grid:
+    seconds = time.perf_counter() - t0
+    data_std = process.data_stats.std if process.data_stats is not None else None
+    stats, unknown, reasons = _summarize_raw_stats(raw, range(num_batches), out, path, integrator, data_std)
+    grid_path = None
+    if grid:
         (out / FIGURES).mkdir(exist_ok=True)
         from blurdiff.spectrum import load_images  # the image reading shared with FID and spectra
 
-        images = load_images([out / image_name(i) for i in range(min(args.n, 64))], out).float()
-        save_grid(_upscale([images])[0], out / FIGURES / "grid.png")
-        print(f"grid: {out / FIGURES / 'grid.png'}")
-    return 0
+        images = load_images([out / image_name(i) for i in range(min(n, 64))], out).float()
+        grid_path = out / FIGURES / "grid.png"
+        save_grid(_upscale([images])[0], grid_path)
+    return SamplingReport(
+        plan=plan,
+        out=out,
+        written=written,
+        seconds=seconds,
+        raw=stats,
+        raw_unknown_batches=unknown,
+        data_std=data_std,
+        diverged=tuple(reasons),
+        trajectory=trajectory_paths,
+        grid=grid_path,
+    )

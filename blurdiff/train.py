@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from blurdiff.devices import resolve_device
 from blurdiff.diffusion import BACKENDS, BlurDiffusion, ReferenceResidual
 from blurdiff.health import HealthEvent, TrainingHealth
 from blurdiff.images import save_grid
-from blurdiff.presets import PRESETS, get_preset
+from blurdiff.presets import get_preset
 from blurdiff.progress import Progress
 from blurdiff.quality import SampleStats, divergence_reasons
 from blurdiff.statistics import DEFAULT_IMAGES, DataStatistics, estimate_data_statistics
@@ -60,7 +59,7 @@ log = logging.getLogger("blurdiff.train")
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-__all__ = ["TrainOptions", "Trainer", "NonFiniteLossError", "train", "add_arguments", "main"]
+__all__ = ["TrainOptions", "Trainer", "NonFiniteLossError", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,6 +134,7 @@ class TrainOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        """The options of a parsed ``blurdiff train`` command line (see :mod:`blurdiff.cli.train`)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
@@ -822,107 +822,7 @@ def train(options: TrainOptions) -> Trainer:
             dist.destroy_process_group()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    presets = ", ".join(sorted(PRESETS))
-    p = parser
-    p.add_argument("--data", required=True, help="LSUN-format lmdb (folder with data.mdb) or a folder of images")
-    p.add_argument("--preset", required=True, help=f"experiment preset: {presets}")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, samples, config.json)")
-    p.add_argument("--max-steps", type=int, required=True, help="train until this many optimizer steps in all")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the newest checkpoint in --out (required when it has checkpoints); "
-        "options not given again are taken from the run",
-    )
-    g = p.add_argument_group("optimisation (unset: the preset's, or the run's on --resume)")
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per step PER PROCESS (under torchrun the global batch is this x processes)",
-    )
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper: 5e-5)")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step (paper: 0.9999)")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient to this L2 norm (0: off)")
-    g.add_argument(
-        "--warmup-steps", type=int, default=None, help="linear learning-rate warm-up over this many steps (0: off)"
-    )
-    g.add_argument(
-        "--amp",
-        choices=sorted(AMP_DTYPES),
-        default=None,
-        help="mixed precision for the network: bf16, or fp16 with a GradScaler (CUDA only); default none",
-    )
-    g.add_argument("--seed", type=int, default=None, help="seed of weights, data order, t, noise (default 0)")
-    g.add_argument("--resolution", type=int, default=None, help="train at this side instead of the preset's")
-    o = p.add_argument_group("checkpoints, logs, samples")
-    o.add_argument("--ckpt-every", type=int, default=5000, help="checkpoint every K steps (and at the end)")
-    o.add_argument("--keep", type=int, default=3, help="checkpoints kept (the newest; 0 keeps all)")
-    o.add_argument("--sample-every", type=int, default=10000, help="EMA sample grid every K steps (0: never)")
-    o.add_argument("--sample-n", type=int, default=16, help="images in a sample grid")
-    o.add_argument("--log-every", type=int, default=100, help="a line of metrics.jsonl every K steps")
-    o.add_argument(
-        "--health-window",
-        type=int,
-        default=100,
-        help="steps per window of the loss-spike detector (each window's mean loss and gradient "
-        "norm against the median of the windows before)",
-    )
-    o.add_argument(
-        "--no-final-check",
-        dest="final_check",
-        action="store_false",
-        help="skip sampling a few EMA images at the end to check that they are in range",
-    )
-    o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    d = p.add_argument_group("hardware")
-    d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    d.add_argument(
-        "--num-workers",
-        type=int,
-        default=None,
-        help="DataLoader worker processes per training process (default: 4 on CUDA, 0 on the CPU)",
-    )
-    d.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="process ops: fused kernels (auto: when built) or the plain-PyTorch reference",
-    )
+if __name__ == "__main__":  # `torchrun --nproc-per-node G -m blurdiff.train ...`: the `blurdiff train` command
+    from blurdiff.cli.train import main
 
-
-def main(args: argparse.Namespace) -> int:
-    """``blurdiff train``: 0 when done, 2 for bad input, 3 when the loss went NaN/inf."""
-    try:
-        options = TrainOptions.from_args(args)
-        trainer = train(options)
-    except NonFiniteLossError as e:
-        print(
-            f"blurdiff train: error: {e}. The last good checkpoint (if any) in "
-            f"{checkpoint_dir(args.out)} is intact; lower --lr or set --grad-clip and --resume.",
-            file=sys.stderr,
-        )
-        return 3
-    except Exception as e:  # noqa: BLE001 - re-raised below unless it is bad input
-        from blurdiff.cli import _user_error_message  # one mapping for `blurdiff train` and `-m blurdiff.train`
-
-        message = _user_error_message(e)
-        if message is None:
-            raise  # a programming error: keep the traceback
-        print(f"blurdiff train: error: {message}", file=sys.stderr)
-        return 2
-    if trainer.is_main:
-        print(f"trained {options.preset} to step {trainer.step}; checkpoints in {trainer.run_dir / 'checkpoints'}")
-        healthy, text = trainer.verdict
-        print(f"run {'healthy' if healthy else 'NOT HEALTHY'}: {text}")
-    return 0
-
-
-if __name__ == "__main__":  # `torchrun --nproc-per-node G -m blurdiff.train ...` works without the CLI too
-    _parser = argparse.ArgumentParser(
-        prog="blurdiff.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(_parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    raise SystemExit(main(_parser.parse_args()))
+    raise SystemExit(main())

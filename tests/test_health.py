@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from blurdiff.checkpoint import list_checkpoints, load_checkpoint
+from blurdiff.cli.train import run as main
 from blurdiff.health import TrainingHealth
 from blurdiff.toy_data import make_toy_lmdb
-from blurdiff.train import TrainOptions, main, train
+from blurdiff.train import TrainOptions, train
 
 RES = 16
 
@@ -105,7 +106,7 @@ def test_a_bad_learning_rate_is_detected_recorded_and_reported(toy_lmdb, tmp_pat
 def test_cli_last_line_says_healthy(toy_lmdb, tmp_path, capsys):
     import argparse
 
-    from blurdiff.train import add_arguments
+    from blurdiff.cli.train import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

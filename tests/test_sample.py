@@ -73,10 +73,12 @@ def cli(*argv) -> int:
     import argparse
     import sys
 
+    from blurdiff.cli import sample as sample_cli
+
     p = argparse.ArgumentParser()
-    sample_mod.add_arguments(p)
+    sample_cli.add_arguments(p)
     try:
-        return sample_mod.main(p.parse_args([*map(str, argv)]))
+        return sample_cli.run(p.parse_args([*map(str, argv)]))
     except (FileNotFoundError, ValueError) as e:
         print(f"blurdiff sample: error: {e}", file=sys.stderr)
         return 2
@@ -215,6 +217,28 @@ def test_ema_and_samplers(run, tmp_path):
     assert sample(run, tmp_path / "anc", 2, "--sampler", "ancestral", "--steps", 5) == 0
     got = [stat(tmp_path / d)["000000.png"][2] for d in ("ema", "raw", "ddim", "anc")]
     assert len(set(got)) == 4
+
+
+def test_sample_to_folder_is_the_command_from_python(run, tmp_path):
+    from blurdiff.sample import sample_to_folder
+
+    assert sample(run, tmp_path / "cli", 6, "--trajectory") == 0
+    plans = []
+    report = sample_to_folder(
+        run=run, n=6, out=tmp_path / "py", batch_size=5, trajectory=True, quiet=True, on_plan=plans.append
+    )
+    assert {k: v[2] for k, v in stat(tmp_path / "py").items()} == {k: v[2] for k, v in stat(tmp_path / "cli").items()}
+    assert [(p.present, p.to_make, p.n, p.sampler, p.steps) for p in plans] == [(0, 6, 6, "ddpm", STEPS)]
+    assert report.plan is plans[0] and report.written == 6 and report.raw.count == 2 * 5 * RES * RES  # two full batches
+    assert report.trajectory == (
+        tmp_path / "py" / "figures" / "trajectory.png",
+        tmp_path / "py" / "figures" / "trajectory_x0.png",
+    )
+    assert all(p.is_file() for p in report.trajectory) and report.grid is None
+    assert (tmp_path / "py" / "stats.json").is_file()
+    # Again: nothing to make, the same report of the folder's raw values.
+    again = sample_to_folder(run=run, n=6, out=tmp_path / "py", batch_size=5, quiet=True)
+    assert again.written == 0 and again.plan.present == 6 and again.raw == report.raw
 
 
 # --------------------------------------------------------------------------- trajectory

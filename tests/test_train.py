@@ -34,9 +34,11 @@ from blurdiff.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from blurdiff.cli.train import add_arguments
+from blurdiff.cli.train import run as main
 from blurdiff.presets import get_preset
 from blurdiff.toy_data import make_toy_lmdb, toy_image
-from blurdiff.train import NonFiniteLossError, Trainer, TrainOptions, add_arguments, main, train
+from blurdiff.train import NonFiniteLossError, Trainer, TrainOptions, train
 
 RES = 16
 BATCH = 4

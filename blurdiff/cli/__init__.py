@@ -1,0 +1,113 @@
+"""The ``blurdiff`` command: ``blurdiff data|train|sample|eval|fid|spectrum ...`` (also ``python -m blurdiff``).
+
+Each command's options live beside its code (``add_arguments`` in the module that runs it);
+this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+# The commands in the order `blurdiff -h` lists them. Each is a module blurdiff.cli.<name> that
+# parses its options (add_arguments, and HELP/DESCRIPTION for -h) and, in run, calls the library
+# and prints what it returns.
+COMMANDS = ("data", "train", "sample", "figures", "eval", "fid", "spectrum")
+
+
+def _add_command(sub, name: str) -> None:
+    module = importlib.import_module(f"{__name__}.{name}")
+    # A docstring shown as the description keeps its own line breaks (lists, file trees); a
+    # one-paragraph description is wrapped to the terminal.
+    description = module.DESCRIPTION
+    raw = description is not None and "\n" in description
+    p = sub.add_parser(
+        name,
+        help=module.HELP,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
+    module.add_arguments(p)
+    p.set_defaults(handler=module.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blurdiff", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        _add_command(sub, name)
+    return parser
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: its exit code, or 2 with a one-line error on stderr for bad input."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run_command(args.command, args.handler, args)
+
+
+def run_command(command: str, handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``handler(args)``'s exit code, or 2 with ``blurdiff COMMAND: error: ...`` on stderr when it
+    raised for bad input or a machine problem (see :func:`_user_error_message`)."""
+    try:
+        return int(handler(args) or 0)
+    except Exception as e:  # noqa: BLE001 - re-raised below unless it is bad input
+        message = _user_error_message(e)
+        if message is None:
+            raise  # a programming error: keep the traceback
+        # Bad input or a machine problem: say what is wrong, without a traceback.
+        print(f"blurdiff {command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+# Errors of the file system that the user, not the code, has to fix (missing or misplaced files,
+# permissions, a read-only disk ...); raised by the OS, or by blurdiff with its own message.
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_USER_ERRNOS = {errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _user_error_message(e: Exception) -> str | None:
+    """The one-line message for an error caused by the input or the machine; ``None`` for the rest."""
+    from PIL import UnidentifiedImageError
+
+    from blurdiff.data import UndecodableDataError
+    from blurdiff.inception import InceptionWeightsError
+    from blurdiff.toy_data import OutputExistsError
+
+    if isinstance(e, OutputExistsError):
+        return e.hint("--" + e.option.replace("_", "-"))  # the library's own hint says overwrite=True
+    if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"no space left on the device{where} ({e.strerror}); free some space and run again"
+    if isinstance(e, RuntimeError) and "unexpected pos" in str(e):
+        # torch.save's zip writer when a write came up short: in practice, a full disk.
+        return f"a file could not be written completely (disk full?): {_first_line(e)}; free some space and run again"
+    if isinstance(e, UnidentifiedImageError):
+        return _first_line(e)  # "cannot identify image file '<path>'"
+    if isinstance(e, (UndecodableDataError, InceptionWeightsError, ValueError)):
+        return str(e)
+    if isinstance(e, _USER_OS_ERRORS) or (isinstance(e, OSError) and e.errno in _USER_ERRNOS):
+        return _describe_os_error(e)
+    return None
+
+
+def _describe_os_error(e: OSError) -> str:
+    if e.filename is None:
+        return str(e)
+    if e.filename2 is not None:
+        return f"{e.strerror}: {e.filename} -> {e.filename2}"
+    return f"{e.strerror}: {e.filename}"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
