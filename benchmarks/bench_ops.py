@@ -22,6 +22,7 @@ import torch
 import blurdiff_ops
 import blurdiff_ops.reference as R
 from blurdiff import BlurDiffusion
+from blurdiff.samplers import make_sampler
 
 HAS_CUDA = torch.cuda.is_available() and blurdiff_ops.kernels_available("cuda")
 QUICK = os.environ.get("BLURDIFF_BENCH_QUICK") == "1"  # the GPU check script's time budget
@@ -63,7 +64,8 @@ def _case(op, batch, n, device):
         args = ([x, e], tab["q_coefs"], t, U_h, U_w)
         return dict(fused=lambda: blurdiff_ops.spectral_lincomb(*args), reference=lambda: R.lincomb_unchecked(*args)), 6
     if op == "reverse_step":  # K = 2, noise drawn: by the op in the spectral domain, by the reference itself
-        args = ([x, e], tab["step_coefs"], t, U_h, U_w, tab["step_noise"])
+        step = make_sampler(_process(n)).tables(device)  # Eq. 12: the ddpm sampler's tables
+        args = ([x, e], step["step_coefs"], t, U_h, U_w, step["step_noise"])
         return dict(
             fused=lambda: blurdiff_ops.spectral_lincomb(*args, generator=g),
             reference=lambda: R.lincomb_unchecked(*args, generator=g),

@@ -23,7 +23,7 @@ import torch
 
 import blurdiff_ops
 from blurdiff import BlurDiffusion, build_unet
-from blurdiff.respace import make_sampler
+from blurdiff.samplers import make_sampler
 
 BATCH = 16
 RESOLUTIONS = (32, 64)

@@ -1,9 +1,13 @@
-"""``BlurDiffusion``: the forward process, the reverse step, training loss and sampling.
+"""``BlurDiffusion``: the forward process, training loss, the reference score; sampling.
 
 docs/design.md §1. Every operator of the process is diagonal in the basis ``U``, so each one is a
 single ``blurdiff_ops.spectral_lincomb`` over per-frequency tables ``[N+1, H, W]`` indexed by
 the step. The tables are built once in float64 (in log space, so ``Ā_i`` keeps its relative
-precision when it is tiny) and cached per device in the working dtype.
+precision when it is tiny) and cached per device in the working dtype (:class:`TableCache`).
+
+The process noises (``q_sample``, ``prior_sample``) and scores (``training_loss``,
+``reference_eps``); the samplers of :mod:`blurdiff.samplers` step. ``reverse_step`` and ``sample``
+are the ``ddpm`` sampler's (Eq. 12 on all N steps): one implementation of the step.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import torch
 
 import blurdiff_ops
 from blurdiff.bases import check_basis_args, check_resolution, make_basis
+from blurdiff.samplers import make_sampler
 from blurdiff.schedules import blur_f, check_tables_fit, int_arg, noise_betas, real_arg
-from blurdiff_ops import table_dtype_for
+from blurdiff.tables import TableCache
 
 DIRECTIONS = ("coarse_to_fine", "fine_to_coarse")
 BACKENDS = ("auto", "fused", "reference")
@@ -86,7 +91,7 @@ class BlurDiffusion:
         self.betas = noise_betas(noise_schedule, N)
 
         # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself). Kept in
-        # float64 for samplers that combine steps (blurdiff.respace).
+        # float64 for the samplers, which build their step tables from them (blurdiff.samplers).
         log_A = torch.log1p(-self.betas)[:, None, None] + 2 * self.f[:, None, None] * torch.log(D)
         log_A[0] = 0.0
         log_A_bar = torch.cumsum(log_A, dim=0)
@@ -96,31 +101,30 @@ class BlurDiffusion:
         self.A, self.A_bar = A, A_bar
         self.one_minus_A, self.one_minus_A_bar = one_minus_A, one_minus_A_bar
 
-        # Reverse step (Eq. 12 / App. F): x̄_{i-1} = (2 - √A_i) x̄_i - (1-A_i)/√(1-Ā_i) ε̄ + √(1-A_i) z̄.
-        step_eps = torch.zeros_like(A)
-        step_eps[1:] = -one_minus_A[1:] / one_minus_A_bar[1:].sqrt()
-        step_noise = one_minus_A.sqrt()
-        step_noise[:2] = 0.0  # no noise at the last step (i = 1); row 0 is never used
         # x̂_0 ≈ U (x̄_t - √(1-Ā) ε̄) / √Ā (regularised, X0_REG), for pictures of what the model believes.
         x0_gain = A_bar.sqrt() / (A_bar + X0_REG * one_minus_A_bar)
         x0_coefs = torch.stack([x0_gain, -x0_gain * one_minus_A_bar.sqrt()])
 
-        self._tables64: dict[str, torch.Tensor] = {
-            "U_h": b.U_h,
-            "U_w": b.U_w,
-            "q_coefs": torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()]),
-            "step_coefs": torch.stack([2 - A.sqrt(), step_eps]),
-            "step_noise": step_noise,
-            "x0_coefs": x0_coefs,
-        }
-        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
+        self._tables = TableCache(
+            {
+                "U_h": b.U_h,
+                "U_w": b.U_w,
+                "q_coefs": torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()]),
+                "x0_coefs": x0_coefs,
+            }
+        )
+        self._data_stats = None
+        #: What is built on the data statistics, emptied whenever they change (the ``data_stats``
+        #: setter): the samplers of :func:`blurdiff.samplers.make_sampler` (a cycle the garbage
+        #: collector frees with the process) and the tables of :meth:`reference_eps`.
+        self.data_stats_cache: dict = {}
 
     # ---------------------------------------------------------------- data statistics
     @property
     def data_stats(self):
         """The training data's :class:`blurdiff.statistics.DataStatistics` (None when unknown): the
         Gaussian reference of the ``ancestral``/``ddim`` samplers and the divergence guard's scale."""
-        return self.__dict__.get("_data_stats")
+        return self._data_stats
 
     @data_stats.setter
     def data_stats(self, stats) -> None:
@@ -129,9 +133,8 @@ class BlurDiffusion:
                 f"data statistics of {tuple(stats.spectral_power.shape)} frequencies do not fit "
                 f"this process's resolution {self.resolution}"
             )
-        self.__dict__["_data_stats"] = stats
-        self.__dict__.pop("_respace_samplers", None)  # their tables were built on the old reference
-        self.__dict__.pop("_reference_eps", None)
+        self._data_stats = stats
+        self.data_stats_cache.clear()  # built on the old statistics
 
     def reference_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The exact ε-prediction for Gaussian data with the training data's power per frequency,
@@ -139,21 +142,18 @@ class BlurDiffusion:
         the ``eps_residual`` output (:class:`ReferenceResidual`) adds its output to."""
         if self.data_stats is None:
             raise ValueError("reference_eps needs the data statistics (process.data_stats)")
-        key = (x_t.device, table_dtype_for(x_t.dtype))
-        cache = self.__dict__.setdefault("_reference_eps", {})
-        if key not in cache:
+        if "reference_eps" not in self.data_stats_cache:
             v = self.data_stats.reference_var
             coef = self.one_minus_A_bar.sqrt() / (self.A_bar * v + self.one_minus_A_bar)
-            cache[key] = coef[None].to(device=key[0], dtype=key[1]).contiguous()
-        return self._lincomb_with([x_t], t, cache[key])
+            self.data_stats_cache["reference_eps"] = TableCache({"coefs": coef[None]})
+        return self.lincomb([x_t], t, self.data_stats_cache["reference_eps"].on(x_t.device, x_t.dtype)["coefs"])
 
     # ---------------------------------------------------------------- tables and backends
     def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """The process tables on ``device`` in the table dtype for data of ``dtype``."""
-        key = (torch.device(device), table_dtype_for(dtype))
-        if key not in self._cache:
-            self._cache[key] = {k: v.to(device=key[0], dtype=key[1]).contiguous() for k, v in self._tables64.items()}
-        return self._cache[key]
+        """The process tables (``U_h``, ``U_w``, ``q_coefs``, ``x0_coefs``) on ``device`` in the table
+        dtype for data of ``dtype``. The reverse step's are the ``ddpm`` sampler's
+        (``make_sampler(process).tables(device, dtype)``)."""
+        return self._tables.on(device, dtype)
 
     def ops(self, device: torch.device):
         """The op set for ``device``: the compiled ops (``fused``/``auto``) or the reference."""
@@ -189,31 +189,22 @@ class BlurDiffusion:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
 
-    def _lincomb_with(self, inputs, t, coefs: torch.Tensor):
-        tab = self.tables(inputs[0].device, inputs[0].dtype)
-        return self.ops(inputs[0].device).spectral_lincomb(
-            inputs, coefs, t.to(inputs[0].device), tab["U_h"], tab["U_w"]
-        )
-
-    def _lincomb(
+    def lincomb(
         self,
-        inputs,
-        t,
-        coefs: str,
-        rows=slice(None),
-        noise_coef: str | None = None,
-        noise_row=None,
-        noise=None,
-        generator=None,
-    ):
-        """One spectral_lincomb over the tables named ``coefs`` (rows ``rows``) and ``noise_coef``."""
+        inputs: list[torch.Tensor],
+        t: torch.Tensor,
+        coefs: torch.Tensor,
+        noise_coef: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``blurdiff_ops.spectral_lincomb`` in this process's basis with its backend (``t``: rows
+        of the tables ``coefs`` ``[K, T, H, W]`` and ``noise_coef`` ``[T, H, W]``, moved to the
+        device of ``inputs``)."""
         x = inputs[0]
         tab = self.tables(x.device, x.dtype)
-        nc = None
-        if noise_coef is not None:
-            nc = tab[noise_coef] if noise_row is None else tab[noise_coef][noise_row]
         return self.ops(x.device).spectral_lincomb(
-            inputs, tab[coefs][rows], t.to(x.device), tab["U_h"], tab["U_w"], nc, noise, generator
+            inputs, coefs, t.to(x.device), tab["U_h"], tab["U_w"], noise_coef, noise, generator
         )
 
     # ---------------------------------------------------------------- the process
@@ -230,10 +221,11 @@ class BlurDiffusion:
         return self._q_sample(x0, t, noise, generator)
 
     def _q_sample(self, x0, t, noise=None, generator=None):
+        q_coefs = self.tables(x0.device, x0.dtype)["q_coefs"]
         if noise is not None:
-            return self._lincomb([x0, noise], t, "q_coefs")
+            return self.lincomb([x0, noise], t, q_coefs)
         # Fresh noise is drawn in the spectral domain by the op: the same law, one transform less.
-        return self._lincomb([x0], t, "q_coefs", slice(0, 1), "q_coefs", 1, generator=generator)
+        return self.lincomb([x0], t, q_coefs[0:1], q_coefs[1], generator=generator)
 
     def reverse_step(
         self,
@@ -243,23 +235,20 @@ class BlurDiffusion:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """One step ``x_t → x_{t-1}``; ``noise`` is pixel-space ``z`` (drawn when not given)."""
+        """One step ``x_t → x_{t-1}`` of Eq. 12; ``noise`` is pixel-space ``z`` (drawn when not
+        given). The ``ddpm`` sampler's step (:meth:`blurdiff.samplers.Sampler.step`), whose
+        positions are the steps themselves."""
         self._check_t(t, x_t)
         self._check_like("eps_pred", eps_pred, "x_t", x_t)
         self._check_like("noise", noise, "x_t", x_t)
-        return self._reverse_step(x_t, eps_pred, t, noise, generator)
-
-    def _reverse_step(self, x_t, eps_pred, t, noise=None, generator=None):
-        return self._lincomb(
-            [x_t, eps_pred], t, "step_coefs", noise_coef="step_noise", noise=noise, generator=generator
-        )
+        return make_sampler(self, None, "ddpm").step(x_t, eps_pred, t, noise, generator)
 
     def predict_x0(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoised estimate ``x̂_0 = U (x̄_t - √(1-Ā_t) ε̄) / √Ā_t``, regularised (``X0_REG``)
         where the signal-to-noise ratio is tiny, so it stays finite for every schedule."""
         self._check_t(t, x_t)
         self._check_like("eps_pred", eps_pred, "x_t", x_t)
-        return self._lincomb([x_t, eps_pred], t, "x0_coefs")
+        return self.lincomb([x_t, eps_pred], t, self.tables(x_t.device, x_t.dtype)["x0_coefs"])
 
     def prior_sample(
         self, shape, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
@@ -269,7 +258,7 @@ class BlurDiffusion:
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         t = torch.full((shape[0],), self.steps, dtype=torch.int64, device=device)
         self._check_t(t, z)
-        return self._lincomb([z], t, "q_coefs", slice(1, 2))
+        return self.lincomb([z], t, self.tables(z.device, z.dtype)["q_coefs"][1:2])
 
     def training_loss(
         self,
@@ -307,13 +296,11 @@ class BlurDiffusion:
     ) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
         (a count K, placed by ``spacing``, or a list) with the sampler ``kind`` of
-        :mod:`blurdiff.respace` (default: ``ancestral2m`` when K < N).
+        :mod:`blurdiff.samplers` (default: ``ancestral2m`` when K < N).
 
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
         warns when the result looks diverged (:class:`blurdiff.quality.SamplesDivergedWarning`).
         """
-        from blurdiff.respace import make_sampler
-
         return make_sampler(self, steps, kind, spacing).sample(
             model, shape, generator, device, dtype, progress, callback, guard
         )

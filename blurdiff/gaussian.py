@@ -46,8 +46,7 @@ def exact_score(process, v: torch.Tensor):
     coef = ((1 - process.A_bar).sqrt() / (process.A_bar * v + 1 - process.A_bar))[None].float().contiguous()
 
     def model(x, t):
-        tab = process.tables(x.device, x.dtype)
-        return process.ops(x.device).spectral_lincomb([x], coef.to(x.device), t, tab["U_h"], tab["U_w"])
+        return process.lincomb([x], t, coef.to(x.device))
 
     return model
 
@@ -61,7 +60,7 @@ def output_variance(sampler, v: torch.Tensor) -> torch.Tensor:
     from the prior ``N(0, 1 - Ā_N)``.
     """
     p = sampler.process
-    tab = sampler._tables64
+    tab = sampler.tables64
     c, tau = tab["step_coefs"], tab["step_noise"]
     asc = (0,) + tuple(reversed(sampler.steps))
     e = (1 - p.A_bar).sqrt() / (p.A_bar * v + 1 - p.A_bar)  # ε̄* = e[t] x̄_t
@@ -123,7 +122,7 @@ def evaluate_samplers(
 ) -> list[dict[str, object]]:
     """:func:`gaussian_distance` of every (kind, K) on Gaussian data of power ``v``, the samplers
     using ``reference`` (default ``v``) as their Gaussian reference. ``ddpm`` only at K = N."""
-    from blurdiff.respace import Sampler
+    from blurdiff.samplers import Sampler
 
     rows = []
     for kind in kinds:

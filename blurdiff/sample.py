@@ -48,7 +48,7 @@ from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
 from blurdiff.quality import SampleStats, divergence_reasons
-from blurdiff.respace import make_sampler
+from blurdiff.samplers import make_sampler
 
 SETTINGS_FILE = "sample.json"
 RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
@@ -261,7 +261,7 @@ class SamplingPlan:
     checkpoint: Path
     checkpoint_step: int
     ema: bool
-    sampler: str  # the kind (blurdiff.respace.KINDS)
+    sampler: str  # the kind (blurdiff.samplers.KINDS)
     steps: int  # the K steps kept ...
     process_steps: int  # ... of the process's N
     spacing: str

@@ -24,7 +24,7 @@ import torch
 from blurdiff import BlurDiffusion
 from blurdiff.gaussian import BANDS, evaluate_samplers, power_law_spectrum, reference_estimate
 from blurdiff.presets import get_preset
-from blurdiff.respace import KINDS
+from blurdiff.samplers import KINDS
 
 
 def main() -> None:

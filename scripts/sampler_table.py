@@ -8,7 +8,7 @@ them, and scores them against ``2n`` held-out data images (blurdiff.quality.eval
 own noise floor beside every number). Prints a Markdown table, one row per (kind, K) with the
 mean over seeds (± std when several). ``ddpm`` (Eq. 12) is the paper's small-step sampler: it runs
 only with all N steps; every other kind uses its default spacing of the K steps
-(blurdiff.respace.DEFAULT_SPACING).
+(blurdiff.samplers.DEFAULT_SPACING).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.quality import SampleStats, evaluate, load_data_images
-from blurdiff.respace import KINDS, make_sampler
+from blurdiff.samplers import KINDS, make_sampler
 from blurdiff.statistics import DEFAULT_IMAGES, estimate_data_statistics
 
 COLUMNS = ("swd_avg", "spectrum_error", "channel_std_error")

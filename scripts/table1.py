@@ -71,7 +71,7 @@ from blurdiff.images import grid, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
 from blurdiff.quality import SampleStats, evaluate, load_data_images
-from blurdiff.respace import make_sampler
+from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.spectrum import plot_spectra, radial_power_spectrum
 from blurdiff.train import NonFiniteLossError, TrainOptions, train

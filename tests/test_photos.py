@@ -264,13 +264,13 @@ def test_table1_end_to_end_and_resumes(tmp_path, table1, monkeypatch, capsys, on
     assert not torch.equal(chunk("quartic-seed0", "eq12"), chunk("quartic-seed1", "eq12"))
 
     # A third time: nothing is trained or sampled again.
-    import blurdiff.respace as respace
+    import blurdiff.samplers as samplers
 
     def refuse(*a, **k):
         raise AssertionError("finished work redone")
 
     monkeypatch.setattr(table1, "train", refuse)
-    monkeypatch.setattr(respace.Sampler, "sample", refuse)
+    monkeypatch.setattr(samplers.Sampler, "sample", refuse)
     monkeypatch.setattr(table1, "benchmark", refuse)
     before = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.pt")}
     capsys.readouterr()

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 import blurdiff.sample
-from blurdiff.respace import KINDS, SPACINGS
 from blurdiff.sample import SamplingPlan, SamplingReport, sample_to_folder
+from blurdiff.samplers import KINDS, SPACINGS
 
 HELP = "sample a trained run into a folder of PNGs"
 DESCRIPTION = blurdiff.sample.__doc__
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=SPACINGS,
         default=None,
         help="where the K kept steps lie: uniform in t, quadratic (denser near the data) or uniform in "
-        "log-SNR (default: the best measured for the sampler, respace.DEFAULT_SPACING)",
+        "log-SNR (default: the best measured for the sampler, samplers.DEFAULT_SPACING)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

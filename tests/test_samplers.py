@@ -1,10 +1,10 @@
-"""Samplers (blurdiff/respace.py, docs/sampling.md).
+"""Samplers (blurdiff/samplers.py, docs/sampling.md).
 
 1. Plumbing: step spacing; ``ddpm`` is Eq. 12 on all N steps only, and reproduces the
    step-by-step ``reverse_step`` loop bit for bit.
 2. The closed forms of the exponential integrators (``ancestral``: reverse SDE, ``ddim``:
    probability-flow ODE with the residual weighted by √w) against the integrals they solve,
-   computed here by quadrature, independently of respace's algebra.
+   computed here by quadrature, independently of the samplers' algebra.
 3. The exact score of Gaussian data. If x̄_0 ~ N(0, diag(v)) in the basis, then
    x̄_t ~ N(0, s_t²) with s_t² = Ā_t v + 1 - Ā_t, and the optimal ε-predictor is linear:
    ε̄*(x_t, t) = √(1-Ā_t) x̄_t / s_t². Every sampler step is then linear per frequency,
@@ -26,7 +26,7 @@ import torch
 import blurdiff_ops
 from blurdiff import BlurDiffusion, build_unet
 from blurdiff.gaussian import gaussian_distance, output_variance, power_law_spectrum, reference_estimate
-from blurdiff.respace import DEFAULT_SPACING, SPACINGS, Sampler, make_sampler, spaced_steps, strided_steps
+from blurdiff.samplers import DEFAULT_SPACING, SPACINGS, Sampler, make_sampler, spaced_steps, strided_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -77,9 +77,14 @@ def test_full_sampler_equals_blurdiffusion(backend):
     p = BlurDiffusion(resolution=16, steps=20, backend=backend)
     s = make_sampler(p, None, "ddpm")
     assert s.steps == tuple(range(20, 0, -1))
-    ours, theirs = s.tables("cpu"), p.tables("cpu")
-    assert torch.equal(ours["step_coefs"], theirs["step_coefs"])
-    assert torch.equal(ours["step_noise"], theirs["step_noise"])
+    # The one copy of the Eq. 12 tables (reverse_step steps with this sampler): bit for bit the
+    # formula on the process's float64 tables, stored in float32.
+    tab = s.tables("cpu")
+    A, one_minus_A, one_minus_A_bar = p.A[1:], p.one_minus_A[1:], p.one_minus_A_bar[1:]
+    assert torch.equal(tab["step_coefs"][0, 1:], (2 - A.sqrt()).float())
+    assert torch.equal(tab["step_coefs"][1, 1:], (-one_minus_A / one_minus_A_bar.sqrt()).float())
+    assert torch.equal(tab["step_noise"][2:], one_minus_A[1:].sqrt().float())
+    assert not tab["step_noise"][1].any()  # no noise at the last step
     model = _tiny()
     # The definition, step by step: the prior, then reverse_step (Eq. 12) for i = N … 1.
     g = torch.Generator().manual_seed(11)
@@ -144,7 +149,7 @@ def test_closed_forms_are_the_integrals(kind):
     v = _spectrum()
     s = Sampler(p, [100, 60, 30, 10, 3, 1], kind, reference_var=v)
     asc = (0,) + tuple(reversed(s.steps))
-    tab = s._tables64
+    tab = s.tables64
     for k in range(1, s.K + 1):
         i, j = asc[k], asc[k - 1]
         c_x, c_eps, tau = _quadrature_coefficients(p, i, j, v, kind)
@@ -161,7 +166,7 @@ def test_coefficients_stay_bounded_where_abar_is_tiny():
     p = BlurDiffusion(resolution=8, blur_schedule="log", f_max=0.6)
     for kind in ("ancestral", "ddim"):
         for K in (5, 10, 50):
-            tab = Sampler(p, K, kind, reference_var=_spectrum())._tables64
+            tab = Sampler(p, K, kind, reference_var=_spectrum()).tables64
             assert torch.isfinite(tab["step_coefs"]).all()
             assert tab["step_coefs"][1].abs().max() < 10, (kind, K)  # the network's weight
 
@@ -180,6 +185,33 @@ def test_reference_comes_from_the_data_statistics():
         Sampler(p, 5, "ddim", reference_var=torch.ones(4, 4))
     with pytest.raises(ValueError, match="resolution"):
         p.data_stats = DataStatistics(1, [0.0], [1.0], torch.ones(4, 4))
+
+
+def test_new_data_statistics_drop_what_was_built_on_the_old():
+    from blurdiff.statistics import DataStatistics
+
+    p = BlurDiffusion(resolution=8, steps=20)
+    p.data_stats = DataStatistics(100, [0.0] * 3, [0.5] * 3, _spectrum())
+    s = make_sampler(p, 5, "ancestral")
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 20])
+    before = p.reference_eps(x, t)
+    p.data_stats = DataStatistics(100, [0.0] * 3, [0.5] * 3, 2 * _spectrum())
+    again = make_sampler(p, 5, "ancestral")
+    assert again is not s and torch.equal(again.reference_var, 2 * _spectrum())
+    assert not torch.allclose(p.reference_eps(x, t), before)
+
+
+def test_respace_is_a_deprecated_alias(monkeypatch):
+    import importlib
+    import sys
+
+    import blurdiff.samplers as samplers
+
+    monkeypatch.delitem(sys.modules, "blurdiff.respace", raising=False)
+    with pytest.warns(DeprecationWarning, match="import from blurdiff.samplers"):
+        respace = importlib.import_module("blurdiff.respace")
+    assert set(respace.__all__) == set(samplers.__all__) >= {"make_sampler", "Sampler", "KINDS", "DEFAULT_SPACING"}
+    assert all(getattr(respace, name) is getattr(samplers, name) for name in samplers.__all__)
 
 
 # --------------------------------------------------------------------------- exact Gaussian score

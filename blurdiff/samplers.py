@@ -1,0 +1,482 @@
+"""Sampling on all N steps or a strided subset: Eq. 12 (``ddpm``) and two exponential integrators.
+
+docs/sampling.md derives everything here; docs/design.md §1 fixes the notation. In short: keep the
+steps ``N = s_K > … > s_1 ≥ 1`` and put ``s_0 = 0`` (the data). Between kept steps ``i = s_k``
+and ``j = s_{k-1}`` the forward process is again diagonal in the basis,
+
+    x̄_i = √a ⊙ x̄_j + √(1 - a) ⊙ ε̄,        a = Ā_i / Ā_j   (per frequency),
+
+and every reverse step is, per frequency,
+
+    x̄_j = c_x[k] ⊙ x̄_i + c_ε[k] ⊙ ε̄_θ(x_i, i) + σ[k] ⊙ z̄
+
+with tables indexed by the *position* ``k`` in the strided sequence (row 0 unused):
+
+- ``ddpm``: the paper's Eq. 12, ``c_x = 2 - √A_i``, ``c_ε = -(1 - A_i)/√(1 - Ā_i)``, ``σ² = 1 - A_i``
+  (0 at the last step); a small-step formula, so only with all N steps. The one implementation of
+  the step: :meth:`BlurDiffusion.reverse_step` is this sampler's :meth:`Sampler.step`.
+- ``ancestral`` (reverse SDE) and ``ddim`` (deterministic, probability-flow ODE): exponential
+  integrators whose linear part includes the exact score of a Gaussian *reference* with the
+  data's power ``v`` per frequency (the run's :class:`blurdiff.statistics.DataStatistics`); the
+  network only corrects the residual ``r = ε̄_θ - σ x̄/s²``, ``s² = Ā v + 1 - Ā``. Exact for
+  Gaussian data of spectrum ``v`` at any K, and with bounded coefficients where Ā is tiny (the
+  old ``1/√a`` of DDIM amplified the network's error 3× per step at K = 50 under blur).
+
+Each step is one ``spectral_lincomb`` beside the network.
+
+    sampler = make_sampler(process, steps=50, kind="ancestral")   # or steps=None (all N), or a list
+    x0 = sampler.sample(model, (16, 3, 64, 64), generator=g, device="cuda")
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from blurdiff.progress import Progress
+from blurdiff.tables import TableCache
+
+__all__ = [
+    "DEFAULT_SPACING",
+    "KINDS",
+    "MULTISTEP",
+    "SPACINGS",
+    "STOCHASTIC",
+    "Sampler",
+    "default_kind",
+    "make_sampler",
+    "spaced_steps",
+    "strided_steps",
+]
+
+KINDS = ("ddpm", "ancestral", "ddim", "ancestral2m", "ddim2m")
+STOCHASTIC = ("ddpm", "ancestral", "ancestral2m")  # the kinds that draw noise
+MULTISTEP = ("ancestral2m", "ddim2m")  # second order: the previous step's prediction is one more input
+
+
+def spaced_steps(num_steps: int, count: int) -> tuple[int, ...]:
+    """``count`` steps of ``1 … num_steps`` evenly spaced, both ends included, descending.
+
+    ``s_k = round(1 + (k - 1)(N - 1)/(K - 1))`` for ``k = 1 … K``; ``K = N`` gives every step,
+    ``K = 1`` the single step ``N``. Distinct for every ``K ≤ N`` (the spacing is at least 1).
+    """
+    N, K = int(num_steps), int(count)
+    if not 1 <= K <= N:
+        raise ValueError(f"the number of sampling steps must lie in 1 … {N} (the process's steps), got {count}")
+    if K == 1:
+        return (N,)
+    return tuple(round(1 + (N - 1) * k / (K - 1)) for k in range(K - 1, -1, -1))
+
+
+SPACINGS = ("uniform", "quadratic", "logsnr")
+
+
+def _distinct_ascending(values: Sequence[float], N: int) -> list[int]:
+    """Round ascending ``values`` in [1, N] to distinct integer steps, the first 1 and the last N:
+    where rounding would repeat a step, the later ones move up (the total stays K)."""
+    K = len(values)
+    out = [min(max(int(round(v)), 1), N) for v in values]
+    out[0], out[-1] = 1, N
+    for k in range(1, K):  # at least one apart, leaving room for the ones after
+        out[k] = min(max(out[k], out[k - 1] + 1), N - (K - 1 - k))
+    return out
+
+
+def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, ...]:
+    """``count`` of the process's steps ``1 … N``, descending, both ends included, placed by
+    ``spacing``: ``uniform`` in t (:func:`spaced_steps`), ``quadratic`` (t ∝ k², denser near the
+    data), or ``logsnr`` (uniform in the log signal-to-noise ratio of the frequency with the median
+    blur eigenvalue; for a process without blur, of every frequency)."""
+    N, K = process.steps, int(count)
+    if spacing == "uniform" or K == 1:
+        return spaced_steps(N, K)
+    if not 1 <= K <= N:
+        raise ValueError(f"the number of sampling steps must lie in 1 … {N} (the process's steps), got {count}")
+    frac = torch.linspace(0, 1, K, dtype=torch.float64)
+    if spacing == "quadratic":
+        values = (1 + (N - 1) * frac**2).tolist()
+    elif spacing == "logsnr":
+        flat = process.D.flatten()
+        mid = int(torch.argsort(flat)[flat.numel() // 2])
+        log_abar = process.log_A_bar.flatten(1)[:, mid]  # [N + 1], decreasing in t
+        log_snr = log_abar - torch.log(-torch.expm1(log_abar.clamp(max=-1e-300)))
+        targets = log_snr[1] + (log_snr[N] - log_snr[1]) * frac  # from t = 1 to t = N
+        # λ(t) decreases: the step whose λ is nearest each target.
+        lam = log_snr[1:]  # t = 1 … N
+        idx = torch.searchsorted(-lam, -targets).clamp(max=N - 1)
+        lower = (idx - 1).clamp(min=0)
+        nearer = torch.where((lam[lower] - targets).abs() < (lam[idx] - targets).abs(), lower, idx)
+        values = (nearer + 1).to(torch.float64).tolist()
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return tuple(reversed(_distinct_ascending(values, N)))
+
+
+def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
+    N = process.steps
+    if steps is None:
+        return tuple(range(N, 0, -1))
+    if isinstance(steps, bool):
+        raise ValueError(f"steps must be None, a count or a list of steps, got {steps!r}")
+    if isinstance(steps, int):
+        return strided_steps(process, steps, spacing)
+    if isinstance(steps, torch.Tensor):
+        steps = steps.tolist()
+    seq = [int(s) for s in steps]
+    if not seq:
+        raise ValueError("steps is an empty list")
+    if len(set(seq)) != len(seq):
+        raise ValueError(f"steps has repeated entries: {sorted(seq, reverse=True)}")
+    seq = sorted(seq, reverse=True)
+    if seq[0] != N or seq[-1] < 1:
+        raise ValueError(
+            f"steps must lie in 1 … {N} and include {N} (sampling starts from the prior x_N), got "
+            f"values in [{seq[-1]}, {seq[0]}]"
+        )
+    return tuple(seq)
+
+
+def _segment(process, i: int, j: int):
+    """``a`` and ``1 - a`` for the segment ``j < i`` (``a = Ā_i / Ā_j``), float64."""
+    if i - j == 1:
+        # One original step: a = A_i, taken from the process's own tables (bitwise).
+        return process.A[i], process.one_minus_A[i]
+    log_a = process.log_A[j + 1 : i + 1].sum(dim=0)  # log(Ā_i / Ā_j), with no cancellation
+    return log_a.exp(), -torch.expm1(log_a)
+
+
+def _reference_segment(process, i: int, j: int, v: torch.Tensor, stochastic: bool):
+    """The pieces of one step ``i → j`` of the exponential integrators (docs/sampling.md §4–§6),
+    per frequency, float64: ``(m, τ, h, W h, σ_i/s_i²)``.
+
+    With ρ = Ā, σ² = 1 - ρ and s² = ρ v + σ² (the variance of x̄_t when x̄_0 has power ``v``), both
+    integrators are ``x̄_j = m x̄_i - W ∫ r dθ + τ z̄`` over the angle θ = atan2(√(vρ), σ), where
+    r = ε̄_θ - σ x̄/s² is the network's residual against the reference's exact ε̄ (0 for Gaussian
+    data of spectrum v). ``h = θ_j - θ_i`` (from one atan of a difference written without
+    cancellation), and W is s_j (ODE, weighted by √w) or 2 s_j²/√(v ρ_j) (SDE), so that
+    ``W h`` stays finite where ρ_j underflows.
+    """
+    a, one_minus_a = _segment(process, i, j)
+    rho_i, rho_j = process.A_bar[i], process.A_bar[j]
+    sig2_i, sig2_j = process.one_minus_A_bar[i], process.one_minus_A_bar[j]
+    sig_i, sig_j = sig2_i.sqrt(), sig2_j.sqrt()
+    s2_i, s2_j = rho_i * v + sig2_i, rho_j * v + sig2_j
+    # θ_j - θ_i = atan(Z): Z = √(v ρ_j) q / X, q = (1-a)/(σ_i + √a σ_j) = √(ρ_j)⁻¹(√ρ_j σ_i - √ρ_i σ_j),
+    # X = σ_i σ_j + v √(ρ_i ρ_j) (tan of a difference of angles).
+    q = one_minus_a / (sig_i + a.sqrt() * sig_j)
+    X = sig_i * sig_j + v * (rho_i * rho_j).sqrt()
+    Z = (v * rho_j).sqrt() * q / X
+    h = torch.atan(Z)
+    theta_i = torch.atan2((v * rho_i).sqrt(), sig_i)
+    if stochastic:
+        # Reverse SDE: m = √a s_j²/s_i² and τ² = s_j² (1-a)/s_i² are the Gaussian's exact q(x_j | x_i).
+        atan_ratio = torch.where(Z > 1e-6, h / Z.clamp_min(1e-6), 1 - Z * Z / 3)
+        Wh = 2 * s2_j * q / X * atan_ratio
+        m = a.sqrt() * s2_j / s2_i
+        tau = (s2_j * one_minus_a / s2_i).sqrt()
+    else:
+        # Probability-flow ODE with the residual weighted by √w, w = ρ v / s²: d(x̄/s)/dθ = -r.
+        Wh = s2_j.sqrt() * h
+        m = (s2_j / s2_i).sqrt()
+        tau = torch.zeros_like(m)
+    return m, tau, h, Wh, sig_i / s2_i, theta_i
+
+
+_GAUSS_NODES, _GAUSS_WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(24))
+
+
+def _extrapolation_weight(theta_p, theta_i, theta_j, h):
+    """``b`` in ``∫_{θ_i}^{θ_j} r dθ ≈ h r_i + h b (r_i - r_p)`` for r linear in λ = 2 ln tan θ - ln v
+    (the log signal-to-noise ratio) through (λ_p, r_p) and (λ_i, r_i):
+    ``b = ∫ (λ - λ_i) dθ / (h (λ_i - λ_p))``, by Gauss–Legendre quadrature per frequency. Where the
+    ratio is tiny, increments in λ are about equal for even steps, so b stays near ½ instead of the
+    ½ e^{Δλ/2} of an extrapolation in θ, which amplified the network's noise."""
+    nodes = _GAUSS_NODES.to(theta_i)[:, None, None]
+    theta = theta_i + (theta_j - theta_i) * (nodes + 1) / 2
+    log_tan_i = torch.log(torch.tan(theta_i))
+    integral = (
+        0.5 * h * (_GAUSS_WEIGHTS.to(theta_i)[:, None, None] * 2 * (torch.log(torch.tan(theta)) - log_tan_i)).sum(0)
+    )
+    return integral / (h * 2 * (log_tan_i - torch.log(torch.tan(theta_p))))
+
+
+def _eq12_tables(process) -> dict[str, torch.Tensor]:
+    """The ``ddpm`` tables on all N steps (position k is step i = k), Eq. 12 / App. F:
+    ``x̄_{i-1} = (2 - √A_i) x̄_i - (1-A_i)/√(1-Ā_i) ε̄ + √(1-A_i) z̄``, no noise at the last step."""
+    A, one_minus_A = process.A, process.one_minus_A
+    step_eps = torch.zeros_like(A)
+    step_eps[1:] = -one_minus_A[1:] / process.one_minus_A_bar[1:].sqrt()
+    step_noise = one_minus_A.sqrt()
+    step_noise[:2] = 0.0  # no noise at the last step (i = 1); row 0 is never used
+    return {"step_coefs": torch.stack([2 - A.sqrt(), step_eps]), "step_noise": step_noise}
+
+
+def _step_tables(process, steps: tuple[int, ...], kind: str, v: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """``step_coefs`` ``[I, K+1, H, W]`` and ``step_noise`` ``[K+1, H, W]`` (σ, or None), for the
+    inputs ``[x_i, ε_i]`` (I = 2) or, for the multistep kinds, ``[x_i, ε_i, ε_prev, x_prev]``."""
+    if kind == "ddpm":  # only on all N steps (Sampler checks)
+        return _eq12_tables(process)
+    asc = (0,) + tuple(reversed(steps))  # s_0 = 0 < s_1 < … < s_K = N
+    K = len(steps)
+    H, W = process.resolution
+    inputs = 4 if kind in MULTISTEP else 2
+    coefs = torch.zeros(inputs, K + 1, H, W, dtype=torch.float64)
+    coefs[0] = 1.0
+    sigma = torch.zeros(K + 1, H, W, dtype=torch.float64)
+    stochastic = kind in STOCHASTIC
+    h_prev = gain_prev = theta_prev = None  # the angle increment, σ/s² and θ of the step before (k + 1)
+    for k in range(K, 0, -1):
+        i, j = asc[k], asc[k - 1]
+        m, tau, h, Wh, gain, theta_i = _reference_segment(process, i, j, v, stochastic)
+        # ∫ r dθ ≈ h r_i, or (multistep: r linear in the log-SNR λ through r_prev, not at the last
+        # step, whose λ_j is infinite) h r_i + h b (r_i - r_prev).
+        if kind in MULTISTEP and h_prev is not None and j > 0:
+            b_prev = _extrapolation_weight(theta_prev, theta_i, theta_i + h, h)
+        else:
+            b_prev = torch.zeros_like(h)
+        c_i, c_prev = Wh * (1 + b_prev), Wh * b_prev  # x̄_j = m x̄_i - c_i r_i + c_prev r_prev + τ z̄
+        coefs[0, k] = m + c_i * gain
+        coefs[1, k] = -c_i
+        if inputs == 4:
+            coefs[2, k] = c_prev
+            coefs[3, k] = -c_prev * gain_prev if gain_prev is not None else 0.0
+        sigma[k] = tau
+        h_prev, gain_prev, theta_prev = h, gain, theta_i
+    return {
+        "step_coefs": coefs,
+        "step_noise": sigma if kind in STOCHASTIC else None,
+    }
+
+
+def default_kind(K: int, N: int) -> str:
+    """The paper's Eq. 12 (``ddpm``) with all N steps; the second-order ``ancestral2m`` integrator
+    with fewer (the best few-step sampler measured, docs/sampling.md §9)."""
+    return "ddpm" if K == N else "ancestral2m"
+
+
+#: The spacing of the K kept steps that measured best for each kind (docs/sampling.md §9).
+DEFAULT_SPACING = {
+    "ddpm": "uniform",
+    "ancestral": "uniform",
+    "ddim": "uniform",
+    "ancestral2m": "quadratic",
+    "ddim2m": "quadratic",
+}
+
+
+def _resolve(process, steps, kind: str | None, spacing: str | None) -> tuple[tuple[int, ...], str, str]:
+    """(kept steps, kind, spacing) with the defaults filled: the kind from the number of steps,
+    the spacing from the kind."""
+    if steps is None:
+        count = process.steps
+    elif isinstance(steps, int) and not isinstance(steps, bool):
+        count = steps
+    else:
+        count = len(_resolve_steps(process, steps))
+    kind = default_kind(count, process.steps) if kind is None else kind
+    if kind not in KINDS:
+        raise ValueError(f"sampler kind must be one of {KINDS}, got {kind!r}")
+    spacing = DEFAULT_SPACING[kind] if spacing is None else spacing
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return _resolve_steps(process, steps, spacing), kind, spacing
+
+
+def _resolve_reference(process, kind: str, reference_var: torch.Tensor | None) -> torch.Tensor | None:
+    """The Gaussian reference (spectral power per frequency, float64 ``[H, W]``) of the kinds that
+    use one: given, else the process's data statistics, else a flat spectrum with a warning."""
+    if kind == "ddpm":
+        return None
+    H, W = process.resolution
+    if reference_var is None:
+        stats = getattr(process, "data_stats", None)
+        if stats is None:
+            warnings.warn(
+                f"the {kind} sampler has no data statistics for its Gaussian reference (a checkpoint from an "
+                f"older version, or a process without data_stats): using a flat spectrum (1 at every "
+                f"frequency), which is stable but less accurate. Set process.data_stats = "
+                f"blurdiff.statistics.estimate_data_statistics(process, batches) to fix this",
+                stacklevel=4,
+            )
+            return torch.ones(H, W, dtype=torch.float64)
+        return stats.reference_var
+    v = torch.as_tensor(reference_var, dtype=torch.float64).cpu()
+    if tuple(v.shape) != (H, W) or not torch.isfinite(v).all() or (v <= 0).any():
+        raise ValueError(
+            f"reference_var must be a positive, finite [{H}, {W}] tensor (the spectral power "
+            f"of the data per frequency), got shape {tuple(v.shape)}"
+        )
+    return v
+
+
+class Sampler:
+    """A reverse process on the kept steps ``self.steps`` (descending), of one ``kind``.
+
+    Tables are built once in float64 and cached per (device, dtype) (:class:`TableCache`); each
+    step is one ``spectral_lincomb`` of ``[x_i, ε_θ]`` (plus noise drawn in the spectral domain).
+    """
+
+    def __init__(
+        self,
+        process,
+        steps: None | int | Sequence[int] = None,
+        kind: str | None = None,
+        reference_var: torch.Tensor | None = None,
+        spacing: str | None = None,
+    ):
+        self.process = process
+        self.steps, self.kind, self.spacing = _resolve(process, steps, kind, spacing)
+        self.K = len(self.steps)
+        kind = self.kind
+        if kind == "ddpm" and self.K != process.steps:
+            # Its 2 - √a and 1 - a are first-order in the step: strided, it over-disperses the
+            # fine frequencies (10x their power at K = 100 with a trained network, docs/sampling.md).
+            raise ValueError(
+                f"the ddpm sampler (Eq. 12) is the paper's small-step formula and runs only with all "
+                f"{process.steps} steps, not {self.K}; with fewer steps use 'ancestral' (stochastic) "
+                f"or 'ddim' (deterministic)"
+            )
+        self._position = {s: self.K - n for n, s in enumerate(self.steps)}  # step -> k
+        self.reference_var = _resolve_reference(process, kind, reference_var)
+        tables = _step_tables(process, self.steps, kind, self.reference_var)
+        tables["timesteps"] = torch.tensor((0,) + tuple(reversed(self.steps)), dtype=torch.int64)
+        self._tables = TableCache(tables)
+
+    def __repr__(self) -> str:
+        return f"Sampler(kind={self.kind!r}, K={self.K} of N={self.process.steps}, spacing={self.spacing!r})"
+
+    # ------------------------------------------------------------------ tables
+    def position(self, step: int) -> int:
+        """The position ``k`` (1 … K) of a kept step ``s_k``."""
+        if step not in self._position:
+            raise ValueError(f"step {step} is not one of this sampler's {self.K} kept steps")
+        return self._position[step]
+
+    def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor | None]:
+        """``step_coefs`` ``[I, K+1, H, W]``, ``step_noise`` ``[K+1, H, W]`` (None for the ddim kinds),
+        ``timesteps`` (int64 ``[K+1]``, ``s_0 = 0 … s_K = N``), in the table dtype on ``device``."""
+        return self._tables.on(device, dtype)
+
+    @property
+    def tables64(self) -> dict[str, torch.Tensor | None]:
+        """The same tables as built, in float64 on the CPU (for exact analysis:
+        :func:`blurdiff.gaussian.output_variance`)."""
+        return self._tables.float64
+
+    # ------------------------------------------------------------------ steps
+    def _as_index(self, k, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(k, torch.Tensor):
+            return k.to(device=x.device, dtype=torch.int64)
+        k = int(k)
+        if not 1 <= k <= self.K:
+            raise ValueError(f"position k must lie in 1 … {self.K}, got {k}")
+        return torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        k,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prev: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """One step from ``x_{s_k}`` to ``x_{s_{k-1}}`` (``k``: position, int or int64 ``[B]``).
+
+        ``noise`` is pixel-space ``z`` (drawn from ``generator`` when not given); the deterministic
+        kinds ignore it. The multistep kinds take ``prev = (x_{s_{k+1}}, ε_θ there)`` (unused, and
+        may be None, at the first step ``k = K``).
+        """
+        tab = self.tables(x.device, x.dtype)
+        noise_coef = tab["step_noise"]
+        return self.process.lincomb(
+            self._inputs(x, eps, prev),
+            self._as_index(k, x),
+            tab["step_coefs"],
+            noise_coef,
+            noise if noise_coef is not None else None,
+            generator,
+        )
+
+    def _inputs(self, x, eps, prev) -> list[torch.Tensor]:
+        if self.kind not in MULTISTEP:
+            return [x, eps]
+        x_prev, eps_prev = prev if prev is not None else (x, eps)  # coefficients 0 at the first step
+        return [x, eps, eps_prev, x_prev]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Callable,
+        shape,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        progress: bool = False,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        guard: bool = True,
+    ) -> torch.Tensor:
+        """Sample from the prior ``x_N`` down the kept steps; returns ``x_0`` (not clamped).
+
+        ``callback(step, x_step, eps_pred)`` is called before each step, as in
+        :meth:`BlurDiffusion.sample` (``step`` is the original step number ``s_k``). With ``guard``,
+        the statistics of the result are checked and a
+        :class:`blurdiff.quality.SamplesDivergedWarning` is issued when they show divergence.
+        """
+        proc = self.process
+        x = proc.prior_sample(shape, generator, device, dtype)
+        B = shape[0]
+        tab = self.tables(x.device, x.dtype)
+        ptab = proc.tables(x.device, x.dtype)
+        ops = proc.ops(x.device)
+        coefs, noise_coef, U_h, U_w = tab["step_coefs"], tab["step_noise"], ptab["U_h"], ptab["U_w"]
+        desc = f"sampling ({self.kind}, {self.K}/{proc.steps} steps)"
+        prev = None
+        with Progress(self.K, desc, unit="step", enabled=progress) as bar:
+            for n, s in enumerate(self.steps):
+                k = self.K - n
+                t = torch.full((B,), s, dtype=torch.int64, device=x.device)
+                eps = model(x, t).to(x.dtype)
+                if callback is not None:
+                    callback(s, x, eps)
+                idx = t if k == s else torch.full((B,), k, dtype=torch.int64, device=x.device)
+                x, prev = (
+                    ops.spectral_lincomb(self._inputs(x, eps, prev), coefs, idx, U_h, U_w, noise_coef, None, generator),
+                    (x, eps),
+                )
+                bar.update(1)
+        if guard:
+            from blurdiff.quality import SampleStats, warn_if_diverged
+
+            stats = proc.data_stats
+            warn_if_diverged(SampleStats.of(x), stats.std if stats is not None else None, f"{self!r}")
+        return x
+
+
+def make_sampler(
+    process, steps: None | int | Sequence[int] = None, kind: str | None = None, spacing: str | None = None
+) -> Sampler:
+    """The sampler of ``process`` on ``steps`` (None: all N; an int K: K placed by ``spacing``; or
+    a list), with the process's data statistics as the Gaussian reference of the integrators;
+    ``kind`` None is :func:`default_kind`, ``spacing`` None :data:`DEFAULT_SPACING` of the kind.
+
+    Samplers are kept on the process until its data statistics change
+    (``BlurDiffusion.data_stats_cache``), so their device tables are built once.
+    """
+    cache = process.data_stats_cache
+    # The arguments as given find the sampler without resolving the steps again (a tuple of N
+    # steps per call of BlurDiffusion.reverse_step); only plain ones (a list is not hashable).
+    plain = (steps is None or type(steps) is int) and all(a is None or type(a) is str for a in (kind, spacing))
+    call = ("make_sampler", steps, kind, spacing) if plain else None
+    if call in cache:
+        return cache[call]
+    resolved, kind, spacing = _resolve(process, steps, kind, spacing)
+    key = ("sampler", resolved, kind)
+    if key not in cache:
+        cache[key] = Sampler(process, resolved, kind, spacing=spacing)
+    if call is not None:
+        cache[call] = cache[key]
+    return cache[key]
