@@ -195,13 +195,13 @@ def test_crash_during_save_keeps_previous_checkpoint(toy_lmdb, tmp_path, monkeyp
 
 
 def test_each_rank_gets_its_own_gpu(monkeypatch):
-    from blurdiff import train as train_module
+    from blurdiff.distributed import device_for_rank
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    pick = train_module._device_for_rank
+    pick = device_for_rank
     assert [pick(None, r, 4) for r in range(4)] == [torch.device("cuda", i) for i in (0, 1, 0, 1)]
     assert pick("cuda:1", 0, 1) == torch.device("cuda", 1) and pick("cpu", 3, 4) == torch.device("cpu")
     assert pick(None, 0, 1) == torch.device("cuda", 0)
@@ -582,6 +582,57 @@ def test_trains_on_lsun_lmdb_and_image_folder(make, tmp_path):
     data = make(tmp_path / "data")
     trainer = run(opts(data, tmp_path / "run", max_steps=2))
     assert trainer.num_images == 8 and trainer.step == 2 and trainer.loader.next_batch == 2
+
+
+def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_path):
+    from blurdiff import BlurDiffusion, build_unet
+    from blurdiff.train import build_parts
+
+    # The parts build_parts makes from the options, handed over: the run Trainer(options) makes.
+    straight = run(opts(toy_lmdb, tmp_path / "straight", max_steps=2))
+    parts = build_parts(opts(toy_lmdb, tmp_path / "parts", max_steps=2))
+    handed = Trainer(
+        parts.options,
+        device=parts.device,
+        process=parts.process,
+        model=parts.model,
+        dataset=parts.dataset,
+        checkpoint=parts.checkpoint,
+    )
+    handed.run_loop()
+    handed.close()
+    for key in ("step", "model", "ema", "optimizer", "rng", "data", "data_stats"):
+        assert_same(
+            load_checkpoint(latest_checkpoint(tmp_path / "straight"))[key],
+            load_checkpoint(latest_checkpoint(tmp_path / "parts"))[key],
+            key,
+        )
+    with pytest.raises(TypeError, match="or none of them"):
+        Trainer(opts(toy_lmdb, tmp_path / "half"), process=straight.process)
+
+    # A data set of plain tensors (no flips), another process and network: the data statistics are
+    # measured on it, and the run resumes from its checkpoint onto parts built again.
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.rand(3, RES, RES, generator=torch.Generator().manual_seed(i)) * 2 - 1
+
+    def parts_of_my_own():
+        torch.manual_seed(0)
+        return dict(process=BlurDiffusion(resolution=RES, steps=50), model=build_unet("tiny", image_size=RES))
+
+    mine = Trainer(opts("noise", tmp_path / "mine", max_steps=2), dataset=Noise(), **parts_of_my_own())
+    mine.run_loop()
+    mine.close()
+    state = load_checkpoint(latest_checkpoint(tmp_path / "mine"))
+    assert state["config"]["process"]["steps"] == 50 and state["data_stats"]["count"] == 8
+    process, model = build_from_checkpoint(state)
+    assert process.steps == 50 and model.config == mine.model.config
+    resumed = Trainer(opts("noise", tmp_path / "mine", max_steps=3, resume=True), dataset=Noise(), **parts_of_my_own())
+    assert resumed.step == 2 and resumed.process.data_stats.count == 8
+    assert_same(resumed.model.state_dict(), state["model"])
 
 
 # --------------------------------------------------------------------------------------------

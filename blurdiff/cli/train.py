@@ -12,7 +12,8 @@ from blurdiff.checkpoint import checkpoint_dir
 from blurdiff.cli import configure_logging, run_command
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import PRESETS
-from blurdiff.train import AMP_DTYPES, NonFiniteLossError, TrainOptions, train
+from blurdiff.train import NonFiniteLossError, train
+from blurdiff.train_options import AMP_DTYPES, TrainOptions
 
 HELP = "train a blur-diffusion model"
 DESCRIPTION = blurdiff.train.__doc__

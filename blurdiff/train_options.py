@@ -1,0 +1,122 @@
+"""The options of a training run (``blurdiff train``'s, and the Python API's): :class:`TrainOptions`,
+their defaults from a preset or a resumed run's checkpoint, and their checks."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from blurdiff.diffusion import BACKENDS
+from blurdiff.presets import get_preset
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+__all__ = ["AMP_DTYPES", "TrainOptions"]
+
+# Options that shape the training trajectory: left unset (None), they come from the checkpoint
+# when resuming, else from the preset (or the default here), so that `--resume` alone continues
+# a run exactly as it was started.
+_FROM_PRESET = object()
+_TRAJECTORY_DEFAULTS: dict[str, Any] = dict(
+    batch_size=_FROM_PRESET,
+    lr=_FROM_PRESET,
+    ema_decay=_FROM_PRESET,
+    warmup_steps=_FROM_PRESET,
+    grad_clip=_FROM_PRESET,
+    amp="none",
+    seed=0,
+    resolution=None,
+    process_overrides={},
+    unet_overrides={},
+)
+
+
+@dataclass
+class TrainOptions:
+    """What ``blurdiff train`` takes; the Python API takes the same (and the two override dicts).
+
+    ``batch_size`` is per process. ``process_overrides``/``unet_overrides`` change
+    ``BlurDiffusion``/``UNetConfig`` fields of the preset (e.g. ``{"steps": 50}``) for experiments
+    and tests; ``resolution`` sets both the process resolution and the UNet's ``image_size``.
+    """
+
+    data: str
+    preset: str
+    out: str
+    max_steps: int
+    resume: bool = False
+    batch_size: int | None = None
+    lr: float | None = None
+    ema_decay: float | None = None
+    warmup_steps: int | None = None
+    grad_clip: float | None = None
+    amp: str | None = None
+    seed: int | None = None
+    resolution: int | None = None
+    process_overrides: dict[str, Any] | None = None
+    unet_overrides: dict[str, Any] | None = None
+    ckpt_every: int = 5000
+    keep: int = 3
+    sample_every: int = 10000
+    sample_n: int = 16
+    log_every: int = 100
+    health_window: int = 100
+    final_check: bool = True
+    num_workers: int | None = None
+    device: str | None = None
+    backend: str = "auto"
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        """The options of a parsed ``blurdiff train`` command line (see :mod:`blurdiff.cli.train`)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def resolved(self, saved: dict[str, Any] | None = None) -> TrainOptions:
+        """A copy with every unset trajectory option filled: from ``saved`` (a checkpoint's
+        ``config["train"]``) when given, else from the preset or the defaults."""
+        preset = get_preset(self.preset)
+        out = dataclasses.replace(self)
+        for name, default in _TRAJECTORY_DEFAULTS.items():
+            if getattr(out, name) is not None:
+                continue
+            if saved is not None and saved.get(name) is not None:
+                value = saved[name]
+            elif default is _FROM_PRESET:
+                value = getattr(preset, name)
+            else:
+                value = default
+            setattr(out, name, copy.deepcopy(value))
+        return out
+
+    def check(self, device: torch.device | None = None) -> None:
+        """Clear errors for values that make no sense (after :meth:`resolved`), and for what the
+        training ``device``, when given, cannot do."""
+        if self.max_steps < 0:
+            raise ValueError(f"--max-steps must be >= 0, got {self.max_steps}")
+        for name in ("batch_size", "sample_n", "log_every", "health_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("ckpt_every", "sample_every", "keep"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"--grad-clip must be >= 0 (0: off), got {self.grad_clip}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0 (0: off), got {self.warmup_steps}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
+        if device is not None and self.amp == "fp16" and device.type != "cuda":
+            raise ValueError("--amp fp16 needs CUDA (it trains with a GradScaler); on the CPU use --amp bf16 or none")
