@@ -1,14 +1,15 @@
 """The demo's recipe over several training seeds and thread counts, each run scored by the yardstick.
 
     python scripts/recipe_check.py --out out/recipe [--seeds 0 1 2 3 4] [--threads 1 2] [--steps 2500]
-        [--jobs 2] [--eval-n 256]
+        [--jobs 2] [--eval-n 256] [--sampler ancestral2m]
 
 For every (seed, threads): trains the `toy` preset exactly as scripts/demo.sh does (same data, same
-options, ``--seed`` the training seed) with that many threads, samples ``--eval-n`` images with the
-ancestral integrator at 50 steps, and scores them with ``blurdiff eval`` against held-out data.
+options, ``--seed`` the training seed) with that many threads, samples ``--eval-n`` images with ``--sampler`` at
+50 steps (default: the demo's, ``ancestral2m``), and scores them with ``blurdiff eval`` against held-out data.
 Prints a Markdown table (seed, threads, final loss, the run's health line, SWD, spectrum error,
 std, out-of-range fraction, verdict) with the data's own noise floor. Resumes: finished runs,
-samples and reports are reused. ``--jobs`` runs that many at once (use it with one thread each).
+samples and reports are reused (per sampler: ``samples-KIND/``,
+``eval-KIND.json``). ``--jobs`` runs that many at once (use it with one thread each).
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ def one(args, seed: int, threads: int) -> dict:
             "--n",
             str(args.eval_n),
             "--out",
-            str(d / "samples"),
+            str(d / f"samples-{args.sampler}"),
             "--steps",
             "50",
+            "--sampler",
+            args.sampler,
             "--seed",
             "0",
             "--device",
@@ -86,11 +89,20 @@ def one(args, seed: int, threads: int) -> dict:
         log,
     )
     _run(
-        cli + ["eval", "--samples", str(d / "samples"), "--data", str(out / "heldout"), "--json", str(d / "eval.json")],
+        cli
+        + [
+            "eval",
+            "--samples",
+            str(d / f"samples-{args.sampler}"),
+            "--data",
+            str(out / "heldout"),
+            "--json",
+            str(d / f"eval-{args.sampler}.json"),
+        ],
         env,
         log,
     )
-    report = json.loads((d / "eval.json").read_text())
+    report = json.loads((d / f"eval-{args.sampler}.json").read_text())
     lines = [json.loads(x) for x in (d / "run" / "metrics.jsonl").read_text().splitlines()]
     end = [m for m in lines if m.get("event") == "end"][-1]
     final_loss = [m for m in lines if "loss" in m][-1]["loss"]
@@ -113,6 +125,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--eval-n", type=int, default=256)
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument(
+        "--sampler", default="ancestral2m", help="the sampler scored, at 50 steps (blurdiff sample --sampler)"
+    )
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +156,7 @@ def main() -> None:
     cells = [(s, t) for t in args.threads for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda c: one(args, *c), cells))
+    print(f"{args.sampler}, 50 steps, {args.eval_n} samples per run")
     print(
         "| seed | threads | final loss | healthy (spikes) | SWD avg (x1e3) | spectrum error | std | "
         "outside [-1, 1] | verdict |"
@@ -160,7 +176,7 @@ def main() -> None:
         f"| data (noise floor) | | | | {fm['swd_avg']['floor']:.1f} | {fm['spectrum_error']['floor']:.3f} | "
         f"{data_std:.3f} | 0.00% | |"
     )
-    (out / "table.json").write_text(json.dumps(results, indent=2))
+    (out / f"table-{args.sampler}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
