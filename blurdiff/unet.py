@@ -14,7 +14,7 @@ Shape of the network, top to bottom::
             --> [concat skip, ResBlock (+Attention)] x (num_res_blocks+1), Upsample per level
             --> GroupNorm, SiLU, zero conv --> eps_pred
 
-Entry points: ``build_unet(preset, **overrides)``, ``PRESETS``, ``UNetConfig``, ``UNet``.
+Entry points: ``build_unet(preset, **overrides)``, ``UNET_PRESETS``, ``UNetConfig``, ``UNet``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["UNetConfig", "UNet", "PRESETS", "build_unet", "timestep_embedding"]
+__all__ = ["UNetConfig", "UNet", "UNET_PRESETS", "build_unet", "timestep_embedding"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class UNetConfig:
 
 # The paper's model (docs/design.md §3): 121.06 M parameters.
 # "tiny" is for CPU smoke runs and (widened, see presets.py) the "toy" experiment, at 16x16 or 32x32.
-PRESETS: dict[str, UNetConfig] = {
+UNET_PRESETS: dict[str, UNetConfig] = {
     "adm-lsun64": UNetConfig(),
     "tiny": UNetConfig(
         image_size=32,
@@ -146,13 +146,13 @@ def build_unet(preset: str, **overrides) -> UNet:
     >>> model = build_unet("tiny", dropout=0.1)
     >>> eps = model(x_t, t)          # x_t [B, 3, H, W], t int64 [B]
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown UNet preset {preset!r}; valid presets: {sorted(PRESETS)}")
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"unknown UNet preset {preset!r}; valid presets: {sorted(UNET_PRESETS)}")
     fields = [f.name for f in dataclasses.fields(UNetConfig)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"unknown UNet override(s) {unknown}; valid names: {fields}")
-    return UNet(dataclasses.replace(PRESETS[preset], **overrides))
+    return UNet(dataclasses.replace(UNET_PRESETS[preset], **overrides))
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,3 +468,19 @@ class UNet(nn.Module):
         # Under autocast the last conv yields bf16/fp16; hand eps back in the caller's dtype
         # so the diffusion arithmetic that follows stays in full precision.
         return self.out(h).to(x.dtype)
+
+
+def __getattr__(name: str):
+    # The network presets were called PRESETS, the name the experiment presets have too
+    # (blurdiff.presets.PRESETS): the old name still works, with a warning.
+    if name == "PRESETS":
+        import warnings
+
+        warnings.warn(
+            "blurdiff.unet.PRESETS is now blurdiff.unet.UNET_PRESETS (blurdiff.presets.PRESETS holds the "
+            "experiment presets)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return UNET_PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

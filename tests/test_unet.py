@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from blurdiff.unet import PRESETS, UNet, UNetConfig, build_unet, timestep_embedding
+from blurdiff.unet import UNET_PRESETS, UNet, UNetConfig, build_unet, timestep_embedding
 
 PAPER_PARAMS = 121.06e6  # Lee et al. 2022, Appendix B
 
@@ -166,7 +166,7 @@ def test_config_round_trips_through_asdict(tiny):
     # As if it came back from JSON: tuples turned into lists.
     d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
     rebuilt = UNet(UNetConfig(**d))
-    assert rebuilt.config == tiny.config == PRESETS["tiny"]
+    assert rebuilt.config == tiny.config == UNET_PRESETS["tiny"]
     perturb(tiny)
     rebuilt.load_state_dict(tiny.state_dict())
     x, t = batch(b=2)
@@ -175,7 +175,7 @@ def test_config_round_trips_through_asdict(tiny):
 
 def test_presets_are_not_mutated_by_overrides():
     build_unet("tiny", dropout=0.3)
-    assert PRESETS["tiny"].dropout == 0.0
+    assert UNET_PRESETS["tiny"].dropout == 0.0
 
 
 @pytest.mark.parametrize(
@@ -259,3 +259,12 @@ def test_attention_matches_explicit_per_head_softmax():
     expected = x + block.proj_out(h).reshape(x.shape)
 
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_old_name_of_the_network_presets_still_works_with_a_warning():
+    import blurdiff.unet as unet
+
+    with pytest.warns(DeprecationWarning, match="UNET_PRESETS"):
+        assert unet.PRESETS is UNET_PRESETS
+    with pytest.raises(AttributeError, match="no_such_name"):
+        unet.no_such_name  # noqa: B018
