@@ -229,11 +229,11 @@ def check_run_folder(run_dir) -> None:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()) if run_dir.is_dir() else []
     if not names or list_checkpoints(run_dir) or _is_run_config(run_dir / "config.json"):
         return
-    from blurdiff.toy_data import _some
+    from blurdiff.output_folders import some_names
 
     raise FileExistsError(
         f"--out {run_dir} is not empty and is not a blurdiff run (no checkpoints/ckpt-*.pt, "
-        f"no config.json of a run); it holds {_some(names)}. Refusing to write the run's "
+        f"no config.json of a run); it holds {some_names(names)}. Refusing to write the run's "
         f"config.json and metrics.jsonl there: choose a new or empty folder"
     )
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blurdiff.atomic import file_sha256
+from blurdiff.output_folders import some_names
 
 __all__ = [
     "FID_WEIGHTS_FILENAME",
@@ -422,20 +423,14 @@ def _read_state_dict(path: Path) -> dict:
     return state_dict
 
 
-def _some(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    more = f" ... ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
     """``load_state_dict(strict=True)``, its errors summed up on one line naming the file."""
     expected, got = set(model.state_dict()), set(state_dict)
     problems = []
     if expected - got:
-        problems.append(f"Missing key(s): {_some(expected - got)}")
+        problems.append(f"Missing key(s): {some_names(sorted(expected - got))}")
     if got - expected:
-        problems.append(f"Unexpected key(s): {_some(got - expected)}")
+        problems.append(f"Unexpected key(s): {some_names(sorted(got - expected))}")
     if problems:
         raise _not_the_weights(path, "; ".join(problems))
     try:

@@ -65,13 +65,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from blurdiff.toy_data import (
-    _check_replaceable,
-    _new_output_folder,
-    _resolve_format,
-    encode_image,
-    write_lmdb_records,
-)
+from blurdiff.output_folders import check_replaceable, new_output_folder
+from blurdiff.toy_data import encode_image, lmdb_value_format, write_lmdb_records
 
 log = logging.getLogger("blurdiff.data")
 
@@ -297,14 +292,14 @@ def make_photos_lmdb(
     _check_split(split)
     photos = load_photos()  # before touching the output: a missing package fails first
     shapes = {name: a.shape[:2] for name, a in photos.items()}
-    fmt = _resolve_format(fmt)
-    _check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
+    fmt = lmdb_value_format(fmt)
+    check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
 
     def record(i: int) -> tuple[bytes, bytes]:
         crop = _draw_crop(_rng(i, seed, split), size, split, shapes)
         return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
 
-    with _new_output_folder(out, "photos-lmdb") as tmp:
+    with new_output_folder(out, "photos-lmdb") as tmp:
         write_lmdb_records(tmp, n, record, size * size * 3 + 4096, commit_every)
     log.info("wrote %d photo crops (%s split, %dx%d, %s, seed %d) to %s", n, split, size, size, fmt, seed, out)
     return out

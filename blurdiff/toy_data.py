@@ -28,20 +28,17 @@ Public functions (wired to ``blurdiff data toy`` / ``blurdiff data export`` by t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import warnings
-from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, features
+
+from blurdiff.output_folders import MARKER, OutputExistsError, check_replaceable, new_output_folder
 
 log = logging.getLogger("blurdiff.data")
 
@@ -198,7 +195,7 @@ def encode_image(arr: np.ndarray, fmt: str = "WEBP") -> bytes:
     return buf.getvalue()
 
 
-def _resolve_format(fmt: str) -> str:
+def lmdb_value_format(fmt: str) -> str:
     global _WEBP_WARNED
     fmt = fmt.upper()
     if fmt == "WEBP" and not webp_available():
@@ -209,111 +206,6 @@ def _resolve_format(fmt: str) -> str:
             _WEBP_WARNED = True
         return "PNG"
     return fmt
-
-
-# --------------------------------------------------------------------------------------------
-# Output folders: replace only what blurdiff wrote
-# --------------------------------------------------------------------------------------------
-
-#: The file written into every output folder of this module: what makes a folder blurdiff's.
-MARKER = ".blurdiff-output"
-
-
-class OutputExistsError(FileExistsError):
-    """``path`` holds an earlier output of blurdiff, which ``option=True`` would replace.
-
-    :meth:`hint` words the fix for another caller (the CLI: ``--overwrite``).
-    """
-
-    def __init__(self, path, what: str, option: str = "overwrite"):
-        self.path, self.what, self.option = os.fspath(path), what, option
-        super().__init__(self.hint(f"{option}=True"))
-
-    def hint(self, how: str) -> str:
-        return f"{self.path} already holds {self.what}; pass {how} to replace it"
-
-
-def _some(names: list[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
-
-
-def _check_replaceable(out: str, overwrite: bool, writes: Callable[[str], bool], what: str) -> None:
-    """Raise ``FileExistsError`` unless ``out`` is absent, an empty folder, or (``overwrite``)
-    a marked folder holding only names for which ``writes`` (what blurdiff writes there) is true."""
-    if not os.path.lexists(out):
-        return
-    if not os.path.isdir(out):
-        raise FileExistsError(f"{out} exists and is not a folder; refusing to replace it")
-    names = sorted(os.listdir(out))
-    if not names:
-        return
-    if MARKER not in names:
-        raise FileExistsError(
-            f"{out} is not empty and was not written by blurdiff (it has no {MARKER} file); "
-            f"refusing to replace it: choose a new or empty folder"
-        )
-    foreign = [n for n in names if n != MARKER and not writes(n)]
-    if foreign:
-        raise FileExistsError(
-            f"{out} holds files blurdiff did not write ({_some(foreign)}); refusing to replace it: "
-            f"move them away or choose another folder"
-        )
-    if not overwrite:
-        raise OutputExistsError(out, what)
-
-
-@contextlib.contextmanager
-def _new_output_folder(out: str, kind: str) -> Iterator[str]:
-    """``with _new_output_folder(out, kind) as tmp:`` fill ``tmp``; it becomes ``out`` if the block succeeds.
-
-    ``tmp`` is a new hidden sibling (never an existing folder, so no folder of the user's is
-    reused or deleted), marked from the start. An existing ``out`` (checked by
-    :func:`_check_replaceable` beforehand) is moved aside first and deleted last, so a failure
-    at any point leaves the old ``out`` or the complete new one.
-    """
-    out = os.path.abspath(out)
-    parent, name = os.path.split(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = _fresh_folder(parent, f".{name}.tmp-")
-    try:
-        with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump({"written_by": "blurdiff", "kind": kind}, f)
-        yield tmp
-        _move_into_place(tmp, out)
-    finally:
-        if os.path.isdir(tmp):  # the block failed: the temporary is ours, the old out untouched
-            shutil.rmtree(tmp)
-
-
-def _fresh_folder(parent: str, prefix: str) -> str:
-    """Create a folder ``parent/prefix<unique>`` that did not exist; its mode comes from the
-    umask (``mkdtemp`` would make it private, and it becomes the user's data set)."""
-    while True:
-        path = os.path.join(parent, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-
-
-def _move_into_place(tmp: str, out: str) -> None:
-    # rename() cannot replace a non-empty folder, so the old one goes aside first (and comes
-    # back if the new one cannot take its place).
-    if not os.path.lexists(out):
-        os.rename(tmp, out)
-        return
-    parent, name = os.path.split(out)
-    aside = _fresh_folder(parent, f".{name}.old-")
-    old = os.path.join(aside, name)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        os.rmdir(aside)
-        raise
-    shutil.rmtree(aside)
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,9 +243,9 @@ def make_toy_lmdb(
         hw = tuple(int(s) for s in size)
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
-    fmt = _resolve_format(fmt)
-    _check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
-    with _new_output_folder(out, "toy-lmdb") as tmp:
+    fmt = lmdb_value_format(fmt)
+    check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
+    with new_output_folder(out, "toy-lmdb") as tmp:
         _write_toy_lmdb(tmp, n, hw, seed, fmt, commit_every, render_kwargs)
     log.info("wrote %d toy images (%dx%d, %s, seed %d) to %s", n, hw[0], hw[1], fmt, seed, out)
     return out
@@ -422,9 +314,9 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
     ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented
     if limit is not None and int(limit) < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    _check_replaceable(out, overwrite, lambda name: bool(_EXPORT_NAME.match(name)), "exported PNGs")
+    check_replaceable(out, overwrite, lambda name: bool(_EXPORT_NAME.match(name)), "exported PNGs")
     written = bad = 0
-    with _new_output_folder(out, "png-export") as tmp:
+    with new_output_folder(out, "png-export") as tmp:
         for i in range(len(ds)):
             if limit is not None and written >= int(limit):
                 break

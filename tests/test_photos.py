@@ -16,9 +16,9 @@ import torch
 import blurdiff.photos as photos
 from blurdiff.cli import main as cli
 from blurdiff.data import LMDBImageDataset
+from blurdiff.output_folders import OutputExistsError
 from blurdiff.presets import get_preset
 from blurdiff.schedules import PAPER_F_MAX
-from blurdiff.toy_data import OutputExistsError
 
 ROOT = Path(__file__).resolve().parents[1]
 

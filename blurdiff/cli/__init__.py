@@ -82,7 +82,7 @@ def _user_error_message(e: Exception) -> str | None:
 
     from blurdiff.data import UndecodableDataError
     from blurdiff.inception import InceptionWeightsError
-    from blurdiff.toy_data import OutputExistsError
+    from blurdiff.output_folders import OutputExistsError
 
     if isinstance(e, OutputExistsError):
         return e.hint("--" + e.option.replace("_", "-"))  # the library's own hint says overwrite=True
