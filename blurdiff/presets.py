@@ -31,6 +31,9 @@ class ExperimentPreset:
     # gradient clipped to this L2 norm. Measured on the toy preset (README, "Training that holds").
     warmup_steps: int = 1000
     grad_clip: float = 1.0
+    # "constant" (after the warm-up), or "cosine": down to 0 at --max-steps, so that the last weights
+    # (and their EMA) are not caught mid-excursion (README, "Training that holds").
+    lr_schedule: str = "constant"
     # What the network's output means (blurdiff.diffusion.MODEL_OUTPUTS): the paper's ε, or a residual
     # on the Gaussian reference's ε (ReferenceResidual), which data with a strong mean needs.
     model_output: str = "eps"
@@ -58,6 +61,7 @@ PRESETS: dict[str, ExperimentPreset] = {
         batch_size=16,
         ema_decay=0.999,
         warmup_steps=200,
+        lr_schedule="cosine",
     ),
 }
 

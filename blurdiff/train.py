@@ -391,9 +391,17 @@ class Trainer:
         return loss_value, norm_value
 
     def learning_rate(self, step: int) -> float:
-        """The learning rate of optimizer step ``step + 1``: linear warm-up, then constant."""
-        warmup = self.options.warmup_steps
-        return self.options.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        """The learning rate of optimizer step ``step + 1``: linear warm-up, then constant, or (``cosine``)
+        half a cosine from ``lr`` down to 0 at ``max_steps``. A function of the step and the options, so
+        a resumed run continues exactly; resuming with a larger ``--max-steps`` stretches the cosine."""
+        opts = self.options
+        warmup = opts.warmup_steps
+        if warmup and step + 1 < warmup:
+            return opts.lr * (step + 1) / warmup
+        if opts.lr_schedule == "cosine" and opts.max_steps > warmup:
+            done = min(1.0, max(0.0, (step + 1 - warmup) / (opts.max_steps - warmup)))
+            return opts.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+        return opts.lr
 
     def ema_decay(self, step: int) -> float:
         """The EMA decay of update ``step + 1``: ``min(decay, (1 + step) / (10 + step))``, so that the

@@ -15,8 +15,9 @@ from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import get_preset
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LR_SCHEDULES = ("constant", "cosine")
 
-__all__ = ["AMP_DTYPES", "TrainOptions"]
+__all__ = ["AMP_DTYPES", "LR_SCHEDULES", "TrainOptions"]
 
 # Options that shape the training trajectory: left unset (None), they come from the checkpoint
 # when resuming, else from the preset (or the default here), so that `--resume` alone continues
@@ -28,12 +29,15 @@ _TRAJECTORY_DEFAULTS: dict[str, Any] = dict(
     ema_decay=_FROM_PRESET,
     warmup_steps=_FROM_PRESET,
     grad_clip=_FROM_PRESET,
+    lr_schedule=_FROM_PRESET,
     amp="none",
     seed=0,
     resolution=None,
     process_overrides={},
     unet_overrides={},
 )
+# What a run saved before an option existed trained with: resuming it must not switch to a newer preset default.
+_BEFORE_THE_OPTION: dict[str, Any] = dict(lr_schedule="constant")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class TrainOptions:
     ema_decay: float | None = None
     warmup_steps: int | None = None
     grad_clip: float | None = None
+    lr_schedule: str | None = None
     amp: str | None = None
     seed: int | None = None
     resolution: int | None = None
@@ -88,6 +93,8 @@ class TrainOptions:
                 continue
             if saved is not None and saved.get(name) is not None:
                 value = saved[name]
+            elif saved is not None and name in _BEFORE_THE_OPTION:
+                value = _BEFORE_THE_OPTION[name]
             elif default is _FROM_PRESET:
                 value = getattr(preset, name)
             else:
@@ -114,6 +121,8 @@ class TrainOptions:
             raise ValueError(f"--grad-clip must be >= 0 (0: off), got {self.grad_clip}")
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0 (0: off), got {self.warmup_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         if self.backend not in BACKENDS:

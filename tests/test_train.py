@@ -865,3 +865,27 @@ def test_eps_residual_output_trains_saves_and_samples(toy_lmdb, tmp_path):
     torch.testing.assert_close(
         ref_bar / x_bar, ((1 - rho).sqrt() / (rho * v + 1 - rho)).expand_as(x_bar), rtol=1e-4, atol=0
     )
+
+
+def test_learning_rate_schedules(toy_lmdb, tmp_path):
+    """Warm-up, then constant or a half cosine to 0 at --max-steps; an old run (saved before the
+    option) resumes with the constant rate it trained with, not the preset's newer default."""
+    assert get_preset("toy").lr_schedule == "cosine"
+    cosine = Trainer(opts(toy_lmdb, tmp_path / "c", max_steps=20, warmup_steps=4, lr=1e-3))
+    constant = Trainer(opts(toy_lmdb, tmp_path / "k", max_steps=20, warmup_steps=4, lr=1e-3, lr_schedule="constant"))
+    for t in (cosine, constant):
+        assert [t.learning_rate(s) for s in range(3)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4])
+        t.close()
+    assert [cosine.learning_rate(s) for s in (3, 11, 19)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-12)
+    assert [constant.learning_rate(s) for s in (3, 11, 19)] == [1e-3] * 3
+
+    run(opts(toy_lmdb, tmp_path / "old", max_steps=2, ckpt_every=2, lr_schedule="constant"))
+    path = latest_checkpoint(tmp_path / "old")
+    state = load_checkpoint(path)
+    del state["config"]["train"]["lr_schedule"]
+    save_checkpoint(state, path)  # as a run saved before --lr-schedule existed
+    resumed = Trainer(opts(toy_lmdb, tmp_path / "old", max_steps=4, resume=True))
+    assert resumed.options.lr_schedule == "constant"
+    resumed.close()
+    with pytest.raises(ValueError, match="--lr-schedule must be one of"):
+        Trainer(opts(toy_lmdb, tmp_path / "bad", lr_schedule="step"))

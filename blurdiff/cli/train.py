@@ -13,7 +13,7 @@ from blurdiff.cli import configure_logging, run_command
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import PRESETS
 from blurdiff.train import NonFiniteLossError, train
-from blurdiff.train_options import AMP_DTYPES, TrainOptions
+from blurdiff.train_options import AMP_DTYPES, LR_SCHEDULES, TrainOptions
 
 HELP = "train a blur-diffusion model"
 DESCRIPTION = blurdiff.train.__doc__
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient to this L2 norm (0: off)")
     g.add_argument(
         "--warmup-steps", type=int, default=None, help="linear learning-rate warm-up over this many steps (0: off)"
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=None,
+        help="after the warm-up: constant (the paper's), or cosine (down to 0 at --max-steps; the toy preset's)",
     )
     g.add_argument(
         "--amp",
