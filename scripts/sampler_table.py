@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 
 import numpy as np
 import torch
 
+from blurdiff.atomic import write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.quality import SampleStats, evaluate, load_data_images
 from blurdiff.samplers import KINDS, make_sampler
@@ -39,7 +41,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256, help="samples per (kind, K, seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--json", default=None, help="write every row (and the floor) to this file")
+    p.add_argument(
+        "--json", default=None, help="write every row (and the floor) to this file; resumes from it when it exists"
+    )
     p.add_argument(
         "--train-data",
         default=None,
@@ -61,10 +65,17 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, against {2 * args.n} images of {args.data}\n"
     )
     rows, floor = [], None
+    if args.json and os.path.exists(args.json):  # resume: the cells already measured are kept
+        with open(args.json) as f:
+            done = json.load(f)
+        if done["checkpoint"] == str(path) and done["n"] == args.n and done["seeds"] == args.seeds:
+            rows, floor = done["rows"], done["floor"]
     print(_HEADER)
+    for row in rows:
+        print(_line(row))
     for kind in args.kinds:
         for K in args.steps:
-            if kind == "ddpm" and K != process.steps:
+            if (kind == "ddpm" and K != process.steps) or any((r["kind"], r["K"]) == (kind, K) for r in rows):
                 continue
             cells = []
             for seed in args.seeds:
@@ -95,21 +106,10 @@ def main() -> None:
                 row[k] = [c[1]["metrics"][k]["samples"] for c in cells]
             rows.append(row)
             print(_line(row), flush=True)
+            if args.json:  # after every cell: an interrupted table resumes
+                table = {"checkpoint": str(path), "step": state["step"], "n": args.n, "seeds": args.seeds}
+                write_text_atomic(args.json, json.dumps(dict(table, floor=floor, rows=rows), indent=2))
     print("\ndata noise floor: " + ", ".join(f"{k} {v:.4g}" for k, v in floor.items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "checkpoint": str(path),
-                    "step": state["step"],
-                    "n": args.n,
-                    "seeds": args.seeds,
-                    "floor": floor,
-                    "rows": rows,
-                },
-                f,
-                indent=2,
-            )
 
 
 def _fmt(values, digits=3) -> str:
