@@ -271,11 +271,19 @@ def check_writable(run_dir) -> None:
 
 
 def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:
-    """``ckpt`` when given, else the newest checkpoint of ``run_dir``."""
+    """The checkpoint that ``--run RUN [--ckpt FILE]`` names: ``ckpt`` (a path, or a file name
+    inside ``RUN/checkpoints``) when given, else the newest of ``run_dir``; clear errors for the rest."""
+    if run_dir is None and ckpt is None:
+        raise ValueError("give --run RUN (its newest checkpoint) or --ckpt FILE")
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
     if ckpt is not None:
-        return Path(ckpt)
-    if run_dir is None:
-        raise ValueError("give a run folder or a checkpoint file")
+        path = Path(ckpt)
+        if not path.is_file() and run_dir is not None and (checkpoint_dir(run_dir) / ckpt).is_file():
+            path = checkpoint_dir(run_dir) / ckpt
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {ckpt}")
+        return path
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise FileNotFoundError(f"no checkpoints in {checkpoint_dir(run_dir)} (has the run saved one yet?)")
@@ -288,16 +296,32 @@ def build_from_checkpoint(
     """The process (with the run's data statistics, when the checkpoint has them) and the network
     (EMA weights by default) a checkpoint describes, in eval mode. ValueError (naming ``source``,
     the file) for weights that are not finite."""
+    check_finite(state, source, ["ema" if use_ema else "model"])
+    return build_from_config(
+        state["config"], state["ema" if use_ema else "model"], state.get("data_stats"), device, backend, source
+    )
+
+
+def build_from_config(
+    config: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    data_stats: dict[str, Any] | None = None,
+    device="cpu",
+    backend: str = "auto",
+    source="the checkpoint",
+) -> tuple[BlurDiffusion, torch.nn.Module]:
+    """The process and network of a checkpoint's ``config`` with the network ``weights`` (a state
+    dict) and the ``data_stats`` of :meth:`DataStatistics.to_state`: what
+    :func:`build_from_checkpoint` builds, shared with exports (blurdiff.export) so that both give
+    the same pair. The weights are not checked for NaN here (the callers name their file)."""
     from blurdiff.diffusion import MODEL_OUTPUTS, BlurDiffusion, ReferenceResidual
     from blurdiff.statistics import DataStatistics
     from blurdiff.unet import UNet, UNetConfig
 
-    check_finite(state, source, ["ema" if use_ema else "model"])
-    config = state["config"]
     process = BlurDiffusion(**config["process"], backend=backend)
-    process.data_stats = DataStatistics.from_state(state.get("data_stats"), process.resolution)
+    process.data_stats = DataStatistics.from_state(data_stats, process.resolution)
     model = UNet(UNetConfig(**config["unet"]))
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    model.load_state_dict(weights)
     model = model.to(device).eval()
     output = config.get("model_output", "eps")
     if output not in MODEL_OUTPUTS:

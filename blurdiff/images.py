@@ -1,9 +1,11 @@
-"""Images in [-1, 1] to PNG files: single images, grids and strips (rows of a trajectory)."""
+"""Images in [-1, 1] to PNG files: single images, grids and strips (rows of a trajectory); a folder's
+images as one npz (guided-diffusion's sample batches)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,3 +71,35 @@ def font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
+
+
+def npz_name(n: int, height: int, width: int) -> str:
+    """``samples_NxHxWx3.npz``: the name guided-diffusion gives its sample batches."""
+    return f"samples_{n}x{height}x{width}x3.npz"
+
+
+def save_npz(files: Sequence[str | os.PathLike], folder: str | os.PathLike) -> Path:
+    """The image ``files`` (of one size), in the given order, as one uint8 ``[N, H, W, 3]`` array
+    under the key ``arr_0`` in ``folder/samples_NxHxWx3.npz`` (written atomically): the batch
+    format of guided-diffusion's evaluator (``np.load(path)["arr_0"]``). Read with the reader of
+    FID and spectra (:func:`blurdiff.data.read_image`: RGB, a grayscale image's channel repeated),
+    so the array holds exactly the pixels those see. Returns the path."""
+    from blurdiff.data import read_image
+
+    if not files:
+        raise ValueError(f"no images to write as an npz under {folder}")
+    first = read_image(files[0])
+    batch = np.empty((len(files), *first.shape), dtype=np.uint8)  # filled in place: one copy in memory
+    batch[0] = first
+    for i, f in enumerate(files[1:], start=1):
+        image = read_image(f)
+        if image.shape != first.shape:
+            raise ValueError(
+                f"{os.fspath(f)} is {image.shape[1]}x{image.shape[0]} pixels, not "
+                f"{first.shape[1]}x{first.shape[0]} like {os.fspath(files[0])}"
+            )
+        batch[i] = image
+    path = Path(folder) / npz_name(len(files), first.shape[0], first.shape[1])
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, arr_0=batch)
+    return path

@@ -12,6 +12,16 @@ images all exist are skipped, existing files are never rewritten, and running ag
 larger ``--n`` adds images. ``DIR/sample.json`` records the settings; resuming with other
 settings (another checkpoint, seed, batch size, sampler, steps, …) is refused.
 
+``--export DIR`` samples an export of ``blurdiff export`` (blurdiff/export.py) instead of a
+checkpoint: the same images, bit for bit, as its source checkpoint with the same weights (an
+export holds one set: ``--no-ema`` only for an export of the raw weights). ``sample.json``
+records the source checkpoint, so a folder begun from the checkpoint can be continued from its
+export and back.
+
+``--npz`` also writes ``DIR/samples_NxHxWx3.npz`` once the folder holds all N images: the N
+PNGs (made now or by an earlier call) in index order as one uint8 ``[N, H, W, 3]`` array under
+the key ``arr_0``, what guided-diffusion's ``evaluations/evaluator.py`` reads.
+
 ``--trajectory`` also writes ``DIR/figures/trajectory.png`` (Figure 1: each row one sample, x_N … x_0
 at evenly spaced kept steps) and ``DIR/figures/trajectory_x0.png`` (the predicted x̂_0 at the same
 steps) for the first few images of batch 0 (the rows end with images 000000.png …). ``--grid``
@@ -30,6 +40,7 @@ deviation 3× the data's) a warning names the checkpoint and the sampler.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,12 +54,13 @@ from pathlib import Path
 import torch
 
 from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
-from blurdiff.checkpoint import build_from_checkpoint, checkpoint_dir, load_checkpoint, resolve_checkpoint
+from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.devices import resolve_device
-from blurdiff.images import save_grid, save_png, save_strips, upscale_factor
+from blurdiff.images import save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
 from blurdiff.quality import SampleStats, divergence_reasons
 from blurdiff.samplers import make_sampler
+from blurdiff.settings import Settings, check_against_run
 
 SETTINGS_FILE = "sample.json"
 RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
@@ -69,34 +81,38 @@ def batch_seed(seed: int, first: int, batch_size: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _find_checkpoint(run: str | None, ckpt: str | None) -> Path:
-    if run is None and ckpt is None:
-        raise ValueError("give --run RUN (its newest checkpoint) or --ckpt FILE")
-    if run is not None and not Path(run).is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
-    if ckpt is not None:
-        path = Path(ckpt)
-        if not path.is_file() and run is not None and (checkpoint_dir(run) / ckpt).is_file():
-            path = checkpoint_dir(run) / ckpt
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {ckpt}")
-        return path
-    return resolve_checkpoint(run, None)
+@dataclass(frozen=True)
+class _Source:
+    """The weights being sampled and what ``DIR/sample.json`` records of them."""
+
+    path: Path  # the checkpoint file, or the export folder
+    step: int  # the checkpoint's (an export's source checkpoint's)
+    sha256: str  # of the checkpoint file (an export's source): with ``ema``, names the weights
+    preset: str | None
+    ema: bool
+    export: bool
+    process: object
+    model: torch.nn.Module
 
 
-def _load(run, ckpt, preset: str | None, ema: bool, backend: str, device: torch.device):
-    """(checkpoint path, state, process, model) with clear errors for every wrong input."""
-    path = _find_checkpoint(run, ckpt)
-    state = load_checkpoint(path)
-    config = state.get("config")
-    if not isinstance(config, dict) or not all(k in config for k in ("process", "unet")):
-        raise ValueError(f"{path}: the checkpoint's config lacks the process/unet description")
+def _check_preset(path, trained: str | None, preset: str | None) -> None:
     if preset is not None:
         from blurdiff.presets import get_preset
 
         get_preset(preset)  # an unknown name is its own error
-        if config.get("preset") != preset:
-            raise ValueError(f"{path} was trained with preset {config.get('preset')!r}, not --preset {preset!r}")
+        if trained != preset:
+            raise ValueError(f"{path} was trained with preset {trained!r}, not --preset {preset!r}")
+
+
+def _load(run, ckpt, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> _Source:
+    """The checkpoint's weights and process, with clear errors for every wrong input."""
+    ema = True if ema is None else ema
+    path = resolve_checkpoint(run, ckpt)
+    state = load_checkpoint(path)
+    config = state.get("config")
+    if not isinstance(config, dict) or not all(k in config for k in ("process", "unet")):
+        raise ValueError(f"{path}: the checkpoint's config lacks the process/unet description")
+    _check_preset(path, config.get("preset"), preset)
     which = "ema" if ema else "model"
     if not isinstance(state.get(which), dict) or not state[which]:
         raise ValueError(f"{path} holds no {which} weights" + (" (try --no-ema)" if ema else ""))
@@ -107,7 +123,42 @@ def _load(run, ckpt, preset: str | None, ema: bool, backend: str, device: torch.
         process.ops(device)  # backend='fused' without kernels fails here, not mid-run
     except (RuntimeError, TypeError, KeyError) as e:
         raise ValueError(f"{path}: cannot build the model it describes: {e}") from e
-    return path, state, process, model
+    return _Source(path, int(state["step"]), file_sha256(path), config.get("preset"), ema, False, process, model)
+
+
+def _load_export(folder, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> _Source:
+    """An export's weights and process (blurdiff.export), recorded in ``sample.json`` as its
+    source checkpoint's: the same weights, the same images."""
+    from blurdiff.export import export_info, load_export
+
+    info = export_info(folder)
+    path = Path(folder)
+    _check_preset(path, info["preset"], preset)
+    if ema is not None and ema != info["ema"]:
+        held, asked = ("EMA", "raw") if info["ema"] else ("raw", "EMA")
+        raise ValueError(
+            f"{path} holds the {held} weights only, not the {asked} ones; "
+            + ("drop --no-ema" if info["ema"] else "pass --no-ema")
+            + " or export the other weights"
+        )
+    process, model = load_export(path, device=device, backend=backend)
+    try:
+        process.ops(device)  # backend='fused' without kernels fails here, not mid-run
+    except RuntimeError as e:
+        raise ValueError(f"{path}: cannot build the model it describes: {e}") from e
+    return _Source(
+        path, info["checkpoint_step"], info["checkpoint_sha256"], info["preset"], info["ema"], True, process, model
+    )
+
+
+def _from_settings(section: dict, name: str, given):
+    """A sampler setting given both as an option and in ``--set``/``--config``: they must agree."""
+    if name not in section:
+        return given
+    if given is not None and given != section[name]:
+        option = {"kind": "--sampler", "steps": "--steps", "spacing": "--spacing"}[name]
+        raise ValueError(f"{option} {given} and sampler.{name}={section[name]} disagree; give one of them")
+    return section[name]
 
 
 def _resolved_backend(process, device: torch.device) -> str:
@@ -258,8 +309,8 @@ class SamplingPlan:
     """What :func:`sample_to_folder` is about to do: known once the checkpoint is loaded and the
     folder checked, before the first image is drawn."""
 
-    checkpoint: Path
-    checkpoint_step: int
+    checkpoint: Path  # the checkpoint file, or the export folder (``export``)
+    checkpoint_step: int  # an export's: its source checkpoint's
     ema: bool
     sampler: str  # the kind (blurdiff.samplers.KINDS)
     steps: int  # the K steps kept ...
@@ -271,6 +322,7 @@ class SamplingPlan:
     present: int  # images already complete in the folder
     to_make: int
     advice: tuple[str, ...]  # the sampler's warnings about these settings (e.g. no data statistics)
+    export: bool = False  # ``checkpoint`` is an export folder (blurdiff export)
 
 
 @dataclass(frozen=True)
@@ -287,12 +339,14 @@ class SamplingReport:
     diverged: tuple[str, ...]  # why the raw values look diverged; empty: they do not
     trajectory: tuple[Path, Path] | None  # DIR/figures/trajectory.png and trajectory_x0.png
     grid: Path | None  # DIR/figures/grid.png
+    npz: Path | None = None  # DIR/samples_NxHxWx3.npz (``npz=True``)
 
 
 def sample_to_folder(
     *,
     run: str | os.PathLike | None = None,
     ckpt: str | os.PathLike | None = None,
+    export: str | os.PathLike | None = None,
     n: int,
     out: str | os.PathLike,
     steps: int | None = None,
@@ -300,7 +354,7 @@ def sample_to_folder(
     spacing: str | None = None,
     seed: int = 0,
     batch_size: int = 32,
-    ema: bool = True,
+    ema: bool | None = None,
     device: str | torch.device | None = None,
     backend: str = "auto",
     preset: str | None = None,
@@ -309,11 +363,19 @@ def sample_to_folder(
     trajectory_samples: int = 4,
     trajectory_frames: int = 10,
     quiet: bool = False,
+    npz: bool = False,
+    settings: Settings | None = None,
     on_plan: Callable[[SamplingPlan], None] | None = None,
 ) -> SamplingReport:
     """Sample the newest checkpoint of the run folder ``run`` (or the checkpoint ``ckpt``: a path,
-    or a file name inside ``run``) into the folder ``out``, as the module docstring describes:
-    ``blurdiff sample``, whose options these keywords are (``ema=False`` is ``--no-ema``).
+    or a file name inside ``run``; or the export folder ``export`` of ``blurdiff export``) into the
+    folder ``out``, as the module docstring describes: ``blurdiff sample``, whose options these
+    keywords are (``ema=False`` is ``--no-ema``; ``None``: a checkpoint's EMA weights, the weights
+    an export holds; ``npz=True`` is ``--npz``).
+
+    ``settings`` (``--set``/``--config``, :func:`blurdiff.settings.parse_settings`): its ``sampler``
+    section gives ``steps``/``sampler``/``spacing`` where those are None (another value is an
+    error); its ``process`` and ``unet`` fields must be the run's.
 
     ``on_plan`` is called with the :class:`SamplingPlan` before the first image is drawn (the
     command line prints it); ``quiet`` hides the progress bar. Bad input (a missing run, a
@@ -325,8 +387,20 @@ def sample_to_folder(
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     if trajectory and (trajectory_samples < 1 or trajectory_frames < 2):
         raise ValueError("--trajectory-samples must be >= 1 and --trajectory-frames >= 2")
+    if export is not None and (run is not None or ckpt is not None):
+        raise ValueError("give --export DIR or --run RUN/--ckpt FILE, not both")
+    settings = settings or {}
+    steps, sampler, spacing = (
+        _from_settings(settings.get("sampler", {}), name, given)
+        for name, given in (("steps", steps), ("kind", sampler), ("spacing", spacing))
+    )
     device = resolve_device(device)
-    path, state, process, model = _load(run, ckpt, preset, ema, backend, device)
+    if export is not None:
+        source = _load_export(export, preset, ema, backend, device)
+    else:
+        source = _load(run, ckpt, preset, ema, backend, device)
+    path, process, model, ema = source.path, source.process, source.model, source.ema
+    check_against_run(settings, {"process": process.config, "unet": dataclasses.asdict(model.config)}, str(path))
     with warnings.catch_warnings(record=True) as caught:  # advice for the caller, not a Python warning
         warnings.simplefilter("always")
         integrator = make_sampler(process, steps, sampler, spacing)
@@ -341,9 +415,11 @@ def sample_to_folder(
         out,
         {
             "format": _FORMAT,
-            "checkpoint_sha256": file_sha256(path),
-            "checkpoint_step": int(state["step"]),
-            "preset": state["config"].get("preset"),
+            # An export records its source checkpoint: its images are that checkpoint's, and a
+            # folder begun from one is continued from the other.
+            "checkpoint_sha256": source.sha256,
+            "checkpoint_step": source.step,
+            "preset": source.preset,
             "ema": ema,
             "sampler": integrator.kind,
             "steps": integrator.K,
@@ -356,6 +432,7 @@ def sample_to_folder(
         },
     )
     remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
+    remove_stale(out, "*.npz")
 
     num_batches = -(-n // B)
     missing = {
@@ -368,7 +445,7 @@ def sample_to_folder(
     total = sum(len(missing[b]) for b in todo)
     plan = SamplingPlan(
         checkpoint=path,
-        checkpoint_step=int(state["step"]),
+        checkpoint_step=source.step,
         ema=ema,
         sampler=integrator.kind,
         steps=integrator.K,
@@ -380,6 +457,7 @@ def sample_to_folder(
         present=n - sum(len(v) for v in missing.values()),
         to_make=total,
         advice=tuple(str(w.message) for w in caught),
+        export=source.export,
     )
     if on_plan is not None:
         on_plan(plan)
@@ -427,6 +505,12 @@ def sample_to_folder(
         images = load_images([out / image_name(i) for i in range(min(n, 64))], out).float()
         grid_path = out / FIGURES / "grid.png"
         save_grid(_upscale([images])[0], grid_path)
+    npz_path = None
+    if npz:
+        incomplete = [i for i in range(n) if not _is_complete_png(out / image_name(i))]
+        if incomplete:  # cannot happen after the loop above, unless someone deletes files meanwhile
+            raise FileNotFoundError(f"{out / image_name(incomplete[0])} is missing: no npz of an incomplete folder")
+        npz_path = save_npz([out / image_name(i) for i in range(n)], out)
     return SamplingReport(
         plan=plan,
         out=out,
@@ -438,4 +522,5 @@ def sample_to_folder(
         diverged=tuple(reasons),
         trajectory=trajectory_paths,
         grid=grid_path,
+        npz=npz_path,
     )

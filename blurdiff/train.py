@@ -127,6 +127,11 @@ def build_parts(
     if opts.resolution is not None:
         process_kwargs["resolution"] = opts.resolution
         unet_overrides["image_size"] = opts.resolution
+    elif "resolution" in opts.process_overrides and "image_size" not in unet_overrides:
+        r = opts.process_overrides["resolution"]
+        H, W = (r, r) if isinstance(r, int) else r
+        if H == W:
+            unet_overrides["image_size"] = H  # as --resolution does
     process = BlurDiffusion(**process_kwargs, backend=opts.backend)
     process.ops(device)  # backend="fused" without kernels: fail now, not at step 1
 

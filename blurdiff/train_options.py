@@ -13,6 +13,7 @@ import torch
 
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import get_preset
+from blurdiff.settings import parse_settings
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCHEDULES = ("constant", "cosine")
@@ -81,7 +82,14 @@ class TrainOptions:
     def from_args(cls, args: argparse.Namespace) -> TrainOptions:
         """The options of a parsed ``blurdiff train`` command line (see :mod:`blurdiff.cli.train`)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        options = cls(**{k: v for k, v in vars(args).items() if k in names})
+        settings = parse_settings(getattr(args, "set", None), getattr(args, "config", None))
+        # A section left empty stays unset (None): on --resume it comes from the run.
+        if settings["process"]:
+            options.process_overrides = settings["process"]
+        if settings["unet"]:
+            options.unet_overrides = settings["unet"]
+        return options
 
     def resolved(self, saved: dict[str, Any] | None = None) -> TrainOptions:
         """A copy with every unset trajectory option filled: from ``saved`` (a checkpoint's
@@ -89,7 +97,11 @@ class TrainOptions:
         preset = get_preset(self.preset)
         out = dataclasses.replace(self)
         for name, default in _TRAJECTORY_DEFAULTS.items():
-            if getattr(out, name) is not None:
+            given = getattr(out, name)
+            if given is not None:
+                if name in ("process_overrides", "unet_overrides") and saved and saved.get(name):
+                    # Set on resume: on top of the run's own, so only what is given differs from the run.
+                    setattr(out, name, {**saved[name], **given})
                 continue
             if saved is not None and saved.get(name) is not None:
                 value = saved[name]

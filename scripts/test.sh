@@ -4,7 +4,7 @@
 #   bash scripts/test.sh            (VENV=path to choose where the environment goes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP_EXTRAS="[test,photos]" . scripts/install_env.sh
+PIP_EXTRAS="[test,photos,diffusers]" . scripts/install_env.sh
 # The tests must exercise the compiled kernels, not a silent fallback to the reference.
 export BLURDIFF_REQUIRE_KERNELS=1
 if command -v nvcc >/dev/null 2>&1 && [ "${BLURDIFF_NO_CUDA:-0}" != 1 ]; then

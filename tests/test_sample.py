@@ -4,6 +4,7 @@ Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a t
 16x16 with random weights and a 20-step process, so every sampling run takes well under a second.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 from pathlib import Path
@@ -130,21 +131,26 @@ def test_larger_n_adds_images_and_leaves_the_first_untouched(run, tmp_path):
     assert {k: v[2] for k, v in stat(tmp_path / "once").items()} == {k: v[2] for k, v in after.items()}
 
 
-def test_resume_after_interruption(run, tmp_path, monkeypatch):
-    out = tmp_path / "s"
-    real_save = sample_mod.save_png
-    calls = []
+@contextlib.contextmanager
+def interrupted_at_image(k: int, monkeypatch):
+    """Within the block, writing the ``k``-th image raises KeyboardInterrupt (a Ctrl-C mid-run)."""
+    real_save, calls = sample_mod.save_png, []
 
     def crashing_save(image, path):
-        if len(calls) == 7:  # the 8th image: in the middle of the second batch
+        if len(calls) == k - 1:
             raise KeyboardInterrupt
         calls.append(path)
         real_save(image, path)
 
-    monkeypatch.setattr(sample_mod, "save_png", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patched:
+        patched.setattr(sample_mod, "save_png", crashing_save)
+        yield
+
+
+def test_resume_after_interruption(run, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    with interrupted_at_image(8, monkeypatch), pytest.raises(KeyboardInterrupt):
         sample(run, out, 13)
-    monkeypatch.setattr(sample_mod, "save_png", real_save)
     assert pngs(out) == [f"{i:06d}.png" for i in range(7)]
     (out / ".000007.png.tmp-99999").write_bytes(b"half a png")  # what a kill during a write leaves
     before = stat(out)
@@ -174,6 +180,42 @@ def test_resume_makes_empty_and_torn_pngs_again(run, tmp_path):
     }  # the others untouched
     with Image.open(out / "figures" / "grid.png") as im:
         assert im.size[0] > 3 * RES
+
+
+def png_pixels(folder: Path, n: int) -> np.ndarray:
+    """Images 0 … n-1 of the folder as PIL decodes them, stacked: what an npz of them must hold."""
+    return np.stack([np.asarray(Image.open(Path(folder) / f"{i:06d}.png").convert("RGB")) for i in range(n)])
+
+
+def test_npz_holds_the_pngs_in_guided_diffusions_format(run, tmp_path, capsys):
+    capsys.readouterr()
+    assert sample(run, tmp_path / "s", 7, "--npz") == 0
+    path = tmp_path / "s" / f"samples_7x{RES}x{RES}x3.npz"
+    assert f"npz: {path}" in capsys.readouterr().out
+    with np.load(path) as f:  # guided-diffusion's evaluations/evaluator.py: np.load(path)["arr_0"]
+        assert list(f.keys()) == ["arr_0"]
+        arr = f["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (7, RES, RES, 3)
+    assert np.array_equal(arr, png_pixels(tmp_path / "s", 7))  # in index order
+    assert not list((tmp_path / "s").glob(".*.tmp-*"))
+
+
+def test_npz_of_images_made_by_an_earlier_interrupted_call(run, tmp_path, monkeypatch):
+    from blurdiff.sample import sample_to_folder
+
+    out = tmp_path / "s"
+    with interrupted_at_image(8, monkeypatch), pytest.raises(KeyboardInterrupt):
+        sample(run, out, 13, "--npz")
+    assert not list(out.glob("*.npz"))  # not before the folder holds all N images
+
+    report = sample_to_folder(run=run, n=13, out=out, batch_size=5, quiet=True, npz=True)
+    assert report.written == 6 and report.npz == out / f"samples_13x{RES}x{RES}x3.npz"
+    assert np.array_equal(np.load(report.npz)["arr_0"], png_pixels(out, 13))
+    # A folder that is already complete: nothing sampled, the npz made from its PNGs (the first 10).
+    report = sample_to_folder(run=run, n=10, out=out, batch_size=5, quiet=True, npz=True)
+    assert report.written == 0 and report.npz.name == f"samples_10x{RES}x{RES}x3.npz"
+    assert np.array_equal(np.load(report.npz)["arr_0"], png_pixels(out, 10))
+    assert sample_to_folder(run=run, n=10, out=out, batch_size=5, quiet=True).npz is None  # only when asked
 
 
 def test_save_png_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):

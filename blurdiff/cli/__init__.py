@@ -1,4 +1,4 @@
-"""The ``blurdiff`` command: ``blurdiff data|train|sample|eval|fid|spectrum ...`` (also ``python -m blurdiff``).
+"""The ``blurdiff`` command: ``blurdiff data|train|sample|export|eval|fid|spectrum ...`` (also ``python -m blurdiff``).
 
 Each command's options live beside its code (``add_arguments`` in the module that runs it);
 this file only assembles them.
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 # The commands in the order `blurdiff -h` lists them. Each is a module blurdiff.cli.<name> that
 # parses its options (add_arguments, and HELP/DESCRIPTION for -h) and, in run, calls the library
 # and prints what it returns.
-COMMANDS = ("data", "train", "sample", "figures", "eval", "fid", "spectrum")
+COMMANDS = ("data", "train", "sample", "export", "figures", "eval", "fid", "spectrum")
 
 
 def _add_command(sub, name: str) -> None:
@@ -42,6 +42,40 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         _add_command(sub, name)
     return parser
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--run RUN`` and ``--ckpt FILE``: which checkpoint ``what`` (a verb: "is used") applies to."""
+    parser.add_argument(
+        "--run", metavar="RUN", default=None, help=f"run folder (its newest checkpoint {what} unless --ckpt)"
+    )
+    parser.add_argument(
+        "--ckpt", metavar="FILE", default=None, help="checkpoint file (a path, or a file name inside RUN/checkpoints)"
+    )
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, sampling: bool = False) -> None:
+    """``--set SECTION.FIELD=VALUE`` (repeatable) and ``--config FILE`` (blurdiff.settings)."""
+    g = parser.add_argument_group(
+        "process and network fields (blurdiff.settings)"
+        + (": checked against the run's; a sampler section sets the sampler" if sampling else "")
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="SECTION.FIELD=VALUE",
+        help="set one field, e.g. --set process.f_max=0.3 --set unet.model_channels=96 "
+        + ("(--set sampler.steps=25 too); " if sampling else "(on --resume: must be the run's); ")
+        + "values are JSON, or a bare string",
+    )
+    g.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help='a JSON file of sections, e.g. {"process": {"f_max": 0.3}, "unet": {"model_channels": 96}}; '
+        "--set wins over it",
+    )
 
 
 def configure_logging(verbose: bool = False) -> None:

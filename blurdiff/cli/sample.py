@@ -6,19 +6,22 @@ import argparse
 import sys
 
 import blurdiff.sample
+from blurdiff.cli import add_checkpoint_arguments, add_setting_arguments
 from blurdiff.sample import SamplingPlan, SamplingReport, sample_to_folder
 from blurdiff.samplers import KINDS, SPACINGS
+from blurdiff.settings import SECTIONS, parse_settings
 
-HELP = "sample a trained run into a folder of PNGs"
+HELP = "sample a trained run (or an export) into a folder of PNGs"
 DESCRIPTION = blurdiff.sample.__doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint_arguments(p, "is used")
     p.add_argument(
-        "--run", metavar="RUN", default=None, help="run folder (its newest checkpoint is used unless --ckpt)"
-    )
-    p.add_argument(
-        "--ckpt", metavar="FILE", default=None, help="checkpoint file (a path, or a file name inside RUN/checkpoints)"
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="an export folder of `blurdiff export` instead of --run/--ckpt (the same images as its checkpoint)",
     )
     p.add_argument("--n", type=int, required=True, help="number of images (DIR/000000.png … )")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
@@ -44,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=int, default=32, help="images per batch (part of what determines the images, like --seed)"
     )
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument(
+        "--no-ema", action="store_true", help="use the raw weights instead of the EMA (an export: the ones it holds)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when available)")
     p.add_argument(
         "--backend",
@@ -61,13 +66,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", action="store_true", help="also write DIR/figures/grid.png (the first 64 images)")
     p.add_argument("--trajectory-samples", type=int, default=4, help="rows of the trajectory figures")
     p.add_argument("--trajectory-frames", type=int, default=10, help="columns of the trajectory figures")
+    p.add_argument(
+        "--npz",
+        action="store_true",
+        help="also write DIR/samples_NxHxWx3.npz (uint8, key arr_0: guided-diffusion's evaluator format)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_setting_arguments(p, sampling=True)
 
 
 def run(args: argparse.Namespace) -> int:
     report = sample_to_folder(
         run=args.run,
         ckpt=args.ckpt,
+        export=args.export,
         n=args.n,
         out=args.out,
         steps=args.steps,
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         seed=args.seed,
         batch_size=args.batch_size,
-        ema=not args.no_ema,
+        ema=False if args.no_ema else None,
         device=args.device,
         backend=args.backend,
         preset=args.preset,
@@ -84,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         trajectory_samples=args.trajectory_samples,
         trajectory_frames=args.trajectory_frames,
         quiet=args.quiet,
+        npz=args.npz,
+        settings=parse_settings(args.set, args.config, sections=SECTIONS),
         on_plan=_print_plan,
     )
     _print_report(report)
@@ -94,7 +108,8 @@ def _print_plan(plan: SamplingPlan) -> None:
     for advice in plan.advice:
         print(f"blurdiff sample: warning: {advice}", file=sys.stderr)
     print(
-        f"{plan.checkpoint}: step {plan.checkpoint_step}, {'EMA' if plan.ema else 'raw'} weights; "
+        f"{plan.checkpoint}{' (export)' if plan.export else ''}: step {plan.checkpoint_step}, "
+        f"{'EMA' if plan.ema else 'raw'} weights; "
         f"{plan.sampler} sampler, {plan.steps}/{plan.process_steps} steps, batches of {plan.batch_size} on "
         f"{plan.device}; {plan.present} of {plan.n} images present, {plan.to_make} to make"
     )
@@ -128,3 +143,5 @@ def _print_report(report: SamplingReport) -> None:
         print(f"trajectory: {report.trajectory[0]}, {report.trajectory[1]}")
     if report.grid is not None:
         print(f"grid: {report.grid}")
+    if report.npz is not None:
+        print(f"npz: {report.npz}")

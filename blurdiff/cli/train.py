@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import blurdiff.train
 from blurdiff.checkpoint import checkpoint_dir
-from blurdiff.cli import configure_logging, run_command
+from blurdiff.cli import add_setting_arguments, configure_logging, run_command
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import PRESETS
 from blurdiff.train import NonFiniteLossError, train
@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=None, help="seed of weights, data order, t, noise (default 0)")
     g.add_argument("--resolution", type=int, default=None, help="train at this side instead of the preset's")
+    add_setting_arguments(p)
     o = p.add_argument_group("checkpoints, logs, samples")
     o.add_argument("--ckpt-every", type=int, default=5000, help="checkpoint every K steps (and at the end)")
     o.add_argument("--keep", type=int, default=3, help="checkpoints kept (the newest; 0 keeps all)")

@@ -1,0 +1,353 @@
+"""Export a trained run's network for use elsewhere: ``blurdiff export --run RUN --out DIR``.
+
+A checkpoint is a ``torch.save`` dict with the optimizer, both sets of weights, the training
+health history and the training options: everything a resumed run needs, and hundreds of MB
+more than sampling does. An export holds only what sampling needs, in files any tool reads::
+
+    DIR/model.safetensors   the network's weights (EMA by default, ``--no-ema`` the raw ones),
+                            exactly as the checkpoint holds them (dtype, shape, bytes)
+    DIR/config.json         {"format": "blurdiff-export", "format_version": 1,
+                             "weights": "ema" | "model", "weights_sha256": of model.safetensors,
+                             "preset", "process" (BlurDiffusion's keywords), "unet" (UNetConfig),
+                             "model_output", "checkpoint" (the source's file name),
+                             "checkpoint_step", "checkpoint_sha256",
+                             "data_stats": null or {"count", "channel_mean", "channel_std",
+                                                    "spectral_power": [[float64, ...], ...]}}
+
+JSON writes a float64 as its shortest round-tripping decimal, so the data statistics come back
+bit for bit. :func:`load_export` rebuilds the process and the network that
+:func:`blurdiff.checkpoint.build_from_checkpoint` builds from the source checkpoint (the same
+code: :func:`~blurdiff.checkpoint.build_from_config`), so ``blurdiff sample --export DIR`` makes
+the same images, bit for bit, as ``blurdiff sample --run RUN`` (with ``--no-ema`` for an export
+of the raw weights).
+
+Each file is written atomically (a temporary renamed into place), the weights first: a folder
+with a ``config.json`` of an export is complete, and ``weights_sha256`` catches weights that do
+not belong to it (an ``--overwrite`` interrupted between the two renames). Only an empty folder
+or an earlier export (with ``--overwrite``) is written into.
+
+``--format diffusers`` writes instead what ``BlurDiffusionPipeline.save_pretrained`` writes
+(blurdiff/diffusers_pipeline.py, the optional extra ``blurdiff[diffusers]``): ``model_index.json``,
+``unet/`` (config and safetensors weights), ``scheduler/``; the folder is built beside ``DIR`` and
+renamed into place whole. ``BlurDiffusionPipeline.from_pretrained(DIR)`` loads it; ``blurdiff
+sample --export`` reads the ``blurdiff`` format only. More formats: :data:`FORMATS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blurdiff.atomic import atomic_path, file_sha256, remove_stale, write_text_atomic
+from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
+
+__all__ = ["FORMATS", "ExportResult", "export_info", "export_run", "is_export", "load_export", "read_export_config"]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_NAME = "blurdiff-export"  # config.json's "format", and the safetensors header's
+FORMAT_VERSION = 1
+_OURS = (WEIGHTS_FILE, CONFIG_FILE)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_run` wrote."""
+
+    format: str
+    out: Path
+    files: tuple[Path, ...]  # every file written
+    checkpoint: Path  # the source
+    step: int
+    ema: bool  # the EMA weights (False: the raw ones)
+
+
+# ------------------------------------------------------------------------------------- writing
+def export_run(
+    *,
+    run: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
+    out: str | os.PathLike,
+    ema: bool = True,
+    overwrite: bool = False,
+    format: str = "blurdiff",
+) -> ExportResult:
+    """Export the newest checkpoint of ``run`` (or ``ckpt``: a path, or a file name inside
+    ``run``, as for ``blurdiff sample``) into the folder ``out``, as the module docstring
+    describes: ``blurdiff export``, whose options these keywords are (``ema=False`` is
+    ``--no-ema``).
+
+    Refuses (FileExistsError) a folder that is neither absent, nor empty, nor an earlier export;
+    an earlier export is replaced only with ``overwrite`` (else
+    :class:`~blurdiff.output_folders.OutputExistsError`). ValueError for a checkpoint that does not
+    load, whose weights do not fit its config or are not finite.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r} (known: {', '.join(FORMATS)})")
+    path = resolve_checkpoint(run, ckpt)
+    state = load_checkpoint(path)
+    config = state.get("config")
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("process", "unet")):
+        raise ValueError(f"{path}: the checkpoint's config lacks the process/unet description")
+    which = "ema" if ema else "model"
+    if not isinstance(state.get(which), dict) or not state[which]:
+        raise ValueError(f"{path} holds no {which} weights" + (" (try --no-ema)" if ema else ""))
+    networks_of(state, path, [which])  # weights that fit the config and are finite, or a ValueError naming the file
+    files = FORMATS[format](state, path, Path(out), ema, overwrite)
+    return ExportResult(format, Path(out), tuple(files), path, int(state["step"]), ema)
+
+
+def _export_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool, overwrite: bool) -> list[Path]:
+    """The ``blurdiff`` format: ``out/model.safetensors`` and ``out/config.json``."""
+    from safetensors.torch import save_file
+
+    _check_output_folder(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out, WEIGHTS_FILE)
+    remove_stale(out, CONFIG_FILE)
+    which = "ema" if ema else "model"
+    weights = {k: t.detach().to("cpu").contiguous() for k, t in state[which].items()}
+    weights_path, config_path = out / WEIGHTS_FILE, out / CONFIG_FILE
+    with atomic_path(weights_path, durable=True) as tmp:
+        save_file(weights, str(tmp), metadata={"format": FORMAT_NAME, "weights": which})
+    config = state["config"]
+    data_stats = state.get("data_stats")
+    document = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "weights": which,
+        "weights_sha256": file_sha256(weights_path),
+        "preset": config.get("preset"),
+        "process": config["process"],
+        "unet": config["unet"],
+        "model_output": config.get("model_output", "eps"),
+        "checkpoint": path.name,
+        "checkpoint_step": int(state["step"]),
+        "checkpoint_sha256": file_sha256(path),
+        "data_stats": _stats_to_json(data_stats) if data_stats else None,
+    }
+    write_text_atomic(config_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return [weights_path, config_path]
+
+
+def _stats_to_json(stats: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`DataStatistics.to_state` as JSON: the spectral power as nested lists of Python
+    floats (float64, exact through JSON)."""
+    return {
+        "count": int(stats["count"]),
+        "channel_mean": [float(v) for v in stats["channel_mean"]],
+        "channel_std": [float(v) for v in stats["channel_std"]],
+        "spectral_power": torch.as_tensor(stats["spectral_power"], dtype=torch.float64).tolist(),
+    }
+
+
+DIFFUSERS_NAMES = ("model_index.json", "unet", "scheduler")  # what save_pretrained writes
+
+
+def _export_diffusers(state: dict[str, Any], path: Path, out: Path, ema: bool, overwrite: bool) -> list[Path]:
+    """The ``diffusers`` format: ``BlurDiffusionPipeline.save_pretrained`` of the checkpoint
+    (blurdiff/diffusers_pipeline.py; load it with ``BlurDiffusionPipeline.from_pretrained(out)``).
+    save_pretrained writes many files in place, so the folder is built beside ``out`` and renamed
+    into place whole (the data commands' folders: blurdiff.output_folders), marked as blurdiff's."""
+    from blurdiff.output_folders import check_replaceable, new_output_folder
+
+    try:
+        from blurdiff.diffusers_pipeline import BlurDiffusionPipeline
+    except ImportError as e:  # the optional extra is not installed: say how to get it
+        raise ValueError(f"--format diffusers: {e}") from e
+    check_replaceable(str(out), overwrite, lambda name: name in DIFFUSERS_NAMES, "a diffusers export")
+    pipe = BlurDiffusionPipeline.from_checkpoint(state, use_ema=ema)
+    with new_output_folder(str(out), "diffusers-export") as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+#: The export formats: name -> writer(state, checkpoint path, out, ema, overwrite) -> files
+#: written. Each writer checks its own output folder; ``blurdiff export --format`` offers every key.
+FORMATS: dict[str, Callable[[dict[str, Any], Path, Path, bool, bool], list[Path]]] = {
+    "blurdiff": _export_blurdiff,
+    "diffusers": _export_diffusers,
+}
+
+
+def _check_output_folder(out: Path, overwrite: bool) -> None:
+    """Raise unless ``out`` is absent, empty, or (with ``overwrite``) an earlier export holding
+    nothing else: the files of a folder of someone else's are never replaced."""
+    from blurdiff.output_folders import OutputExistsError, some_names
+
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder; refusing to replace it")
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    if not is_export(out):
+        raise FileExistsError(
+            f"--out {out} is not empty and is not a blurdiff export (no {CONFIG_FILE} or {WEIGHTS_FILE} of an "
+            f"export); it holds {some_names(names)}. Refusing to write there: choose a new or empty folder"
+        )
+    foreign = [n for n in names if n not in _OURS and not _is_temporary(n)]
+    if foreign:
+        raise FileExistsError(
+            f"--out {out} holds an export and files blurdiff export did not write ({some_names(foreign)}); "
+            f"refusing to replace it: move them away or choose another folder"
+        )
+    if not overwrite:
+        raise OutputExistsError(out, "an export (blurdiff export)")
+
+
+def _is_temporary(name: str) -> bool:
+    return any(name.startswith(f".{ours}.tmp-") for ours in _OURS)
+
+
+def is_export(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds an export of this module: a ``config.json`` that says so, or
+    (an export interrupted before its config was written) a ``model.safetensors`` whose header does."""
+    folder = Path(folder)
+    try:
+        if json.loads((folder / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME:
+            return True
+    except (OSError, ValueError, AttributeError):  # absent, unreadable, not JSON, not an object
+        pass
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT_NAME
+    except Exception:  # noqa: BLE001 - absent or not a safetensors file: not ours
+        return False
+
+
+# ------------------------------------------------------------------------------------- loading
+_REQUIRED = ("weights", "weights_sha256", "process", "unet", "model_output", "checkpoint_step", "checkpoint_sha256")
+
+
+def read_export_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """``folder/config.json``, checked to be an export's (ValueError naming the file otherwise).
+
+    FileNotFoundError when ``folder`` does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"export folder {folder} does not exist")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        if (folder / DIFFUSERS_NAMES[0]).is_file():
+            raise ValueError(
+                f"{folder} is a diffusers export (blurdiff export --format diffusers), not a blurdiff one: load it "
+                f"with blurdiff.diffusers_pipeline.BlurDiffusionPipeline.from_pretrained"
+            )
+        raise ValueError(f"{path} is missing: {folder} is not a blurdiff export (made by blurdiff export)")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); export the run again") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not the config of a blurdiff export (its format is not {FORMAT_NAME!r})")
+    if not isinstance(config.get("format_version"), int) or config["format_version"] > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: export format version {config.get('format_version')!r}; this blurdiff reads up to "
+            f"{FORMAT_VERSION} (a newer blurdiff wrote it?)"
+        )
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: a damaged export; export the run again")
+    if config["weights"] not in ("ema", "model"):
+        raise ValueError(f"{path}: weights must be 'ema' or 'model', not {config['weights']!r}")
+    if not isinstance(config["process"], dict) or not isinstance(config["unet"], dict):
+        raise ValueError(f"{path}: process and unet must be objects (the BlurDiffusion and UNetConfig fields)")
+    return config
+
+
+def load_export(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto"
+) -> tuple[Any, torch.nn.Module]:
+    """``(process, model)`` of an export: what :func:`~blurdiff.checkpoint.build_from_checkpoint`
+    builds from its source checkpoint (the data statistics on ``process.data_stats``, the
+    :class:`~blurdiff.diffusion.ReferenceResidual` wrapper for ``eps_residual``), in eval mode.
+
+    ValueError naming the file for an export that is incomplete or damaged: a missing file, a
+    config that is not an export's, weights that are not the ones the config names (their
+    SHA-256), do not fit its network (wrong keys or shapes) or are not finite.
+    """
+    folder = Path(folder)
+    config = read_export_config(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    weights = _read_weights(weights_path, config["weights_sha256"])
+    _check_keys(weights, config, config_path, weights_path)
+    _check_finite(weights, weights_path)
+    stats = config.get("data_stats")
+    try:
+        return build_from_config(
+            {k: config[k] for k in ("process", "unet", "model_output")}, weights, stats, device, backend, config_path
+        )
+    except RuntimeError as e:  # load_state_dict: the shapes do not fit
+        raise ValueError(
+            f"{weights_path}: the weights do not fit the network {config_path} describes: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from e
+    except (TypeError, KeyError, ValueError) as e:  # a process field, the data statistics
+        message = str(e) if str(config_path) in str(e) else f"{config_path}: {e}"
+        raise ValueError(message) from e
+
+
+def _read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the export is incomplete; export the run again")
+    if file_sha256(path) != sha256:
+        raise ValueError(
+            f"{path} does not match the weights_sha256 of its {CONFIG_FILE} (damaged, replaced, or an "
+            f"interrupted --overwrite); export the run again"
+        )
+    try:
+        return load_file(str(path), device="cpu")
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors' own error for a malformed file
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def _check_keys(weights: dict[str, torch.Tensor], config: dict[str, Any], config_path: Path, path: Path) -> None:
+    from blurdiff.unet import UNet, UNetConfig
+
+    try:
+        with torch.device("meta"):  # no memory, no initialisation: only the names
+            expected = set(UNet(UNetConfig(**config["unet"])).state_dict())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: its unet is not a UNetConfig: {e}") from e
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        found = (("missing", missing), ("unexpected", unexpected))
+        parts = ", ".join(f"{len(v)} {what} (first {v[0]})" for what, v in found if v)
+        raise ValueError(f"{path}: the tensors do not fit the network {config_path} describes: {parts} keys")
+
+
+def _check_finite(weights: dict[str, torch.Tensor], path: Path) -> None:
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(
+            f"{path}: the weights are not finite (NaN or inf in {len(bad)} of {len(weights)} tensors, first {bad[0]})"
+        )
+
+
+def export_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """What ``blurdiff sample`` records of an export's source: the checkpoint's step and SHA-256,
+    the preset and which weights (``ema``: bool), read from its config.json."""
+    config = read_export_config(folder)
+    step = config["checkpoint_step"]
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ValueError(f"{Path(folder) / CONFIG_FILE}: checkpoint_step must be an int, not {step!r}")
+    return {
+        "checkpoint_step": step,
+        "checkpoint_sha256": config["checkpoint_sha256"],
+        "preset": config.get("preset"),
+        "ema": config["weights"] == "ema",
+    }

@@ -1,0 +1,215 @@
+"""Process and network fields set from the command line: ``--set SECTION.FIELD=VALUE`` and ``--config FILE``.
+
+A sweep changes a field without editing code::
+
+    blurdiff train ... --set process.f_max=0.3 --set unet.model_channels=96
+    blurdiff train ... --config sweep/f03.json     # {"process": {"f_max": 0.3}, "unet": {...}}
+
+Sections: ``process`` (the :class:`blurdiff.diffusion.BlurDiffusion` fields a run's config records)
+and ``unet`` (:class:`blurdiff.unet.UNetConfig`'s fields). ``blurdiff sample`` takes the same
+options and checks them against the run it samples: a network samples correctly only under the
+process it was trained with, so a value other than the run's is an error there, not an override.
+A ``--config`` file may also hold a ``sampler`` section (``kind``, ``steps``, ``spacing``), which
+``blurdiff sample`` uses and ``blurdiff train`` ignores, so one file can describe an experiment.
+
+Values are JSON (``0.3``, ``96``, ``[1, 2, 2]``, ``true``); a value that is not JSON is a string
+(``process.blur_schedule=log``). Each is checked against the field's type; ``--set`` wins over
+``--config``. Unknown keys and ill-typed values get an error that lists the valid keys or says the
+type wanted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SECTIONS", "Settings", "check_against_run", "field_types", "parse_settings"]
+
+#: The sections a key may name; ``sampler`` only in ``blurdiff sample`` (and, ignored, in train's config files).
+SECTIONS = ("process", "unet", "sampler")
+
+Settings = dict[str, dict[str, Any]]
+
+
+def field_types(section: str) -> dict[str, Any]:
+    """The settable fields of ``section`` and their types (from the code's own annotations, so a
+    new field is settable without touching this module)."""
+    if section == "process":
+        from blurdiff.diffusion import BlurDiffusion
+
+        hints = typing.get_type_hints(BlurDiffusion.__init__)
+        # The backend is how the ops run, not what the process is: --backend sets it.
+        return {
+            n: hints[n] for n in inspect.signature(BlurDiffusion.__init__).parameters if n in hints and n != "backend"
+        }
+    if section == "unet":
+        from blurdiff.unet import UNetConfig
+
+        hints = typing.get_type_hints(UNetConfig)
+        return {f.name: hints[f.name] for f in dataclasses.fields(UNetConfig)}
+    if section == "sampler":
+        return {"kind": str, "steps": int, "spacing": str}
+    raise ValueError(f"unknown settings section {section!r}; valid sections: {', '.join(SECTIONS)}")
+
+
+def parse_settings(
+    assignments: list[str] | None = None, config: str | Path | None = None, sections=("process", "unet")
+) -> Settings:
+    """``{section: {field: value}}`` from a ``--config`` JSON file and ``--set`` assignments (which
+    win), checked against the fields of ``sections``. A config file's sections outside ``sections``
+    but in :data:`SECTIONS` are dropped (a sampler section in ``blurdiff train``)."""
+    out: Settings = {s: {} for s in sections}
+    if config is not None:
+        for section, fields in _read_config(Path(config)).items():
+            if section not in sections:
+                continue
+            for name, value in fields.items():
+                out[section][name] = _checked(section, name, value, sections, f"--config {config}")
+    for text in assignments or ():
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {text!r}: write SECTION.FIELD=VALUE, e.g. --set process.f_max=0.3")
+        section, dot, name = key.strip().partition(".")
+        if not dot:
+            raise ValueError(f"--set {text!r}: the key needs a section ({', '.join(sections)}), e.g. process.{key}")
+        out.setdefault(section, {})
+        out[section][name] = _checked(section, name, _parse_value(raw.strip()), sections, "--set")
+    return out
+
+
+def check_against_run(settings: Settings, run_config: dict[str, Any], source: str) -> None:
+    """Refuse (ValueError) ``process``/``unet`` settings that differ from the run's ``config`` (a
+    checkpoint's): sampling a network under another process than its own gives wrong samples."""
+    for section in ("process", "unet"):
+        saved = run_config.get(section, {})
+        for name, value in settings.get(section, {}).items():
+            have = saved.get(name)
+            if section == "process" and name == "resolution" and isinstance(value, int):
+                value = (value, value)  # the config records (H, W)
+            if not _same(have, value):
+                raise ValueError(
+                    f"{section}.{name}={json.dumps(_plain(value))} differs from the run's {json.dumps(_plain(have))} "
+                    f"({source}): a network samples correctly only under the process and network it was trained "
+                    f"with; train a run with --set {section}.{name}=... instead"
+                )
+
+
+def _read_config(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config: no such file: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f'--config {path}: expected an object of sections, e.g. {{"process": {{"f_max": 0.3}}}}')
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # a bare word: a string
+
+
+def _checked(section: str, name: str, value: Any, sections, where: str) -> Any:
+    if section not in sections:
+        raise ValueError(
+            f"{where}: unknown section {section!r} in {section}.{name}; valid sections: {', '.join(sections)}"
+        )
+    types_ = field_types(section)
+    if name not in types_:
+        close = difflib.get_close_matches(name, types_, n=1)
+        hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+        valid = ", ".join(f"{section}.{n}" for n in sorted(types_))
+        raise ValueError(f"{where}: unknown key {section}.{name}{hint}; valid {section} keys: {valid}")
+    try:
+        return _coerce(value, types_[name])
+    except TypeError:
+        raise ValueError(
+            f"{where}: {section}.{name} must be {_describe(types_[name])}, got {json.dumps(value)}"
+        ) from None
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (TypeError when it is not one): ints widen to floats, lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        if len(args) != len(value):
+            raise TypeError
+        return tuple(_coerce(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    raise TypeError
+
+
+_NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers")}
+_NAMES[str] = ("a string", "strings")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return "a list of " + _NAMES.get(args[0], ("", str(args[0])))[1]
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} " + _NAMES.get(args[0], ("", str(args[0])))[1]
+        return f"a list [{', '.join(_describe(a) for a in args)}]"
+    return _NAMES.get(hint, (str(hint),))[0]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as plain data, floats to 12 digits: a preset's ``(0.15 / 0.4) ** 2`` is 0.140625 on the command line."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        both_numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+        return both_numbers and math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def _plain(x: Any) -> Any:
+    """JSON-comparable: tuples as lists (configs come back from checkpoints with either)."""
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
