@@ -80,26 +80,21 @@ def to_diffusers_timestep(step):
 
 
 def data_stats_to_config(stats: DataStatistics | Mapping | None) -> dict[str, Any] | None:
-    """Data statistics as plain JSON data (nested lists of Python floats, whose repr round-trips
-    float64 exactly), for ``scheduler_config.json``."""
-    if stats is None:
-        return None
-    if isinstance(stats, Mapping):
-        try:
-            power = torch.as_tensor(stats["spectral_power"], dtype=torch.float64)
-            stats = DataStatistics(int(stats["count"]), list(stats["channel_mean"]), list(stats["channel_std"]), power)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(
-                f"data_stats is malformed (needs count, channel_mean, channel_std, spectral_power): {e}"
-            ) from e
-    if not isinstance(stats, DataStatistics):
+    """Data statistics (a :class:`DataStatistics` or its plain-data form) as the JSON data of
+    ``scheduler_config.json`` (:meth:`DataStatistics.to_json`)."""
+    if stats is None or isinstance(stats, DataStatistics):
+        return None if stats is None else stats.to_json()
+    if not isinstance(stats, Mapping):
         raise ValueError(f"data_stats must be a DataStatistics, its plain-data form, or None; got {type(stats)}")
-    return {
-        "count": int(stats.count),
-        "channel_mean": [float(v) for v in stats.channel_mean],
-        "channel_std": [float(v) for v in stats.channel_std],
-        "spectral_power": stats.spectral_power.to(torch.float64).cpu().tolist(),
-    }
+    try:
+        power = torch.as_tensor(stats["spectral_power"], dtype=torch.float64)
+        return DataStatistics(
+            int(stats["count"]), list(stats["channel_mean"]), list(stats["channel_std"]), power
+        ).to_json()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"data_stats is malformed (needs count, channel_mean, channel_std, spectral_power): {e}"
+        ) from e
 
 
 @dataclass

@@ -46,6 +46,7 @@ import torch
 
 from blurdiff.atomic import atomic_path, file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
+from blurdiff.statistics import DataStatistics
 
 __all__ = ["FORMATS", "ExportResult", "export_info", "export_run", "is_export", "load_export", "read_export_config"]
 
@@ -130,21 +131,17 @@ def _export_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool, ov
         "checkpoint": path.name,
         "checkpoint_step": int(state["step"]),
         "checkpoint_sha256": file_sha256(path),
-        "data_stats": _stats_to_json(data_stats) if data_stats else None,
+        "data_stats": _stats_json(data_stats, config),
     }
     write_text_atomic(config_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     return [weights_path, config_path]
 
 
-def _stats_to_json(stats: dict[str, Any]) -> dict[str, Any]:
-    """:meth:`DataStatistics.to_state` as JSON: the spectral power as nested lists of Python
-    floats (float64, exact through JSON)."""
-    return {
-        "count": int(stats["count"]),
-        "channel_mean": [float(v) for v in stats["channel_mean"]],
-        "channel_std": [float(v) for v in stats["channel_std"]],
-        "spectral_power": torch.as_tensor(stats["spectral_power"], dtype=torch.float64).tolist(),
-    }
+def _stats_json(state: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's data statistics (checked against the process's resolution) as JSON."""
+    r = config["process"]["resolution"]
+    stats = DataStatistics.from_state(state, (r, r) if isinstance(r, int) else tuple(r))
+    return stats.to_json() if stats is not None else None
 
 
 DIFFUSERS_NAMES = ("model_index.json", "unet", "scheduler")  # what save_pretrained writes

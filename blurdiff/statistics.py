@@ -56,6 +56,17 @@ class DataStatistics:
             "spectral_power": self.spectral_power.to(torch.float64).cpu(),
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`to_state` as JSON data: the spectral power as nested lists of Python floats,
+        whose repr round-trips float64 exactly (exports, diffusers configs); :meth:`from_state`
+        reads it back."""
+        return {
+            "count": int(self.count),
+            "channel_mean": [float(v) for v in self.channel_mean],
+            "channel_std": [float(v) for v in self.channel_std],
+            "spectral_power": self.spectral_power.to(torch.float64).cpu().tolist(),
+        }
+
     @classmethod
     def from_state(cls, state: dict[str, Any] | None, resolution) -> DataStatistics | None:
         """The statistics saved by :meth:`to_state` (None for checkpoints that have none); checks
