@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from blurdiff.warn import warn_at_caller
 
 __all__ = [
     "SWD_SCALE",
@@ -206,11 +207,10 @@ def warn_if_diverged(stats: SampleStats, data_std: float | None, what: str) -> l
     statistics show divergence; returns the reasons."""
     reasons = divergence_reasons(stats, data_std)
     if reasons:
-        warnings.warn(
+        warn_at_caller(
             f"the samples of {what} look diverged: {'; '.join(reasons)}. Do not trust them: "
             f"check the training log (loss spikes) or use another sampler/checkpoint",
             SamplesDivergedWarning,
-            stacklevel=3,
         )
     return reasons
 

@@ -30,7 +30,6 @@ Each step is one ``spectral_lincomb`` beside the network.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 
 from blurdiff.progress import Progress
 from blurdiff.tables import TableCache
+from blurdiff.warn import warn_at_caller
 
 __all__ = [
     "DEFAULT_SPACING",
@@ -294,12 +294,11 @@ def _resolve_reference(process, kind: str, reference_var: torch.Tensor | None) -
     if reference_var is None:
         stats = getattr(process, "data_stats", None)
         if stats is None:
-            warnings.warn(
+            warn_at_caller(
                 f"the {kind} sampler has no data statistics for its Gaussian reference (a checkpoint from an "
                 f"older version, or a process without data_stats): using a flat spectrum (1 at every "
                 f"frequency), which is stable but less accurate. Set process.data_stats = "
-                f"blurdiff.statistics.estimate_data_statistics(process, batches) to fix this",
-                stacklevel=4,
+                f"blurdiff.statistics.estimate_data_statistics(process, batches) to fix this"
             )
             return torch.ones(H, W, dtype=torch.float64)
         return stats.reference_var

@@ -464,7 +464,9 @@ class Trainer:
 
     def final_sample_check(self, n: int | None = None, steps: int = 50) -> list[str]:
         """Sample ``n`` images (default ``sample_n``) from the EMA with the stable ancestral sampler
-        at ``steps`` steps and return why they look diverged (empty: they do not)."""
+        at ``steps`` steps (all N when the process has fewer) and return why they look diverged
+        (empty: they do not)."""
+        steps = min(steps, self.process.steps)
         H, W = self.process.resolution
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
@@ -481,11 +483,12 @@ class Trainer:
         healthy = self.health.healthy
         if self.options.final_check and self.is_main:
             reasons = self.final_sample_check()
+            what = f"EMA samples (ancestral, {min(50, self.process.steps)} steps)"
             if reasons:
                 healthy = False
-                text += "; EMA samples (ancestral, 50 steps) look diverged: " + "; ".join(reasons)
+                text += f"; {what} look diverged: " + "; ".join(reasons)
             else:
-                text += "; EMA samples (ancestral, 50 steps) in range"
+                text += f"; {what} in range"
         if not healthy and self.last_good:
             text += f"; last checkpoint saved while healthy: {checkpoint_dir(self.run_dir) / self.last_good}"
         self.metrics.end(self.step, healthy, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -198,3 +199,17 @@ def test_eval_bad_input(case, message, images, toy, tmp_path, capsys):
     assert cli_main(["eval", "--samples", str(samples), "--data", data, *argv_n]) == 2
     err = capsys.readouterr().err
     assert err.startswith("blurdiff eval: error:") and message in err, err
+
+
+def test_sampler_warnings_point_at_the_callers_line():
+    """Through BlurDiffusion.sample, make_sampler and torch's no_grad wrapper, both warnings of a
+    sampler (no data statistics; diverged samples) name this file, not a line inside blurdiff."""
+    from blurdiff import BlurDiffusion
+
+    process = BlurDiffusion(resolution=8, steps=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        process.sample(lambda x, t: torch.full_like(x, 50.0), (2, 3, 8, 8), steps=5, kind="ancestral")
+    kinds = {w.category for w in caught}
+    assert kinds == {UserWarning, SamplesDivergedWarning}
+    assert {w.filename for w in caught} == {__file__}

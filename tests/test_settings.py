@@ -109,9 +109,11 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def _train(data, out, *extra) -> int:
+def _train(data, out, *extra, final_check=False) -> int:
     argv = ["train", "--data", str(data), "--preset", "toy", "--out", str(out), "--batch-size", "2"]
-    argv += ["--device", "cpu", "--no-progress", "--no-final-check", "--sample-every", "0", *extra]
+    argv += ["--device", "cpu", "--no-progress", "--sample-every", "0", *extra]
+    if not final_check:
+        argv.append("--no-final-check")
     return cli(argv)
 
 
@@ -145,6 +147,9 @@ def test_sampling_takes_a_sampler_section_and_checks_the_rest_against_the_run(da
     run = tmp_path / "run"
     sets = ["--set", "process.steps=20", "--set", "process.resolution=8", "--set", "unet.model_channels=32"]
     assert _train(data, run, "--max-steps", "1", *sets) == 0
+    # The final check samples with all 20 steps when the process has fewer than its usual 50.
+    assert _train(data, run, "--max-steps", "2", "--resume", final_check=True) == 0
+    assert "EMA samples (ancestral, 20 steps)" in capsys.readouterr().out
     config = tmp_path / "experiment.json"  # what trained the run, and how to sample it
     config.write_text(json.dumps({"process": {"steps": 20}, "sampler": {"kind": "ancestral", "steps": 5}}))
     sample = ["sample", "--run", str(run), "--n", "2", "--batch-size", "2", "--device", "cpu", "--quiet"]
