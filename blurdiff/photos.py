@@ -300,6 +300,6 @@ def make_photos_lmdb(
         return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
 
     with new_output_folder(out, "photos-lmdb") as tmp:
-        write_lmdb_records(tmp, n, record, size * size * 3 + 4096, commit_every)
+        write_lmdb_records(tmp, n, record, size * size * 3 + 4096, commit_every, shown_as=os.fspath(out))
     log.info("wrote %d photo crops (%s split, %dx%d, %s, seed %d) to %s", n, split, size, size, fmt, seed, out)
     return out

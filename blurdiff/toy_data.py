@@ -28,6 +28,7 @@ Public functions (wired to ``blurdiff data toy`` / ``blurdiff data export`` by t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -246,47 +247,62 @@ def make_toy_lmdb(
     fmt = lmdb_value_format(fmt)
     check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
     with new_output_folder(out, "toy-lmdb") as tmp:
-        _write_toy_lmdb(tmp, n, hw, seed, fmt, commit_every, render_kwargs)
+        _write_toy_lmdb(tmp, out, n, hw, seed, fmt, commit_every, render_kwargs)
     log.info("wrote %d toy images (%dx%d, %s, seed %d) to %s", n, hw[0], hw[1], fmt, seed, out)
     return out
 
 
 def _write_toy_lmdb(
-    tmp: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int, render_kwargs: dict
+    tmp: str, out: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int, render_kwargs: dict
 ) -> None:
     def record(i: int) -> tuple[bytes, bytes]:
         return toy_key(i, seed).encode("ascii"), encode_image(toy_image(i, hw, seed, **render_kwargs), fmt)
 
-    write_lmdb_records(tmp, n, record, hw[0] * hw[1] * 3 + 4096, commit_every)
+    write_lmdb_records(tmp, n, record, hw[0] * hw[1] * 3 + 4096, commit_every, shown_as=out)
 
 
-def write_lmdb_records(tmp: str, n: int, record, per_image: int, commit_every: int) -> None:
+def write_lmdb_records(
+    tmp: str, n: int, record, per_image: int, commit_every: int, shown_as: str | None = None
+) -> None:
     """``record(i) -> (key, value)`` for ``i < n`` into a new lmdb at ``tmp``, ``commit_every``
     records per transaction. ``per_image``: a generous bound on a value's size (encoded images
     are smaller than raw RGB, PNG's worst case is raw plus a little); the map is sparse on Linux,
-    and grows on MapFullError anyway."""
+    and grows on MapFullError anyway. A full disk is an ``OSError(ENOSPC)`` naming ``shown_as``
+    (the folder the user asked for; default ``tmp``), as any other write to a full disk."""
     import lmdb
 
     map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
     env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
     try:
-        start = 0
-        while start < n:
-            stop = min(n, start + max(1, int(commit_every)))
-            records = [record(i) for i in range(start, stop)]
-            while True:
-                try:
-                    with env.begin(write=True) as txn:
-                        for k, v in records:
-                            txn.put(k, v)
-                    break
-                except lmdb.MapFullError:
-                    map_size *= 2
-                    env.set_mapsize(map_size)
-            start = stop
-        env.sync(True)
+        _write_records(env, n, record, commit_every, map_size)
+    except lmdb.Error as e:
+        # py-lmdb reports an OS error as lmdb.Error("what: <strerror>"), without its errno.
+        full = next((c for c in (errno.ENOSPC, errno.EDQUOT) if os.strerror(c) in str(e)), None)
+        if full is None:
+            raise
+        raise OSError(full, f"{os.strerror(full)} ({e})", shown_as or tmp) from e
     finally:
         env.close()
+
+
+def _write_records(env, n: int, record, commit_every: int, map_size: int) -> None:
+    import lmdb
+
+    start = 0
+    while start < n:
+        stop = min(n, start + max(1, int(commit_every)))
+        records = [record(i) for i in range(start, stop)]
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    for k, v in records:
+                        txn.put(k, v)
+                break
+            except lmdb.MapFullError:
+                map_size *= 2
+                env.set_mapsize(map_size)
+        start = stop
+    env.sync(True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,6 +169,28 @@ def test_disk_full_during_export(toy, tmp_path, monkeypatch, capsys):
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
 
 
+def test_disk_full_while_writing_an_lmdb(tmp_path, monkeypatch, capsys):
+    import lmdb
+
+    real_open = lmdb.open
+
+    class FullDisk:  # an lmdb whose commits fail as py-lmdb reports ENOSPC: a message, no errno
+        def __init__(self, *args, **kwargs):
+            self.env = real_open(*args, **kwargs)
+
+        def begin(self, write=False):
+            raise lmdb.Error(f"mdb_txn_commit: {os.strerror(errno.ENOSPC)}")
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+
+    monkeypatch.setattr(lmdb, "open", FullDisk)
+    out = tmp_path / "toy"
+    rc, err = run(capsys, "data", "toy", "--out", out, "--n", "4", "--size", "8")
+    assert rc == 2 and "no space left on the device" in err and str(out) in err and "mdb_txn_commit" in err
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
 def test_disk_full_while_saving_a_checkpoint(toy, tmp_path, monkeypatch, capsys):
     def short_write(*args, **kwargs):  # torch.save's zip writer on a full disk
         raise RuntimeError(
