@@ -32,6 +32,7 @@ from diffusers.configuration_utils import register_to_config  # isort: skip
 from diffusers.utils import BaseOutput  # isort: skip
 
 from blurdiff.diffusion import MODEL_OUTPUTS, ReferenceResidual
+from blurdiff.quality import SampleStats, warn_if_diverged
 from blurdiff.unet import UNet, UNetConfig
 
 __all__ = ["BlurDiffusionPipeline", "BlurDiffusionUNet", "BlurDiffusionUNetOutput", "own_storage"]
@@ -236,7 +237,8 @@ class BlurDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """``batch_size`` images with ``num_inference_steps`` of the scheduler's sampler (None: all
-        N steps, the paper's Eq. 12 unless the scheduler's config names another kind).
+        N steps, the paper's Eq. 12 unless the scheduler's config names another kind). Warns
+        (:class:`blurdiff.quality.SamplesDivergedWarning`) when the raw samples look diverged.
 
         ``output_type``: ``pil``, ``np`` (``[B, H, W, C]`` in [0, 1]), ``pt`` (``[B, C, H, W]`` in
         [0, 1]) or ``latent`` (the raw ``x_0`` in the data's [-1, 1] scale, not clamped).
@@ -255,6 +257,9 @@ class BlurDiffusionPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             eps = self._eps(x, t)
             x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+        # The guard of every sampler of the project: a warning when the raw values look diverged.
+        stats = self.scheduler.process.data_stats
+        warn_if_diverged(SampleStats.of(x), stats.std if stats is not None else None, f"{self.scheduler.sampler!r}")
 
         if output_type == "latent":
             image = x

@@ -176,6 +176,20 @@ def test_pipeline_reproduces_project_sampler_bitwise(K, kind, output):
     assert pil[0].size == (RES, RES)
 
 
+def test_pipeline_guards_its_samples():
+    """A network whose ε is far off gives diverged samples: the pipeline warns, naming the sampler,
+    as every sampler of the project does."""
+    from blurdiff.quality import SamplesDivergedWarning
+
+    net = _project_unet()
+    with torch.no_grad():  # an ε hundreds of times too large
+        for param in net.out.parameters():
+            param.fill_(3.0)
+    pipe = _pipeline(BlurDiffusionUNet.from_unet(net), _scheduler(sampler_kind="ancestral"))
+    with pytest.warns(SamplesDivergedWarning, match="Sampler\\(kind='ancestral', K=5"):
+        pipe(batch_size=2, num_inference_steps=5, output_type="latent")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_scheduler_loop_reproduces_sampler_and_predicts_x0(kind):
     """A hand-written diffusers loop (set_timesteps, step) over every kind, with a network-free ε
