@@ -50,8 +50,8 @@ import torch
 from PIL import Image
 
 from blurdiff.atomic import atomic_path
-from blurdiff.data import IMAGE_EXTENSIONS, list_images, read_image
 from blurdiff.devices import resolve_device
+from blurdiff.images import IMAGE_EXTENSIONS, list_images, read_image
 from blurdiff.inception import (
     FID_FEATURE_DIM,
     FID_INPUT_RESOLUTION,
@@ -140,7 +140,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
     """Image files in ``folder`` (top level, sorted by name; see
-    :func:`blurdiff.data.list_images`); at most ``limit``, evenly spaced."""
+    :func:`blurdiff.images.list_images`); at most ``limit``, evenly spaced."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder of images: {folder}")

@@ -1,10 +1,15 @@
-"""Images in [-1, 1] to PNG files: single images, grids and strips (rows of a trajectory); a folder's
-images as one npz (guided-diffusion's sample batches)."""
+"""Image files: which files are images (:data:`IMAGE_EXTENSIONS`), listing a folder's
+(:func:`list_images`), decoding and reading them as 8-bit RGB (:func:`decode_image`,
+:func:`read_image`: the one reader of the training data, FID and spectra), and writing images in
+[-1, 1] as PNG files (single images, grids, strips of a trajectory), a folder's images as one npz
+(guided-diffusion's sample batches), and the label font of figures."""
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,126 @@ import torch
 from PIL import Image, ImageFont
 
 from blurdiff.atomic import atomic_path
+
+#: What every reader (training data, FID, spectra) takes as an image file, case-insensitively:
+#: the extensions pytorch-fid reads, so both compute FID over the same files of a folder.
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class UndecodableDataError(RuntimeError):
+    """Image data that cannot be decoded: an image file, or every record of a data set."""
+
+
+# 16-bit grey: Pillow's own conversion to 8 bits clips (every value above 255 becomes white).
+_GREY16_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, the same way for every reader.
+
+    16-bit grey (PNG, PGM with any maxval, TIFF) is scaled by 1/257 (65535 -> 255), a palette
+    with transparency goes through RGBA so its colours survive, and alpha is dropped (not
+    composited). 16-bit RGB(A) PNGs and TIFFs reach here already reduced to 8 bits by Pillow.
+    Floating-point grey (32-bit float TIFFs, mode ``F``) with values in ``[0, 1]`` is scaled by
+    255, values in ``[0, 255]`` are kept; any other range (or NaN/inf) is a ``ValueError``.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in _GREY16_MODES:
+        arr = np.asarray(img).astype(np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        img = _float_grey_to_l(img)
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def _float_grey_to_l(img: Image.Image) -> Image.Image:
+    # Pillow's own conversion clips to [0, 255], which turns the usual [0, 1] float image black.
+    # Float images carry no range, so it is taken from the values: [0, 1] is the convention of
+    # float image libraries, [0, 255] what Pillow assumes; anything else would be a guess.
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("a floating-point image with NaN or inf values")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 255.0:
+        raise ValueError(f"a floating-point image with values in [{lo:g}, {hi:g}], neither [0, 1] nor [0, 255]")
+    scale = 255.0 if hi <= 1.0 else 1.0
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded image bytes (an lmdb value, a file's content) as a loaded PIL image; raises one of
+    :data:`DECODE_ERRORS` for bytes Pillow cannot decode."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+# What Pillow raises for bytes it cannot decode (unknown format, truncated or corrupt data,
+# a decompression bomb); the bytes are in memory, so no OSError here is about the disk.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]`` (see :func:`to_rgb`); the reader of FID and spectra.
+
+    Errors opening or reading the file (missing, permissions) propagate as they are; data that
+    cannot be decoded raises :class:`UndecodableDataError` naming the file.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        rgb = to_rgb(decode_image(raw))  # to_rgb too: a float image of no known range is named like bad data
+    except DECODE_ERRORS as exc:
+        raise UndecodableDataError(f"cannot decode the image {os.fspath(path)}: {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def file_identity(st: os.stat_result, path: str) -> tuple:
+    """What makes two paths the same file (or folder): its inode, or the real path where the
+    file system has none."""
+    return ("ino", st.st_dev, st.st_ino) if st.st_ino else ("path", os.path.realpath(path))
+
+
+def _image_entries(root: str, recursive: bool) -> Iterator[tuple[str, os.DirEntry]]:
+    """``(relative path, entry)`` of the image files under ``root``, entering every folder once."""
+    seen = {file_identity(os.stat(root), root)}
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel)) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        subfolders = []
+        for e in entries:
+            rel_name = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir():  # follows links: a linked folder is read, but never twice (no loops)
+                if recursive and (ident := file_identity(e.stat(), e.path)) not in seen:
+                    seen.add(ident)
+                    subfolders.append(rel_name)
+            elif e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS):  # dangling links: neither
+                yield rel_name, e
+        pending.extend(reversed(subfolders))  # depth first, in name order
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Image files (:data:`IMAGE_EXTENSIONS`) under ``folder``: relative ``/``-separated paths, sorted.
+
+    The one listing of the training data, FID and spectra. Hidden files and folders are
+    skipped, and so are dangling links. Links to folders are followed, but every folder is read
+    once, so a link back up the tree (a loop) adds nothing; a file reached by two paths (a link
+    to it, a hard link) is listed once, under the first of its paths.
+    """
+    root = os.fspath(folder)
+    found = sorted((rel, file_identity(e.stat(), e.path)) for rel, e in _image_entries(root, recursive))
+    seen: set[tuple] = set()
+    files = []
+    for rel, ident in found:
+        if ident not in seen:
+            seen.add(ident)
+            files.append(rel)
+    return files
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -82,9 +207,8 @@ def save_npz(files: Sequence[str | os.PathLike], folder: str | os.PathLike) -> P
     """The image ``files`` (of one size), in the given order, as one uint8 ``[N, H, W, 3]`` array
     under the key ``arr_0`` in ``folder/samples_NxHxWx3.npz`` (written atomically): the batch
     format of guided-diffusion's evaluator (``np.load(path)["arr_0"]``). Read with the reader of
-    FID and spectra (:func:`blurdiff.data.read_image`: RGB, a grayscale image's channel repeated),
+    FID and spectra (:func:`read_image`: RGB, a grayscale image's channel repeated),
     so the array holds exactly the pixels those see. Returns the path."""
-    from blurdiff.data import read_image
 
     if not files:
         raise ValueError(f"no images to write as an npz under {folder}")

@@ -69,8 +69,8 @@ def radial_power_spectrum(images) -> tuple[np.ndarray, np.ndarray]:
 
 def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
     """The images in ``folder`` (top level, sorted; the listing of FID) as ``[N, 3, H, W]`` in [-1, 1]."""
-    from blurdiff.data import IMAGE_EXTENSIONS
     from blurdiff.fid import list_image_files  # FID's selection, so both look at the same images
+    from blurdiff.images import IMAGE_EXTENSIONS
 
     files = list_image_files(folder, limit)
     if not files:
@@ -81,7 +81,7 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> to
 def load_images(files, folder: str | os.PathLike) -> torch.Tensor:
     """Image ``files`` (of one size) as float64 ``[N, 3, H, W]`` in [-1, 1]; ``folder`` names
     them in errors."""
-    from blurdiff.data import read_image  # the reader of the training data and FID
+    from blurdiff.images import read_image  # the reader of the training data and FID
 
     arrays = [read_image(f) for f in files]
     sizes = {a.shape for a in arrays}

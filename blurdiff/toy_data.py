@@ -324,7 +324,8 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
     ``overwrite=True``, anything else always (see the module's notes).
     Returns the number of PNGs written.
     """
-    from blurdiff.data import UndecodableDataError, open_dataset
+    from blurdiff.data import open_dataset
+    from blurdiff.images import UndecodableDataError
 
     out = os.fspath(out)
     ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented

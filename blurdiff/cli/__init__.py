@@ -114,7 +114,7 @@ def _user_error_message(e: Exception) -> str | None:
     """The one-line message for an error caused by the input or the machine; ``None`` for the rest."""
     from PIL import UnidentifiedImageError
 
-    from blurdiff.data import UndecodableDataError
+    from blurdiff.images import UndecodableDataError
     from blurdiff.inception import InceptionWeightsError
     from blurdiff.output_folders import OutputExistsError
 
