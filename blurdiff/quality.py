@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "evaluate_folder",
     "format_report",
+    "collapse_pyramid",
     "laplacian_pyramid",
     "multiscale_swd",
     "sliced_wasserstein",
@@ -252,6 +253,15 @@ def laplacian_pyramid(images: torch.Tensor, min_size: int = 8) -> list[torch.Ten
         x = low
     levels.append(x)
     return levels
+
+
+def collapse_pyramid(levels: list[torch.Tensor]) -> torch.Tensor:
+    """The images a :func:`laplacian_pyramid` came from (exactly, up to rounding): each band added
+    to the upsampled coarser image, coarsest first."""
+    images = levels[-1]
+    for band in reversed(levels[:-1]):
+        images = band + _up(images, band.shape[-2:])
+    return images
 
 
 def _patches(level: torch.Tensor, per_image: int, size: int, generator: torch.Generator) -> torch.Tensor:
