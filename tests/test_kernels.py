@@ -338,18 +338,17 @@ def test_direct_op_calls_check_their_arguments():
         ops.spectral_lincomb(xs, coefs.double(), t, U_h, U_w)
 
 
-def test_fallback_warns_once_and_matches_reference(monkeypatch):
-    from blurdiff_ops import _loader
+def test_fallback_warns_once_and_matches_reference():
+    from blurdiff_ops.testing import kernels_unavailable
 
-    monkeypatch.setattr(_loader, "_C", None)
-    monkeypatch.setattr(_loader, "_reason", "not built (simulated)")
-    monkeypatch.setattr(_loader, "_warned", set())
     xs, coefs, t, U_h, U_w, nc, nz = _problem(6, 10, K=2)
-    assert not blurdiff_ops.kernels_available("cpu")
-    with warnings.catch_warnings(record=True) as caught:
+    with kernels_unavailable(), warnings.catch_warnings(record=True) as caught:
+        assert not blurdiff_ops.kernels_available("cpu")
+        assert blurdiff_ops.unavailable_reason("cpu") == "not built (simulated)"
         warnings.simplefilter("always")
         a = blurdiff_ops.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
         blurdiff_ops.to_spectral(xs[0], U_h, U_w)
+    assert blurdiff_ops.kernels_available("cpu") == (ops is not None)  # restored
     messages = [str(w.message) for w in caught if "blurdiff_ops" in str(w.message)]
     assert len(messages) == 1 and "not built (simulated)" in messages[0]
     torch.testing.assert_close(a, R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz))

@@ -222,17 +222,17 @@ def _error(fn, *args, **kwargs):
 
 
 @pytest.fixture(params=["kernels", "fallback"])
-def backend(request, monkeypatch):
+def backend(request):
     """The public ops on the compiled kernels, and on the reference they fall back to."""
+    from blurdiff_ops.testing import kernels_unavailable
+
     if request.param == "kernels" and not HAS_KERNELS:
         pytest.skip("blurdiff_ops._C is not built")
     if request.param == "fallback":
-        from blurdiff_ops import _loader
-
-        monkeypatch.setattr(_loader, "_C", None)
-        monkeypatch.setattr(_loader, "_reason", "not built (simulated)")
-        monkeypatch.setattr(_loader, "_warned", {"not built (simulated)"})  # warned already
-    return request.param
+        with kernels_unavailable(warned=True):
+            yield request.param
+    else:
+        yield request.param
 
 
 @pytest.mark.parametrize("case", list(LINCOMB_BAD))
