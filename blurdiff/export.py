@@ -46,6 +46,7 @@ import torch
 
 from blurdiff.atomic import atomic_path, file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
+from blurdiff.output_folders import check_replaceable, new_output_folder
 from blurdiff.statistics import DataStatistics
 
 __all__ = ["FORMATS", "ExportResult", "export_info", "export_run", "is_export", "load_export", "read_export_config"]
@@ -108,7 +109,14 @@ def _export_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool, ov
     """The ``blurdiff`` format: ``out/model.safetensors`` and ``out/config.json``."""
     from safetensors.torch import save_file
 
-    _check_output_folder(out, overwrite)
+    check_replaceable(
+        str(out),
+        overwrite,
+        _is_ours,
+        "an export (blurdiff export)",
+        ours=is_export,
+        not_ours=f"is not a blurdiff export (no {CONFIG_FILE} or {WEIGHTS_FILE} of an export)",
+    )
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, WEIGHTS_FILE)
     remove_stale(out, CONFIG_FILE)
@@ -152,8 +160,6 @@ def _export_diffusers(state: dict[str, Any], path: Path, out: Path, ema: bool, o
     (blurdiff/diffusers_pipeline.py; load it with ``BlurDiffusionPipeline.from_pretrained(out)``).
     save_pretrained writes many files in place, so the folder is built beside ``out`` and renamed
     into place whole (the data commands' folders: blurdiff.output_folders), marked as blurdiff's."""
-    from blurdiff.output_folders import check_replaceable, new_output_folder
-
     try:
         from blurdiff.diffusers_pipeline import BlurDiffusionPipeline
     except ImportError as e:  # the optional extra is not installed: say how to get it
@@ -173,35 +179,9 @@ FORMATS: dict[str, Callable[[dict[str, Any], Path, Path, bool, bool], list[Path]
 }
 
 
-def _check_output_folder(out: Path, overwrite: bool) -> None:
-    """Raise unless ``out`` is absent, empty, or (with ``overwrite``) an earlier export holding
-    nothing else: the files of a folder of someone else's are never replaced."""
-    from blurdiff.output_folders import OutputExistsError, some_names
-
-    if not os.path.lexists(out):
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder; refusing to replace it")
-    names = sorted(p.name for p in out.iterdir())
-    if not names:
-        return
-    if not is_export(out):
-        raise FileExistsError(
-            f"--out {out} is not empty and is not a blurdiff export (no {CONFIG_FILE} or {WEIGHTS_FILE} of an "
-            f"export); it holds {some_names(names)}. Refusing to write there: choose a new or empty folder"
-        )
-    foreign = [n for n in names if n not in _OURS and not _is_temporary(n)]
-    if foreign:
-        raise FileExistsError(
-            f"--out {out} holds an export and files blurdiff export did not write ({some_names(foreign)}); "
-            f"refusing to replace it: move them away or choose another folder"
-        )
-    if not overwrite:
-        raise OutputExistsError(out, "an export (blurdiff export)")
-
-
-def _is_temporary(name: str) -> bool:
-    return any(name.startswith(f".{ours}.tmp-") for ours in _OURS)
+def _is_ours(name: str) -> bool:
+    """The export's files, and atomic_path's temporaries of them (an interrupted export)."""
+    return name in _OURS or any(name.startswith(f".{ours}.tmp-") for ours in _OURS)
 
 
 def is_export(folder: str | os.PathLike) -> bool:

@@ -42,9 +42,21 @@ def some_names(names: Iterable[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def check_replaceable(out: str, overwrite: bool, writes: Callable[[str], bool], what: str) -> None:
+def check_replaceable(
+    out: str,
+    overwrite: bool,
+    writes: Callable[[str], bool],
+    what: str,
+    *,
+    ours: Callable[[str], bool] | None = None,
+    not_ours: str = f"was not written by blurdiff (it has no {MARKER} file)",
+) -> None:
     """Raise ``FileExistsError`` unless ``out`` is absent, an empty folder, or (``overwrite``)
-    a marked folder holding only names for which ``writes`` (what blurdiff writes there) is true."""
+    a folder of blurdiff's holding only names for which ``writes`` (what blurdiff writes there) is true.
+
+    A folder is blurdiff's when ``ours(out)`` says so (default: it holds :data:`MARKER`);
+    ``not_ours`` words why a folder is not, after "is not empty and".
+    """
     if not os.path.lexists(out):
         return
     if not os.path.isdir(out):
@@ -52,10 +64,10 @@ def check_replaceable(out: str, overwrite: bool, writes: Callable[[str], bool], 
     names = sorted(os.listdir(out))
     if not names:
         return
-    if MARKER not in names:
+    if not (ours(out) if ours is not None else MARKER in names):
         raise FileExistsError(
-            f"{out} is not empty and was not written by blurdiff (it has no {MARKER} file); "
-            f"refusing to replace it: choose a new or empty folder"
+            f"{out} is not empty and {not_ours}; it holds {some_names(names)}. Refusing to replace it: "
+            f"choose a new or empty folder"
         )
     foreign = [n for n in names if n != MARKER and not writes(n)]
     if foreign:

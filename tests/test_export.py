@@ -176,7 +176,7 @@ def test_an_earlier_export_is_replaced_only_when_asked(plain, tmp_path):
     load_export(out)
     # Files of someone else's beside an export are never replaced with it.
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="files blurdiff export did not write \\(notes.txt\\)"):
+    with pytest.raises(FileExistsError, match="files blurdiff did not write \\(notes.txt\\)"):
         export_run(run=plain, out=out, overwrite=True)
 
 
