@@ -145,14 +145,14 @@ def load_photos() -> dict[str, np.ndarray]:
     scikit-image (never downloaded; decoded once per process): :class:`PhotosUnavailableError`
     without scikit-image, ``FileNotFoundError`` naming the files when some are missing from it."""
     folder = _skimage_data()  # every call: says so when the package has gone
-    return _read_photos(str(folder))
+    return _read_photos(str(folder), tuple(name for name, _ in PHOTOS))
 
 
 @functools.lru_cache(maxsize=2)
-def _read_photos(where: str) -> dict[str, np.ndarray]:
+def _read_photos(where: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     folder = _skimage_data()
     photos, missing = {}, []
-    for name, _ in PHOTOS:
+    for name in names:
         entry = folder / name
         try:
             raw = entry.read_bytes()
