@@ -50,12 +50,24 @@ def kernels_available(device_type: str = "cpu") -> bool:
 
 def unavailable_reason(device_type: str) -> str:
     """Why the compiled kernels for ``device_type`` are not loaded (public as
-    ``blurdiff_ops.unavailable_reason``; meaningful where ``kernels_available`` is False)."""
+    ``blurdiff_ops.unavailable_reason``); "" where ``kernels_available(device_type)``."""
+    if kernels_available(device_type):
+        return ""
     if _C is None:
         return _reason
     if device_type == "cuda" and not _C.with_cuda:
         return "the extension was built without CUDA kernels (no CUDA toolkit, or BLURDIFF_NO_CUDA=1)"
     return f"no kernels for device type {device_type!r}"
+
+
+def build_info() -> dict[str, object]:
+    """How the loaded extension was built (public as ``blurdiff_ops.build_info``): ``torch_version``
+    (the torch it was compiled against), ``cuda`` (it has CUDA kernels) and ``openmp`` (its CPU
+    kernels were compiled with OpenMP, without which at::parallel_for runs them on one thread);
+    ``{}`` when no extension is loaded (``unavailable_reason`` says why)."""
+    if _C is None:
+        return {}
+    return {"torch_version": _C.torch_version, "cuda": bool(_C.with_cuda), "openmp": bool(_C.with_openmp)}
 
 
 def warn_fallback(device_type: str) -> None:

@@ -338,6 +338,16 @@ def test_direct_op_calls_check_their_arguments():
         ops.spectral_lincomb(xs, coefs.double(), t, U_h, U_w)
 
 
+@needs_kernels
+def test_build_info_describes_the_loaded_extension():
+    info = blurdiff_ops.build_info()
+    assert info["torch_version"] == torch.__version__  # else the loader would have refused it
+    assert info["cuda"] == blurdiff_ops.kernels_available("cuda") and isinstance(info["openmp"], bool)
+    assert blurdiff_ops.unavailable_reason("cpu") == ""
+    if not info["cuda"]:
+        assert "without CUDA kernels" in blurdiff_ops.unavailable_reason("cuda")
+
+
 def test_fallback_warns_once_and_matches_reference():
     from blurdiff_ops.testing import kernels_unavailable
 
@@ -345,6 +355,7 @@ def test_fallback_warns_once_and_matches_reference():
     with kernels_unavailable(), warnings.catch_warnings(record=True) as caught:
         assert not blurdiff_ops.kernels_available("cpu")
         assert blurdiff_ops.unavailable_reason("cpu") == "not built (simulated)"
+        assert blurdiff_ops.build_info() == {}
         warnings.simplefilter("always")
         a = blurdiff_ops.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
         blurdiff_ops.to_spectral(xs[0], U_h, U_w)
@@ -377,10 +388,10 @@ def test_cpu_kernels_are_threaded_and_thread_count_does_not_change_results():
     """at::parallel_for is a header template: an extension compiled without OpenMP runs it on one
     thread (this happened: two threads were no faster than one). The noise is keyed by plane and
     row, so the result must not depend on how the planes are split among threads."""
-    from blurdiff_ops import _C
-
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
-        assert _C.with_openmp, "the extension was compiled without -fopenmp: the CPU kernels run serially"
+        assert blurdiff_ops.build_info()["openmp"], (
+            "the extension was compiled without -fopenmp: the CPU kernels run serially"
+        )
     xs, coefs, t, U_h, U_w, noise_coef, _ = _problem(64, 64, 2, B=16)
     before = torch.get_num_threads()
     outs = []
