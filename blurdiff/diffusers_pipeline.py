@@ -29,7 +29,7 @@ import torch
 from blurdiff.diffusers_scheduler import BlurDiffusionScheduler, to_project_step  # isort: skip
 from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin  # isort: skip
 from diffusers.configuration_utils import register_to_config  # isort: skip
-from diffusers.utils import BaseOutput  # isort: skip
+from diffusers.utils import BaseOutput, is_accelerate_available  # isort: skip
 
 from blurdiff.diffusion import MODEL_OUTPUTS, ReferenceResidual
 from blurdiff.quality import SampleStats, warn_if_diverged
@@ -130,6 +130,7 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """``ModelMixin.from_pretrained``, with the weights copied out of the file's buffer
         (:func:`own_storage`), so the model computes exactly what the saved one did."""
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())  # as BlurDiffusionPipeline.from_pretrained
         loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         own_storage(loaded[0] if isinstance(loaded, tuple) else loaded)  # (model, loading info) on request
         return loaded
@@ -190,6 +191,10 @@ class BlurDiffusionPipeline(DiffusionPipeline):
         """``DiffusionPipeline.from_pretrained``, with every network's weights copied out of the
         file's buffer (:func:`own_storage`): the reloaded pipeline gives the saved one's samples
         bit for bit, a diffusers ``UNet2DModel`` included."""
+        # diffusers asks for low_cpu_mem_usage by default and, without the accelerate package,
+        # prints five lines of advice to install it on every load; these networks are small, so
+        # ask for it only where accelerate is there to give it.
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         for name in pipe.components:
             component = getattr(pipe, name)

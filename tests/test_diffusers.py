@@ -9,6 +9,7 @@ its reason are written beside the assertion.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import socket
 import sys
@@ -389,9 +390,24 @@ def test_identity_ddim_matches_ddim_scheduler():
 
 
 # ----------------------------------------------------------------------------- save / load
-def test_save_and_load_pretrained_round_trip(tmp_path):
+@pytest.fixture
+def diffusers_log():
+    """What diffusers logs during the test (its loggers do not propagate to pytest's)."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    root = logging.getLogger("diffusers")
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path, diffusers_log):
     """save_pretrained -> from_pretrained from a local folder: the same configs, the same weights
-    (safetensors), bitwise the same samples with the same generator."""
+    (safetensors), bitwise the same samples with the same generator; without diffusers' advice to
+    install accelerate on every load."""
     sched = _scheduler(sampler_kind="ddim2m", spacing="logsnr")
     pipe = _pipeline(BlurDiffusionUNet.from_unet(_project_unet(), model_output="eps_residual"), sched)
     pipe.save_pretrained(tmp_path)
@@ -432,6 +448,7 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
     a = other(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="latent")
     b = again(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="latent")
     assert type(again.unet) is UNet2DModel and torch.equal(a.images, b.images)
+    assert not [m for m in diffusers_log if "accelerate" in m]
 
 
 def test_scheduler_config_round_trips_float64_exactly(tmp_path):
