@@ -19,12 +19,15 @@ before there was a checksum load unverified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,6 +230,7 @@ def check_run_folder(run_dir) -> None:
     over whatever had those names."""
     run_dir = Path(run_dir)
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    names = [n for n in names if n != RUN_LOCK]
     if not names or list_checkpoints(run_dir) or _is_run_config(run_dir / "config.json"):
         return
     from blurdiff.output_folders import some_names
@@ -268,6 +272,67 @@ def check_writable(run_dir) -> None:
                 pass
         except OSError as e:  # OSError(errno, ...) is PermissionError, NotADirectoryError ... again
             raise OSError(e.errno, f"cannot write the run's checkpoints and logs ({e.strerror})", str(folder)) from e
+
+
+#: The file a training keeps locked while it works in its run folder (:func:`run_lock`).
+RUN_LOCK = ".train.lock"
+
+
+class RunInUseError(RuntimeError):
+    """Another process is training in the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir) -> Iterator[None]:
+    """Hold the run folder's lock for the block, or raise :class:`RunInUseError` naming the
+    process that holds it: two trainings in one folder would interleave their checkpoints and
+    metrics.jsonl, and each resume would start from the other's state.
+
+    The lock is an ``flock`` on ``RUN/.train.lock``, which the OS drops when the holding process
+    ends, however it ends: a crash or a kill leaves no stale lock. Unlocked where the lock cannot
+    be had for other reasons (no fcntl on Windows, a file system without flock, a folder that is
+    not a run's or cannot be made: the checks that follow say what is wrong with it).
+    """
+    fd = _acquire(Path(run_dir))
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _acquire(run_dir: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    if run_dir.exists() and not run_dir.is_dir():
+        return None
+    try:
+        check_run_folder(run_dir)  # someone else's folder gets no lock file
+    except FileExistsError:
+        return None
+    path = run_dir / RUN_LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunInUseError(
+            f"{run_dir} is being trained by {holder} (it holds {path}); wait for that training to end, "
+            f"or choose another --out"
+        ) from None
+    except OSError:  # no flock here (some network file systems)
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
 
 
 def resolve_checkpoint(run_dir=None, ckpt=None) -> Path:

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 
 from blurdiff.atomic import remove_stale, write_text_atomic
-from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, save_checkpoint
+from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, run_lock, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
 from blurdiff.diffusion import BlurDiffusion, ReferenceResidual
 from blurdiff.distributed import (
@@ -570,12 +570,14 @@ def train(options: TrainOptions) -> Trainer:
     """
     info = setup_distributed(options.device)
     try:
-        trainer = build_trainer(options, info.rank, info.world_size)
-        try:
-            trainer.run_loop()
-            trainer.health_report()
-        finally:
-            trainer.close()
+        # Rank 0 writes the run folder, so it holds the folder's lock: a second training there is refused.
+        with run_lock(options.out) if info.rank == 0 else contextlib.nullcontext():
+            trainer = build_trainer(options, info.rank, info.world_size)
+            try:
+                trainer.run_loop()
+                trainer.health_report()
+            finally:
+                trainer.close()
         return trainer
     finally:
         teardown_distributed(info)

@@ -28,10 +28,13 @@ from PIL import Image
 
 import blurdiff_ops
 from blurdiff.checkpoint import (
+    RUN_LOCK,
+    RunInUseError,
     build_from_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    run_lock,
     save_checkpoint,
 )
 from blurdiff.cli.train import add_arguments
@@ -444,6 +447,40 @@ def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
     shutil.rmtree(killed / "checkpoints")
     assert run(opts(toy_lmdb, killed, max_steps=1, resume=True)).step == 1
     assert [m["step"] for m in metrics(killed)] == [1]
+
+
+def test_a_second_training_in_one_run_folder_is_refused(toy_lmdb, tmp_path, capsys):
+    """Two trainings in one folder would interleave their checkpoints and metrics.jsonl: while one
+    process trains there, another is refused, told which; the lock dies with its process (here
+    killed, as a crash would), and the lock file does not make the folder someone else's."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom blurdiff.checkpoint import run_lock\n"
+            f"with run_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=f"{out} is being trained by process {holder.pid} on "):
+            train(opts(toy_lmdb, out, max_steps=1))
+        args = ["--data", str(toy_lmdb), "--preset", "toy", "--out", str(out), "--max-steps", "1", "--no-progress"]
+        assert main(parse(args + ["--device", "cpu", "--resume"])) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"blurdiff train: error: {out} is being trained by process {holder.pid}")
+        assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK]  # nothing written beside the lock
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(opts(toy_lmdb, out, max_steps=1)).step == 1
+    assert train(opts(toy_lmdb, out, max_steps=2, resume=True)).step == 2
+    with run_lock(out):  # also within one process: the lock is per open file, not per process
+        with pytest.raises(RunInUseError):
+            train(opts(toy_lmdb, out, max_steps=3, resume=True))
 
 
 def read_only(monkeypatch, folder: Path) -> None:

@@ -114,6 +114,7 @@ def _user_error_message(e: Exception) -> str | None:
     """The one-line message for an error caused by the input or the machine; ``None`` for the rest."""
     from PIL import UnidentifiedImageError
 
+    from blurdiff.checkpoint import RunInUseError
     from blurdiff.images import UndecodableDataError
     from blurdiff.inception import InceptionWeightsError
     from blurdiff.output_folders import OutputExistsError
@@ -128,7 +129,7 @@ def _user_error_message(e: Exception) -> str | None:
         return f"a file could not be written completely (disk full?): {_first_line(e)}; free some space and run again"
     if isinstance(e, UnidentifiedImageError):
         return _first_line(e)  # "cannot identify image file '<path>'"
-    if isinstance(e, (UndecodableDataError, InceptionWeightsError, ValueError)):
+    if isinstance(e, (UndecodableDataError, InceptionWeightsError, RunInUseError, ValueError)):
         return str(e)
     if isinstance(e, _USER_OS_ERRORS) or (isinstance(e, OSError) and e.errno in _USER_ERRNOS):
         return _describe_os_error(e)
