@@ -33,6 +33,11 @@ checkpoint (``--resume``), sample chunks and scores already made are kept (each 
 checkpoint it comes from), and finished work is not redone. ``--seeds``/``--settings`` may change
 between calls (runs are added); every other option must stay the same (``plan.json``).
 
+Calls on disjoint runs (``--seeds``/``--settings``) may work in one DIR at the same time, to use more
+cores than one process's threads do: a run that another call is training is skipped (its run folder's
+lock), and any call scores it once it is done. A final call with every seed and setting writes the
+whole table and the figure from what is there.
+
 Time: before working, the script times a few training steps and sampling passes of the network
 on this machine and prints its estimate of the whole experiment and of what is left, then the
 progress and an updated ETA after every task. ``--estimate-only`` prints the estimate and stops.
@@ -65,7 +70,7 @@ import numpy as np
 import torch
 
 from blurdiff.atomic import atomic_path, write_text_atomic
-from blurdiff.checkpoint import build_from_checkpoint, latest_checkpoint, load_newest_readable
+from blurdiff.checkpoint import RunInUseError, build_from_checkpoint, latest_checkpoint, load_newest_readable
 from blurdiff.diffusion import BlurDiffusion
 from blurdiff.images import grid, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
@@ -914,7 +919,12 @@ def main(argv=None) -> int:
         info = run.trained()
         if info is None:
             before = run.steps_done()
-            info = train_run(run, train_dir, args)
+            try:
+                info = train_run(run, train_dir, args)
+            except RunInUseError as e:  # another call trains it now: go on with the rest, it will be scored later
+                tasks_done[0] += 1 + len(SAMPLERS)
+                progress(f"skipped {run.name}: {e}")
+                continue
             clock.record("train_step", info["seconds"], max(info["step"] - before, 1))
             tasks_done[0] += 1
             state = "FAILED: " + info["failed"] if info.get("failed") else info["verdict"]

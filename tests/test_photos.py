@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import blurdiff.photos as photos
+from blurdiff.checkpoint import run_lock
 from blurdiff.cli import main as cli
 from blurdiff.data import LMDBImageDataset
 from blurdiff.output_folders import OutputExistsError
@@ -239,11 +240,19 @@ def test_table1_end_to_end_and_resumes(tmp_path, table1, monkeypatch, capsys, on
     assert not (out / "results" / "log-seed1" / "train.json").exists()
     first = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*") if p.is_file()}
 
-    # Again: only what is missing; the interrupted run goes on from its checkpoint.
+    # Again: only what is missing; the interrupted run goes on from its checkpoint; a run that
+    # another call is training (its folder locked) is skipped, and done by a later call.
     trained.clear()
     monkeypatch.setattr(table1, "train", lambda o: (trained.append(Path(o.out).name), real_train(o))[1])
-    assert table1.main(argv) == 0
+    capsys.readouterr()
+    with run_lock(out / "runs" / "noblur-seed1"):
+        assert table1.main(argv) == 0
     assert trained == ["log-seed1", "noblur-seed0", "noblur-seed1"]
+    assert "skipped noblur-seed1: " in capsys.readouterr().out
+    assert not (out / "results" / "noblur-seed1").exists()
+    trained.clear()
+    assert table1.main(argv) == 0
+    assert trained == ["noblur-seed1"]
     info = json.loads((out / "results" / "log-seed1" / "train.json").read_text())
     assert info["step"] == 3 and info["steps_this_call"] == 1
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # finished work untouched
