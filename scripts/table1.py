@@ -749,14 +749,28 @@ def write_table(
         )
         lines.append("")
     train_seconds = [(r.trained() or {}).get("seconds") for r in runs]
+    span = wall_clock(out)
     lines.append(
-        f"Time: {hms(clock.elapsed)} in this call; training runs took "
+        (f"Time: {hms(span)} wall clock from the plan to the last sample; " if span is not None else "Time: ")
+        + f"{hms(clock.elapsed)} in this call; training runs took "
         + (", ".join(f"{r.name} {hms(s)}" for r, s in zip(runs, train_seconds) if s is not None) or "—")
         + ". Figure: figure.png; every number: results.json."
     )
     path = out / "table.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def wall_clock(out: Path) -> float | None:
+    """Seconds from the plan to the newest sample chunk: the whole experiment, over all its calls.
+
+    Both files are written once (a finished chunk is never redone), so a later call that only
+    scores does not stretch it; pauses between calls count.
+    """
+    chunks = list((out / "results").glob("*/*/chunk-*.pt"))
+    if not chunks or not (out / PLAN).is_file():
+        return None
+    return max(p.stat().st_mtime for p in chunks) - (out / PLAN).stat().st_mtime
 
 
 def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> dict[str, Any]:

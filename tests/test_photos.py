@@ -262,6 +262,7 @@ def test_table1_end_to_end_and_resumes(tmp_path, table1, monkeypatch, capsys, on
         assert table.count(f"| {setting} |") == 2  # Eq. 12 and the few-step sampler
     assert "Eq. 12 (ddpm, 20 steps)" in table and "few-step (ancestral2m, 4 steps)" in table
     assert "held-out data (noise floor)" in table and "training crops" in table and "FID skipped" in table
+    assert "wall clock from the plan to the last sample" in table
     assert (out / "figure.png").is_file()
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 6 and all(r["eq12"]["report"]["n"] == 16 for r in results["runs"].values())
