@@ -31,6 +31,7 @@ import operator
 import os
 import threading
 
+import lmdb
 import numpy as np
 import torch
 from PIL import Image
@@ -44,6 +45,7 @@ from blurdiff.images import (
     read_image,
     to_rgb,
 )
+from blurdiff.lmdb_file import BrokenLMDBError, check_lmdb_file
 
 log = logging.getLogger("blurdiff.data")
 
@@ -209,6 +211,8 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
             if j not in self._bad_index:
                 try:
                     img = self.read_image(j)
+                except BrokenLMDBError:
+                    raise  # the file, not the record: every later read would fail too
                 except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
                     self.note_bad(j, exc)
                 else:
@@ -239,16 +243,15 @@ _ENVS: dict[tuple, list] = {}  # file id -> [env, pid, users]
 _ENVS_LOCK = threading.Lock()
 
 
-def _data_file_id(path: str, subdir: bool) -> tuple:
-    f = os.path.join(path, "data.mdb") if subdir else path
-    return file_identity(os.stat(f), f)
+def _data_file(path: str, subdir: bool) -> str:
+    return os.path.join(path, "data.mdb") if subdir else path
 
 
 def _acquire_env(path: str, subdir: bool):
-    """``(env, key)``: this process's read-only environment of the lmdb at ``path``."""
-    import lmdb
-
-    key = _data_file_id(path, subdir)
+    """``(env, key)``: this process's read-only environment of the lmdb at ``path``; a data file
+    that is truncated or not an lmdb raises ``BrokenLMDBError`` before it is mapped."""
+    data_file = _data_file(path, subdir)
+    key = file_identity(os.stat(data_file), data_file)
     pid = os.getpid()
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
@@ -259,12 +262,24 @@ def _acquire_env(path: str, subdir: bool):
                 pass
             entry = None
         if entry is None:
-            env = lmdb.open(
-                path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048
-            )
+            check_lmdb_file(data_file)
+            try:
+                env = lmdb.open(
+                    path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048
+                )
+            except lmdb.Error as e:
+                raise _broken(data_file, e) from e
             entry = _ENVS[key] = [env, pid, 0]
         entry[2] += 1
         return entry[0], key
+
+
+def _broken(data_file: str, e: lmdb.Error) -> BrokenLMDBError:
+    return BrokenLMDBError(f"the lmdb data file {data_file} cannot be read: {_first_line(e)}; copy the data set again")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _release_env(key: tuple) -> None:
@@ -312,6 +327,8 @@ class LMDBImageDataset(_EncodedImageDataset):
         try:
             with self._acquire_env().begin(buffers=False) as txn:
                 keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        except lmdb.Error as e:
+            raise _broken(_data_file(p, self._subdir), e) from e
         finally:
             self.close()
         if not keys:
@@ -348,8 +365,11 @@ class LMDBImageDataset(_EncodedImageDataset):
 
     def read_bytes(self, index: int) -> bytes:
         k = self.raw_key(index)
-        with self._acquire_env().begin(buffers=False) as txn:
-            v = txn.get(k)
+        try:
+            with self._acquire_env().begin(buffers=False) as txn:
+                v = txn.get(k)
+        except lmdb.Error as e:
+            raise _broken(_data_file(self.path, self._subdir), e) from e
         if v is None:
             raise KeyError(f"key {k!r} vanished from {self.path}")
         return v

@@ -39,6 +39,7 @@ import warnings
 import numpy as np
 from PIL import Image, features
 
+from blurdiff.lmdb_file import BrokenLMDBError
 from blurdiff.output_folders import MARKER, OutputExistsError, check_replaceable, new_output_folder
 
 log = logging.getLogger("blurdiff.data")
@@ -339,6 +340,8 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
                 break
             try:
                 img = ds.read_image(i)
+            except BrokenLMDBError:
+                raise  # the file, not the record: every later read would fail too
             except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
                 bad += 1
                 ds.note_bad(i, exc)

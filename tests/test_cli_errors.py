@@ -7,6 +7,8 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import blurdiff.fid as fid
 import blurdiff.toy_data as toy_data
 from blurdiff.cli import main
 from blurdiff.fid import save_statistics
+from blurdiff.lmdb_file import read_lmdb_meta
 
 
 def run(capsys, *argv) -> tuple[int, str]:
@@ -117,6 +120,24 @@ def test_undecodable_data_names_the_source(tmp_path, capsys):
     (folder / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     rc, err = run(capsys, "spectrum", "--samples", folder, "--data", folder)
     assert rc == 2 and "cannot decode" in err and str(folder / "1.png") in err
+
+
+def test_truncated_lmdb_is_one_line_not_a_bus_error(tmp_path):
+    toy = toy_data.make_toy_lmdb(tmp_path / "toy", n=64, size=16)
+    data = os.path.join(toy, "data.mdb")
+    meta = read_lmdb_meta(data)
+    full = meta.file_size
+    os.truncate(data, full - 4096)  # an interrupted copy
+    out = tmp_path / "png"
+    cmd = [sys.executable, "-m", "blurdiff", "data", "export", "--src", toy, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, f"exit code {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stderr.splitlines() == [
+        f"blurdiff data: error: the lmdb data file {data} is truncated: its meta page says {meta.last_page + 1} "
+        f"pages of {meta.page_size} bytes ({full} bytes), the file has {full - 4096} (4096 bytes missing); "
+        "copy the data set again"
+    ]
+    assert not out.exists()
 
 
 def test_unidentified_image_names_the_file(tmp_path, capsys):
