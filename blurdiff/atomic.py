@@ -4,6 +4,10 @@ and the hash that identifies a file's content (:func:`file_sha256`).
 A crash at any moment leaves the old file or the complete new one, never a torn one. The
 temporary is ``.NAME.tmp-PID``: hidden, never a final name, and found by :func:`remove_stale`
 when a killed process left it behind.
+
+Only a regular file (or nothing) is ever replaced: a symlink is written through (the file it
+points to is replaced, the link stays), and a directory, device, FIFO or socket at the path, or at
+the end of its symlinks, is refused with :class:`NotARegularFileError` before anything is written.
 """
 
 from __future__ import annotations
@@ -11,8 +15,39 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+# What a file's mode says it is, for the message refusing to replace it.
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotARegularFileError(FileExistsError):
+    """An output path that holds something other than a regular file, which is never replaced."""
+
+
+def writable_target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` replaces: ``path`` itself, or where its symlinks lead.
+    ``NotARegularFileError`` when that exists and is not a regular file (the message names
+    ``path``, the link's target, and what it is)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)  # follows symlinks: what the link leads to decides
+    except FileNotFoundError:
+        st = None  # nothing there, or a dangling symlink: a new file at its target
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
+        via = f" (a symlink to {target})" if target != path else ""
+        raise NotARegularFileError(f"{path}{via} is {kind}, not a regular file; give the path of a file to write")
+    return target
 
 
 @contextlib.contextmanager
@@ -20,9 +55,10 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
     """``with atomic_path(p) as tmp: write tmp`` puts the file at ``p`` only if the block succeeds.
 
     ``durable``: fsync the file and the folder too, so the new file survives a power cut (for
-    checkpoints and statistics that took long to make).
+    checkpoints and statistics that took long to make). ``NotARegularFileError``, before the
+    block runs, when ``path`` is neither a regular file nor missing (see :func:`writable_target`).
     """
-    path = Path(path)
+    path = writable_target(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from blurdiff.atomic import atomic_path
+from blurdiff.atomic import atomic_path, writable_target
 from blurdiff.images import font, to_uint8, upscale_factor
 
 __all__ = ["forward_figure", "forward_process_figure", "forward_rows"]
@@ -128,6 +128,7 @@ def forward_process_figure(
 
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    writable_target(out)  # refused before the work, not after
     spec = get_preset(preset)
     process = BlurDiffusion(**spec.process)
     ds = open_dataset(data, process.resolution)

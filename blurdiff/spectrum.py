@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from blurdiff.atomic import atomic_path
 from blurdiff.images import font
 
 __all__ = ["load_image_folder", "plot_spectra", "radial_power_spectrum", "spectrum_report"]
@@ -242,5 +243,6 @@ def plot_spectra(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

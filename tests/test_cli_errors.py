@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import builtins
 import errno
+import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -95,9 +97,47 @@ def test_directory_where_a_file_should_be_and_vice_versa(tmp_path, capsys):
     folder = pngs(tmp_path / "s")
     (tmp_path / "plot.png").mkdir()
     rc, err = run(capsys, "spectrum", "--samples", folder, "--data", folder, "--out", tmp_path / "plot.png")
-    assert rc == 2 and "Is a directory" in err and str(tmp_path / "plot.png") in err
+    plot = tmp_path / "plot.png"
+    assert rc == 2 and err == f"blurdiff spectrum: error: {plot} is a directory, not a regular file; " + (
+        "give the path of a file to write"
+    )
     rc, err = run(capsys, "spectrum", "--samples", folder / "0.png", "--data", folder)
     assert rc == 2 and "not a folder of images" in err and str(folder / "0.png") in err
+
+
+@pytest.mark.parametrize("command", ["eval", "figures", "spectrum"])
+def test_fifo_as_output_is_refused_and_kept(command, toy, tmp_path, capsys):
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    folder = pngs(tmp_path / "s")
+    argv = {
+        "eval": ["eval", "--samples", folder, "--data", toy, "--json", fifo],
+        "figures": ["figures", "forward", "--data", toy, "--preset", "toy", "--n", 1, "--out", fifo],
+        "spectrum": ["spectrum", "--samples", folder, "--data", folder, "--out", fifo],
+    }[command]
+    rc, err = run(capsys, *argv)
+    assert rc == 2 and err == f"blurdiff {command}: error: {fifo} is a FIFO (named pipe), not a regular file; " + (
+        "give the path of a file to write"
+    )
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_symlink_as_output_is_written_through(toy, tmp_path, capsys):
+    samples, data = pngs(tmp_path / "samples", n=16), pngs(tmp_path / "data", n=32, seed=1)
+    for name in ("report.json", "forward.png", "plot.png"):
+        (tmp_path / name).symlink_to(tmp_path / "kept" / name)
+    (tmp_path / "kept").mkdir()
+    assert main(["eval", "--samples", str(samples), "--data", str(data), "--json", str(tmp_path / "report.json")]) == 0
+    figure = ["figures", "forward", "--data", str(toy), "--preset", "toy", "--n", "1", "--columns", "2"]
+    assert main([*figure, "--out", str(tmp_path / "forward.png")]) == 0
+    assert main(["spectrum", "--samples", str(samples), "--data", str(data), "--out", str(tmp_path / "plot.png")]) == 0
+    for name in ("report.json", "forward.png", "plot.png"):
+        assert (tmp_path / name).is_symlink() and os.readlink(tmp_path / name) == str(tmp_path / "kept" / name)
+    assert json.loads((tmp_path / "kept" / "report.json").read_text())["n"] == 16
+    for name in ("forward.png", "plot.png"):
+        with Image.open(tmp_path / "kept" / name) as im:
+            assert im.format == "PNG"
+    assert sorted(os.listdir(tmp_path / "kept")) == ["forward.png", "plot.png", "report.json"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from blurdiff.atomic import writable_target, write_text_atomic
+
 HELP = "the quality yardstick: samples against data, beside the data's noise floor"
 DESCRIPTION = (
     "Multi-scale sliced Wasserstein distance, spectrum error, channel statistics and "
@@ -31,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blurdiff.atomic import write_text_atomic
     from blurdiff.quality import evaluate_folder, format_report
 
+    if args.json:
+        writable_target(args.json)  # refused before the work, not after
     report, stats_file = evaluate_folder(args.samples, args.data, n=args.n, seed=args.seed)
     n, (height, width) = report["n"], report["shape"][-2:]
     note = (
