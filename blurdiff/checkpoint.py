@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import socket
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from blurdiff.atomic import atomic_path
+from blurdiff.safe_json import loads as json_loads
 
 if TYPE_CHECKING:
     from blurdiff.diffusion import BlurDiffusion
@@ -244,7 +244,7 @@ def check_run_folder(run_dir) -> None:
 
 def _is_run_config(path: Path) -> bool:
     try:
-        config = json.loads(path.read_text())
+        config = json_loads(path.read_text())
     except (OSError, ValueError):  # absent, a folder, unreadable, not JSON
         return False
     # What the trainer writes there: a checkpoint's config (see the top of this file).

@@ -47,6 +47,7 @@ import torch
 from blurdiff.atomic import atomic_path, file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
 from blurdiff.output_folders import check_replaceable, new_output_folder
+from blurdiff.safe_json import loads as json_loads
 from blurdiff.statistics import DataStatistics
 
 __all__ = ["FORMATS", "ExportResult", "export_info", "export_run", "is_export", "load_export", "read_export_config"]
@@ -189,7 +190,7 @@ def is_export(folder: str | os.PathLike) -> bool:
     (an export interrupted before its config was written) a ``model.safetensors`` whose header does."""
     folder = Path(folder)
     try:
-        if json.loads((folder / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME:
+        if json_loads((folder / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME:
             return True
     except (OSError, ValueError, AttributeError):  # absent, unreadable, not JSON, not an object
         pass
@@ -222,7 +223,7 @@ def read_export_config(folder: str | os.PathLike) -> dict[str, Any]:
             )
         raise ValueError(f"{path} is missing: {folder} is not a blurdiff export (made by blurdiff export)")
     try:
-        config = json.loads(path.read_text())
+        config = json_loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); export the run again") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:

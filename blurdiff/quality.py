@@ -20,7 +20,6 @@ folder of samples against a data set.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from blurdiff.safe_json import loads as json_loads
 from blurdiff.warn import warn_at_caller
 
 __all__ = [
@@ -566,7 +566,7 @@ def evaluate_folder(samples, data, n: int | None = None, seed: int = 0) -> tuple
     raw, stats_file = None, samples_dir / STATS_FILE
     if stats_file.is_file():
         try:
-            raw = SampleStats(**json.loads(stats_file.read_text())["raw"])
+            raw = SampleStats(**json_loads(stats_file.read_text())["raw"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{stats_file} is unreadable ({e}); remove it to evaluate the PNGs alone") from e
     report = evaluate(images[:count], reference[: 2 * count], raw_stats=raw, seed=seed)

@@ -59,6 +59,7 @@ from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
 from blurdiff.quality import SampleStats, divergence_reasons
+from blurdiff.safe_json import loads as json_loads
 from blurdiff.samplers import make_sampler
 from blurdiff.settings import Settings, check_against_run
 
@@ -172,7 +173,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
+            old = json_loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is unreadable ({e}); remove it or pick another --out") from e
         diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
@@ -251,7 +252,7 @@ class _RawStats:
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
-                    entry = json.loads(line)
+                    entry = json_loads(line)
                     self.batches[int(entry["batch"])] = SampleStats(**entry["stats"])
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn last line: that batch is sampled again or counted as unknown

@@ -30,6 +30,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from blurdiff.safe_json import JSONTooDeepError
+from blurdiff.safe_json import loads as json_loads
+
 __all__ = ["SECTIONS", "Settings", "check_against_run", "field_types", "parse_settings"]
 
 #: The sections a key may name; ``sampler`` only in ``blurdiff sample`` (and, ignored, in train's config files).
@@ -80,7 +83,11 @@ def parse_settings(
         if not dot:
             raise ValueError(f"--set {text!r}: the key needs a section ({', '.join(sections)}), e.g. process.{key}")
         out.setdefault(section, {})
-        out[section][name] = _checked(section, name, _parse_value(raw.strip()), sections, "--set")
+        try:
+            value = _parse_value(raw.strip())
+        except JSONTooDeepError as e:
+            raise ValueError(f"--set {section}.{name}: the value is {e}") from None
+        out[section][name] = _checked(section, name, value, sections, "--set")
     return out
 
 
@@ -103,7 +110,7 @@ def check_against_run(settings: Settings, run_config: dict[str, Any], source: st
 
 def _read_config(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        data = json.loads(path.read_text())
+        data = json_loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"--config: no such file: {path}") from None
     except json.JSONDecodeError as e:
@@ -118,7 +125,9 @@ def _read_config(path: Path) -> dict[str, dict[str, Any]]:
 
 def _parse_value(raw: str) -> Any:
     try:
-        return json.loads(raw)
+        return json_loads(raw)
+    except JSONTooDeepError:
+        raise
     except json.JSONDecodeError:
         return raw  # a bare word: a string
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from blurdiff.atomic import write_text_atomic
 from blurdiff.health import HealthEvent
+from blurdiff.safe_json import loads as json_loads
 
 log = logging.getLogger("blurdiff.train")
 
@@ -63,7 +64,7 @@ class MetricsLog:
         kept = []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line)["step"] <= step:
+                if json_loads(line)["step"] <= step:
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue

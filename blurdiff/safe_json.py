@@ -1,0 +1,50 @@
+"""JSON parsing with a depth limit, for every JSON file and value blurdiff reads.
+
+``json.loads`` recurses once per nesting level: a hostile file of a few thousand ``[`` raises
+``RecursionError``, which no caller treats as bad input, and a value nested just below the
+interpreter's limit parses, then breaks whatever recurses over it next. Nothing blurdiff writes
+nests more than a few levels, so anything deeper than :data:`MAX_DEPTH` is refused as malformed
+JSON (a ``json.JSONDecodeError``, which every reader already turns into its own error).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "JSONTooDeepError", "loads"]
+
+MAX_DEPTH = 100
+
+
+class JSONTooDeepError(json.JSONDecodeError):
+    """JSON nested more than :data:`MAX_DEPTH` levels deep."""
+
+    def __init__(self, doc: str | bytes):
+        text = doc if isinstance(doc, str) else ""  # JSONDecodeError counts lines in a str only
+        super().__init__(f"nested more than {MAX_DEPTH} levels deep", text, 0)
+        self.args = (self.msg,)  # no "line 1 column 1": the position says nothing here
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads(text)``, or ``JSONTooDeepError`` when it nests more than :data:`MAX_DEPTH`."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise JSONTooDeepError(text) from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise JSONTooDeepError(text)
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    # Iterative: a recursive walk would fail on the very values it is meant to catch.
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
