@@ -1,4 +1,4 @@
-"""For tests of code built on the ops: run it as if the kernels were not built.
+"""For tests and benchmarks of the ops and of code built on them.
 
     with blurdiff_ops.testing.kernels_unavailable():
         y = blurdiff_ops.spectral_lincomb(...)   # the reference ops, with the fallback's warning
@@ -6,6 +6,12 @@
 The ops then take the path a user without a compiled extension takes (``kernels_available`` is
 False, ``unavailable_reason`` says ``reason``, and the once-per-reason fallback warning is
 issued, unless ``warned``); everything is restored when the block ends.
+
+    with blurdiff_ops.testing.dense_products():
+        y = blurdiff_ops.spectral_lincomb(...)   # the kernels, with every basis multiplied densely
+
+``basis_layout(U)`` says how the kernels multiply by ``U`` (docs/design.md §2): ``"even_odd"``
+(half-size blocks), ``"dense"`` or ``"identity"`` (no product).
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
+
 from blurdiff_ops import _loader
 
-__all__ = ["kernels_unavailable"]
+__all__ = ["kernels_unavailable", "dense_products", "basis_layout"]
 
 
 @contextlib.contextmanager
@@ -28,3 +36,27 @@ def kernels_unavailable(reason: str = "not built (simulated)", warned: bool = Fa
         yield
     finally:
         _loader._C, _loader._reason, _loader._warned = saved
+
+
+def _require_kernels(what: str) -> None:
+    if _loader._C is None:
+        raise RuntimeError(f"blurdiff_ops.testing.{what} needs the compiled kernels ({_loader._reason})")
+
+
+@contextlib.contextmanager
+def dense_products() -> Iterator[None]:
+    """Within the block the kernels multiply by every basis densely, as for a ``U`` without the
+    even/odd structure (for comparisons with the halved products)."""
+    _require_kernels("dense_products")
+    before = torch.ops.blurdiff_ops._set_even_odd(False)
+    try:
+        yield
+    finally:
+        torch.ops.blurdiff_ops._set_even_odd(before)
+
+
+def basis_layout(U: torch.Tensor) -> str:
+    """How the kernels multiply by the basis side ``U`` ``[n, n]`` (float32 or float64)."""
+    _require_kernels("basis_layout")
+    ne = torch.ops.blurdiff_ops._basis_layout(U)
+    return "identity" if ne < 0 else "dense" if ne == 0 else "even_odd"

@@ -16,7 +16,10 @@
 #define BLURDIFF_TORCH_VERSION "unknown"
 #endif
 
-TORCH_LIBRARY(blurdiff_ops, m) { BLURDIFF_SPECTRAL_SCHEMAS(m); }
+TORCH_LIBRARY(blurdiff_ops, m) {
+  BLURDIFF_SPECTRAL_SCHEMAS(m);
+  BLURDIFF_EVEN_ODD_SCHEMAS(m);
+}
 
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "Compiled kernels of blurdiff_ops.", -1,

@@ -4,6 +4,8 @@
 
 #include <torch/library.h>
 
+#include "even_odd.h"
+
 #define BLURDIFF_SPECTRAL_SCHEMAS(m)                                                                 \
   m.def("to_spectral(Tensor x, Tensor U_h, Tensor U_w) -> Tensor");                                  \
   m.def("from_spectral(Tensor x_bar, Tensor U_h, Tensor U_w) -> Tensor");                            \
@@ -17,3 +19,9 @@
   m.def(                                                                                             \
       "spectral_lincomb_backward(Tensor grad, Tensor coefs, Tensor t, Tensor U_h, Tensor U_w, "      \
       "Tensor? noise_coef=None) -> Tensor[]")
+
+// Test hooks of the even/odd structure (even_odd.h): which layout a basis gets, and a switch that
+// forces the dense product.
+#define BLURDIFF_EVEN_ODD_SCHEMAS(m)                                  \
+  m.def("_basis_layout(Tensor U) -> int", &::blurdiff::basis_layout); \
+  m.def("_set_even_odd(bool enabled) -> bool", &::blurdiff::set_even_odd)

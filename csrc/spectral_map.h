@@ -17,10 +17,12 @@
 #include <ATen/core/Generator.h>
 #include <c10/util/Exception.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "even_odd.h"
 #include "spectral_common.h"
 
 namespace blurdiff {
@@ -38,6 +40,8 @@ struct MapRequest {
   at::Tensor U_h, U_w;                // [H, H], [W, W] in the accumulation dtype
   bool forward = true, inverse = true;
   std::optional<at::Generator> generator;
+  // The structure of U_h and U_w (even_odd.h), set by SpectralOps::run for every request.
+  std::shared_ptr<const SideSplit> split_h, split_w;
 
   int64_t H() const { return inputs[0].size(-2); }
   int64_t W() const { return inputs[0].size(-1); }
@@ -214,8 +218,10 @@ inline void check_t_range(const MapRequest& r) {
 template <std::vector<at::Tensor> (*Map)(const MapRequest&)>
 struct SpectralOps {
   static std::vector<at::Tensor> run(const MapRequest& r) {
-    const MapRequest d = make_dense(r);
+    MapRequest d = make_dense(r);
     check_t_range(d);
+    d.split_h = side_split_for_map(d.U_h);
+    d.split_w = side_split_for_map(d.U_w);
     return Map(d);
   }
   static at::Tensor to_spectral(const at::Tensor& x, const at::Tensor& U_h, const at::Tensor& U_w) {

@@ -46,6 +46,7 @@ void set_max_shared_memory(int64_t bytes) { g_max_shared_memory = bytes; }
 
 TORCH_LIBRARY(blurdiff_emu, m) {
   BLURDIFF_SPECTRAL_SCHEMAS(m);
+  BLURDIFF_EVEN_ODD_SCHEMAS(m);
   m.def("set_max_shared_memory(int bytes) -> ()", &blurdiff::set_max_shared_memory);
 }
 
