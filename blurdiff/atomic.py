@@ -8,6 +8,8 @@ when a killed process left it behind.
 Only a regular file (or nothing) is ever replaced: a symlink is written through (the file it
 points to is replaced, the link stays), and a directory, device, FIFO or socket at the path, or at
 the end of its symlinks, is refused with :class:`NotARegularFileError` before anything is written.
+The new file keeps the mode of the file it replaces, and a file new to the path gets what ``open``
+would give it (0666 less the umask), whatever mode the writer gave its temporary.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(path))
         if durable:
             _fsync(tmp)
         os.replace(tmp, path)
@@ -69,6 +72,29 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
             _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    # Some writers create their temporary private (safetensors: 0600), which would make the
+    # result differ from its neighbours (a checkpoint's config.json is 0644).
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports it; elsewhere setting and restoring it is the only way to read it.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

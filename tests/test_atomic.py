@@ -79,3 +79,19 @@ def test_character_device_is_refused(tmp_path):
     with pytest.raises(NotARegularFileError, match=refused):
         write_text_atomic(node, "{}")
     assert stat.S_ISCHR(os.lstat(node).st_mode)
+
+
+def test_mode_is_the_replaced_files_or_the_umasks(tmp_path):
+    before = os.umask(0o027)
+    try:
+        for name in ("new", "old"):
+            if name == "old":
+                (tmp_path / name).write_text("old")
+                os.chmod(tmp_path / name, 0o604)
+            with atomic_path(tmp_path / name) as tmp:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)  # a writer that makes its file private
+                os.close(fd)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(tmp_path / "old").st_mode) == 0o604

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,16 @@ def test_raw_weights_and_a_run_without_statistics(plain, tmp_path):
     state = load_checkpoint(ckpt_of(plain))
     assert type(model) is UNet and process.data_stats is None
     assert all(torch.equal(t, state["model"][k]) for k, t in model.state_dict().items())
+
+
+def test_export_files_share_one_mode(plain, tmp_path):
+    before = os.umask(0o022)
+    try:
+        export_run(run=plain, out=tmp_path / "e")
+    finally:
+        os.umask(before)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "e").iterdir()}
+    assert modes == {0o644}  # not model.safetensors 0600, as safetensors creates its file
 
 
 # --------------------------------------------------------------------------- the same samples
