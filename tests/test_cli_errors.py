@@ -141,6 +141,40 @@ def test_symlink_as_output_is_written_through(toy, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
+# arguments
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [2**64, -1])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "toy", "--out", "d", "--n", "1", "--size", "8"],
+        ["train", "--data", "d", "--preset", "toy", "--out", "r", "--max-steps", "1"],
+        ["sample", "--run", "r", "--out", "s", "--n", "1"],
+        ["eval", "--samples", "s", "--data", "d"],
+        ["figures", "forward", "--data", "d", "--preset", "toy", "--out", "f.png"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_seed_out_of_range_names_the_flag(command, seed, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--seed", str(seed)])
+    err = capsys.readouterr().err.splitlines()[-1]
+    name = " ".join(command[:2] if command[0] in ("data", "figures") else command[:1])
+    assert exit_.value.code == 2
+    assert err == f"blurdiff {name}: error: argument --seed: must be from 0 to 2**63 - 1 ({2**63 - 1}), got {seed}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_largest_seed_works(toy, tmp_path):
+    out = tmp_path / "f.png"
+    argv = ["figures", "forward", "--data", toy, "--preset", "toy", "--n", "1", "--columns", "2", "--out", str(out)]
+    assert main([*argv, "--seed", str(2**63 - 1)]) == 0 and out.is_file()
+
+
+# --------------------------------------------------------------------------------------------
 # hostile files
 # --------------------------------------------------------------------------------------------
 

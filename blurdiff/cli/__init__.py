@@ -44,6 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The largest seed: seeds reach torch as signed 64-bit integers, some of them plus a step or rank.
+MAX_SEED = 2**63 - 1
+
+
+def seed_type(text: str) -> int:
+    """The ``type`` of every ``--seed``: an integer from 0 to :data:`MAX_SEED`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1 ({MAX_SEED}), got {value}")
+    return value
+
+
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """``--run RUN`` and ``--ckpt FILE``: which checkpoint ``what`` (a verb: "is used") applies to."""
     parser.add_argument(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from blurdiff.cli import seed_type
+
 HELP = "make or export data sets"
 DESCRIPTION = None
 
@@ -15,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     toy.add_argument("--out", required=True, help="lmdb folder to create")
     toy.add_argument("--n", type=int, required=True, help="number of images")
     toy.add_argument("--size", type=int, required=True, help="image side in pixels")
-    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--seed", type=seed_type, default=0)
     toy.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
     photos = data.add_parser(
         "photos",
@@ -31,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     photos.add_argument("--out", required=True, help="lmdb folder to create")
     photos.add_argument("--n", type=int, required=True, help="number of crops")
     photos.add_argument("--size", type=int, required=True, help="side of the crops in pixels")
-    photos.add_argument("--seed", type=int, default=0)
+    photos.add_argument("--seed", type=seed_type, default=0)
     photos.add_argument(
         "--split",
         choices=("train", "heldout"),

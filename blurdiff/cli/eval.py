@@ -6,6 +6,7 @@ import argparse
 import json
 
 from blurdiff.atomic import writable_target, write_text_atomic
+from blurdiff.cli import seed_type
 
 HELP = "the quality yardstick: samples against data, beside the data's noise floor"
 DESCRIPTION = (
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--n", type=int, default=None, help="images per set (default: all samples, at most half the data set)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the data subsets, patches and projections")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the data subsets, patches and projections")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--check", action="store_true", help="exit with 1 when the verdict is poor or diverged")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import blurdiff.figures
+from blurdiff.cli import seed_type
 
 HELP = "figures of the process (forward process on real images)"
 DESCRIPTION = blurdiff.figures.__doc__
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fwd.add_argument("--n", type=int, default=4, help="number of images (rows of three)")
     fwd.add_argument("--start", type=int, default=0, help="index of the first image in the data set")
     fwd.add_argument("--columns", type=int, default=8, help="time steps shown, t = 0 … N evenly spaced")
-    fwd.add_argument("--seed", type=int, default=0, help="seed of the noise in the x_t rows")
+    fwd.add_argument("--seed", type=seed_type, default=0, help="seed of the noise in the x_t rows")
     fwd.add_argument("--normalize", action="store_true", help="divide the means by √ᾱ_t to show the blur alone")
     fwd.add_argument("--scale", type=int, default=None, help="pixel upscaling (default: cells of at least 64 px)")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 import blurdiff.sample
-from blurdiff.cli import add_checkpoint_arguments, add_setting_arguments
+from blurdiff.cli import add_checkpoint_arguments, add_setting_arguments, seed_type
 from blurdiff.sample import SamplingPlan, SamplingReport, sample_to_folder
 from blurdiff.samplers import KINDS, SPACINGS
 from blurdiff.settings import SECTIONS, parse_settings
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the K kept steps lie: uniform in t, quadratic (denser near the data) or uniform in "
         "log-SNR (default: the best measured for the sampler, samplers.DEFAULT_SPACING)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument(
         "--batch-size", type=int, default=32, help="images per batch (part of what determines the images, like --seed)"
     )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import blurdiff.train
 from blurdiff.checkpoint import checkpoint_dir
-from blurdiff.cli import add_setting_arguments, configure_logging, run_command
+from blurdiff.cli import add_setting_arguments, configure_logging, run_command, seed_type
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import PRESETS
 from blurdiff.train import NonFiniteLossError, train
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mixed precision for the network: bf16, or fp16 with a GradScaler (CUDA only); default none",
     )
-    g.add_argument("--seed", type=int, default=None, help="seed of weights, data order, t, noise (default 0)")
+    g.add_argument("--seed", type=seed_type, default=None, help="seed of weights, data order, t, noise (default 0)")
     g.add_argument("--resolution", type=int, default=None, help="train at this side instead of the preset's")
     add_setting_arguments(p)
     o = p.add_argument_group("checkpoints, logs, samples")
