@@ -17,21 +17,22 @@ def _shape_order(key):
 
 
 def _table(rows, info) -> None:
-    print("| device | op | shape | fused ms | reference / fused | compiled / fused | fused / GEMM bound | note |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = "reference / fused | compiled / fused | dense / fused | fused / GEMM bound"
+    print(f"| device | op | shape | fused ms | {columns} | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key in sorted(rows, key=_shape_order):
         device, op, shape = key
         row = rows[key]
         fused = row.get("fused")
         if not fused:
-            print(f"| {device} | {op} | {shape} | - | | | | |")
+            print(f"| {device} | {op} | {shape} | - | | | | | |")
             continue
         gemm = f"{fused / row['gemm']:.2f}x" if "gemm" in row else "-"
         note = ""
         if "bytes_moved" in info.get(key, {}):
             gbps = info[key]["bytes_moved"] / (fused * 1e-3) / 1e9
             note = f"{gbps:.0f} GB/s on {info[key].get('device', '')}"
-        ratios = f"{_ratio(row, 'reference')} | {_ratio(row, 'compiled')} | {gemm}"
+        ratios = f"{_ratio(row, 'reference')} | {_ratio(row, 'compiled')} | {_ratio(row, 'dense')} | {gemm}"
         print(f"| {device} | {op} | {shape} | {fused:.3f} | {ratios} | {note} |")
 
 

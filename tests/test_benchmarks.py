@@ -48,7 +48,7 @@ def test_bench_ops_and_report(tmp_path):
     paired = [b for b in data["benchmarks"] if "paired" in b["extra_info"]]
     assert {b["params"]["op"] for b in paired} == {"to_spectral", "from_spectral", "q_sample", "reverse_step"}
     for b in paired:
-        assert {"reference", "compiled"} <= b["extra_info"]["paired"].keys()
+        assert {"reference", "compiled", "dense"} <= b["extra_info"]["paired"].keys()
 
     for stat in ("median", "min"):
         report = subprocess.run(
@@ -62,5 +62,5 @@ def test_bench_ops_and_report(tmp_path):
         assert len(rows) == 2  # the separate groups and the paired table
         for row in rows:
             cells = [c.strip() for c in row.strip("|").split("|")]
-            # fused ms, then reference/fused, compiled/fused and fused/GEMM as ratios
-            assert float(cells[3]) > 0 and all(c.endswith("x") and float(c[:-1]) > 0 for c in cells[4:7])
+            # fused ms, then reference/fused, compiled/fused, dense/fused and fused/GEMM as ratios
+            assert float(cells[3]) > 0 and all(c.endswith("x") and float(c[:-1]) > 0 for c in cells[4:8])
