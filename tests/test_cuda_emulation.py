@@ -5,10 +5,13 @@ The test build (csrc/emulation/emulated_ops.cpp) compiles the very kernels that 
 with g++ over a host emulation of a launch (a std::thread per CUDA thread, a std::barrier for
 __syncthreads), and registers them for CPU tensors as torch.ops.blurdiff_emu. Both the fused
 shared-memory kernel and the GEMM path (forced by lowering the shared-memory budget) must agree
-with the reference and, noise included, with the CPU kernels fed the same generator.
+with the reference and, noise included, with the CPU kernels fed the same generator. The
+Gaussian and DCT bases take the even/odd halves (csrc/even_odd.h), the identity basis no product;
+both must agree with the dense product, which _set_even_odd(False) forces.
 """
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,12 @@ def emu(tmp_path_factory):
     ops.set_max_shared_memory(48 * 1024)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """Many small ops (the GEMM path's matmuls, the reference): one thread (see
+    conftest.one_torch_thread); the emulation runs its own threads."""
+
+
 def _problem(H, W, K, dtype=torch.float32, B=2, C=3, T=4, seed=0, basis="gaussian"):
     g = torch.Generator().manual_seed(seed)
     table = torch.float64 if dtype == torch.float64 else torch.float32
@@ -57,10 +66,10 @@ def _problem(H, W, K, dtype=torch.float32, B=2, C=3, T=4, seed=0, basis="gaussia
     return xs, coefs, t, b.U_h.to(table), b.U_w.to(table), nc, nz
 
 
-def _check(got, want, tol):
-    assert got.shape == want.shape and got.dtype == want.dtype
+def _check(got, want, tol, where=""):
+    assert got.shape == want.shape and got.dtype == want.dtype, where
     err = (got.double() - want.double()).abs().max().item()
-    assert err <= tol * (want.double().abs().max().item() + 1e-30), err
+    assert err <= tol * (want.double().abs().max().item() + 1e-30), f"{where}: {err}"
 
 
 PATHS = ["fused", "gemm"]
@@ -68,6 +77,28 @@ PATHS = ["fused", "gemm"]
 
 def _set_path(emu, path):
     emu.set_max_shared_memory(48 * 1024 if path == "fused" else 0)
+
+
+@contextmanager
+def _dense_path(emu):
+    """The dense product for every basis, as before the even/odd halves."""
+    before = emu._set_even_odd(False)
+    try:
+        yield
+    finally:
+        emu._set_even_odd(before)
+
+
+def _assert_even_odd(emu, *Us):
+    # Otherwise a test of the halves could pass on the dense product.
+    for U in Us:
+        assert emu._basis_layout(U) == (U.shape[0] + 1) // 2
+
+
+def _random_orthogonal(n, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q.to(dtype)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -90,13 +121,19 @@ def test_emulated_lincomb_matches_reference_and_cpu_kernels(emu, path, hw, dtype
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("hw", [(12, 20), (31, 16)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_emulated_half_types(emu, path, dtype):
+def test_emulated_half_types(emu, path, hw, dtype):
     _set_path(emu, path)
-    xs, coefs, t, U_h, U_w, nc, nz = _problem(12, 20, K=2, dtype=dtype)
+    xs, coefs, t, U_h, U_w, nc, nz = _problem(*hw, K=2, dtype=dtype)
+    _assert_even_odd(emu, U_h, U_w)
     want = R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
     # Both compute in float32 and round once at the end: at most one rounding apart.
-    _check(emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), want, 2**-7 if dtype == torch.bfloat16 else 2**-10)
+    tol = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    got = emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
+    _check(got, want, tol)
+    with _dense_path(emu):
+        _check(got, emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), tol)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -132,9 +169,143 @@ def test_emulated_fused_kernel_at_its_largest_plane(emu):
     """128 x 128 fills 16 quads per thread, the largest fused configuration."""
     emu.set_max_shared_memory(64 * 1024)
     xs, coefs, t, U_h, U_w, nc, nz = _problem(128, 128, K=1, B=1, C=1, basis="dct")
+    _assert_even_odd(emu, U_h, U_w)
     _check(
         emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), 2e-5
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The even/odd halves and the identity basis against the reference and the dense product, every
+# op, even, odd and non-square planes. Few planes: each emulated block costs 256 threads.
+
+EVEN_ODD_SIZES = [(64, 64), (65, 65), (31, 16), (48, 80), (5, 7)]
+
+
+def _tol(dtype):
+    return 1e-11 if dtype == torch.float64 else 2e-5
+
+
+def _drawn_spectrum(emu, x, t, T, seed):
+    """The noise spectrum z̄ that spectral_lincomb draws for x's shape and this seed: with the
+    identity basis, zero inputs and noise coefficient 1 the op returns it as it is."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    H, W = x.shape[-2:]
+    return emu.spectral_lincomb(
+        [torch.zeros_like(x)],
+        torch.zeros(1, T, H, W, dtype=acc),
+        t,
+        torch.eye(H, dtype=acc),
+        torch.eye(W, dtype=acc),
+        torch.ones(T, H, W, dtype=acc),
+        None,
+        torch.Generator().manual_seed(seed),
+    )
+
+
+# spectral_lincomb's calls in _every_op: (inputs, noise: None, "given" or "drawn").
+LINCOMB_CALLS = [(1, "drawn"), (2, "given"), (3, None), (4, "given"), (4, "drawn")]
+
+
+def _every_op(ops, xs, coefs, t, U_h, U_w, nc, nz):
+    """name -> result of every op on one problem (lincomb as LINCOMB_CALLS says, the backward
+    with the noise coefficient)."""
+    x = xs[0]
+    out = {
+        "to_spectral": ops.to_spectral(x, U_h, U_w),
+        "from_spectral": ops.from_spectral(x, U_h, U_w),
+        "from_spectral of one plane": ops.from_spectral(x[0, 0], U_h, U_w),
+    }
+    for K, noise in LINCOMB_CALLS:
+        if noise is None:
+            y = ops.spectral_lincomb(xs[:K], coefs[:K], t, U_h, U_w)
+        elif noise == "given":
+            y = ops.spectral_lincomb(xs[:K], coefs[:K], t, U_h, U_w, nc, nz)
+        else:
+            y = ops.spectral_lincomb(xs[:K], coefs[:K], t, U_h, U_w, nc, None, torch.Generator().manual_seed(K))
+        out[f"lincomb {K} {noise}"] = y
+    for k, g in enumerate(ops.spectral_lincomb_backward(x, coefs[:2], t, U_h, U_w, nc)):
+        out[f"backward {k}"] = g
+    return out
+
+
+def _every_reference(emu, xs, coefs, t, U_h, U_w, nc, nz):
+    """_every_op's results from the reference; the drawn noise as given noise whose spectrum is
+    the z̄ the op draws (so the halves must add it at the right frequencies)."""
+    x = xs[0]
+    out = {
+        "to_spectral": R.to_spectral(x, U_h, U_w),
+        "from_spectral": R.from_spectral(x, U_h, U_w),
+        "from_spectral of one plane": R.from_spectral(x[0, 0], U_h, U_w),
+    }
+    for K, noise in LINCOMB_CALLS:
+        if noise is None:
+            y = R.spectral_lincomb(xs[:K], coefs[:K], t, U_h, U_w)
+        else:
+            z = nz if noise == "given" else R.from_spectral(_drawn_spectrum(emu, x, t, coefs.shape[1], K), U_h, U_w)
+            y = R.spectral_lincomb(xs[:K], coefs[:K], t, U_h, U_w, nc, z)
+        out[f"lincomb {K} {noise}"] = y
+    for k, c in enumerate(list(coefs[:2]) + [nc]):
+        out[f"backward {k}"] = R.spectral_lincomb([x], c[None], t, U_h, U_w)
+    return out
+
+
+def _check_every_op(emu, problem, tol, exact_dense=False):
+    got = _every_op(emu, *problem)
+    with _dense_path(emu):
+        dense = _every_op(emu, *problem)
+    want = _every_reference(emu, *problem)
+    assert got.keys() == want.keys() == dense.keys()
+    for name in got:
+        _check(got[name], want[name], tol, f"{name} vs reference")
+        if exact_dense:
+            assert torch.equal(got[name], dense[name]), name
+        else:
+            _check(got[name], dense[name], tol, f"{name} vs dense")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("basis", ["gaussian", "dct"])
+@pytest.mark.parametrize("hw", EVEN_ODD_SIZES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_even_odd_halves(emu, path, basis, hw, dtype):
+    _set_path(emu, path)
+    xs, coefs, t, U_h, U_w, nc, nz = _problem(*hw, K=4, dtype=dtype, C=1, basis=basis)
+    _assert_even_odd(emu, U_h, U_w)
+    with _dense_path(emu):
+        assert emu._basis_layout(U_h) == emu._basis_layout(U_w) == 0
+    _check_every_op(emu, (xs, coefs, t, U_h, U_w, nc, nz), _tol(dtype))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("hw", [(31, 16), (8, 8)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_identity_basis_skips_the_products(emu, path, hw, dtype):
+    _set_path(emu, path)
+    xs, coefs, t, U_h, U_w, nc, nz = _problem(*hw, K=4, dtype=dtype, C=1, basis="identity")
+    assert emu._basis_layout(U_h) == emu._basis_layout(U_w) == -1
+    _check_every_op(emu, (xs, coefs, t, U_h, U_w, nc, nz), _tol(dtype))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sides", ["random", "gaussian x random", "identity x dct"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_dense_and_mixed_sides(emu, path, sides, dtype):
+    """A random orthogonal U keeps the dense product (the same bits with the halves off); each
+    side of a plane takes its own path."""
+    _set_path(emu, path)
+    H, W = 33, 20
+    xs, coefs, t, U_h, U_w, nc, nz = _problem(H, W, K=4, dtype=dtype, C=1, basis="gaussian")
+    table = coefs.dtype
+    layout = {"random": (0, 0), "gaussian x random": ((H + 1) // 2, 0), "identity x dct": (-1, (W + 1) // 2)}[sides]
+    if sides == "identity x dct":
+        U_h, U_w = make_basis("identity", H, W).U_h.to(table), make_basis("dct", H, W).U_w.to(table)
+    else:
+        U_w = _random_orthogonal(W, table, seed=1)
+        if sides == "random":
+            U_h = _random_orthogonal(H, table, seed=2)
+    assert (emu._basis_layout(U_h), emu._basis_layout(U_w)) == layout
+    _check_every_op(emu, (xs, coefs, t, U_h, U_w, nc, nz), _tol(dtype), exact_dense=sides == "random")
 
 
 def test_emulated_noise_statistics(emu):

@@ -16,13 +16,20 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/flip.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/matmul.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "../spectral_common.h"
@@ -30,6 +37,90 @@
 #include "spectral_kernels.cuh"
 
 namespace blurdiff {
+
+// The index arrays of an even/odd side as one int32 tensor [2n] on the blocks' device: slot
+// (column -> slot, the inverse of SideSplit::order) then order. Built once per split and kept
+// with it, like the split itself (even_odd.h's side_split), so a call that finds them built copies
+// nothing to the device (and can be captured in a CUDA graph).
+inline at::Tensor split_indices(const std::shared_ptr<const SideSplit>& split) {
+  static std::mutex mutex;
+  static std::list<std::pair<std::shared_ptr<const SideSplit>, at::Tensor>> entries;  // most recent first
+  constexpr size_t kCapacity = 16;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = entries.begin(); it != entries.end(); ++it) {
+    if (it->first == split) {
+      entries.splice(entries.begin(), entries, it);
+      return entries.front().second;
+    }
+  }
+  const int64_t n = split->n;
+  at::Tensor host = at::empty({2 * n}, at::TensorOptions().dtype(at::kInt));
+  int32_t* slot = host.data_ptr<int32_t>();
+  int32_t* order = slot + n;
+  for (int64_t s = 0; s < n; ++s) {
+    order[s] = split->order[s];
+    slot[split->order[s]] = static_cast<int32_t>(s);
+  }
+  entries.emplace_front(split, host.to(split->blocks.device()));
+  if (entries.size() > kCapacity) entries.pop_back();
+  return entries.front().second;
+}
+
+// E [ne, ne] and O [no, no] of an even/odd side.
+inline std::pair<at::Tensor, at::Tensor> split_blocks(const SideSplit& s) {
+  const int64_t ne = s.ne, no = s.no();
+  return {s.blocks.narrow(0, 0, ne * ne).view({ne, ne}), s.blocks.narrow(0, ne * ne, no * no).view({no, no})};
+}
+
+template <typename acc_t>
+SideOperator<acc_t> side_operator(const std::shared_ptr<const SideSplit>& split, const at::Tensor& U) {
+  SideOperator<acc_t> S{};
+  if (split->kind == SideSplit::kIdentity) {
+    S.kind = kSideIdentity;
+  } else if (split->kind == SideSplit::kEvenOdd) {
+    S.kind = kSideEvenOdd;
+    S.ne = split->ne;
+    S.blocks = split->blocks.data_ptr<acc_t>();
+    S.slot = split_indices(split).data_ptr<int32_t>();
+  } else {
+    S.kind = kSideDense;
+    S.U = U.data_ptr<acc_t>();
+  }
+  return S;
+}
+
+// The GEMM path's transform of one side, along dim (-1: the columns, by U_w; -2: the rows, by
+// U_h) of [P, H, W]: x U_w or U_h^T x forward, y U_w^T or U_h y inverse. Even/odd sides fold
+// (x[:no] ± flip(x[n-no:]), the middle element of an odd n with the even half), multiply the
+// halves, and move the slots to their columns (forward); or gather the slots (inverse), multiply
+// the halves and unfold (e[:no] + o, the middle e[no], flip(e[:no] - o)).
+inline at::Tensor transform_side(const at::Tensor& x, const std::shared_ptr<const SideSplit>& split,
+                                 const at::Tensor& U, int64_t dim, bool forward) {
+  if (split->kind == SideSplit::kIdentity) return x;
+  const bool rows = dim == -2;
+  if (split->kind == SideSplit::kDense) {
+    if (forward) return rows ? at::matmul(U.t(), x) : at::matmul(x, U);
+    return rows ? at::matmul(U, x) : at::matmul(x, U.t());
+  }
+  const int64_t n = split->n, ne = split->ne, no = split->no();
+  const auto [E, O] = split_blocks(*split);
+  const at::Tensor indices = split_indices(split);
+  if (forward) {
+    const at::Tensor top = x.narrow(dim, 0, no), bottom = x.narrow(dim, n - no, no).flip(dim);
+    const at::Tensor plus = at::cat(at::TensorList{top.add(bottom), x.narrow(dim, no, ne - no)}, dim);
+    const at::Tensor minus = top.sub(bottom);
+    const at::Tensor split_order = rows
+                                       ? at::cat(at::TensorList{at::matmul(E.t(), plus), at::matmul(O.t(), minus)}, dim)
+                                       : at::cat(at::TensorList{at::matmul(plus, E), at::matmul(minus, O)}, dim);
+    return split_order.index_select(dim, indices.narrow(0, 0, n));
+  }
+  const at::Tensor y = x.index_select(dim, indices.narrow(0, n, n));
+  const at::Tensor ye = y.narrow(dim, 0, ne), yo = y.narrow(dim, ne, no);
+  const at::Tensor e = rows ? at::matmul(E, ye) : at::matmul(ye, E.t());
+  const at::Tensor o = rows ? at::matmul(O, yo) : at::matmul(yo, O.t());
+  const at::Tensor top = e.narrow(dim, 0, no);
+  return at::cat(at::TensorList{top.add(o), e.narrow(dim, no, ne - no), top.sub(o).flip(dim)}, dim);
+}
 
 // Quads per thread of the fused kernel for an H x W plane: 1, 4 or kMaxQuadsPerThread (the
 // instantiated kernels), or 0 when the plane is too large for one block.
@@ -65,8 +156,8 @@ void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::
   prm.planes_per_sample = r.planes_per_sample();
   prm.H = H;
   prm.W = W;
-  prm.U_h = r.U_h.data_ptr<acc_t>();
-  prm.U_w = r.U_w.data_ptr<acc_t>();
+  prm.h = side_operator<acc_t>(r.split_h, r.U_h);
+  prm.w = side_operator<acc_t>(r.split_w, r.U_w);
   prm.forward = r.forward;
   prm.inverse = r.inverse;
   if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
@@ -114,13 +205,13 @@ void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::v
   std::vector<at::Tensor> spectra;
   for (const auto& x : inputs) {
     at::Tensor s = x.to(acc_type);
-    if (r.forward) s = at::matmul(at::matmul(r.U_h.t(), s), r.U_w).contiguous();
+    if (r.forward) s = transform_side(transform_side(s, r.split_h, r.U_h, -2, true), r.split_w, r.U_w, -1, true);
     spectra.push_back(s.contiguous());
   }
   const at::Tensor acc = combine(spectra, r.in_coefs, r.noise_coef);
   for (size_t m = 0; m < outs.size(); ++m) {
     at::Tensor y = r.out_coefs[m].defined() ? combine({acc}, {r.out_coefs[m]}, at::Tensor()) : acc;
-    if (r.inverse) y = at::matmul(at::matmul(r.U_h, y), r.U_w.t());
+    if (r.inverse) y = transform_side(transform_side(y, r.split_h, r.U_h, -2, false), r.split_w, r.U_w, -1, false);
     outs[m].view({P, H, W}).copy_(y);
   }
 }
