@@ -26,6 +26,10 @@ from blurdiff.images import font, to_uint8, upscale_factor
 __all__ = ["forward_figure", "forward_process_figure", "forward_rows"]
 
 
+# Pillow's decompression-bomb limit: every reader of a larger PNG warns (twice as large: refuses).
+MAX_FIGURE_PIXELS = 89_478_485
+
+
 def _time_columns(N: int, columns: int) -> list[int]:
     if columns < 2:
         raise ValueError(f"--columns must be at least 2, got {columns}")
@@ -72,18 +76,25 @@ def forward_figure(
 ) -> Image.Image:
     """The labelled figure (a PIL image) for images ``x0`` ``[B, C, H, W]`` in [-1, 1]."""
     times = _time_columns(process.steps, columns)
-    noisy, c2f, f2c = forward_rows(x0, process, times, seed, normalize)
     B, _, H, W = x0.shape
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise ValueError(f"--scale must be a whole number of at least 1, got {scale!r}")
     s = scale or upscale_factor(max(H, W))
     ch, cw, pad = H * s, W * s, 2
     left, top = 90, 40 if title else 24
+    width = left + len(times) * (cw + pad) + pad
+    height = top + 3 * B * (ch + pad) + pad + 6 * (B - 1)
+    if width * height > MAX_FIGURE_PIXELS:
+        raise ValueError(
+            f"the figure would be {width}x{height} pixels, more than the {MAX_FIGURE_PIXELS} a PNG reader "
+            f"opens without a warning; use a smaller --scale (or fewer --columns or --n)"
+        )
+    noisy, c2f, f2c = forward_rows(x0, process, times, seed, normalize)
     rows = [
         r
         for b in range(B)
         for r in ((f"#{b} x_t", noisy[:, b]), (f"#{b} mean c2f", c2f[:, b]), (f"#{b} mean f2c", f2c[:, b]))
     ]
-    width = left + len(times) * (cw + pad) + pad
-    height = top + len(rows) * (ch + pad) + pad + 6 * (B - 1)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     label_font = font()

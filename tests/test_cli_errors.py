@@ -174,6 +174,25 @@ def test_largest_seed_works(toy, tmp_path):
     assert main([*argv, "--seed", str(2**63 - 1)]) == 0 and out.is_file()
 
 
+@pytest.mark.parametrize(
+    "scale, message",
+    [
+        (0, "--scale must be a whole number of at least 1, got 0"),
+        (-1, "--scale must be a whole number of at least 1, got -1"),
+        (250, "the figure would be 8096x12048 pixels, "),  # 0.3 GB: the check, not the machine, must refuse
+    ],
+)
+def test_figure_scale_is_checked_before_drawing(scale, message, toy, tmp_path, capsys):
+    out = tmp_path / "f.png"
+    argv = ["figures", "forward", "--data", toy, "--preset", "toy", "--n", 1, "--columns", 2, "--out", out]
+    rc, err = run(capsys, *argv, "--scale", scale)
+    assert rc == 2 and err.startswith(f"blurdiff figures: error: {message}") and not out.exists()
+    assert scale < 1 or err.endswith(
+        "pixels, more than the 89478485 a PNG reader opens without a warning; "
+        "use a smaller --scale (or fewer --columns or --n)"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # hostile files
 # --------------------------------------------------------------------------------------------
