@@ -31,7 +31,7 @@ _PSIZE_AT = _PAGE_HEADER.size + _META.size
 _LAST = struct.Struct("=QQ")  # mm_last_pg, mm_txnid
 _LAST_AT = _PSIZE_AT + 2 * 48
 _META_PAGE_BYTES = _LAST_AT + _LAST.size
-# lmdb's own bounds on a page size (MIN_PAGESIZE is 256 in mdb.c; 64 KiB the largest OS page).
+# The page sizes accepted: powers of two from 256 bytes to 64 KiB (lmdb takes the OS page size).
 _MIN_PAGE, _MAX_PAGE = 256, 1 << 16
 
 

@@ -80,7 +80,7 @@ def test_truncated_lmdb_is_refused_before_it_is_mapped(toy, cut):
 def _corrupt_root_page(path) -> None:
     f = data_file(path)
     meta = read_lmdb_meta(f)
-    newest = meta.page_size if meta.txnid % 2 else 0  # meta page txnid % 2 holds transaction txnid
+    newest = meta.page_size if meta.txnid % 2 else 0  # transaction n writes meta page n % 2
     with open(f, "r+b") as fh:
         fh.seek(newest + 16 + 24 + 48 + 40)  # MDB_meta.mm_dbs[MAIN_DBI].md_root
         (root,) = struct.unpack("=Q", fh.read(8))
