@@ -39,12 +39,11 @@ def loads(text: str | bytes) -> Any:
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
     # Iterative: a recursive walk would fail on the very values it is meant to catch.
-    stack = [(value, 0)]
+    stack = [(value, 0)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth >= limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+        if depth >= limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
