@@ -217,21 +217,21 @@ C10_DEVICE inline void right_fold(const acc_t* buf, const SideOperator<acc_t>& S
   const int64_t W4 = 4 * quads_per_row(W);
   const int ne = static_cast<int>(S.ne), no = static_cast<int>(W) - ne;
   for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    int off[4], stride[4];  // lane j's column of E or O in S.blocks, and its row stride
+    int off[4];  // lane j's column of E (row stride ne) or O (row stride no) in S.blocks
     bool even[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int s = BLURDIFF_LDG(S.slot + (d.c0 + j < W ? d.c0 + j : W - 1));  // padding lanes: any column
       even[j] = s < ne;
       off[j] = even[j] ? s : ne * ne + (s - ne);
-      stride[j] = even[j] ? ne : no;
     }
     const acc_t* row = buf + d.r * W4;
     acc_t s[4] = {0, 0, 0, 0};
     for (int l = 0; l < no; ++l) {
       const acc_t a = row[l], b = row[W - 1 - l], plus = a + b, minus = a - b;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += (even[j] ? plus : minus) * BLURDIFF_LDG(S.blocks + off[j] + l * stride[j]);
+      for (int j = 0; j < 4; ++j)
+        s[j] += (even[j] ? plus : minus) * BLURDIFF_LDG(S.blocks + off[j] + l * (even[j] ? ne : no));
     }
     if (ne > no) {  // odd W: the middle element, in fold+ only
       const acc_t m = row[no];
@@ -309,20 +309,19 @@ C10_DEVICE inline void right_halves(const acc_t* buf, const SideOperator<acc_t>&
   const int64_t W4 = 4 * quads_per_row(W);
   const int ne = static_cast<int>(S.ne), no = static_cast<int>(W) - ne;
   for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    int off[4], first[4];  // lane j's row of E or O in S.blocks, and where its half starts in the row
+    int off[4];  // lane j's row of E (against the row's first ne) or O (its last no) in S.blocks
     bool even[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int s = static_cast<int>(d.c0 + j < W ? d.c0 + j : W - 1);
       even[j] = s < ne;
       off[j] = even[j] ? s * ne : ne * ne + (s - ne) * no;
-      first[j] = even[j] ? 0 : ne;
     }
     const acc_t* row = buf + d.r * W4;
     acc_t s[4] = {0, 0, 0, 0};
     for (int l = 0; l < no; ++l) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += BLURDIFF_LDG(S.blocks + off[j] + l) * row[first[j] + l];
+      for (int j = 0; j < 4; ++j) s[j] += BLURDIFF_LDG(S.blocks + off[j] + l) * row[(even[j] ? 0 : ne) + l];
     }
     if (ne > no) {  // odd W: E's last column
 #pragma unroll
