@@ -32,7 +32,7 @@ from diffusers.configuration_utils import register_to_config  # isort: skip
 from diffusers.utils import BaseOutput, is_accelerate_available  # isort: skip
 
 from blurdiff.diffusion import MODEL_OUTPUTS, ReferenceResidual
-from blurdiff.quality import SampleStats, warn_if_diverged
+from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.unet import UNet, UNetConfig
 
 __all__ = ["BlurDiffusionPipeline", "BlurDiffusionUNet", "BlurDiffusionUNetOutput", "own_storage"]
@@ -243,7 +243,7 @@ class BlurDiffusionPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """``batch_size`` images with ``num_inference_steps`` of the scheduler's sampler (None: all
         N steps, the paper's Eq. 12 unless the scheduler's config names another kind). Warns
-        (:class:`blurdiff.quality.SamplesDivergedWarning`) when the raw samples look diverged.
+        (:class:`blurdiff.sample_guard.SamplesDivergedWarning`) when the raw samples look diverged.
 
         ``output_type``: ``pil``, ``np`` (``[B, H, W, C]`` in [0, 1]), ``pt`` (``[B, C, H, W]`` in
         [0, 1]) or ``latent`` (the raw ``x_0`` in the data's [-1, 1] scale, not clamped).

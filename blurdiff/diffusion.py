@@ -299,7 +299,7 @@ class BlurDiffusion:
         :mod:`blurdiff.samplers` (default: ``ancestral2m`` when K < N).
 
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
-        warns when the result looks diverged (:class:`blurdiff.quality.SamplesDivergedWarning`).
+        warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`).
         """
         return make_sampler(self, steps, kind, spacing).sample(
             model, shape, generator, device, dtype, progress, callback, guard

@@ -10,19 +10,15 @@ images of the same size (the *noise floor*: what a perfect generator would score
   frequencies but DC and over the upper half;
 - per-channel mean and standard deviation;
 - the fraction of values outside [-1, 1] (and beyond ±1.5) before any clamp, when the raw
-  values are known (see :class:`SampleStats`).
+  values are known (see :class:`blurdiff.sample_guard.SampleStats`).
 
-:class:`SampleStats` accumulates the raw statistics of generated images batch by batch, and
-:func:`divergence_reasons` says when they show a diverged sampler or network; samplers call
-:func:`warn_if_diverged` on what they produce. :func:`evaluate_folder` is ``blurdiff eval``: a
-folder of samples against a data set.
+The verdict calls a sample set diverged by the sample guard's rule (blurdiff/sample_guard.py).
+:func:`evaluate_folder` is ``blurdiff eval``: a folder of samples against a data set.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from blurdiff.data import open_dataset
 from blurdiff.safe_json import loads as json_loads
-from blurdiff.warn import warn_at_caller
+from blurdiff.sample_guard import STATS_FILE, SampleStats, divergence_reasons
+from blurdiff.spectrum import load_image_folder, spectrum_report
 
 __all__ = [
     "SWD_SCALE",
-    "SampleStats",
-    "SamplesDivergedWarning",
-    "divergence_reasons",
     "evaluate",
     "evaluate_folder",
     "format_report",
@@ -45,16 +40,10 @@ __all__ = [
     "laplacian_pyramid",
     "multiscale_swd",
     "sliced_wasserstein",
-    "warn_if_diverged",
 ]
 
 SWD_SCALE = 1e3  # Karras et al. report SWD ×10³
 MIN_IMAGES = 16  # below this, even the noise floor of the SWD is mostly noise
-
-# Divergence: more than this fraction of values beyond ±1.5, or a standard deviation this many
-# times the data's (an image in [-1, 1] has std at most 1, so without the data's, std > 1).
-DIVERGED_BEYOND_FRACTION = 0.01
-DIVERGED_STD_RATIO = 3.0
 
 # Verdict: a metric is "near the floor" within these multiples of the floor (plus an absolute
 # slack for floors that are almost zero). Calibrated on the toy data: a trained run sampled with
@@ -62,158 +51,6 @@ DIVERGED_STD_RATIO = 3.0
 # std 0.15 added, or blurred by a 3x3 binomial, at least 2.5x (tests/test_quality.py).
 GOOD_FACTOR = 2.0
 POOR_FACTOR = 5.0
-
-
-# ------------------------------------------------------------------------------------------------
-# Raw sample statistics and the divergence guard
-# ------------------------------------------------------------------------------------------------
-
-
-class SamplesDivergedWarning(RuntimeWarning):
-    """Generated images whose statistics show a diverged sampler or network."""
-
-
-@dataclass
-class SampleStats:
-    """Per-channel sums of raw (unclamped) images, merged batch by batch; JSON-able."""
-
-    count: int = 0  # values per channel
-    total: list[float] = field(default_factory=list)
-    total_sq: list[float] = field(default_factory=list)
-    outside_1: int = 0
-    beyond_1_5: int = 0
-    nonfinite: int = 0
-    min: float = math.inf
-    max: float = -math.inf
-
-    @classmethod
-    def of(cls, images: torch.Tensor) -> SampleStats:
-        """The statistics of ``[B, C, H, W]`` images."""
-        x = images.detach().to(torch.float64)
-        finite = torch.isfinite(x)
-        xf = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        dims = (0, 2, 3)
-        a = x.abs()
-        return cls(
-            count=int(x.shape[0] * x.shape[2] * x.shape[3]),
-            total=xf.sum(dims).tolist(),
-            total_sq=(xf * xf).sum(dims).tolist(),
-            outside_1=int((a > 1).sum()),  # NaN compares false: counted in nonfinite only
-            beyond_1_5=int((a > 1.5).sum()),
-            nonfinite=int((~finite).sum()),
-            min=float(xf.min()) if x.numel() else math.inf,
-            max=float(xf.max()) if x.numel() else -math.inf,
-        )
-
-    def merge(self, other: SampleStats) -> SampleStats:
-        if not self.count:
-            return SampleStats(**other.to_dict())
-        if not other.count:
-            return SampleStats(**self.to_dict())
-        if len(self.total) != len(other.total):
-            raise ValueError(f"cannot merge statistics of {len(self.total)} and {len(other.total)} channels")
-        return SampleStats(
-            count=self.count + other.count,
-            total=[a + b for a, b in zip(self.total, other.total)],
-            total_sq=[a + b for a, b in zip(self.total_sq, other.total_sq)],
-            outside_1=self.outside_1 + other.outside_1,
-            beyond_1_5=self.beyond_1_5 + other.beyond_1_5,
-            nonfinite=self.nonfinite + other.nonfinite,
-            min=min(self.min, other.min),
-            max=max(self.max, other.max),
-        )
-
-    @property
-    def values(self) -> int:
-        return self.count * len(self.total)
-
-    @property
-    def mean(self) -> list[float]:
-        return [s / self.count for s in self.total]
-
-    @property
-    def std(self) -> list[float]:
-        return [math.sqrt(max(q / self.count - m * m, 0.0)) for q, m in zip(self.total_sq, self.mean)]
-
-    @property
-    def overall_std(self) -> float:
-        """The std of all values together (channels pooled)."""
-        n = self.values
-        m = sum(self.total) / n
-        return math.sqrt(max(sum(self.total_sq) / n - m * m, 0.0))
-
-    @property
-    def outside_fraction(self) -> float:
-        return self.outside_1 / self.values if self.values else 0.0
-
-    @property
-    def beyond_1_5_fraction(self) -> float:
-        return self.beyond_1_5 / self.values if self.values else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "total": list(self.total),
-            "total_sq": list(self.total_sq),
-            "outside_1": self.outside_1,
-            "beyond_1_5": self.beyond_1_5,
-            "nonfinite": self.nonfinite,
-            "min": self.min,
-            "max": self.max,
-        }
-
-    def summary(self) -> dict[str, Any]:
-        """What a reader wants to see (JSON-able; no infinities)."""
-        if not self.count:
-            return {"images_values": 0}
-        return {
-            "values": self.values,
-            "mean": [round(v, 6) for v in self.mean],
-            "std": [round(v, 6) for v in self.std],
-            "overall_std": round(self.overall_std, 6),
-            "outside_1_fraction": self.outside_fraction,
-            "beyond_1_5_fraction": self.beyond_1_5_fraction,
-            "nonfinite": self.nonfinite,
-            "min": self.min,
-            "max": self.max,
-        }
-
-
-def divergence_reasons(stats: SampleStats, data_std: float | None = None) -> list[str]:
-    """Why ``stats`` look like a diverged sampler or network (empty: they do not).
-
-    Non-finite values; more than 1 % of values beyond ±1.5; or a standard deviation more than
-    3× the data's (``data_std``: the data's pooled std), or above 1 when it is unknown.
-    """
-    if not stats.count:
-        return []
-    reasons = []
-    if stats.nonfinite:
-        reasons.append(f"{stats.nonfinite} non-finite values")
-    if stats.beyond_1_5_fraction > DIVERGED_BEYOND_FRACTION:
-        reasons.append(
-            f"{100 * stats.beyond_1_5_fraction:.1f}% of values beyond ±1.5 "
-            f"(limit {100 * DIVERGED_BEYOND_FRACTION:.0f}%; range {stats.min:.3g} … {stats.max:.3g})"
-        )
-    std = stats.overall_std
-    limit = DIVERGED_STD_RATIO * data_std if data_std else 1.0
-    if std > limit:
-        ref = f"{DIVERGED_STD_RATIO:g}× the data's {data_std:.3f}" if data_std else "1 (no data statistics)"
-        reasons.append(f"standard deviation {std:.3g} above {ref}")
-    return reasons
-
-
-def warn_if_diverged(stats: SampleStats, data_std: float | None, what: str) -> list[str]:
-    """Warn (:class:`SamplesDivergedWarning`) naming ``what`` (checkpoint, sampler) when the
-    statistics show divergence; returns the reasons."""
-    reasons = divergence_reasons(stats, data_std)
-    if reasons:
-        warn_at_caller(
-            f"the samples of {what} look diverged: {'; '.join(reasons)}. Do not trust them: "
-            f"check the training log (loss spikes) or use another sampler/checkpoint",
-            SamplesDivergedWarning,
-        )
-    return reasons
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,8 +207,6 @@ def _channel_stats(x: torch.Tensor) -> dict[str, list[float]]:
 
 
 def _spectrum_errors(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    from blurdiff.spectrum import spectrum_report
-
     rep = spectrum_report(images, reference)
     freq, ratio = rep["frequencies"], np.abs(rep["log10_ratio"])
     return {"all": float(np.mean(ratio[freq > 0])), "high": rep["high_freq_mean_abs_log10_ratio"]}
@@ -522,8 +357,6 @@ def load_data_images(path, resolution, count: int, seed: int = 0, exact: bool = 
     replacement in a seeded random order, unflipped, resized to ``resolution`` as training
     resizes them: ``[count, 3, H, W]`` in [-1, 1]. With ``exact=False``, fewer when the data set
     holds fewer; else that is an error."""
-    from blurdiff.data import open_dataset
-
     dataset = open_dataset(path, resolution)
     if exact and len(dataset) < count:
         raise ValueError(
@@ -544,9 +377,6 @@ def evaluate_folder(samples, data, n: int | None = None, seed: int = 0) -> tuple
     those of the PNGs. Returns the report of :func:`evaluate`, with the two paths added as
     ``samples`` and ``data``, and the ``stats.json`` whose raw values it used (None: none).
     """
-    from blurdiff.sample import STATS_FILE
-    from blurdiff.spectrum import load_image_folder
-
     samples_dir = Path(samples)
     if not samples_dir.is_dir():
         raise FileNotFoundError(f"--samples {samples_dir} is not a folder")

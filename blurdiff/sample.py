@@ -58,16 +58,12 @@ from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_
 from blurdiff.devices import resolve_device
 from blurdiff.images import save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.progress import Progress
-from blurdiff.quality import SampleStats, divergence_reasons
 from blurdiff.safe_json import loads as json_loads
+from blurdiff.sample_guard import FIGURES, RAW_STATS_FILE, SETTINGS_FILE, STATS_FILE, SampleStats, divergence_reasons
 from blurdiff.samplers import make_sampler
 from blurdiff.settings import Settings, check_against_run
 
-SETTINGS_FILE = "sample.json"
-RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
-STATS_FILE = "stats.json"  # their sum over the batches of the images, and the divergence verdict
 _FORMAT = 2  # 2: the integrators of docs/sampling.md §4-§6 (ancestral and ddim changed), spacing
-FIGURES = "figures"  # a sub-folder, so image-folder readers (FID, spectra) see only the samples
 _PNG = re.compile(r"^\d{6,}\.png$")
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from blurdiff.progress import Progress
+from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.tables import TableCache
 from blurdiff.warn import warn_at_caller
 
@@ -423,7 +424,7 @@ class Sampler:
         ``callback(step, x_step, eps_pred)`` is called before each step, as in
         :meth:`BlurDiffusion.sample` (``step`` is the original step number ``s_k``). With ``guard``,
         the statistics of the result are checked and a
-        :class:`blurdiff.quality.SamplesDivergedWarning` is issued when they show divergence.
+        :class:`blurdiff.sample_guard.SamplesDivergedWarning` is issued when they show divergence.
         """
         proc = self.process
         x = proc.prior_sample(shape, generator, device, dtype)
@@ -448,8 +449,6 @@ class Sampler:
                 )
                 bar.update(1)
         if guard:
-            from blurdiff.quality import SampleStats, warn_if_diverged
-
             stats = proc.data_stats
             warn_if_diverged(SampleStats.of(x), stats.std if stats is not None else None, f"{self!r}")
         return x

@@ -41,8 +41,8 @@ from blurdiff.health import TrainingHealth
 from blurdiff.images import save_grid
 from blurdiff.presets import get_preset
 from blurdiff.progress import Progress
-from blurdiff.quality import SampleStats, divergence_reasons
 from blurdiff.resume import check_same_run, checkpoint_to_resume, restore_rng_states, resume_batch, rng_states
+from blurdiff.sample_guard import SampleStats, divergence_reasons
 from blurdiff.statistics import DEFAULT_IMAGES, DataStatistics, estimate_data_statistics
 from blurdiff.train_log import MetricsLog, Window
 from blurdiff.train_options import AMP_DTYPES, TrainOptions

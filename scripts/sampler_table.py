@@ -24,7 +24,8 @@ import torch
 
 from blurdiff.atomic import write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from blurdiff.quality import SampleStats, evaluate, load_data_images
+from blurdiff.quality import evaluate, load_data_images
+from blurdiff.sample_guard import SampleStats
 from blurdiff.samplers import KINDS, make_sampler
 from blurdiff.statistics import DEFAULT_IMAGES, estimate_data_statistics
 

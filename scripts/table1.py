@@ -75,7 +75,8 @@ from blurdiff.diffusion import BlurDiffusion
 from blurdiff.images import grid, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
-from blurdiff.quality import SampleStats, evaluate, load_data_images
+from blurdiff.quality import evaluate, load_data_images
+from blurdiff.sample_guard import SampleStats
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.spectrum import plot_spectra, radial_power_spectrum

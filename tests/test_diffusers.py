@@ -180,7 +180,7 @@ def test_pipeline_reproduces_project_sampler_bitwise(K, kind, output):
 def test_pipeline_guards_its_samples():
     """A network whose ε is far off gives diverged samples: the pipeline warns, naming the sampler,
     as every sampler of the project does."""
-    from blurdiff.quality import SamplesDivergedWarning
+    from blurdiff.sample_guard import SamplesDivergedWarning
 
     net = _project_unet()
     with torch.no_grad():  # an ε hundreds of times too large

@@ -16,16 +16,13 @@ from PIL import Image
 from blurdiff.cli import main as cli_main
 from blurdiff.images import save_png
 from blurdiff.quality import (
-    SamplesDivergedWarning,
-    SampleStats,
     collapse_pyramid,
-    divergence_reasons,
     evaluate,
     laplacian_pyramid,
     load_data_images,
     sliced_wasserstein,
-    warn_if_diverged,
 )
+from blurdiff.sample_guard import SamplesDivergedWarning, SampleStats, divergence_reasons, warn_if_diverged
 from blurdiff.toy_data import make_toy_lmdb
 
 N = 64  # images per set: small, so the file runs in seconds
