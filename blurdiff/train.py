@@ -581,9 +581,3 @@ def train(options: TrainOptions) -> Trainer:
         return trainer
     finally:
         teardown_distributed(info)
-
-
-if __name__ == "__main__":  # `torchrun --nproc-per-node G -m blurdiff.train ...`: the `blurdiff train` command
-    from blurdiff.cli.train import main
-
-    raise SystemExit(main())

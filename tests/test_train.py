@@ -417,7 +417,7 @@ def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
             f"config.json, data/, metrics.jsonl ... \\(4 in all\\)",
         ):
             Trainer(opts(toy_lmdb, mine, resume=resume))
-    # Through `python -m blurdiff.train`'s own main: a one-line error and exit code 2.
+    # Through `python -m blurdiff.cli.train`'s own main: a one-line error and exit code 2.
     args = parse(
         [
             "--data",
@@ -827,7 +827,7 @@ def test_torchrun_two_processes(toy_lmdb, tmp_path):
         "--master-port",
         str(_free_port()),
         "-m",
-        "blurdiff.train",
+        "blurdiff.cli.train",
         "--data",
         str(toy_lmdb),
         "--preset",

@@ -1,4 +1,4 @@
-"""``blurdiff train`` (also ``python -m blurdiff.train``, for ``torchrun -m``): the options of
+"""``blurdiff train`` (also ``python -m blurdiff.cli.train``, for ``torchrun -m``): the options of
 :class:`blurdiff.train.TrainOptions`, and the run's last lines."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``blurdiff train``: 0 when done, 2 for bad input, 3 when the loss went NaN/inf.
 
-    Bad input is answered here, not only by :func:`blurdiff.cli.main`: ``python -m blurdiff.train``
+    Bad input is answered here, not only by :func:`blurdiff.cli.main`: ``python -m blurdiff.cli.train``
     does not go through it."""
     return run_command("train", _train, args)
 
@@ -123,12 +123,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m blurdiff.train ARGS`` (so ``torchrun --nproc-per-node G -m blurdiff.train ARGS``):
+    """``python -m blurdiff.cli.train ARGS`` (so ``torchrun --nproc-per-node G -m blurdiff.cli.train ARGS``):
     ``blurdiff train ARGS`` with a parser of its own."""
     parser = argparse.ArgumentParser(
-        prog="blurdiff.train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="blurdiff.cli.train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
     return run(args)
+
+
+if __name__ == "__main__":  # `torchrun --nproc-per-node G -m blurdiff.cli.train ...`
+    raise SystemExit(main())
