@@ -28,15 +28,16 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from blurdiff.atomic import atomic_path
+from blurdiff.diffusion import MODEL_OUTPUTS, BlurDiffusion, ReferenceResidual
+from blurdiff.output_folders import some_names
 from blurdiff.safe_json import loads as json_loads
-
-if TYPE_CHECKING:
-    from blurdiff.diffusion import BlurDiffusion
+from blurdiff.statistics import DataStatistics
+from blurdiff.unet import UNet, UNetConfig
 
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "config")
 CHECKSUM_KEY = "checksum"
@@ -161,8 +162,6 @@ def networks_of(state: dict[str, Any], path, which: Sequence[str] = ("model", "e
     """``{key: network}`` for the weights ``state[key]``: the network the checkpoint's config
     describes, built on the meta device (no memory, no initialisation) and given the checkpoint's
     own tensors. ValueError naming ``path`` when the weights do not fit it or are not finite."""
-    from blurdiff.unet import UNet, UNetConfig
-
     networks = {}
     for key in which:
         try:
@@ -233,8 +232,6 @@ def check_run_folder(run_dir) -> None:
     names = [n for n in names if n != RUN_LOCK]
     if not names or list_checkpoints(run_dir) or _is_run_config(run_dir / "config.json"):
         return
-    from blurdiff.output_folders import some_names
-
     raise FileExistsError(
         f"--out {run_dir} is not empty and is not a blurdiff run (no checkpoints/ckpt-*.pt, "
         f"no config.json of a run); it holds {some_names(names)}. Refusing to write the run's "
@@ -379,10 +376,6 @@ def build_from_config(
     dict) and the ``data_stats`` of :meth:`DataStatistics.to_state`: what
     :func:`build_from_checkpoint` builds, shared with exports (blurdiff.export) so that both give
     the same pair. The weights are not checked for NaN here (the callers name their file)."""
-    from blurdiff.diffusion import MODEL_OUTPUTS, BlurDiffusion, ReferenceResidual
-    from blurdiff.statistics import DataStatistics
-    from blurdiff.unet import UNet, UNetConfig
-
     process = BlurDiffusion(**config["process"], backend=backend)
     process.data_stats = DataStatistics.from_state(data_stats, process.resolution)
     model = UNet(UNetConfig(**config["unet"]))

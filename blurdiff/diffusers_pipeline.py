@@ -31,6 +31,7 @@ from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, Model
 from diffusers.configuration_utils import register_to_config  # isort: skip
 from diffusers.utils import BaseOutput, is_accelerate_available  # isort: skip
 
+from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.diffusion import MODEL_OUTPUTS, ReferenceResidual
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.unet import UNet, UNetConfig
@@ -210,8 +211,6 @@ class BlurDiffusionPipeline(DiffusionPipeline):
         checkpoint) or a loaded state; EMA weights by default, the run's data statistics in the
         scheduler. Built the way :func:`blurdiff.checkpoint.build_from_checkpoint` builds the
         process and network, so it samples what ``blurdiff sample`` samples."""
-        from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-
         if isinstance(path_or_state, dict):
             state, source = path_or_state, "the checkpoint"
         else:

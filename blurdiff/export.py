@@ -49,6 +49,7 @@ from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of,
 from blurdiff.output_folders import check_replaceable, new_output_folder
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.statistics import DataStatistics
+from blurdiff.unet import UNet, UNetConfig
 
 __all__ = ["FORMATS", "ExportResult", "export_info", "export_run", "is_export", "load_export", "read_export_config"]
 
@@ -294,8 +295,6 @@ def _read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
 
 
 def _check_keys(weights: dict[str, torch.Tensor], config: dict[str, Any], config_path: Path, path: Path) -> None:
-    from blurdiff.unet import UNet, UNetConfig
-
     try:
         with torch.device("meta"):  # no memory, no initialisation: only the names
             expected = set(UNet(UNetConfig(**config["unet"])).state_dict())

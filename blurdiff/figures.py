@@ -21,7 +21,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from blurdiff.atomic import atomic_path, writable_target
+from blurdiff.data import open_dataset
+from blurdiff.diffusion import BlurDiffusion
 from blurdiff.images import font, to_uint8, upscale_factor
+from blurdiff.presets import get_preset
 
 __all__ = ["forward_figure", "forward_process_figure", "forward_rows"]
 
@@ -41,8 +44,6 @@ def forward_rows(x0: torch.Tensor, process, times: Sequence[int], seed: int = 0,
 
     ``process`` is the preset's ``BlurDiffusion``; the other direction is built from its config.
     """
-    from blurdiff.diffusion import BlurDiffusion
-
     cfg = dict(process.config)
     cfg["direction"] = "fine_to_coarse" if cfg["direction"] == "coarse_to_fine" else "coarse_to_fine"
     other = BlurDiffusion(**cfg, backend=process.backend)
@@ -133,10 +134,6 @@ def forward_process_figure(
     scale: int | None = None,
 ) -> Path:
     """Read ``n`` images of ``data`` at the preset's resolution and write the figure to ``out``."""
-    from blurdiff.data import open_dataset
-    from blurdiff.diffusion import BlurDiffusion
-    from blurdiff.presets import get_preset
-
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     writable_target(out)  # refused before the work, not after

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from blurdiff.samplers import Sampler
+
 __all__ = ["BANDS", "exact_score", "gaussian_distance", "output_variance", "power_law_spectrum", "reference_estimate"]
 
 BANDS = 4  # radial frequency bands, equal widths of the normalised index radius
@@ -122,8 +124,6 @@ def evaluate_samplers(
 ) -> list[dict[str, object]]:
     """:func:`gaussian_distance` of every (kind, K) on Gaussian data of power ``v``, the samplers
     using ``reference`` (default ``v``) as their Gaussian reference. ``ddpm`` only at K = N."""
-    from blurdiff.samplers import Sampler
-
     rows = []
     for kind in kinds:
         for K in counts:

@@ -53,15 +53,19 @@ from pathlib import Path
 
 import torch
 
+import blurdiff_ops
 from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.devices import resolve_device
+from blurdiff.export import export_info, load_export
 from blurdiff.images import save_grid, save_npz, save_png, save_strips, upscale_factor
+from blurdiff.presets import get_preset
 from blurdiff.progress import Progress
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import FIGURES, RAW_STATS_FILE, SETTINGS_FILE, STATS_FILE, SampleStats, divergence_reasons
 from blurdiff.samplers import make_sampler
 from blurdiff.settings import Settings, check_against_run
+from blurdiff.spectrum import load_images  # the image reading shared with FID and spectra
 
 _FORMAT = 2  # 2: the integrators of docs/sampling.md §4-§6 (ancestral and ddim changed), spacing
 _PNG = re.compile(r"^\d{6,}\.png$")
@@ -94,8 +98,6 @@ class _Source:
 
 def _check_preset(path, trained: str | None, preset: str | None) -> None:
     if preset is not None:
-        from blurdiff.presets import get_preset
-
         get_preset(preset)  # an unknown name is its own error
         if trained != preset:
             raise ValueError(f"{path} was trained with preset {trained!r}, not --preset {preset!r}")
@@ -126,8 +128,6 @@ def _load(run, ckpt, preset: str | None, ema: bool | None, backend: str, device:
 def _load_export(folder, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> _Source:
     """An export's weights and process (blurdiff.export), recorded in ``sample.json`` as its
     source checkpoint's: the same weights, the same images."""
-    from blurdiff.export import export_info, load_export
-
     info = export_info(folder)
     path = Path(folder)
     _check_preset(path, info["preset"], preset)
@@ -159,8 +159,6 @@ def _from_settings(section: dict, name: str, given):
 
 
 def _resolved_backend(process, device: torch.device) -> str:
-    import blurdiff_ops
-
     return "reference" if process.ops(device) is blurdiff_ops.reference else "fused"
 
 
@@ -497,8 +495,6 @@ def sample_to_folder(
     grid_path = None
     if grid:
         (out / FIGURES).mkdir(exist_ok=True)
-        from blurdiff.spectrum import load_images  # the image reading shared with FID and spectra
-
         images = load_images([out / image_name(i) for i in range(min(n, 64))], out).float()
         grid_path = out / FIGURES / "grid.png"
         save_grid(_upscale([images])[0], grid_path)

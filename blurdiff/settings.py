@@ -30,8 +30,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from blurdiff.diffusion import BlurDiffusion
 from blurdiff.safe_json import JSONTooDeepError
 from blurdiff.safe_json import loads as json_loads
+from blurdiff.unet import UNetConfig
 
 __all__ = ["SECTIONS", "Settings", "check_against_run", "field_types", "parse_settings"]
 
@@ -45,16 +47,12 @@ def field_types(section: str) -> dict[str, Any]:
     """The settable fields of ``section`` and their types (from the code's own annotations, so a
     new field is settable without touching this module)."""
     if section == "process":
-        from blurdiff.diffusion import BlurDiffusion
-
         hints = typing.get_type_hints(BlurDiffusion.__init__)
         # The backend is how the ops run, not what the process is: --backend sets it.
         return {
             n: hints[n] for n in inspect.signature(BlurDiffusion.__init__).parameters if n in hints and n != "backend"
         }
     if section == "unet":
-        from blurdiff.unet import UNetConfig
-
         hints = typing.get_type_hints(UNetConfig)
         return {f.name: hints[f.name] for f in dataclasses.fields(UNetConfig)}
     if section == "sampler":

@@ -25,7 +25,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from blurdiff.atomic import atomic_path
-from blurdiff.images import font
+from blurdiff.fid import list_image_files  # FID's selection, so both look at the same images
+from blurdiff.images import IMAGE_EXTENSIONS, font, read_image  # the reader of the training data and FID
 
 __all__ = ["load_image_folder", "plot_spectra", "radial_power_spectrum", "spectrum_report"]
 
@@ -70,9 +71,6 @@ def radial_power_spectrum(images) -> tuple[np.ndarray, np.ndarray]:
 
 def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
     """The images in ``folder`` (top level, sorted; the listing of FID) as ``[N, 3, H, W]`` in [-1, 1]."""
-    from blurdiff.fid import list_image_files  # FID's selection, so both look at the same images
-    from blurdiff.images import IMAGE_EXTENSIONS
-
     files = list_image_files(folder, limit)
     if not files:
         raise ValueError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {folder}")
@@ -82,8 +80,6 @@ def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> to
 def load_images(files, folder: str | os.PathLike) -> torch.Tensor:
     """Image ``files`` (of one size) as float64 ``[N, 3, H, W]`` in [-1, 1]; ``folder`` names
     them in errors."""
-    from blurdiff.images import read_image  # the reader of the training data and FID
-
     arrays = [read_image(f) for f in files]
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:

@@ -39,6 +39,8 @@ import warnings
 import numpy as np
 from PIL import Image, features
 
+from blurdiff.data import open_dataset
+from blurdiff.images import UndecodableDataError
 from blurdiff.lmdb_file import BrokenLMDBError
 from blurdiff.output_folders import MARKER, OutputExistsError, check_replaceable, new_output_folder
 
@@ -325,9 +327,6 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
     ``overwrite=True``, anything else always (see the module's notes).
     Returns the number of PNGs written.
     """
-    from blurdiff.data import open_dataset
-    from blurdiff.images import UndecodableDataError
-
     out = os.fspath(out)
     ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented
     if limit is not None and int(limit) < 0:

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import blurdiff.cli.data
 import blurdiff.fid as fid
 import blurdiff.toy_data as toy_data
 from blurdiff.cli import main
@@ -347,6 +348,6 @@ def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch, error):
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(toy_data, "make_toy_lmdb", broken)
+    monkeypatch.setattr(blurdiff.cli.data, "make_toy_lmdb", broken)
     with pytest.raises(type(error), match="a bug"):
         main(["data", "toy", "--out", str(tmp_path / "t"), "--n", "1", "--size", "8"])

@@ -13,6 +13,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from blurdiff.checkpoint import RunInUseError
+from blurdiff.images import UndecodableDataError
+from blurdiff.inception import InceptionWeightsError
+from blurdiff.output_folders import OutputExistsError
+
 # The commands in the order `blurdiff -h` lists them. Each is a module blurdiff.cli.<name> that
 # parses its options (add_arguments, and HELP/DESCRIPTION for -h) and, in run, calls the library
 # and prints what it returns.
@@ -128,11 +133,6 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 def _user_error_message(e: Exception) -> str | None:
     """The one-line message for an error caused by the input or the machine; ``None`` for the rest."""
     from PIL import UnidentifiedImageError
-
-    from blurdiff.checkpoint import RunInUseError
-    from blurdiff.images import UndecodableDataError
-    from blurdiff.inception import InceptionWeightsError
-    from blurdiff.output_folders import OutputExistsError
 
     if isinstance(e, OutputExistsError):
         return e.hint("--" + e.option.replace("_", "-"))  # the library's own hint says overwrite=True

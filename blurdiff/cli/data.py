@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from blurdiff.cli import seed_type
+from blurdiff.photos import PhotosUnavailableError, make_photos_lmdb
+from blurdiff.toy_data import export_lmdb_to_folder, make_toy_lmdb
 
 HELP = "make or export data sets"
 DESCRIPTION = None
@@ -54,18 +56,13 @@ def run(args: argparse.Namespace) -> int:
     return {"toy": _toy, "photos": _photos, "export": _export}[args.data_command](args)
 
 
-# Each subcommand imports its library module when it runs: building the parser loads none of them.
 def _toy(args: argparse.Namespace) -> int:
-    from blurdiff.toy_data import make_toy_lmdb
-
     make_toy_lmdb(args.out, args.n, args.size, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.n} images of {args.size}x{args.size} to {args.out}")
     return 0
 
 
 def _photos(args: argparse.Namespace) -> int:
-    from blurdiff.photos import PhotosUnavailableError, make_photos_lmdb
-
     try:
         make_photos_lmdb(args.out, args.n, args.size, seed=args.seed, split=args.split, overwrite=args.overwrite)
     except PhotosUnavailableError as e:  # an optional extra: say what to install, no traceback
@@ -76,8 +73,6 @@ def _photos(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from blurdiff.toy_data import export_lmdb_to_folder
-
     count = export_lmdb_to_folder(args.src, args.out, limit=args.limit, resolution=args.size, overwrite=args.overwrite)
     print(f"wrote {count} PNGs to {args.out}")
     return 0

@@ -7,6 +7,7 @@ import json
 
 from blurdiff.atomic import writable_target, write_text_atomic
 from blurdiff.cli import seed_type
+from blurdiff.quality import evaluate_folder, format_report
 
 HELP = "the quality yardstick: samples against data, beside the data's noise floor"
 DESCRIPTION = (
@@ -34,8 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blurdiff.quality import evaluate_folder, format_report
-
     if args.json:
         writable_target(args.json)  # refused before the work, not after
     report, stats_file = evaluate_folder(args.samples, args.data, n=args.n, seed=args.seed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from blurdiff.fid import fid_report
+
 HELP = "FID between two image folders (or a folder and saved .npz statistics)"
 DESCRIPTION = None
 
@@ -32,8 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blurdiff.fid import fid_report
-
     report = fid_report(
         args.real,
         args.fake,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from blurdiff.atomic import writable_target
+from blurdiff.spectrum import plot_spectra, spectrum_report
 
 HELP = "radially averaged power spectrum of samples against data (no weights)"
 DESCRIPTION = None
@@ -18,8 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blurdiff.spectrum import plot_spectra, spectrum_report
-
     if args.out:
         writable_target(args.out)  # refused before the work, not after
     report = spectrum_report(args.samples, args.data, limit=args.limit)
