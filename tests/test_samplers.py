@@ -201,19 +201,6 @@ def test_new_data_statistics_drop_what_was_built_on_the_old():
     assert not torch.allclose(p.reference_eps(x, t), before)
 
 
-def test_respace_is_a_deprecated_alias(monkeypatch):
-    import importlib
-    import sys
-
-    import blurdiff.samplers as samplers
-
-    monkeypatch.delitem(sys.modules, "blurdiff.respace", raising=False)
-    with pytest.warns(DeprecationWarning, match="import from blurdiff.samplers"):
-        respace = importlib.import_module("blurdiff.respace")
-    assert set(respace.__all__) == set(samplers.__all__) >= {"make_sampler", "Sampler", "KINDS", "DEFAULT_SPACING"}
-    assert all(getattr(respace, name) is getattr(samplers, name) for name in samplers.__all__)
-
-
 # --------------------------------------------------------------------------- exact Gaussian score
 RES, C, B = 8, 3, 2048
 
