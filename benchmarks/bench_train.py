@@ -25,7 +25,8 @@ from PIL import Image
 
 import blurdiff_ops
 from blurdiff.toy_data import toy_image
-from blurdiff.train import Trainer, TrainOptions
+from blurdiff.train import Trainer
+from blurdiff.train_options import TrainOptions
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -42,7 +42,6 @@ from blurdiff.images import (
     decode_image,
     file_identity,
     list_images,
-    read_image,
     to_rgb,
 )
 from blurdiff.lmdb_file import BrokenLMDBError, check_lmdb_file
@@ -50,17 +49,12 @@ from blurdiff.lmdb_file import BrokenLMDBError, check_lmdb_file
 log = logging.getLogger("blurdiff.data")
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "LMDBImageDataset",
     "ImageFolderDataset",
     "open_dataset",
     "is_lmdb_path",
-    "list_images",
-    "read_image",
-    "to_rgb",
     "resize_no_crop",
     "pil_to_tensor",
-    "UndecodableDataError",
     "epoch_indices",
     "epoch_flips",
     "batches_per_epoch",

@@ -30,7 +30,6 @@ from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoin
 from blurdiff.data import infinite_loader, open_dataset
 from blurdiff.diffusion import BlurDiffusion, ReferenceResidual
 from blurdiff.distributed import (
-    DistInfo,
     data_parallel,
     device_for_rank,
     mean_over_ranks,
@@ -51,17 +50,12 @@ from blurdiff.unet import build_unet
 log = logging.getLogger("blurdiff.train")
 
 __all__ = [
-    "TrainOptions",
     "Trainer",
     "TrainingParts",
     "build_parts",
     "build_trainer",
     "NonFiniteLossError",
     "train",
-    # Moved to blurdiff.train_options and blurdiff.distributed; still importable from here.
-    "AMP_DTYPES",
-    "DistInfo",
-    "setup_distributed",
 ]
 
 # The default of Trainer(checkpoint=...): look in the run folder (options.out) for one to resume.

@@ -468,19 +468,3 @@ class UNet(nn.Module):
         # Under autocast the last conv yields bf16/fp16; hand eps back in the caller's dtype
         # so the diffusion arithmetic that follows stays in full precision.
         return self.out(h).to(x.dtype)
-
-
-def __getattr__(name: str):
-    # The network presets were called PRESETS, the name the experiment presets have too
-    # (blurdiff.presets.PRESETS): the old name still works, with a warning.
-    if name == "PRESETS":
-        import warnings
-
-        warnings.warn(
-            "blurdiff.unet.PRESETS is now blurdiff.unet.UNET_PRESETS (blurdiff.presets.PRESETS holds the "
-            "experiment presets)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return UNET_PRESETS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -80,7 +80,8 @@ from blurdiff.sample_guard import SampleStats
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.spectrum import plot_spectra, radial_power_spectrum
-from blurdiff.train import NonFiniteLossError, TrainOptions, train
+from blurdiff.train import NonFiniteLossError, train
+from blurdiff.train_options import TrainOptions
 from blurdiff.unet import build_unet
 
 SETTINGS = {"quartic": "photos32-quartic", "log": "photos32-log", "noblur": "photos32-noblur"}

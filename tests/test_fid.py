@@ -19,7 +19,7 @@ from PIL import Image
 from blurdiff import fid as fidmod
 from blurdiff import inception as incmod
 from blurdiff.atomic import file_sha256
-from blurdiff.data import IMAGE_EXTENSIONS, UndecodableDataError
+from blurdiff.images import IMAGE_EXTENSIONS, UndecodableDataError
 from blurdiff.fid import (
     FIDReport,
     activation_statistics,

@@ -12,7 +12,8 @@ from blurdiff.checkpoint import list_checkpoints, load_checkpoint
 from blurdiff.cli.train import run as main
 from blurdiff.health import TrainingHealth
 from blurdiff.toy_data import make_toy_lmdb
-from blurdiff.train import TrainOptions, train
+from blurdiff.train import train
+from blurdiff.train_options import TrainOptions
 
 RES = 16
 

@@ -14,7 +14,6 @@ PACKAGES = ("blurdiff", "blurdiff_ops")
 ALLOWED_INSIDE_FUNCTIONS = {
     ("blurdiff.export", "blurdiff.diffusers_pipeline"): "needs diffusers, an optional package",
     ("blurdiff_ops._loader", "blurdiff_ops._C"): "the compiled extension, which may be missing",
-    ("blurdiff", "blurdiff.unet"): "the package root's lazy build_unet (the compatibility layer, to go)",
 }
 
 

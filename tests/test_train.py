@@ -41,7 +41,8 @@ from blurdiff.cli.train import add_arguments
 from blurdiff.cli.train import run as main
 from blurdiff.presets import get_preset
 from blurdiff.toy_data import make_toy_lmdb, toy_image
-from blurdiff.train import NonFiniteLossError, Trainer, TrainOptions, train
+from blurdiff.train import NonFiniteLossError, Trainer, train
+from blurdiff.train_options import TrainOptions
 
 RES = 16
 BATCH = 4

@@ -259,12 +259,3 @@ def test_attention_matches_explicit_per_head_softmax():
     expected = x + block.proj_out(h).reshape(x.shape)
 
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_old_name_of_the_network_presets_still_works_with_a_warning():
-    import blurdiff.unet as unet
-
-    with pytest.warns(DeprecationWarning, match="UNET_PRESETS"):
-        assert unet.PRESETS is UNET_PRESETS
-    with pytest.raises(AttributeError, match="no_such_name"):
-        unet.no_such_name  # noqa: B018
