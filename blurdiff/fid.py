@@ -3,7 +3,7 @@
 Protocol. The blur-diffusion paper (Lee et al., 2022) reports **FID-10K at 64x64**: 10,000
 generated 64x64 samples against the real 64x64 images, with the FID Inception-v3 of
 pytorch-fid (:mod:`blurdiff.inception`; its published weights, pool3 2048-d features). The
-command line therefore uses ``limit=10000`` by default (see :func:`fid_main`). FIDs computed on
+command line therefore uses ``limit=10000`` (``DEFAULT_LIMIT``) by default (``blurdiff fid``). FIDs computed on
 fewer images are biased upwards and are not comparable with the paper's numbers.
 
 Pipeline (as in pytorch-fid's ``fid_score``): every image file in a folder (the extensions
@@ -71,8 +71,6 @@ __all__ = [
     "FIDReport",
     "activation_statistics",
     "compute_activations",
-    "fid_from_paths",
-    "fid_main",
     "fid_report",
     "frechet_distance",
     "list_image_files",
@@ -476,49 +474,4 @@ def fid_report(
         real=str(real),
         fake=str(fake),
         weights=None if weights_path is None else str(weights_path),
-    )
-
-
-def fid_from_paths(
-    real: str | os.PathLike,
-    fake: str | os.PathLike,
-    weights: str | os.PathLike | None = None,
-    batch_size: int = 50,
-    device: str | torch.device | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    limit: int | None = None,
-    allow_other_weights: bool = False,
-) -> float:
-    """The FID alone; see :func:`fid_report` (the same arguments) for the counts behind it."""
-    return fid_report(
-        real,
-        fake,
-        weights=weights,
-        batch_size=batch_size,
-        device=device,
-        cache_dir=cache_dir,
-        limit=limit,
-        allow_other_weights=allow_other_weights,
-    ).fid
-
-
-def fid_main(
-    real: str | os.PathLike,
-    fake: str | os.PathLike,
-    inception_weights: str | os.PathLike | None = None,
-    batch_size: int = 50,
-    device: str | torch.device | None = None,
-    limit: int | None = DEFAULT_LIMIT,
-    allow_other_weights: bool = False,
-) -> float:
-    """FID with the command line's defaults: FID-10K (``limit=10000``); prints nothing. The
-    ``blurdiff fid`` command uses :func:`fid_report` with the same defaults, for the counts."""
-    return fid_from_paths(
-        real,
-        fake,
-        weights=inception_weights,
-        batch_size=batch_size,
-        device=device,
-        limit=limit,
-        allow_other_weights=allow_other_weights,
     )

@@ -612,7 +612,7 @@ class Fid:
     def of(self, samples: torch.Tensor, folder: Path) -> float | None:
         """FID of ``samples`` (written as PNGs to ``folder``); None, and FID off from here on with the
         reason in the note, when the weights turn out unusable."""
-        from blurdiff.fid import fid_from_paths
+        from blurdiff.fid import fid_report
         from blurdiff.inception import InceptionWeightsError
         from blurdiff.toy_data import export_lmdb_to_folder
 
@@ -623,7 +623,7 @@ class Fid:
             if not (folder / f"{i:06d}.png").is_file():
                 save_png(x, folder / f"{i:06d}.png")
         try:
-            return float(fid_from_paths(self.real, folder, weights=self.weights, device="cpu", cache_dir=self.cache))
+            return float(fid_report(self.real, folder, weights=self.weights, device="cpu", cache_dir=self.cache).fid)
         except (InceptionWeightsError, OSError, ValueError) as e:
             self.available = False
             self.note = f"FID skipped: {str(e).splitlines()[0]}"

@@ -5,7 +5,7 @@ those tests pass ``allow_other_weights=True``), and what makes a FID trustworthy
 hash check, the image counts and the warnings when a set is smaller than the limit, the file
 types pytorch-fid reads, and (with pytorch-fid installed) agreement with pytorch-fid itself."""
 
-import inspect
+import argparse
 import os
 import shutil
 from pathlib import Path
@@ -16,15 +16,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import blurdiff.cli.fid
 from blurdiff import fid as fidmod
 from blurdiff import inception as incmod
 from blurdiff.atomic import file_sha256
-from blurdiff.images import IMAGE_EXTENSIONS, UndecodableDataError
 from blurdiff.fid import (
     FIDReport,
     activation_statistics,
-    fid_from_paths,
-    fid_main,
     fid_report,
     frechet_distance,
     list_image_files,
@@ -32,6 +30,7 @@ from blurdiff.fid import (
     load_statistics_with_count,
     save_statistics,
 )
+from blurdiff.images import IMAGE_EXTENSIONS, UndecodableDataError
 from blurdiff.inception import (
     FID_WEIGHTS_FILENAME,
     FID_WEIGHTS_SHA256_PREFIX,
@@ -337,7 +336,7 @@ def test_missing_weights_error_names_the_file(tmp_path, monkeypatch):
     assert str(explicit) in str(info.value)
     real = _write_pngs(tmp_path / "real", 2, 0)
     with pytest.raises(FileNotFoundError, match=FID_WEIGHTS_FILENAME):
-        fid_from_paths(real, real, cache_dir=tmp_path / "cache")
+        fid_report(real, real, cache_dir=tmp_path / "cache")
     assert not list(tmp_path.rglob("*.pth"))
 
 
@@ -398,7 +397,7 @@ def test_folder_with_fewer_than_two_images_is_an_error(tmp_path, random_weights)
     one = _write_pngs(tmp_path / "one", 1, 0)
     two = _write_pngs(tmp_path / "two", 2, 1)
     with pytest.raises(ValueError, match="1 image.*at least 2"):
-        fid_from_paths(one, two, weights=weights, cache_dir=tmp_path / "c", allow_other_weights=True)
+        fid_report(one, two, weights=weights, cache_dir=tmp_path / "c", allow_other_weights=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
@@ -441,7 +440,7 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
 
     monkeypatch.setattr(fidmod, "compute_activations", counting)
 
-    d_same = fid_from_paths(real, same, weights=weights, batch_size=3, cache_dir=cache, allow_other_weights=True)
+    d_same = fid_report(real, same, weights=weights, batch_size=3, cache_dir=cache, allow_other_weights=True).fid
     assert calls == [("real", 3), ("same", 3)]
     assert abs(d_same) < 1e-6
     cached = list(cache.glob("*.npz"))
@@ -460,7 +459,7 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
         return float(np.sum((mu1 - mu2) ** 2))
 
     monkeypatch.setattr(fidmod, "frechet_distance", recording)
-    d_diff = fid_from_paths(real, fake, weights=weights, batch_size=3, cache_dir=cache, allow_other_weights=True)
+    d_diff = fid_report(real, fake, weights=weights, batch_size=3, cache_dir=cache, allow_other_weights=True).fid
     assert calls[2:] == [("fake", 3)]  # real came from the cache
     assert d_diff > 1e3 * max(d_same, 1e-9)
     assert np.array_equal(seen[0][0], mu_c) and np.array_equal(seen[0][1], sigma_c)
@@ -472,7 +471,7 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
         raise AssertionError("features recomputed although cached")
 
     monkeypatch.setattr(fidmod, "compute_activations", broken)
-    d_npz = fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, allow_other_weights=True)
+    d_npz = fid_report(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, allow_other_weights=True).fid
     assert d_npz == d_diff
     for x, y in zip(seen[1], seen[0]):
         assert np.array_equal(x, y)
@@ -480,20 +479,22 @@ def test_fid_pipeline_end_to_end_and_cache(tmp_path, random_weights, monkeypatch
     # Changing the real set (here a file's mtime) changes the key: no stale statistics.
     os.utime(real / "img_000.png", ns=(0, 10**18))
     with pytest.raises(AssertionError, match="recomputed"):
-        fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, allow_other_weights=True)
+        fid_report(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, allow_other_weights=True)
     # So does a limit that selects a different subset.
     monkeypatch.setattr(fidmod, "compute_activations", counting)
-    fid_from_paths(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, limit=2, allow_other_weights=True)
+    fid_report(real, fake_npz, weights=weights, device="cpu", cache_dir=cache, limit=2, allow_other_weights=True)
     assert calls[-1] == ("real", 2)
     assert len(list(cache.glob("*.npz"))) == 2
     assert not [p for p in cache.iterdir() if p.suffix != ".npz"]  # no temporaries left
 
 
 @pytest.mark.plumbing
-def test_fid_main_uses_hub_cache_and_prints_nothing(tmp_path, random_weights, monkeypatch, capsys):
-    """Checks wiring only: fid_main finds the weights in the hub cache, returns a float, and
-    is FID-10K by default."""
-    assert inspect.signature(fid_main).parameters["limit"].default == 10000
+def test_fid_report_uses_hub_cache_and_prints_nothing(tmp_path, random_weights, monkeypatch, capsys):
+    """Checks wiring only: fid_report finds the weights in the hub cache, returns a float, and
+    the command line is FID-10K by default."""
+    parser = argparse.ArgumentParser()
+    blurdiff.cli.fid.add_arguments(parser)
+    assert parser.get_default("limit") == fidmod.DEFAULT_LIMIT == 10000
     assert "FID-10K" in fidmod.__doc__ and "64x64" in fidmod.__doc__
     _, weights = random_weights
     _small_network(monkeypatch)
@@ -511,7 +512,7 @@ def test_fid_main_uses_hub_cache_and_prints_nothing(tmp_path, random_weights, mo
         return 12.5
 
     monkeypatch.setattr(fidmod, "frechet_distance", distance)
-    out = fid_main(real, fake, batch_size=2, device="cpu", allow_other_weights=True)
+    out = fid_report(real, fake, batch_size=2, device="cpu", allow_other_weights=True).fid
     assert out == 12.5
     assert seen[0][:4] == ((2048,), (2048, 2048), (2048,), (2048, 2048)) and seen[0][4] != 0
     assert len(list((tmp_path / "default_cache").glob("*.npz"))) == 1
@@ -566,10 +567,8 @@ def test_fid_refuses_unpublished_weights_even_on_a_cache_hit(tmp_path, random_we
     monkeypatch.setattr(fidmod, "compute_activations", broken)
     for other in (fake, fake_npz):
         with pytest.raises(UnpublishedWeightsError, match="--allow-other-weights"):
-            fid_from_paths(real, other, weights=weights, cache_dir=cache)
-        with pytest.raises(UnpublishedWeightsError):
-            fid_main(real, other, inception_weights=weights)
-    assert fid_from_paths(real, fake_npz, weights=weights, cache_dir=cache, allow_other_weights=True) == 1.0
+            fid_report(real, other, weights=weights, cache_dir=cache)
+    assert fid_report(real, fake_npz, weights=weights, cache_dir=cache, allow_other_weights=True).fid == 1.0
 
 
 # --------------------------------------------------------------------------- trust: counts

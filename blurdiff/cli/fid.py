@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from blurdiff.fid import fid_report
+from blurdiff.fid import DEFAULT_LIMIT, fid_report
 
 HELP = "FID between two image folders (or a folder and saved .npz statistics)"
 DESCRIPTION = None
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
         type=int,
-        default=10000,
+        default=DEFAULT_LIMIT,
         help="images per set (the paper reports FID-10K); a warning says when a set holds fewer",
     )
     p.add_argument("--batch-size", type=int, default=50)
