@@ -37,8 +37,6 @@ _TRAJECTORY_DEFAULTS: dict[str, Any] = dict(
     process_overrides={},
     unet_overrides={},
 )
-# What a run saved before an option existed trained with: resuming it must not switch to a newer preset default.
-_BEFORE_THE_OPTION: dict[str, Any] = dict(lr_schedule="constant")
 
 
 @dataclass
@@ -105,8 +103,6 @@ class TrainOptions:
                 continue
             if saved is not None and saved.get(name) is not None:
                 value = saved[name]
-            elif saved is not None and name in _BEFORE_THE_OPTION:
-                value = _BEFORE_THE_OPTION[name]
             elif default is _FROM_PRESET:
                 value = getattr(preset, name)
             else:
