@@ -59,7 +59,8 @@ R=$W/root/usr C=$W/cuda
 mkdir -p "$C/bin" "$C/nvvm/bin" "$C/nvvm/lib64" "$C/include"
 cp "$R/lib/nvidia-cuda-toolkit/bin/nvcc" "$C/bin/"  # the ELF; usr/bin/nvcc is Debian's wrapper
 cp -r "$R/lib/nvidia-cuda-toolkit/bin/crt" "$C/bin/"
-for b in ptxas cudafe++ fatbinary nvlink cuobjdump; do cp "$R/bin/$b" "$C/bin/"; done
+# nvdisasm: cuobjdump -sass runs it (scripts/gpu_static_report.py; CUDA 13's no longer reads sm_70).
+for b in ptxas cudafe++ fatbinary nvlink cuobjdump nvdisasm; do cp "$R/bin/$b" "$C/bin/"; done
 cp "$R/lib/nvidia-cuda-toolkit/bin/cicc" "$C/nvvm/bin/"
 cp -r "$R/lib/nvidia-cuda-toolkit/libdevice" "$C/nvvm/"
 cp "$R"/lib/x86_64-linux-gnu/libnvvm.so.* "$C/nvvm/lib64/"
@@ -95,21 +96,29 @@ print(os.path.join(os.path.dirname(torch.__file__), "include"), torch.__version_
 host=()
 [ -n "${CC:-}" ] && host=(-ccbin "$CC")  # as cpp_extension does
 start=$(date +%s)
+# The digest of csrc/ as compiled (taken first): scripts/gpu_static_report.py reuses each object and
+# its ptxas log (-Xptxas -v: registers, spills, shared memory per kernel) while csrc/ still has it,
+# so CI compiles sm_70 once. The same recipe is in that script's csrc_digest().
+digest=$(cd csrc && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+rm -f "$W/csrc.sha256"
 for cu in csrc/cuda/*.cu; do
-  obj="$W/$(basename "$cu" .cu).o"
+  obj="$W/$(basename "$cu" .cu).o" log="$W/$(basename "$cu" .cu).sm_70.log"
   echo "nvcc $release: $cu -> sm_70"
-  if ! PATH="$C/bin:$PATH" nvcc -c "$cu" -o "$obj" "${host[@]}" -std=c++20 -O3 --threads=2 \
-      -gencode=arch=compute_70,code=sm_70 \
-      -I"$TORCH_INC" -I"$TORCH_INC/torch/csrc/api/include" -I"$PY_INC" \
-      -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
-      -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr --compiler-options -fPIC \
-      -DBLURDIFF_WITH_CUDA "-DBLURDIFF_TORCH_VERSION_TOKENS=$TORCH_VER" \
-      -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C 2>&1 | tee "$W/compile.log"; then
-    fail "$cu does not compile for sm_70 with CUDA $release"
-  fi
+  status=0
+  PATH="$C/bin:$PATH" nvcc -c "$cu" -o "$obj" "${host[@]}" -std=c++20 -O3 --threads=2 \
+    -gencode=arch=compute_70,code=sm_70 -Xptxas -v \
+    -I"$TORCH_INC" -I"$TORCH_INC/torch/csrc/api/include" -I"$PY_INC" \
+    -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+    -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr --compiler-options -fPIC \
+    -DBLURDIFF_WITH_CUDA "-DBLURDIFF_TORCH_VERSION_TOKENS=$TORCH_VER" \
+    -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C >"$log" 2>&1 || status=$?
+  # The compiler's messages without ptxas' resource lines (those are the report's to show).
+  grep -vE '^ptxas info|^ +[0-9]+ bytes stack frame' "$log" || true
+  [ "$status" = 0 ] || fail "$cu does not compile for sm_70 with CUDA $release"
   # The project's own files are named relative to the root (csrc/...), torch's by absolute path.
-  if grep -qE '^csrc/.*warning' "$W/compile.log"; then fail "warnings in csrc/ (above)"; fi
+  if grep -qE '^csrc/.*warning' "$log"; then fail "warnings in csrc/ (above)"; fi
   elf=$("$C/bin/cuobjdump" --list-elf "$obj")
   [[ "$elf" == *sm_70* ]] || fail "no sm_70 code in $obj"
 done
+echo "$digest" >"$W/csrc.sha256"
 echo "OK: csrc/cuda compiles for sm_70 with CUDA $release ($(( $(date +%s) - start )) s)"
