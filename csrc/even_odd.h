@@ -38,6 +38,7 @@ struct SideSplit {
   int64_t ne = 0;              // even columns (kEvenOdd), ceil(n / 2)
   std::vector<int32_t> order;  // kEvenOdd: slot -> column of U
   at::Tensor blocks;           // kEvenOdd: E then O, row-major, U's dtype and device, ne² + no² values
+  at::Tensor indices;          // kEvenOdd: int32 [2 n] on U's device: column -> slot, then order
 
   int64_t no() const { return n - ne; }
   bool even_odd() const { return kind == kEvenOdd; }
@@ -121,6 +122,13 @@ inline SideSplit find_side_split(const at::Tensor& U) {
       for (int64_t k = 0; k < no; ++k) O[l * no + k] = u[l * n + s.order[ne + k]];
   });
   s.blocks = blocks.to(U.device());
+  at::Tensor indices = at::empty({2 * n}, at::TensorOptions().dtype(at::kInt));
+  int32_t* slot = indices.data_ptr<int32_t>();
+  for (int64_t k = 0; k < n; ++k) {
+    slot[s.order[k]] = static_cast<int32_t>(k);
+    slot[n + k] = s.order[k];
+  }
+  s.indices = indices.to(U.device());
   return s;
 }
 
@@ -128,6 +136,7 @@ inline SideSplit find_side_split(const at::Tensor& U) {
 // U_w on every call; on a GPU the values are read back only once). An entry holds the tensor
 // itself, so its TensorImpl cannot be freed and reused by another matrix while cached, and its
 // version counter catches in-place writes. Inference tensors have no version counter: not cached.
+// The cache is never destroyed: at exit its CUDA tensors would be freed after the CUDA runtime.
 inline std::shared_ptr<const SideSplit> side_split(const at::Tensor& U) {
   if (U.is_inference()) return std::make_shared<const SideSplit>(find_side_split(U));
   struct Entry {
@@ -135,8 +144,8 @@ inline std::shared_ptr<const SideSplit> side_split(const at::Tensor& U) {
     int64_t version;
     std::shared_ptr<const SideSplit> split;
   };
-  static std::mutex mutex;
-  static std::list<Entry> entries;  // most recent first
+  static std::mutex& mutex = *new std::mutex;
+  static std::list<Entry>& entries = *new std::list<Entry>;  // most recent first
   constexpr size_t kCapacity = 8;
   const int64_t version = U._version();
   {

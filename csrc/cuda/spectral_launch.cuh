@@ -25,9 +25,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <list>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -37,34 +35,6 @@
 #include "spectral_kernels.cuh"
 
 namespace blurdiff {
-
-// The index arrays of an even/odd side as one int32 tensor [2n] on the blocks' device: slot
-// (column -> slot, the inverse of SideSplit::order) then order. Built once per split and kept
-// with it, like the split itself (even_odd.h's side_split), so a call that finds them built copies
-// nothing to the device (and can be captured in a CUDA graph).
-inline at::Tensor split_indices(const std::shared_ptr<const SideSplit>& split) {
-  static std::mutex mutex;
-  static std::list<std::pair<std::shared_ptr<const SideSplit>, at::Tensor>> entries;  // most recent first
-  constexpr size_t kCapacity = 16;
-  std::lock_guard<std::mutex> lock(mutex);
-  for (auto it = entries.begin(); it != entries.end(); ++it) {
-    if (it->first == split) {
-      entries.splice(entries.begin(), entries, it);
-      return entries.front().second;
-    }
-  }
-  const int64_t n = split->n;
-  at::Tensor host = at::empty({2 * n}, at::TensorOptions().dtype(at::kInt));
-  int32_t* slot = host.data_ptr<int32_t>();
-  int32_t* order = slot + n;
-  for (int64_t s = 0; s < n; ++s) {
-    order[s] = split->order[s];
-    slot[split->order[s]] = static_cast<int32_t>(s);
-  }
-  entries.emplace_front(split, host.to(split->blocks.device()));
-  if (entries.size() > kCapacity) entries.pop_back();
-  return entries.front().second;
-}
 
 // E [ne, ne] and O [no, no] of an even/odd side.
 inline std::pair<at::Tensor, at::Tensor> split_blocks(const SideSplit& s) {
@@ -81,7 +51,7 @@ SideOperator<acc_t> side_operator(const std::shared_ptr<const SideSplit>& split,
     S.kind = kSideEvenOdd;
     S.ne = split->ne;
     S.blocks = split->blocks.data_ptr<acc_t>();
-    S.slot = split_indices(split).data_ptr<int32_t>();
+    S.slot = split->indices.data_ptr<int32_t>();
   } else {
     S.kind = kSideDense;
     S.U = U.data_ptr<acc_t>();
@@ -104,7 +74,7 @@ inline at::Tensor transform_side(const at::Tensor& x, const std::shared_ptr<cons
   }
   const int64_t n = split->n, ne = split->ne, no = split->no();
   const auto [E, O] = split_blocks(*split);
-  const at::Tensor indices = split_indices(split);
+  const at::Tensor& indices = split->indices;
   if (forward) {
     const at::Tensor top = x.narrow(dim, 0, no), bottom = x.narrow(dim, n - no, no).flip(dim);
     const at::Tensor plus = at::cat(at::TensorList{top.add(bottom), x.narrow(dim, no, ne - no)}, dim);
