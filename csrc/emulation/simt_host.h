@@ -2,10 +2,12 @@
 // unchanged (compiled by g++) in the test suite, where no GPU is present.
 //
 // One std::thread per CUDA thread, blocks one after another, a std::barrier for __syncthreads,
-// and one buffer for dynamic shared memory, filled with NaN bytes before each block so a kernel
-// that reads shared memory it never wrote shows it in the results. Not covered: warp-level
-// behaviour (the kernels use none), memory-model races between blocks (blocks run in sequence),
-// and device code paths behind __CUDA_ARCH__ (the Philox unpacking and __ldg).
+// and for each block a buffer of exactly the launch's dynamic shared memory, filled with NaN bytes
+// so a kernel that reads shared memory it never wrote shows it in the results. Exactly sized and
+// allocated afresh, so that under AddressSanitizer a read one past its end lands in a redzone
+// (scripts/sanitize_emulation.py). Not covered: warp-level behaviour (the kernels use none),
+// memory-model races between blocks (blocks run in sequence), and device code paths behind
+// __CUDA_ARCH__ (the Philox unpacking and __ldg).
 //
 // Include after ATen's headers and before the kernels.
 #pragma once
@@ -42,7 +44,7 @@ void launch(Kernel kernel, int64_t grid, int64_t threads, int64_t smem_bytes, co
   gridDim = dim3{static_cast<unsigned int>(grid), 1, 1};
   blockDim = dim3{static_cast<unsigned int>(threads), 1, 1};
   for (int64_t b = 0; b < grid; ++b) {
-    shared_memory.assign(static_cast<size_t>(smem_bytes) + 16, 0xff);
+    shared_memory = std::vector<unsigned char>(static_cast<size_t>(smem_bytes), 0xff);
     std::barrier<> barrier(threads);
     current_barrier = &barrier;
     std::vector<std::thread> pool;
