@@ -19,9 +19,10 @@ def golden():
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """For modules of many small ops: with two threads on a busy two-core machine every op's
-    parallel region waits for a descheduled thread (measured: 130 s instead of 19 s for the
-    sampler tests). One thread is as fast when the machine is idle."""
+    """For modules of many small ops, which say so with ``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``: with two threads on a busy two-core machine
+    every op's parallel region waits for a descheduled thread (measured: 130 s instead of 19 s for
+    the sampler tests). One thread is as fast when the machine is idle."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

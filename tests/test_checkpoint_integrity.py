@@ -2,7 +2,7 @@
 (refused for sampling), and checkpoints from before the checksum (still loaded). Refusals on
 ``--resume`` and the fall-back to an older checkpoint are in test_train.py.
 
-The checkpoints are test_sample.py's: a tiny UNet at 16x16 with random weights, in the
+The checkpoints are tests/helpers.py's: a tiny UNet at 16x16 with random weights, in the
 documented format.
 """
 
@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from test_sample import make_run
+from helpers import flip_bytes_inside, make_run
 
 from blurdiff.checkpoint import (
     CHECKSUM_KEY,
@@ -24,10 +24,7 @@ from blurdiff.checkpoint import (
 )
 from blurdiff.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Many small ops: one thread (see conftest.one_torch_thread)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 def sample(capsys, run, out, *extra) -> tuple[int, str]:
@@ -53,17 +50,6 @@ def sample(capsys, run, out, *extra) -> tuple[int, str]:
         ]
     )
     return rc, capsys.readouterr().err
-
-
-def flip_bytes_inside(path, tensor: torch.Tensor, n: int = 64) -> None:
-    """Flip the lowest bit of ``n`` bytes in the middle of ``tensor``'s data in the file ``path``."""
-    data = bytearray(path.read_bytes())
-    raw = tensor.numpy().tobytes()
-    start = data.find(raw)
-    assert start >= 0 and data.count(raw) == 1
-    for i in range(start + len(raw) // 2, start + len(raw) // 2 + n):
-        data[i] ^= 1
-    path.write_bytes(bytes(data))
 
 
 def test_flipped_bytes_inside_tensor_data_fail_the_checksum(tmp_path, capsys):

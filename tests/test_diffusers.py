@@ -41,9 +41,7 @@ DDPM_LIKE = dict(num_train_timesteps=1000, resolution=RES, basis="identity", blu
 DIFFUSERS_BETAS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Many small ops: one thread (see conftest.one_torch_thread; 100x faster here under load)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """``blurdiff export`` (blurdiff/export.py) and sampling an export (``blurdiff sample --export``).
 
-Runs are made here as in tests/test_sample.py: one checkpoint of a tiny UNet at 16x16 with random
+Runs are made here as in tests/helpers.py: one checkpoint of a tiny UNet at 16x16 with random
 weights and a 20-step process. The ``residual`` run has what a trained run of today has (data
 statistics, an ``eps_residual`` network); the ``plain`` run has neither, like older runs.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PROCESS, RES, tiny_weights  # the tiny run of the sampling tests
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_sample import PROCESS, RES, _weights  # the tiny run of the sampling tests
 
 from blurdiff.atomic import file_sha256
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
@@ -30,14 +30,11 @@ from blurdiff.sample import sample_to_folder
 from blurdiff.statistics import DataStatistics
 from blurdiff.unet import UNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Many small ops: one thread (see conftest.one_torch_thread)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 def make_run(root: Path, residual: bool) -> Path:
-    model, ema = _weights(1), _weights(2)
+    model, ema = tiny_weights(1), tiny_weights(2)
     config = {"preset": "toy", "process": dict(PROCESS), "unet": dataclasses.asdict(model.config), "train": {}}
     state = {"step": 100, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": {}, "config": config}
     if residual:

@@ -18,9 +18,7 @@ from blurdiff.train_options import TrainOptions
 RES = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Small models, many small ops: one thread (see conftest.one_torch_thread)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 def _feed(h, losses, grads=None, start=0):

@@ -29,9 +29,7 @@ N = 64  # images per set: small, so the file runs in seconds
 RES = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Small ops: one thread (see conftest.one_torch_thread)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -5,59 +5,20 @@ Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a t
 """
 
 import contextlib
-import dataclasses
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import PROCESS, RES, STEPS, make_run
 from PIL import Image
 
 import blurdiff.sample as sample_mod
 from blurdiff.checkpoint import checkpoint_path, save_checkpoint
 from blurdiff.images import upscale_factor
-from blurdiff.unet import build_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Many small ops: one thread (see conftest.one_torch_thread)."""
-
-
-RES, STEPS = 16, 20
-PROCESS = dict(
-    resolution=RES,
-    basis="gaussian",
-    sigma=0.4,
-    blur_schedule="quartic",
-    f_max=0.140625,
-    noise_schedule="linear",
-    steps=STEPS,
-    direction="coarse_to_fine",
-)
-
-
-def _weights(seed):
-    model = build_unet("tiny", image_size=RES)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # the last conv starts at zero: give eps some signal
-        for p in model.out.parameters():
-            p.normal_(0, 0.05, generator=g)
-    return model
-
-
-def make_run(root: Path, preset="toy", step=100) -> Path:
-    model, ema = _weights(1), _weights(2)
-    state = {
-        "step": step,
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": {},
-        "config": {"preset": preset, "process": dict(PROCESS), "unet": dataclasses.asdict(model.config), "train": {}},
-    }
-    save_checkpoint(state, checkpoint_path(root, step))
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 @pytest.fixture(scope="module")

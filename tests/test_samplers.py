@@ -28,10 +28,7 @@ from blurdiff import BlurDiffusion, build_unet
 from blurdiff.gaussian import gaussian_distance, output_variance, power_law_spectrum, reference_estimate
 from blurdiff.samplers import DEFAULT_SPACING, SPACINGS, Sampler, make_sampler, spaced_steps, strided_steps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Many small ops: one thread (see conftest.one_torch_thread)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 def _tiny(res=16):

@@ -24,6 +24,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from helpers import flip_bytes_inside
 from PIL import Image
 
 import blurdiff_ops
@@ -48,9 +49,7 @@ RES = 16
 BATCH = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Small models, many small ops: one thread (see conftest.one_torch_thread)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +260,6 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, mon
 
 
 def test_resume_sets_aside_checkpoints_that_do_not_fit_the_run(toy_lmdb, tmp_path):
-    from test_checkpoint_integrity import flip_bytes_inside
-
     run(opts(toy_lmdb, tmp_path, max_steps=5, ckpt_every=1, keep=0))
     ckpts = tmp_path / "checkpoints"
     straight = load_checkpoint(ckpts / "ckpt-00000005.pt")
