@@ -71,6 +71,7 @@ import datetime
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -389,8 +390,9 @@ def find_cuda13():
 
 
 def nvcc_flags(cuda_home):
-    # cpp_extension looks for a toolkit when imported, and warns when it guesses one.
+    # cpp_extension looks for a toolkit when imported, and warns that no GPU runtime is found.
     os.environ.setdefault("CUDA_HOME", cuda_home)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import torch
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
@@ -558,7 +560,7 @@ def markdown(kernels, estimates, arches_built, meta):
             return lambda r: "–" if r["loop_summary"] is None else f"{r['loop_summary'][key]:.2f}"
 
         out.append(
-            f"| {e['label']} | {cells(a, lambda r: str(r['registers']))} "
+            f"| `{e['label']}` | {cells(a, lambda r: str(r['registers']))} "
             f"| {cells(a, lambda r: str(r['spill_stores'] + r['spill_loads']))} | {smem} "
             f"| {cells(a, occupancy_cell)} "
             f"| {cells(a, loops_cell)} | {cells(a, per_fma('ldg_per_fma'))} | {cells(a, per_fma('lds_per_fma'))} "
