@@ -575,3 +575,12 @@ def train(options: TrainOptions) -> Trainer:
         return trainer
     finally:
         teardown_distributed(info)
+
+
+if __name__ == "__main__":
+    # The commands live in blurdiff.cli (importing it here would close an import cycle): say so
+    # rather than exit 0 having trained nothing.
+    raise SystemExit(
+        "blurdiff.train is a module, not a command: use `python -m blurdiff train …` "
+        "(or `torchrun … -m blurdiff.cli.train …`)"
+    )
