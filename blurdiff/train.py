@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -580,7 +581,9 @@ def train(options: TrainOptions) -> Trainer:
 if __name__ == "__main__":
     # The commands live in blurdiff.cli (importing it here would close an import cycle): say so
     # rather than exit 0 having trained nothing.
-    raise SystemExit(
+    print(
         "blurdiff.train is a module, not a command: use `python -m blurdiff train …` "
-        "(or `torchrun … -m blurdiff.cli.train …`)"
+        "(or `torchrun … -m blurdiff.cli.train …`)",
+        file=sys.stderr,
     )
+    raise SystemExit(2)
