@@ -42,11 +42,9 @@ SANITIZERS = {
     "asan": ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
     "tsan": ["-fsanitize=thread"],
 }
-# Leak checking is off: libtorch keeps process-lifetime allocations (registries, the default
-# generator) that LeakSanitizer lists at exit, and leaks are not what this looks for.
 ENVIRONMENT = {
     "asan": {
-        "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0",
+        "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0",
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
     },
     "tsan": {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1"},
@@ -108,13 +106,14 @@ def _fused_kernel_body(text: str) -> tuple[int, int]:
 
 
 def _source_key(cmd: list[str]) -> str:
-    """A digest of the command and of every file of the source tree it compiles."""
+    """A digest of the command, of the file it compiles and of every header of its source tree."""
     import torch
 
     h = hashlib.sha256("\0".join([torch.__version__, *cmd]).encode())
-    tree = Path(cmd[-3]).parents[1]  # the csrc/ (or its planted copy) of ".../emulation/X.cpp"
+    source = Path(cmd[-3])
+    tree = source.parents[1]  # the csrc/ (or its planted copy) of ".../emulation/X.cpp"
     for f in sorted(tree.rglob("*")):
-        if f.is_file():
+        if f == source or f.suffix in (".h", ".cuh"):
             h.update(str(f.relative_to(tree)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
