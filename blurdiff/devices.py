@@ -1,19 +1,86 @@
-"""The device a command runs on: ``--device`` as given, else CUDA when there is a GPU."""
+"""The device a command runs on: ``--device`` as given, else CUDA when there is a GPU.
+
+Checked before a command writes anything: a device torch cannot use here (``meta``, a type this
+build or machine lacks, a GPU index past the last) is a ValueError that names the devices that are
+available; so is a batch whose images alone would not fit in the device's memory."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+__all__ = ["available_devices", "check_batch_fits", "resolve_device"]
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """The devices a command can sample or train on here: ``cpu``, then ``cuda``, ``cuda:0`` …
+    when torch sees GPUs, then ``mps`` on a Mac that has it."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return names
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``name`` as a device (None: ``cuda`` when available, else ``cpu``), with a clear
-    ValueError for a name that is not a device or for CUDA on a machine without it."""
+    """``name`` as a device (None: ``cuda`` when available, else ``cpu``), with a clear one-line
+    ValueError, naming the devices available here, for a name that is not a device or one that
+    cannot be used here (``meta``, ``xpu`` without one, CUDA on a machine without it ...)."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = f"available here: {', '.join(available_devices())}"
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+    except (RuntimeError, ValueError, TypeError) as e:
+        # torch's message lists every device type it knows of, most of them unusable here.
+        raise ValueError(f"--device {str(name)!r} is not a device ({available})") from e
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine ({available})")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s) ({available})")
+        return device
+    if device.type == "mps" and _mps_available():
+        return device
+    if device.type == "meta":
+        raise ValueError(f"--device meta holds no data: nothing can be computed on it ({available})")
+    raise ValueError(f"--device {name}: {device.type} is not available here or not supported ({available})")
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The device's memory in bytes (a CPU's or a Mac's: the machine's RAM); None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_fits(
+    device: torch.device, batch_size: int, values_per_image: int, option: str = "--batch-size"
+) -> None:
+    """A ValueError when ``batch_size`` images of ``values_per_image`` float32 values each (a lower
+    bound on what one batch holds at once) exceed the memory of ``device``: refused before anything
+    is written or allocated, where the allocator would fail (or the OOM killer strike) mid-run."""
+    need = batch_size * values_per_image * 4
+    have = _memory_bytes(device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"{option} {batch_size}: one batch needs at least {_gib(need)} on {device}, which has "
+            f"{_gib(have)}; use a smaller {option}"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"

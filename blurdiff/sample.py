@@ -9,8 +9,10 @@ a generator seeded by ``(seed, b's first index, batch size)``, so image ``i`` de
 the checkpoint, the seed, the batch size, the sampler and the backend/device, never on ``--n``
 or on what ran before. A run that was interrupted continues where it stopped: batches whose
 images all exist are skipped, existing files are never rewritten, and running again with a
-larger ``--n`` adds images. ``DIR/sample.json`` records the settings; resuming with other
-settings (another checkpoint, seed, batch size, sampler, steps, …) is refused.
+larger ``--n`` adds images. ``DIR/sample.json`` records the settings (written with the first
+batch: a run that made no image binds nothing); resuming with other settings (another checkpoint,
+seed, batch size, sampler, steps, …) is refused. The device and the batch size are checked before
+the folder is touched.
 
 ``--export DIR`` samples an export of ``blurdiff export`` (blurdiff/export.py) instead of a
 checkpoint: the same images, bit for bit, as its source checkpoint with the same weights (an
@@ -40,6 +42,7 @@ deviation 3× the data's) a warning names the checkpoint and the sampler.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -56,7 +59,7 @@ import torch
 import blurdiff_ops
 from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from blurdiff.devices import resolve_device
+from blurdiff.devices import check_batch_fits, resolve_device
 from blurdiff.export import export_info, load_export
 from blurdiff.images import save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.presets import get_preset
@@ -162,10 +165,16 @@ def _resolved_backend(process, device: torch.device) -> str:
     return "reference" if process.ops(device) is blurdiff_ops.reference else "fused"
 
 
-def _check_settings(out: Path, settings: dict) -> None:
-    """Write ``DIR/sample.json``, or check that an existing one agrees with ``settings``."""
+def _check_settings(out: Path, settings: dict) -> bool:
+    """Check that ``DIR/sample.json`` agrees with ``settings``; True when the folder has no binding
+    ledger yet, and the caller writes one (:func:`_write_settings`) once its first batch is made.
+
+    A ledger binds only while the folder holds an image: one left by a run that made none (it failed
+    on its first batch, or was killed before) records nothing and is replaced, with the statistics
+    files beside it."""
     path = out / SETTINGS_FILE
-    if path.is_file():
+    has_images = any(_PNG.match(p.name) for p in out.iterdir())
+    if path.is_file() and has_images:
         try:
             old = json_loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -176,13 +185,21 @@ def _check_settings(out: Path, settings: dict) -> None:
                 f"{out} already holds samples made with other settings ({'; '.join(diff)}). Repeat "
                 f"those settings to continue, or pick another --out"
             )
-        return
-    if any(_PNG.match(p.name) for p in out.iterdir()):
+        return False
+    if has_images:
         raise ValueError(
             f"{out} already holds numbered PNGs but no {SETTINGS_FILE}: not a folder this "
             f"command made; pick another --out"
         )
-    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    if path.is_file():  # a ledger of no images: its statistics describe no image either
+        for name in (RAW_STATS_FILE, STATS_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+    return True
+
+
+def _write_settings(out: Path, settings: dict) -> None:
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 class _Trajectory:
@@ -402,30 +419,34 @@ def sample_to_folder(
     B = batch_size
     shape = (B, model.config.in_channels, *process.resolution)
 
+    # At least the batch's images and the network's first feature maps are held at once: a batch
+    # size that cannot fit is refused before the folder is touched.
+    check_batch_fits(device, B, (model.config.in_channels + model.config.model_channels) * shape[-2] * shape[-1])
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(
-        out,
-        {
-            "format": _FORMAT,
-            # An export records its source checkpoint: its images are that checkpoint's, and a
-            # folder begun from one is continued from the other.
-            "checkpoint_sha256": source.sha256,
-            "checkpoint_step": source.step,
-            "preset": source.preset,
-            "ema": ema,
-            "sampler": integrator.kind,
-            "steps": integrator.K,
-            "spacing": integrator.spacing,
-            "seed": seed,
-            "batch_size": B,
-            "backend": _resolved_backend(process, device),
-            "device": device.type,
-            "resolution": list(process.resolution),
-        },
-    )
+    ledger = {
+        "format": _FORMAT,
+        # An export records its source checkpoint: its images are that checkpoint's, and a
+        # folder begun from one is continued from the other.
+        "checkpoint_sha256": source.sha256,
+        "checkpoint_step": source.step,
+        "preset": source.preset,
+        "ema": ema,
+        "sampler": integrator.kind,
+        "steps": integrator.K,
+        "spacing": integrator.spacing,
+        "seed": seed,
+        "batch_size": B,
+        "backend": _resolved_backend(process, device),
+        "device": device.type,
+        "resolution": list(process.resolution),
+    }
+    # Written once the first batch is made, just before its images: a run that made none (a device
+    # or a batch that fails) leaves no ledger to bind the folder.
+    ledger_pending = _check_settings(out, ledger)
     remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
     remove_stale(out, "*.npz")
 
@@ -482,6 +503,9 @@ def sample_to_folder(
                 )
 
             x = integrator.sample(model, shape, generator=gen, device=device, callback=callback, guard=False)
+            if ledger_pending:
+                _write_settings(out, ledger)
+                ledger_pending = False
             raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics
             for i in missing[b]:
                 save_png(x[i - first], out / image_name(i))

@@ -29,6 +29,7 @@ import torch
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, run_lock, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
+from blurdiff.devices import resolve_device
 from blurdiff.diffusion import BlurDiffusion, ReferenceResidual
 from blurdiff.distributed import (
     data_parallel,
@@ -563,6 +564,10 @@ def train(options: TrainOptions) -> Trainer:
 
     Reads RANK/WORLD_SIZE/LOCAL_RANK and starts the process group when ``WORLD_SIZE > 1``.
     """
+    # What can be checked without the run folder, before anything is written there (the lock
+    # file, config.json): the device, and the options given (unset ones are the preset's here;
+    # on --resume the run's are checked again once its checkpoint is read).
+    options.resolved().check(resolve_device(options.device))
     info = setup_distributed(options.device)
     try:
         # Rank 0 writes the run folder, so it holds the folder's lock: a second training there is refused.

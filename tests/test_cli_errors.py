@@ -339,6 +339,65 @@ def test_disk_full_while_saving_a_checkpoint(toy, tmp_path, monkeypatch, capsys)
 
 
 # --------------------------------------------------------------------------------------------
+# devices
+# --------------------------------------------------------------------------------------------
+
+
+def _train_args(toy, out, device):
+    return [
+        "train", "--data", toy, "--preset", "toy", "--out", out, "--max-steps", 1, "--batch-size", 2,
+        "--resolution", 8, "--no-progress", "--num-workers", 0, "--no-final-check", "--device", device,
+    ]  # fmt: skip
+
+
+def _sample_args(run_dir, out, device):
+    return ["sample", "--run", run_dir, "--out", out, "--n", 2, "--batch-size", 2, "--quiet", "--device", device]
+
+
+@pytest.mark.parametrize("command", ["sample", "train"])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("meta", "--device meta holds no data"),
+        ("xpu", "--device xpu: xpu is not available here"),
+        ("cuda", "--device cuda: CUDA is not available on this machine"),
+        ("cuda:0", "--device cuda:0: CUDA is not available on this machine"),
+        ("nope", "--device 'nope' is not a device"),
+    ],
+)
+def test_unusable_device_is_refused_before_anything_is_written(
+    command, device, message, toy, tmp_path, monkeypatch, capsys
+):
+    from helpers import make_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine's case, on any machine
+    out = tmp_path / "out"
+    args = _train_args if command == "train" else _sample_args
+    source = toy if command == "train" else make_run(tmp_path / "run")
+    rc, err = run(capsys, *args(source, out, device))
+    assert rc == 2 and err.startswith(f"blurdiff {command}: error: {message}") and err.endswith("(available here: cpu)")
+    assert not out.exists()  # no folder, no lock file, no sample.json
+    out.mkdir()  # an existing (empty) folder is left as it was too
+    rc, err = run(capsys, *args(source, out, device))
+    assert rc == 2 and err.startswith(f"blurdiff {command}: error: {message}") and os.listdir(out) == []
+    assert main([str(a) for a in args(source, out, "cpu")]) == 0  # the folder is still usable
+    assert (out / ("000001.png" if command == "sample" else "config.json")).is_file()
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    def no_memory(*args, **kwargs):  # what torch's CPU allocator raises
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(blurdiff.cli.data, "make_toy_lmdb", no_memory)
+    rc, err = run(capsys, "data", "toy", "--out", tmp_path / "t", "--n", 1, "--size", 8)
+    assert rc == 2 and err.startswith("blurdiff data: error: out of memory ([enforce fail at alloc_cpu.cpp:127]")
+    assert "use a smaller --batch-size" in err
+
+
+# --------------------------------------------------------------------------------------------
 # programming errors are not bad input
 # --------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a t
 
 import contextlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,47 @@ def test_other_settings_are_refused_in_the_same_folder(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "seed" in err and "other settings" in err
     assert pngs(tmp_path / "s") == [f"{i:06d}.png" for i in range(3)]
+
+
+def test_too_large_batch_size_is_refused_before_the_folder_is_touched(run, tmp_path, capsys):
+    out = tmp_path / "s"
+    # 10**9 images of 16x16: terabytes, refused by the check (nothing is allocated).
+    rc, err = _error(capsys, "--run", run, "--out", out, "--n", 2, "--batch-size", 10**9, "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("blurdiff sample: error: --batch-size 1000000000: one batch needs at least ")
+    assert err.strip().endswith("use a smaller --batch-size") and not out.exists()
+    assert cli("--run", run, "--out", out, "--n", 2, "--batch-size", 2, "--quiet") == 0 and len(pngs(out)) == 2
+
+
+def test_a_failed_first_batch_leaves_the_folder_usable(run, tmp_path, monkeypatch, capsys):
+    from blurdiff.samplers import Sampler
+
+    def no_memory(*args, **kwargs):  # a batch too large for the machine: torch's CPU allocator
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4000000000000 bytes.")
+
+    out = tmp_path / "s"
+    with monkeypatch.context() as patched:
+        patched.setattr(Sampler, "sample", no_memory)
+        rc, err = _error(capsys, "--run", run, "--out", out, "--n", 4, "--batch-size", 4, "--quiet")
+    assert rc == 2 and err.startswith("blurdiff sample: error: out of memory (DefaultCPUAllocator")
+    assert not (out / "sample.json").exists() and pngs(out) == []
+    # The ledger binds nothing yet: another batch size (what the user does next) is accepted.
+    assert sample(run, out, 4) == 0 and pngs(out) == [f"{i:06d}.png" for i in range(4)]
+    assert json.loads((out / "sample.json").read_text())["batch_size"] == 5
+
+
+def test_a_ledger_of_no_images_does_not_bind_the_folder(run, tmp_path):
+    """What an older version left after a failed first batch (``--device meta``, a batch that
+    did not fit): a sample.json, and maybe a statistics line, but no image."""
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sample.json").write_text(json.dumps({"device": "meta", "batch_size": 10**9, "seed": 3}))
+    (out / "raw_stats.jsonl").write_text('{"batch": 0, "stats": {"count": 1}}\n')
+    assert sample(run, out, 3) == 0 and pngs(out) == [f"{i:06d}.png" for i in range(3)]
+    ledger = json.loads((out / "sample.json").read_text())
+    assert (ledger["device"], ledger["batch_size"], ledger["seed"]) == ("cpu", 5, 0)
+    assert all(json.loads(line)["stats"]["count"] > 1 for line in (out / "raw_stats.jsonl").read_text().splitlines())
+    assert sample(run, out, 3, "--seed", 9) == 2  # now it binds
 
 
 def test_ema_and_samplers(run, tmp_path):

@@ -142,6 +142,11 @@ def _user_error_message(e: Exception) -> str | None:
     if isinstance(e, RuntimeError) and "unexpected pos" in str(e):
         # torch.save's zip writer when a write came up short: in practice, a full disk.
         return f"a file could not be written completely (disk full?): {_first_line(e)}; free some space and run again"
+    if _is_out_of_memory(e):
+        return (
+            f"out of memory ({_first_line(e)}); use a smaller --batch-size (or a smaller network), "
+            "or free memory, and run again"
+        )
     if isinstance(e, UnidentifiedImageError):
         return _first_line(e)  # "cannot identify image file '<path>'"
     if isinstance(e, (UndecodableDataError, InceptionWeightsError, RunInUseError, ValueError)):
@@ -149,6 +154,16 @@ def _user_error_message(e: Exception) -> str | None:
     if isinstance(e, _USER_OS_ERRORS) or (isinstance(e, OSError) and e.errno in _USER_ERRNOS):
         return _describe_os_error(e)
     return None
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+    """An allocation the device's memory could not satisfy (torch's CUDA or CPU allocator, Python's)."""
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    # The CPU allocator raises a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory: ..."
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
 def _describe_os_error(e: OSError) -> str:
