@@ -83,4 +83,4 @@ def check_batch_fits(
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"

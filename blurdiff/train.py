@@ -29,7 +29,7 @@ import torch
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, run_lock, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
-from blurdiff.devices import resolve_device
+from blurdiff.devices import check_batch_fits, resolve_device
 from blurdiff.diffusion import BlurDiffusion, ReferenceResidual
 from blurdiff.distributed import (
     data_parallel,
@@ -47,7 +47,7 @@ from blurdiff.sample_guard import SampleStats, divergence_reasons
 from blurdiff.statistics import DEFAULT_IMAGES, DataStatistics, estimate_data_statistics
 from blurdiff.train_log import MetricsLog, Window
 from blurdiff.train_options import AMP_DTYPES, TrainOptions
-from blurdiff.unet import build_unet
+from blurdiff.unet import UNET_PRESETS, build_unet
 
 log = logging.getLogger("blurdiff.train")
 
@@ -559,6 +559,26 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------
 
 
+def _check_batch_fits(options: TrainOptions, device: torch.device) -> None:
+    """A batch whose images and the network's first feature maps alone exceed the device's memory
+    is refused (:func:`blurdiff.devices.check_batch_fits`) from the options of a new run, before
+    its folder is made. Unknown names are left to the checks that follow."""
+    preset = get_preset(options.preset)
+    if preset.unet not in UNET_PRESETS:
+        return
+    r = options.resolution or options.process_overrides.get("resolution") or preset.process.get("resolution")
+    overrides = {**preset.unet_overrides, **options.unet_overrides}
+    channels = overrides.get("model_channels", UNET_PRESETS[preset.unet].model_channels)
+    inputs = overrides.get("in_channels", UNET_PRESETS[preset.unet].in_channels)
+    try:
+        H, W = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+        per_image = (int(inputs) + int(channels)) * H * W
+    except (TypeError, ValueError, IndexError):
+        return  # a malformed value: BlurDiffusion or UNetConfig says what is wrong with it
+    if per_image > 0:
+        check_batch_fits(device, options.batch_size, per_image)
+
+
 def train(options: TrainOptions) -> Trainer:
     """Run a whole training (under torchrun: one rank of it) and return the trainer.
 
@@ -567,7 +587,11 @@ def train(options: TrainOptions) -> Trainer:
     # What can be checked without the run folder, before anything is written there (the lock
     # file, config.json): the device, and the options given (unset ones are the preset's here;
     # on --resume the run's are checked again once its checkpoint is read).
-    options.resolved().check(resolve_device(options.device))
+    device = resolve_device(options.device)
+    early = options.resolved()
+    early.check(device)
+    if not options.resume:
+        _check_batch_fits(early, device)
     info = setup_distributed(options.device)
     try:
         # Rank 0 writes the run folder, so it holds the folder's lock: a second training there is refused.

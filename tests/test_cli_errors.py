@@ -384,6 +384,19 @@ def test_unusable_device_is_refused_before_anything_is_written(
     assert (out / ("000001.png" if command == "sample" else "config.json")).is_file()
 
 
+def test_train_batch_too_large_for_the_device_is_refused_before_the_folder_is_made(toy, tmp_path, monkeypatch, capsys):
+    import blurdiff.devices
+
+    monkeypatch.setattr(blurdiff.devices, "_memory_bytes", lambda device: 2**20)  # a 1 MiB machine
+    out = tmp_path / "run"
+    argv = _train_args(toy, out, "cpu")
+    # 64 images of 8x8 with the toy network's 64 channels: more than 1 MiB before anything else.
+    rc, err = run(capsys, *argv, "--batch-size", 64)
+    assert rc == 2 and err.startswith("blurdiff train: error: --batch-size 64: one batch needs at least 1.0 MiB on cpu")
+    assert err.endswith("use a smaller --batch-size") and not out.exists()
+    assert main([str(a) for a in argv]) == 0 and (out / "config.json").is_file()  # --batch-size 2 fits
+
+
 def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     def no_memory(*args, **kwargs):  # what torch's CPU allocator raises
         raise RuntimeError(
