@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from blurdiff import data, fid, spectrum
+from blurdiff import data, fid, images, spectrum
 
 
 def _png16_rgb(arr: np.ndarray) -> bytes:
@@ -72,7 +72,7 @@ def test_to_rgb_scales_16bit_modes(mode):
     else:
         img = Image.frombytes(mode, grey.shape[::-1], grey.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
     assert img.mode == mode
-    rgb = data.to_rgb(img)
+    rgb = images.to_rgb(img)
     assert rgb.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(rgb)[..., 1], grey // 257)
 
@@ -81,7 +81,7 @@ def test_palette_grey_and_alpha_modes_read_alike(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     rgba = Image.fromarray(np.dstack([rgb, np.full((6, 8), 128, np.uint8)]))
-    images = {
+    files = {
         "rgba.png": rgba,
         "la.png": Image.fromarray(rgb[..., 0]).convert("LA"),
         "l.png": Image.fromarray(rgb[..., 0]),
@@ -89,7 +89,7 @@ def test_palette_grey_and_alpha_modes_read_alike(tmp_path):
         "p_transparent.png": Image.fromarray(rgb).convert("P"),
         "one_bit.bmp": Image.fromarray(rgb[..., 0] > 127),
     }
-    for name, img in images.items():
+    for name, img in files.items():
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
         kwargs = {"transparency": 0} if name == "p_transparent.png" else {}
@@ -103,7 +103,7 @@ def test_palette_grey_and_alpha_modes_read_alike(tmp_path):
 
 
 def test_one_extension_list_for_all_readers(tmp_path):
-    assert fid.IMAGE_EXTENSIONS is data.IMAGE_EXTENSIONS
+    assert fid.IMAGE_EXTENSIONS is images.IMAGE_EXTENSIONS
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.bmp")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "b.PNG")
     assert [p.name for p in fid.list_image_files(tmp_path)] == ["a.bmp", "b.PNG"]
@@ -114,13 +114,13 @@ def test_one_extension_list_for_all_readers(tmp_path):
 def test_undecodable_file_is_a_typed_error_naming_it(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(data.UndecodableDataError, match=str(bad)):
-        data.read_image(bad)
+    with pytest.raises(images.UndecodableDataError, match=str(bad)):
+        images.read_image(bad)
     good = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good, format="PNG")
     (tmp_path / "cut.png").write_bytes(good.getvalue()[:-30])  # truncated inside the data
-    with pytest.raises(data.UndecodableDataError, match="cut.png"):
-        data.read_image(tmp_path / "cut.png")
+    with pytest.raises(images.UndecodableDataError, match="cut.png"):
+        images.read_image(tmp_path / "cut.png")
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,8 +147,8 @@ def test_symlink_loop_and_duplicate_files_are_listed_once(tmp_path):
     assert [ds.key(i) for i in range(len(ds))] == ["a.png", "c.png", "ext/e.png", "sub/b.png"]
     assert [p.name for p in fid.list_image_files(root)] == ["a.png", "c.png"]
     assert spectrum.load_image_folder(root).shape[0] == 2
-    assert data.list_images(root) == ["a.png", "c.png", "ext/e.png", "sub/b.png"]
-    assert data.list_images(root, recursive=False) == ["a.png", "c.png"]
+    assert images.list_images(root) == ["a.png", "c.png", "ext/e.png", "sub/b.png"]
+    assert images.list_images(root, recursive=False) == ["a.png", "c.png"]
 
 
 def test_listing_skips_broken_links_and_hidden_files(tmp_path):
@@ -156,4 +156,4 @@ def test_listing_skips_broken_links_and_hidden_files(tmp_path):
     os.symlink("missing.png", tmp_path / "broken.png")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / ".hidden.png")
     assert [p.name for p in fid.list_image_files(tmp_path)] == ["a.png"]
-    assert data.list_images(tmp_path) == ["a.png"]
+    assert images.list_images(tmp_path) == ["a.png"]
