@@ -156,7 +156,7 @@ struct ChunkScratch {
 template <typename acc_t>
 struct Side {
   SideSplit::Kind kind;
-  int64_t n, ne, no;
+  int64_t ne, no;
   const acc_t* U;        // kDense
   const acc_t* E;        // kEvenOdd: [ne, ne]
   const acc_t* O;        // kEvenOdd: [no, no]
@@ -164,7 +164,6 @@ struct Side {
 
   Side(const SideSplit& s, const at::Tensor& U_dense)
       : kind(s.kind),
-        n(U_dense.size(0)),
         ne(s.ne),
         no(s.no()),
         U(U_dense.data_ptr<acc_t>()),
