@@ -18,9 +18,11 @@ import torch
 
 import blurdiff_ops
 from blurdiff.bases import check_basis_args, check_resolution, make_basis
+from blurdiff.families import check_family_args, hoogeboom_tables, rissanen_tables
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import blur_f, check_tables_fit, int_arg, noise_betas, real_arg
 from blurdiff.tables import TableCache
+from blurdiff.warn import warn_at_caller
 
 DIRECTIONS = ("coarse_to_fine", "fine_to_coarse")
 BACKENDS = ("auto", "fused", "reference")
@@ -56,6 +58,11 @@ class BlurDiffusion:
         direction: str = "coarse_to_fine",
         backend: str = "auto",
         eig_floor: float = 0.03,
+        family: str = "lee",
+        blur_sigma_max: float = 20.0,
+        d_min: float = 0.001,
+        blur_sigma_min: float = 0.5,
+        noise_sigma: float = 0.01,
     ):
         check_resolution(resolution)
         H, W = _pair(resolution)
@@ -64,6 +71,9 @@ class BlurDiffusion:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         check_basis_args(sigma, eig_floor)
+        check_family_args(family, blur_sigma_max, d_min, blur_sigma_min, noise_sigma)
+        if family != "lee" and basis != "dct":
+            raise ValueError(f"the {family} family runs in the DCT basis: set basis='dct', got basis={basis!r}")
         real_arg("f_max", f_max, 0.0)
         int_arg("steps", steps, 1)
         # The tables below peak at about 17 float64 arrays [N+1, H, W] (13 kept, temporaries while
@@ -80,6 +90,15 @@ class BlurDiffusion:
             direction=direction,
             eig_floor=eig_floor,
         )
+        # The paper's process records no family fields, so its configs (and checkpoints) are those
+        # of the versions before the families; the others record theirs.
+        family_fields = {
+            "hoogeboom": dict(blur_sigma_max=blur_sigma_max, d_min=d_min),
+            "rissanen": dict(blur_sigma_min=blur_sigma_min, blur_sigma_max=blur_sigma_max, noise_sigma=noise_sigma),
+        }
+        if family != "lee":
+            self.config.update(family=family, **family_fields[family])
+        self.family = family
         self.resolution = (H, W)
         self.steps = N = steps
         self.backend = backend
@@ -87,32 +106,46 @@ class BlurDiffusion:
         b = make_basis(basis, H, W, sigma, eig_floor)
         D = b.D if direction == "coarse_to_fine" else (1 - b.D).clamp_min(eig_floor)
         self.D = D
-        self.f = blur_f(blur_schedule, N, f_max)
-        self.betas = noise_betas(noise_schedule, N)
-
-        # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself). Kept in
-        # float64 for the samplers, which build their step tables from them (blurdiff.samplers).
-        log_A = torch.log1p(-self.betas)[:, None, None] + 2 * self.f[:, None, None] * torch.log(D)
-        log_A[0] = 0.0
-        log_A_bar = torch.cumsum(log_A, dim=0)
+        if family == "lee":
+            self.f = blur_f(blur_schedule, N, f_max)
+            self.betas = noise_betas(noise_schedule, N)
+            # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself).
+            log_A = torch.log1p(-self.betas)[:, None, None] + 2 * self.f[:, None, None] * torch.log(D)
+            log_A[0] = 0.0
+            log_A_bar = torch.cumsum(log_A, dim=0)
+            #: √(a² + s²) per step and frequency, the std of x̄_t for unit-power data (None: 1, the
+            #: paper's process is variance-preserving).
+            self.scale = None
+        else:
+            self.f = self.betas = None  # the paper's schedules; this family has its own
+            if family == "hoogeboom":
+                log_a, s = hoogeboom_tables(H, W, N, blur_sigma_max, d_min)
+            else:
+                log_a, s = rissanen_tables(H, W, N, blur_sigma_min, blur_sigma_max, noise_sigma)
+            # x̄_t / √(a² + s²) is variance-preserving with Ā = a²/(a² + s²) (log space: a may underflow).
+            log_norm = torch.logaddexp(2 * log_a, 2 * torch.log(s))
+            log_A_bar = 2 * log_a - log_norm
+            log_A = torch.zeros_like(log_A_bar)
+            # Ā never rises (a family's log-SNR is non-increasing); where it stays (rissanen's mean
+            # colour, never destroyed) the step is 1 exactly, not a rounding above it.
+            log_A[1:] = (log_A_bar[1:] - log_A_bar[:-1]).clamp(max=0.0)
+            self.scale = (0.5 * log_norm).exp()
+        # Kept in float64 for the samplers, which build their step tables from them (blurdiff.samplers).
         A, A_bar = log_A.exp(), log_A_bar.exp()
         one_minus_A, one_minus_A_bar = -torch.expm1(log_A), -torch.expm1(log_A_bar)
         self.log_A, self.log_A_bar = log_A, log_A_bar
         self.A, self.A_bar = A, A_bar
         self.one_minus_A, self.one_minus_A_bar = one_minus_A, one_minus_A_bar
+        if family == "lee":
+            q_coefs = torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()])
+        else:
+            q_coefs = torch.stack([log_a.exp(), s])
 
         # x̂_0 ≈ U (x̄_t - √(1-Ā) ε̄) / √Ā (regularised, X0_REG), for pictures of what the model believes.
         x0_gain = A_bar.sqrt() / (A_bar + X0_REG * one_minus_A_bar)
-        x0_coefs = torch.stack([x0_gain, -x0_gain * one_minus_A_bar.sqrt()])
+        x0_coefs = torch.stack([self.unscaled(x0_gain), -x0_gain * one_minus_A_bar.sqrt()])
 
-        self._tables = TableCache(
-            {
-                "U_h": b.U_h,
-                "U_w": b.U_w,
-                "q_coefs": torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()]),
-                "x0_coefs": x0_coefs,
-            }
-        )
+        self._tables = TableCache({"U_h": b.U_h, "U_w": b.U_w, "q_coefs": q_coefs, "x0_coefs": x0_coefs})
         self._data_stats = None
         #: What is built on the data statistics, emptied whenever they change (the ``data_stats``
         #: setter): the samplers of :func:`blurdiff.samplers.make_sampler` (a cycle the garbage
@@ -137,16 +170,58 @@ class BlurDiffusion:
         self.data_stats_cache.clear()  # built on the old statistics
 
     def reference_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The exact ε-prediction for Gaussian data with the training data's power per frequency,
-        ``ε̄_ref = √(1-Ā_t) x̄_t / (Ā_t v + 1 - Ā_t)``: one ``spectral_lincomb``. What a network with
-        the ``eps_residual`` output (:class:`ReferenceResidual`) adds its output to."""
+        """The exact ε-prediction for Gaussian data with the training data's power per frequency
+        (:meth:`reference_eps_coef`): one ``spectral_lincomb``. What a network with the
+        ``eps_residual`` output (:class:`ReferenceResidual`) adds its output to."""
         if self.data_stats is None:
             raise ValueError("reference_eps needs the data statistics (process.data_stats)")
         if "reference_eps" not in self.data_stats_cache:
-            v = self.data_stats.reference_var
-            coef = self.one_minus_A_bar.sqrt() / (self.A_bar * v + self.one_minus_A_bar)
+            coef = self.reference_eps_coef(self.data_stats.reference_var)
             self.data_stats_cache["reference_eps"] = TableCache({"coefs": coef[None]})
         return self.lincomb([x_t], t, self.data_stats_cache["reference_eps"].on(x_t.device, x_t.dtype)["coefs"])
+
+    # ---------------------------------------------------------------- the general process
+    @property
+    def signal_scale(self) -> torch.Tensor:
+        """``a_t`` ``[N+1, H, W]`` float64: ``x̄_t = a_t ⊙ x̄_0 + s_t ⊙ ε̄`` (``√Ā`` for the paper's process)."""
+        return self._tables.float64["q_coefs"][0]
+
+    @property
+    def noise_std(self) -> torch.Tensor:
+        """``s_t`` ``[N+1, H, W]`` float64 (``√(1-Ā)`` for the paper's process)."""
+        return self._tables.float64["q_coefs"][1]
+
+    def unscaled(self, table: torch.Tensor) -> torch.Tensor:
+        """A per-step table of coefficients on the variance-preserving ``x̄_t/√(a_t² + s_t²)`` as
+        coefficients on ``x̄_t`` itself (divided by ``scale``; the table itself for the paper's process)."""
+        return table if self.scale is None else table / self.scale
+
+    def reference_eps_coef(self, v: torch.Tensor) -> torch.Tensor:
+        """``ε̄_ref = e_t ⊙ x̄_t``, the exact ε of Gaussian data of power ``v`` per frequency:
+        ``e = s/(a² v + s²)``, written ``√(1-Ā)/(Ā v + 1 - Ā)/scale``; float64 ``[N+1, H, W]``."""
+        return self.unscaled(self.one_minus_A_bar.sqrt() / (self.A_bar * v + self.one_minus_A_bar))
+
+    def prior_std(self, v: torch.Tensor | None) -> torch.Tensor:
+        """The std per frequency of ``x̄_N`` that sampling starts from (float64 ``[H, W]``): the paper's
+        ``√(1-Ā_N)``; for the other families the Gaussian that data of power ``v`` implies,
+        ``√(a_N² v + s_N²)`` (rissanen never destroys the mean colour, so its prior is not data-free)."""
+        N = self.steps
+        if self.family == "lee":
+            return self.one_minus_A_bar[N].sqrt()
+        return self.scale[N] * (self.A_bar[N] * v + self.one_minus_A_bar[N]).sqrt()
+
+    def prior_reference(self) -> torch.Tensor | None:
+        """The data's power that :meth:`prior_std` needs: the data statistics' (a flat spectrum with a
+        warning where there are none); None for the paper's process, whose prior needs none."""
+        if self.family == "lee":
+            return None
+        if self.data_stats is None:
+            warn_at_caller(
+                f"the {self.family} family's prior is the Gaussian of the data's power, and this process has "
+                f"no data statistics: using a flat spectrum (1 at every frequency). Set process.data_stats"
+            )
+            return torch.ones(self.resolution, dtype=torch.float64)
+        return self.data_stats.reference_var
 
     # ---------------------------------------------------------------- tables and backends
     def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -251,14 +326,24 @@ class BlurDiffusion:
         return self.lincomb([x_t, eps_pred], t, self.tables(x_t.device, x_t.dtype)["x0_coefs"])
 
     def prior_sample(
-        self, shape, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
+        self,
+        shape,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        reference_var: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x_N = U √(1-Ā_N) U^T z``."""
+        """``x_N = U (prior_std ⊙ z̄)`` (:meth:`prior_std`: ``√(1-Ā_N)`` for the paper's process; for
+        the others the data's Gaussian, of power ``reference_var``, default :meth:`prior_reference`)."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         t = torch.full((shape[0],), self.steps, dtype=torch.int64, device=device)
         self._check_t(t, z)
-        return self.lincomb([z], t, self.tables(z.device, z.dtype)["q_coefs"][1:2])
+        if self.family == "lee":
+            return self.lincomb([z], t, self.tables(z.device, z.dtype)["q_coefs"][1:2])
+        v = self.prior_reference() if reference_var is None else reference_var
+        std = TableCache({"std": self.prior_std(v)[None, None]}).on(z.device, z.dtype)["std"]
+        return self.lincomb([z], torch.zeros_like(t), std)
 
     def training_loss(
         self,

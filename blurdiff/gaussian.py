@@ -45,7 +45,7 @@ def reference_estimate(v: torch.Tensor, images: int, channels: int = 3, seed: in
 def exact_score(process, v: torch.Tensor):
     """The optimal ε-predictor of Gaussian data of power ``v`` as a model ``(x, t) -> ε̄*``
     (one ``spectral_lincomb``), to drive samplers in tests."""
-    coef = ((1 - process.A_bar).sqrt() / (process.A_bar * v + 1 - process.A_bar))[None].float().contiguous()
+    coef = process.reference_eps_coef(v)[None].float().contiguous()
 
     def model(x, t):
         return process.lincomb([x], t, coef.to(x.device))
@@ -59,14 +59,15 @@ def output_variance(sampler, v: torch.Tensor) -> torch.Tensor:
 
     A step is ``x̄_j = c_0 x̄_i + c_1 ε̄*_i (+ c_2 ε̄*_prev + c_3 x̄_prev) + τ z̄`` with
     ``ε̄* = e x̄``: the state (x̄_i, x̄_prev) has a 2×2 covariance per frequency, propagated exactly
-    from the prior ``N(0, 1 - Ā_N)``.
+    from the sampler's prior (``N(0, 1 - Ā_N)`` for the paper's process, the data's Gaussian as the
+    sampler's reference implies it for the other families: ``BlurDiffusion.prior_std``).
     """
     p = sampler.process
     tab = sampler.tables64
     c, tau = tab["step_coefs"], tab["step_noise"]
     asc = (0,) + tuple(reversed(sampler.steps))
-    e = (1 - p.A_bar).sqrt() / (p.A_bar * v + 1 - p.A_bar)  # ε̄* = e[t] x̄_t
-    var = 1 - p.A_bar[p.steps]  # Var(x̄_i)
+    e = p.reference_eps_coef(v)  # ε̄* = e[t] x̄_t
+    var = p.prior_std(sampler.reference_var) ** 2  # Var(x̄_i): the prior the sampler starts from
     var_prev = cov = torch.zeros_like(var)  # Var(x̄_prev), Cov(x̄_i, x̄_prev)
     for k in range(sampler.K, 0, -1):
         i = asc[k]

@@ -201,7 +201,10 @@ def _extrapolation_weight(theta_p, theta_i, theta_j, h):
     integral = (
         0.5 * h * (_GAUSS_WEIGHTS.to(theta_i)[:, None, None] * 2 * (torch.log(torch.tan(theta)) - log_tan_i)).sum(0)
     )
-    return integral / (h * 2 * (log_tan_i - torch.log(torch.tan(theta_p))))
+    b = integral / (h * 2 * (log_tan_i - torch.log(torch.tan(theta_p))))
+    # A frequency whose log-SNR does not move over the steps (rissanen's mean colour: h = 0 and
+    # λ_i = λ_p) or that holds no signal at all (θ = 0, λ = -∞) has no slope to extrapolate: first order.
+    return torch.where(torch.isfinite(b), b, torch.zeros_like(b))
 
 
 def _eq12_tables(process) -> dict[str, torch.Tensor]:
@@ -212,7 +215,29 @@ def _eq12_tables(process) -> dict[str, torch.Tensor]:
     step_eps[1:] = -one_minus_A[1:] / process.one_minus_A_bar[1:].sqrt()
     step_noise = one_minus_A.sqrt()
     step_noise[:2] = 0.0  # no noise at the last step (i = 1); row 0 is never used
-    return {"step_coefs": torch.stack([2 - A.sqrt(), step_eps]), "step_noise": step_noise}
+    return _on_the_process(
+        process, tuple(range(process.steps, 0, -1)), torch.stack([2 - A.sqrt(), step_eps]), step_noise
+    )
+
+
+def _on_the_process(process, steps: tuple[int, ...], coefs: torch.Tensor, sigma: torch.Tensor | None):
+    """The step tables of the variance-preserving ``ȳ = x̄/c`` (``c = process.scale``, per step and
+    frequency) as tables of ``x̄`` itself: ``x̄_j = c_j ȳ_j``, so every coefficient of the step
+    ``i → j`` gains ``c_j`` and a coefficient on a state ``x̄_i`` (``x̄_prev``) loses ``c_i`` (``c_prev``).
+    Unchanged for the paper's process (``c = 1``)."""
+    if process.scale is not None:
+        asc = (0,) + tuple(reversed(steps))
+        c = process.scale
+        coefs, sigma = coefs.clone(), None if sigma is None else sigma.clone()
+        for k in range(len(steps), 0, -1):
+            i, j = asc[k], asc[k - 1]
+            coefs[:, k] *= c[j]
+            coefs[0, k] /= c[i]
+            if coefs.shape[0] == 4 and k < len(steps):
+                coefs[3, k] /= c[asc[k + 1]]
+            if sigma is not None:
+                sigma[k] *= c[j]
+    return {"step_coefs": coefs, "step_noise": sigma}
 
 
 def _step_tables(process, steps: tuple[int, ...], kind: str, v: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
@@ -246,10 +271,7 @@ def _step_tables(process, steps: tuple[int, ...], kind: str, v: torch.Tensor | N
             coefs[3, k] = -c_prev * gain_prev if gain_prev is not None else 0.0
         sigma[k] = tau
         h_prev, gain_prev, theta_prev = h, gain, theta_i
-    return {
-        "step_coefs": coefs,
-        "step_noise": sigma if kind in STOCHASTIC else None,
-    }
+    return _on_the_process(process, steps, coefs, sigma if kind in STOCHASTIC else None)
 
 
 def default_kind(K: int, N: int) -> str:
@@ -289,8 +311,8 @@ def _resolve(process, steps, kind: str | None, spacing: str | None) -> tuple[tup
 def _resolve_reference(process, kind: str, reference_var: torch.Tensor | None) -> torch.Tensor | None:
     """The Gaussian reference (spectral power per frequency, float64 ``[H, W]``) of the kinds that
     use one: given, else the process's data statistics, else a flat spectrum with a warning."""
-    if kind == "ddpm":
-        return None
+    if kind == "ddpm" and process.family == "lee":
+        return None  # Eq. 12 and the paper's prior need no reference
     H, W = process.resolution
     if reference_var is None:
         stats = getattr(process, "data_stats", None)
@@ -427,7 +449,7 @@ class Sampler:
         :class:`blurdiff.sample_guard.SamplesDivergedWarning` is issued when they show divergence.
         """
         proc = self.process
-        x = proc.prior_sample(shape, generator, device, dtype)
+        x = proc.prior_sample(shape, generator, device, dtype, self.reference_var)
         B = shape[0]
         tab = self.tables(x.device, x.dtype)
         ptab = proc.tables(x.device, x.dtype)

@@ -96,6 +96,9 @@ def check_against_run(settings: Settings, run_config: dict[str, Any], source: st
         saved = run_config.get(section, {})
         for name, value in settings.get(section, {}).items():
             have = saved.get(name)
+            if section == "process" and name not in saved:
+                # A configuration records no family fields for the paper's process: their defaults.
+                have = inspect.signature(BlurDiffusion.__init__).parameters[name].default
             if section == "process" and name == "resolution" and isinstance(value, int):
                 value = (value, value)  # the config records (H, W)
             if not _same(have, value):

@@ -75,3 +75,52 @@ class Process:
                     xb = xb + np.sqrt(1 - A) * self.spec(z[b, c])
                 out[b, c] = self.pix(xb)
         return out
+
+
+# ---------------------------------------------------------------- the other families (blurdiff.families)
+# Written from the papers' formulas with scalar math per step, amplitudes (not logs) where they do
+# not underflow, and the DCT frequencies as ω_i² + ω_j² with ω = π i / n.
+
+
+def hoogeboom(H, W, N, blur_sigma_max, d_min):
+    """(a, s) [N+1, H, W] of Blurring Diffusion Models: a = α_t d_t(k), s = σ_t; row 0 the data."""
+    a = np.ones((N + 1, H, W))
+    s = np.zeros((N + 1, H, W))
+    wh, ww = math.pi * np.arange(H) / H, math.pi * np.arange(W) / W
+    lam = wh[:, None] ** 2 + ww[None, :] ** 2
+    lo = math.atan(math.exp(-0.5 * 10))  # log-SNR 10 at t = 0
+    hi = math.atan(math.exp(-0.5 * -10))  # -10 at t = 1
+    for i in range(1, N + 1):
+        t = i / N
+        logsnr = -2 * math.log(math.tan(lo + (hi - lo) * t))
+        alpha = math.sqrt(1 / (1 + math.exp(-logsnr)))
+        sigma = math.sqrt(1 / (1 + math.exp(logsnr)))
+        blur = blur_sigma_max * math.sin(t * math.pi / 2) ** 2
+        d = (1 - d_min) * np.exp(-lam * blur * blur / 2) + d_min
+        a[i] = alpha * d
+        s[i] = sigma
+    return a, s
+
+
+def rissanen(H, W, N, blur_sigma_min, blur_sigma_max, noise_sigma):
+    """(log a, s) [N+1, H, W] of Generative Modelling With Inverse Heat Dissipation (log a: the
+    amplitude underflows at the finest frequencies)."""
+    log_a = np.zeros((N + 1, H, W))
+    s = np.zeros((N + 1, H, W))
+    wh, ww = math.pi * np.arange(H) / H, math.pi * np.arange(W) / W
+    sigmas = np.geomspace(blur_sigma_min, blur_sigma_max, N)
+    for k in range(1, N + 1):
+        t = sigmas[k - 1] ** 2 / 2
+        log_a[k] = -t * np.add.outer(wh**2, ww**2)
+        s[k] = noise_sigma
+    return log_a, s
+
+
+def dct_basis(n):
+    """Orthonormal DCT-II as columns (U with to_spectral = U^T x U): U[m, k] = s_k cos(π (m + ½) k / n)."""
+    U = np.empty((n, n))
+    for k in range(n):
+        scale = math.sqrt(1 / n) if k == 0 else math.sqrt(2 / n)
+        for m in range(n):
+            U[m, k] = scale * math.cos(math.pi * (m + 0.5) * k / n)
+    return U

@@ -20,7 +20,10 @@ def test_every_process_and_network_field_is_settable():
     from blurdiff.diffusion import BlurDiffusion
     from blurdiff.unet import UNetConfig
 
-    assert set(field_types("process")) == set(BlurDiffusion(resolution=RES, steps=10).config)
+    recorded = set(BlurDiffusion(resolution=RES, steps=10).config)  # the paper's process: no family fields
+    for family in ("hoogeboom", "rissanen"):
+        recorded |= set(BlurDiffusion(resolution=RES, steps=10, basis="dct", family=family).config)
+    assert set(field_types("process")) == recorded
     assert set(field_types("unet")) == set(UNetConfig.__dataclass_fields__)
 
 
@@ -100,6 +103,10 @@ def test_check_against_run_refuses_another_process():
     check_against_run({"process": {"f_max": 0.140625}}, {"process": {"f_max": (0.15 / 0.4) ** 2}}, "x")
     with pytest.raises(ValueError, match=r"process.f_max=0.3 differs from the run's 0.14 \(ckpt\)"):
         check_against_run({"process": {"f_max": 0.3}}, config, "ckpt")
+    # The paper's process records no family: it is "lee", and no other.
+    check_against_run({"process": {"family": "lee", "d_min": 0.001}}, config, "x")
+    with pytest.raises(ValueError, match=r"process.family=\"rissanen\" differs from the run's \"lee\""):
+        check_against_run({"process": {"family": "rissanen"}}, config, "x")
 
 
 @pytest.fixture(scope="module")
