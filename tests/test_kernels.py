@@ -4,6 +4,7 @@ CPU kernels run everywhere the extension is built; the CUDA cases need a GPU and
 without one (tests/test_cuda_emulation.py runs the CUDA kernels' code on the CPU instead).
 """
 
+import itertools
 import os
 import sys
 import warnings
@@ -346,6 +347,69 @@ def test_build_info_describes_the_loaded_extension():
     assert blurdiff_ops.unavailable_reason("cpu") == ""
     if not info["cuda"]:
         assert "without CUDA kernels" in blurdiff_ops.unavailable_reason("cuda")
+
+
+# Shapes whose products cover every tile of cpu/small_gemm.h: row blocks of 1 to 8 (H, and the
+# halves ne/no of an even/odd side), column panels of one and two vectors (16, 48 float32 columns;
+# 8, 24 float64), and sides it does not serve (N not a whole number of vectors), which take the BLAS.
+SMALL_GEMM_SHAPES = [(9, 16), (13, 48), (23, 32), (31, 24), (64, 64), (18, 80)]
+
+
+def _small_gemm_cases():
+    """Every op on the shapes above, for both bases and a random orthogonal (dense) U, float32 and
+    float64, as (name, result, oracle) triples; run here and in a subprocess without small_gemm."""
+    cases = []
+    for (H, W), basis, dtype in itertools.product(
+        SMALL_GEMM_SHAPES, ("gaussian", "random"), (torch.float32, torch.float64)
+    ):
+        xs, coefs, t, U_h, U_w, nc, _ = _problem(H, W, 2, dtype=dtype, basis="dct" if basis == "random" else basis)
+        if basis == "random":
+            g = torch.Generator().manual_seed(H * W)
+            U_h = torch.linalg.qr(torch.randn(H, H, generator=g, dtype=torch.float64))[0].to(U_h.dtype)
+            U_w = torch.linalg.qr(torch.randn(W, W, generator=g, dtype=torch.float64))[0].to(U_w.dtype)
+        name = f"{H}x{W}-{basis}-{dtype}"
+        cases.append(
+            (name + "-lincomb", blurdiff_ops.spectral_lincomb(xs, coefs, t, U_h, U_w), _oracle(xs, coefs, t, U_h, U_w))
+        )
+        cases.append(
+            (
+                name + "-to",
+                blurdiff_ops.to_spectral(xs[0], U_h, U_w),
+                R.to_spectral(xs[0].double(), U_h.double(), U_w.double()),
+            )
+        )
+        cases.append(
+            (
+                name + "-from",
+                blurdiff_ops.from_spectral(xs[1], U_h, U_w),
+                R.from_spectral(xs[1].double(), U_h.double(), U_w.double()),
+            )
+        )
+    return cases
+
+
+@needs_kernels
+def test_cpu_products_match_reference():
+    """The CPU kernels' products give the reference's results on every tile shape, through their
+    own AVX-512 code (cpu/small_gemm.h) where the CPU has it, else through the BLAS."""
+    avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    off = os.environ.get("BLURDIFF_NO_SMALL_GEMM") is not None
+    assert blurdiff_ops.build_info()["cpu_small_gemm"] == (avx512 and not off)
+    for name, out, oracle in _small_gemm_cases():
+        err = ((out.double() - oracle).abs().max() / oracle.abs().max()).item()
+        assert err < TOL[out.dtype], (name, err)
+
+
+@needs_kernels
+def test_cpu_products_without_small_gemm():
+    """BLURDIFF_NO_SMALL_GEMM=1 takes the BLAS for every product, with the same results."""
+    import subprocess
+
+    env = dict(os.environ, BLURDIFF_NO_SMALL_GEMM="1")
+    test = f"{__file__}::test_cpu_products_match_reference"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def test_fallback_warns_once_and_matches_reference():

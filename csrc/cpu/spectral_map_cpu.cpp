@@ -29,6 +29,9 @@
 #include "../spectral_map.h"
 #include "cpu_noise_key.h"
 #include "row_major_gemm.h"
+#include "small_gemm.h"
+#pragma GCC diagnostic ignored "-Wpsabi"  // vec.h
+#include "vec.h"
 
 // Compiled for the best vector unit at hand, chosen when the library loads (x86, GCC/Clang).
 // Clang takes target_clones on plain functions only, not on templates (llvm-project#116501).
@@ -98,7 +101,7 @@ void noise_row(uint64_t seed, uint64_t offset, int64_t plane, int64_t row, int64
 // call for the same slot on this thread.
 template <typename T>
 T* thread_scratch(int slot, int64_t count) {
-  thread_local std::vector<unsigned char> buffers[7];
+  thread_local std::vector<unsigned char> buffers[6];
   std::vector<unsigned char>& buf = buffers[slot];
   const size_t bytes = static_cast<size_t>(count) * sizeof(T) + 64;
   if (buf.size() < bytes) buf.resize(bytes);
@@ -107,7 +110,7 @@ T* thread_scratch(int slot, int64_t count) {
 }
 
 // The per-thread scratch of the map, in one place: four chunk-sized buffers (a chunk's planes in
-// acc_t), the tables of one sample in split order, two rows for the folds and one row of noise. Kept per thread across
+// acc_t), the tables of one sample in split order and one row of noise. Kept per thread across
 // calls (thread_scratch): freeing and re-mapping buffers this size on every call costs page faults and cross-core TLB
 // shootdowns that undo the parallelism. The steps of CpuMap below use them on one chunk as follows
 // ("converting": scalar_t is a half type, computed in acc_t; otherwise inputs are read in place):
@@ -137,7 +140,6 @@ struct ChunkScratch {
   acc_t* acc;     // the running sum; passing through, a spectrum in split order
   acc_t* fold;    // the folds and half products of the even/odd transforms
   acc_t* tables;  // four table planes [H, W] gathered into split order
-  acc_t* pair;    // two rows (2 W values) for the folds
   float* noise;   // one row of normals, 4 * ceil(W / 4) floats, and its gathered copy (W more)
 
   ChunkScratch(int64_t chunk_elems, int64_t H, int64_t W, int64_t Wq)
@@ -146,12 +148,12 @@ struct ChunkScratch {
         acc(thread_scratch<acc_t>(2, chunk_elems)),
         fold(thread_scratch<acc_t>(4, chunk_elems)),
         tables(thread_scratch<acc_t>(5, 4 * H * W)),
-        pair(thread_scratch<acc_t>(6, 2 * W)),
         noise(thread_scratch<float>(3, 4 * Wq + W)) {}
 };
 
 // One side of the separable basis as the transforms use it (even_odd.h): a dense U, the
-// half-size blocks E and O of an even/odd U, or nothing for the identity. Spectra are kept in the
+// half-size blocks E and O of an even/odd U, or nothing for the identity, each also transposed
+// (Ut, Et, Ot), so that every product reads its right operand by rows. Spectra are kept in the
 // side's split order (even frequencies first) between the transforms; `order` maps back.
 template <typename acc_t>
 struct Side {
@@ -161,6 +163,8 @@ struct Side {
   const acc_t* E;        // kEvenOdd: [ne, ne]
   const acc_t* O;        // kEvenOdd: [no, no]
   const int32_t* order;  // kEvenOdd: slot -> frequency; nullptr otherwise (the identity map)
+  std::vector<acc_t> transposed;
+  const acc_t *Ut = nullptr, *Et = nullptr, *Ot = nullptr;
 
   Side(const SideSplit& s, const at::Tensor& U_dense)
       : kind(s.kind),
@@ -169,21 +173,56 @@ struct Side {
         U(U_dense.data_ptr<acc_t>()),
         E(s.even_odd() ? s.blocks.data_ptr<acc_t>() : nullptr),
         O(s.even_odd() ? E + ne * ne : nullptr),
-        order(s.even_odd() ? s.order.data() : nullptr) {}
+        order(s.even_odd() ? s.order.data() : nullptr) {
+    if (kind == SideSplit::kDense) {
+      const int64_t n = U_dense.size(0);
+      transposed = transpose(U, n);
+      Ut = transposed.data();
+    } else if (kind == SideSplit::kEvenOdd) {
+      transposed = transpose(E, ne);
+      const std::vector<acc_t> odd = transpose(O, no);
+      transposed.insert(transposed.end(), odd.begin(), odd.end());
+      Et = transposed.data();
+      Ot = Et + ne * ne;
+    }
+  }
+  Side(const Side& other) = delete;
+  Side& operator=(const Side&) = delete;
+
+ private:
+  static std::vector<acc_t> transpose(const acc_t* M, int64_t n) {
+    std::vector<acc_t> t(n * n);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < n; ++c) t[c * n + r] = M[r * n + c];
+    return t;
+  }
 };
 
-// C = op(A) · op(B), skipping empty products (an odd half of size 0 when n = 1).
+// C = op(A) · B (op(A) = A^T when ta), skipping empty products (an odd half of size 0 when
+// n = 1): small_gemm where it serves, else the BLAS.
 template <typename T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+void gemm(bool ta, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
           int64_t ldc) {
-  if (M > 0 && N > 0 && K > 0) gemm_row_major(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+  if (M <= 0 || N <= 0 || K <= 0) return;
+#if BLURDIFF_SMALL_GEMM
+  if (small_gemm_fits<T>(N)) return small_gemm(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc);
+#endif
+  gemm_row_major(ta, false, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 // f = [x[l] + x[n-1-l] (l < no), x[middle] | x[l] - x[n-1-l] (l < no)] for one row of n values.
+// The mirrored reads are a vector load reversed (vec.h): compilers leave this loop scalar.
 template <typename acc_t>
-inline void fold_row(const acc_t* __restrict__ x, acc_t* __restrict__ f, int64_t n, int64_t ne) {
+[[gnu::always_inline]] inline void fold_row(const acc_t* __restrict__ x, acc_t* __restrict__ f, int64_t n, int64_t ne) {
+  constexpr int64_t V = Vec<acc_t>::kSize;
   const int64_t no = n - ne;
-  for (int64_t l = 0; l < no; ++l) {
+  int64_t l = 0;
+  for (; l + V <= no; l += V) {
+    const vec_t<acc_t> a = vload(x + l), b = vreverse(vload(x + n - l - V));
+    vstore(f + l, a + b);
+    vstore(f + ne + l, a - b);
+  }
+  for (; l < no; ++l) {
     f[l] = x[l] + x[n - 1 - l];
     f[ne + l] = x[l] - x[n - 1 - l];
   }
@@ -192,19 +231,88 @@ inline void fold_row(const acc_t* __restrict__ x, acc_t* __restrict__ f, int64_t
 
 // The inverse pairing: x[l] = f[l] + f[ne+l], x[n-1-l] = f[l] - f[ne+l].
 template <typename acc_t>
-inline void unfold_row(const acc_t* __restrict__ f, acc_t* __restrict__ x, int64_t n, int64_t ne) {
+[[gnu::always_inline]] inline void unfold_row(const acc_t* __restrict__ f, acc_t* __restrict__ x, int64_t n,
+                                              int64_t ne) {
+  constexpr int64_t V = Vec<acc_t>::kSize;
   const int64_t no = n - ne;
-  for (int64_t l = 0; l < no; ++l) {
+  int64_t l = 0;
+  for (; l + V <= no; l += V) {
+    const vec_t<acc_t> e = vload(f + l), o = vload(f + ne + l);
+    vstore(x + l, e + o);
+    vstore(x + n - l - V, vreverse(e - o));
+  }
+  for (; l < no; ++l) {
     x[l] = f[l] + f[ne + l];
     x[n - 1 - l] = f[l] - f[ne + l];
   }
   if (ne > no) x[no] = f[no];
 }
 
+// Both folds of the mirrored rows a and b (n values each, ne even columns): s = fold_row(a + b),
+// d = fold_row(a - b), in one pass.
+template <typename acc_t>
+[[gnu::always_inline]] inline void fold_row_pair(const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+                                                 acc_t* __restrict__ s, acc_t* __restrict__ d, int64_t n, int64_t ne) {
+  constexpr int64_t V = Vec<acc_t>::kSize;
+  const int64_t no = n - ne;
+  int64_t l = 0;
+  for (; l + V <= no; l += V) {
+    const vec_t<acc_t> a1 = vload(a + l), b1 = vload(b + l);
+    const vec_t<acc_t> a2 = vreverse(vload(a + n - l - V)), b2 = vreverse(vload(b + n - l - V));
+    const vec_t<acc_t> p = a1 + b1, q = a2 + b2, r = a1 - b1, t = a2 - b2;
+    vstore(s + l, p + q);
+    vstore(s + ne + l, p - q);
+    vstore(d + l, r + t);
+    vstore(d + ne + l, r - t);
+  }
+  for (; l < no; ++l) {
+    const acc_t p = a[l] + b[l], q = a[n - 1 - l] + b[n - 1 - l];
+    const acc_t r = a[l] - b[l], t = a[n - 1 - l] - b[n - 1 - l];
+    s[l] = p + q;
+    s[ne + l] = p - q;
+    d[l] = r + t;
+    d[ne + l] = r - t;
+  }
+  if (ne > no) {
+    s[no] = a[no] + b[no];
+    d[no] = a[no] - b[no];
+  }
+}
+
+// The inverse of fold_row_pair: a and b from s and d.
+template <typename acc_t>
+[[gnu::always_inline]] inline void unfold_row_pair(const acc_t* __restrict__ s, const acc_t* __restrict__ d,
+                                                   acc_t* __restrict__ a, acc_t* __restrict__ b, int64_t n,
+                                                   int64_t ne) {
+  constexpr int64_t V = Vec<acc_t>::kSize;
+  const int64_t no = n - ne;
+  int64_t l = 0;
+  for (; l + V <= no; l += V) {
+    const vec_t<acc_t> se = vload(s + l), so = vload(s + ne + l), de = vload(d + l), dO = vload(d + ne + l);
+    const vec_t<acc_t> sum_lo = se + so, sum_hi = se - so, dif_lo = de + dO, dif_hi = de - dO;
+    vstore(a + l, sum_lo + dif_lo);
+    vstore(b + l, sum_lo - dif_lo);
+    vstore(a + n - l - V, vreverse(sum_hi + dif_hi));
+    vstore(b + n - l - V, vreverse(sum_hi - dif_hi));
+  }
+  for (; l < no; ++l) {
+    const acc_t sum_lo = s[l] + s[ne + l], sum_hi = s[l] - s[ne + l];
+    const acc_t dif_lo = d[l] + d[ne + l], dif_hi = d[l] - d[ne + l];
+    a[l] = sum_lo + dif_lo;
+    b[l] = sum_lo - dif_lo;
+    a[n - 1 - l] = sum_hi + dif_hi;
+    b[n - 1 - l] = sum_hi - dif_hi;
+  }
+  if (ne > no) {
+    a[no] = s[no] + d[no];
+    b[no] = s[no] - d[no];
+  }
+}
+
 // s = a + b, d = a - b over n values (the rows' fold, or with s, d swapped for a, b, its inverse).
 template <typename acc_t>
-inline void sum_diff(const acc_t* __restrict__ a, const acc_t* __restrict__ b, acc_t* __restrict__ s,
-                     acc_t* __restrict__ d, int64_t n) {
+[[gnu::always_inline]] inline void sum_diff(const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+                                            acc_t* __restrict__ s, acc_t* __restrict__ d, int64_t n) {
   for (int64_t c = 0; c < n; ++c) {
     s[c] = a[c] + b[c];
     d[c] = a[c] - b[c];
@@ -233,10 +341,10 @@ struct Layout {
 // Both folds of an even/odd U_h (and U_w) in one pass: f (row-interleaved) holds, for every plane
 // of x (plane-major [H, W]), its rows folded (the even-row half, then the odd one) and, when
 // fold_cols, each row's columns folded too. Folding commutes with the products, so the W side's
-// product can follow and the H side's needs no fold of its own. `pair` is 2 W scratch values.
+// product can follow and the H side's needs no fold of its own.
 template <typename acc_t>
-BLURDIFF_VECTOR_CLONES_TEMPLATE void fold_planes(const acc_t* x, acc_t* f, acc_t* pair, int64_t pc, int64_t H,
-                                                 int64_t neh, int64_t W, int64_t new_, bool fold_cols) {
+BLURDIFF_VECTOR_CLONES_TEMPLATE void fold_planes(const acc_t* x, acc_t* f, int64_t pc, int64_t H, int64_t neh,
+                                                 int64_t W, int64_t new_, bool fold_cols) {
   const int64_t noh = H - neh;
   for (int64_t l = 0; l < neh; ++l) {
     for (int64_t q = 0; q < pc; ++q) {
@@ -252,12 +360,10 @@ BLURDIFF_VECTOR_CLONES_TEMPLATE void fold_planes(const acc_t* x, acc_t* f, acc_t
       }
       const acc_t* b = x + (q * H + H - 1 - l) * W;
       acc_t* d = f + ((neh + l) * pc + q) * W;
-      acc_t* sum = fold_cols ? pair : s;
-      acc_t* diff = fold_cols ? pair + W : d;
-      sum_diff(a, b, sum, diff, W);
       if (fold_cols) {
-        fold_row(sum, s, W, new_);
-        fold_row(diff, d, W, new_);
+        fold_row_pair(a, b, s, d, W, new_);
+      } else {
+        sum_diff(a, b, s, d, W);
       }
     }
   }
@@ -265,8 +371,8 @@ BLURDIFF_VECTOR_CLONES_TEMPLATE void fold_planes(const acc_t* x, acc_t* f, acc_t
 
 // The inverse of fold_planes: x (plane-major) from the row-interleaved half products f.
 template <typename acc_t>
-BLURDIFF_VECTOR_CLONES_TEMPLATE void unfold_planes(const acc_t* f, acc_t* x, acc_t* pair, int64_t pc, int64_t H,
-                                                   int64_t neh, int64_t W, int64_t new_, bool fold_cols) {
+BLURDIFF_VECTOR_CLONES_TEMPLATE void unfold_planes(const acc_t* f, acc_t* x, int64_t pc, int64_t H, int64_t neh,
+                                                   int64_t W, int64_t new_, bool fold_cols) {
   const int64_t noh = H - neh;
   for (int64_t l = 0; l < neh; ++l) {
     for (int64_t q = 0; q < pc; ++q) {
@@ -283,12 +389,10 @@ BLURDIFF_VECTOR_CLONES_TEMPLATE void unfold_planes(const acc_t* f, acc_t* x, acc
       const acc_t* d = f + ((neh + l) * pc + q) * W;
       acc_t* b = x + (q * H + H - 1 - l) * W;
       if (fold_cols) {
-        unfold_row(s, pair, W, new_);
-        unfold_row(d, pair + W, W, new_);
-        s = pair;
-        d = pair + W;
+        unfold_row_pair(s, d, a, b, W, new_);
+      } else {
+        sum_diff(s, d, a, b, W);
       }
-      sum_diff(s, d, a, b, W);
     }
   }
 }
@@ -300,32 +404,32 @@ const acc_t* right_product(const acc_t* x, acc_t* tmp, acc_t* fold, int64_t rows
                            bool folded) {
   if (sw.kind == SideSplit::kIdentity) return x;
   if (sw.kind == SideSplit::kDense) {
-    gemm(false, false, rows, W, W, x, W, sw.U, W, tmp, W);
+    gemm(false, rows, W, W, x, W, sw.U, W, tmp, W);
     return tmp;
   }
   if (!folded) {
     fold_columns(x, fold, rows, W, sw.ne);
     x = fold;
   }
-  gemm(false, false, rows, sw.ne, sw.ne, x, W, sw.E, sw.ne, tmp, W);
-  gemm(false, false, rows, sw.no, sw.no, x + sw.ne, W, sw.O, sw.no, tmp + sw.ne, W);
+  gemm(false, rows, sw.ne, sw.ne, x, W, sw.E, sw.ne, tmp, W);
+  gemm(false, rows, sw.no, sw.no, x + sw.ne, W, sw.O, sw.no, tmp + sw.ne, W);
   return tmp;
 }
 
 // out = U_h^T (x_p U_w) for the pc planes of a chunk (x plane-major), in the split order of both
 // sides and the chunk's layout (row-interleaved for an even/odd U_h). tmp and fold are chunk-sized
-// scratch, pair 2 W values; out may be x, never tmp or fold.
+// scratch; out may be x, never tmp or fold.
 template <typename acc_t>
-void forward_transform(const acc_t* x, acc_t* tmp, acc_t* fold, acc_t* pair, acc_t* out, int64_t pc, int64_t H,
-                       int64_t W, const Side<acc_t>& sh, const Side<acc_t>& sw) {
+void forward_transform(const acc_t* x, acc_t* tmp, acc_t* fold, acc_t* out, int64_t pc, int64_t H, int64_t W,
+                       const Side<acc_t>& sh, const Side<acc_t>& sw) {
   const int64_t rows = pc * H, n = H * W;
   if (sh.kind == SideSplit::kEvenOdd) {
     const bool fold_cols = sw.kind == SideSplit::kEvenOdd;
-    fold_planes(x, fold, pair, pc, H, sh.ne, W, sw.ne, fold_cols);
+    fold_planes(x, fold, pc, H, sh.ne, W, sw.ne, fold_cols);
     const acc_t* y = right_product<acc_t>(fold, tmp, nullptr, rows, W, sw, true);
     const int64_t ld = pc * W;  // every plane's row l in one run
-    gemm(true, false, sh.ne, ld, sh.ne, sh.E, sh.ne, y, ld, out, ld);
-    gemm(true, false, sh.no, ld, sh.no, sh.O, sh.no, y + sh.ne * ld, ld, out + sh.ne * ld, ld);
+    gemm(true, sh.ne, ld, sh.ne, sh.E, sh.ne, y, ld, out, ld);
+    gemm(true, sh.no, ld, sh.no, sh.O, sh.no, y + sh.ne * ld, ld, out + sh.ne * ld, ld);
     return;
   }
   const acc_t* y = right_product(x, tmp, fold, rows, W, sw, false);
@@ -337,36 +441,36 @@ void forward_transform(const acc_t* x, acc_t* tmp, acc_t* fold, acc_t* pair, acc
     std::copy(y, y + pc * n, tmp);
     y = tmp;
   }
-  for (int64_t q = 0; q < pc; ++q) gemm(true, false, H, W, H, sh.U, H, y + q * n, W, out + q * n, W);
+  for (int64_t q = 0; q < pc; ++q) gemm(true, H, W, H, sh.U, H, y + q * n, W, out + q * n, W);
 }
 
 // out_p = (U_h s_p) U_w^T (out plane-major) from s in the split order of both sides and the
 // chunk's layout. out may be s, never tmp or fold.
 template <typename acc_t>
-void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* fold, acc_t* pair, acc_t* out, int64_t pc, int64_t H,
-                       int64_t W, const Side<acc_t>& sh, const Side<acc_t>& sw) {
+void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* fold, acc_t* out, int64_t pc, int64_t H, int64_t W,
+                       const Side<acc_t>& sh, const Side<acc_t>& sw) {
   const int64_t rows = pc * H, n = H * W;
   if (sh.kind == SideSplit::kEvenOdd) {
     const int64_t ld = pc * W;
-    gemm(false, false, sh.ne, ld, sh.ne, sh.E, sh.ne, s, ld, tmp, ld);
-    gemm(false, false, sh.no, ld, sh.no, sh.O, sh.no, s + sh.ne * ld, ld, tmp + sh.ne * ld, ld);
+    gemm(false, sh.ne, ld, sh.ne, sh.E, sh.ne, s, ld, tmp, ld);
+    gemm(false, sh.no, ld, sh.no, sh.O, sh.no, s + sh.ne * ld, ld, tmp + sh.ne * ld, ld);
     // The W side's product without its unfold, which unfold_planes does with the rows'.
     const acc_t* y = tmp;
     if (sw.kind == SideSplit::kDense) {
-      gemm(false, true, rows, W, W, tmp, W, sw.U, W, fold, W);
+      gemm(false, rows, W, W, tmp, W, sw.Ut, W, fold, W);
       y = fold;
     } else if (sw.kind == SideSplit::kEvenOdd) {
-      gemm(false, true, rows, sw.ne, sw.ne, tmp, W, sw.E, sw.ne, fold, W);
-      gemm(false, true, rows, sw.no, sw.no, tmp + sw.ne, W, sw.O, sw.no, fold + sw.ne, W);
+      gemm(false, rows, sw.ne, sw.ne, tmp, W, sw.Et, sw.ne, fold, W);
+      gemm(false, rows, sw.no, sw.no, tmp + sw.ne, W, sw.Ot, sw.no, fold + sw.ne, W);
       y = fold;
     }
-    unfold_planes(y, out, pair, pc, H, sh.ne, W, sw.ne, sw.kind == SideSplit::kEvenOdd);
+    unfold_planes(y, out, pc, H, sh.ne, W, sw.ne, sw.kind == SideSplit::kEvenOdd);
     return;
   }
   // y = U_h s per plane.
   const acc_t* y = s;
   if (sh.kind == SideSplit::kDense) {
-    for (int64_t q = 0; q < pc; ++q) gemm(false, false, H, W, H, sh.U, H, s + q * n, W, tmp + q * n, W);
+    for (int64_t q = 0; q < pc; ++q) gemm(false, H, W, H, sh.U, H, s + q * n, W, tmp + q * n, W);
     y = tmp;
   }
   // out = y U_w^T, all rows at once.
@@ -377,10 +481,10 @@ void inverse_transform(const acc_t* s, acc_t* tmp, acc_t* fold, acc_t* pair, acc
       std::copy(y, y + pc * n, tmp);
       y = tmp;
     }
-    gemm(false, true, rows, W, W, y, W, sw.U, W, out, W);
+    gemm(false, rows, W, W, y, W, sw.Ut, W, out, W);
   } else {
-    gemm(false, true, rows, sw.ne, sw.ne, y, W, sw.E, sw.ne, fold, W);
-    gemm(false, true, rows, sw.no, sw.no, y + sw.ne, W, sw.O, sw.no, fold + sw.ne, W);
+    gemm(false, rows, sw.ne, sw.ne, y, W, sw.Et, sw.ne, fold, W);
+    gemm(false, rows, sw.no, sw.no, y + sw.ne, W, sw.Ot, sw.no, fold + sw.ne, W);
     unfold_columns(fold, out, rows, W, sw.ne);
   }
 }
@@ -637,7 +741,7 @@ class CpuMap {
       const acc_t* x = load_input(i, ch, i == 0 && !forward_ ? s.work : s.spec);
       if (forward_) {
         acc_t* into = spectrum_target(i, ch, s);
-        forward_transform(x, s.work, s.fold, s.pair, into, ch.pc, H_, W_, sh_, sw_);
+        forward_transform(x, s.work, s.fold, into, ch.pc, H_, W_, sh_, sw_);
         x = into;
       } else if (ord_.permuted()) {  // from_spectral: its input into split order
         to_split_order(x, s.acc, ch.pc, H_, W_, ord_, layout(ch));
@@ -692,7 +796,7 @@ class CpuMap {
     if (inverse_) {
       // src is acc, work, or (passing through) an input chunk or work; spec and fold are free.
       acc_t* into = kConvert ? s.work : reinterpret_cast<acc_t*>(dst);
-      inverse_transform(src, s.spec, s.fold, s.pair, into, ch.pc, H_, W_, sh_, sw_);
+      inverse_transform(src, s.spec, s.fold, into, ch.pc, H_, W_, sh_, sw_);
       result = into;
     }
     store_output(result, dst, ch);
