@@ -113,6 +113,7 @@ REGS_PER_SM, REG_UNIT, THREADS_PER_SM, BLOCKS_PER_SM, WARPS_PER_SM = 65536, 256,
 GEMM_EFFICIENCY = 0.6  # of FP32 peak, for cuBLAS on these skinny batched GEMMs
 STRICT_FMA_SHARE, STRICT_LDS_PER_FMA = 0.60, 0.5
 ACC_SIZE = {"float": 4, "double": 8}
+FUSED_PLANE = 64  # the fused kernel's shared memory and occupancy are shown at 64 x 64, even/odd sides
 
 
 # --- parsing (tested in tests/test_gpu_static_report.py on captured output) ---------------------
@@ -211,17 +212,38 @@ def mix(insns):
     return counts
 
 
-def transform_loops(insns):
-    """The innermost loops holding a multiply-add, each with its mix and its address range."""
+# Philox4x32's round multipliers, as cuobjdump prints an immediate (signed or not).
+PHILOX_MULTIPLIERS = ("0xd2511f53", "-0x2daee0ad", "0xcd9e8d57", "-0x326172a9")
+
+
+def draws_noise(insns):
+    """Whether a stretch of SASS runs Philox rounds (holds one of its multipliers)."""
+    return any(k in operands.lower() for _, _, operands in insns for k in PHILOX_MULTIPLIERS)
+
+
+def innermost_loops(insns):
+    """The innermost loops holding a multiply-add, each with its instructions' address range,
+    its mix and whether it draws noise."""
     loops = find_loops(insns)
     bodies = []
     for first, last in loops:
         if first == last or any(a >= first and b <= last and (a, b) != (first, last) for a, b in loops):
             continue  # a self-branch (the end-of-kernel trap) or a loop around another
-        m = mix([i for i in insns if first <= i[0] <= last])
+        body = [i for i in insns if first <= i[0] <= last]
+        m = mix(body)
         if m["fma"]:
-            bodies.append({"first": first, "last": last, **m})
+            bodies.append({"first": first, "last": last, **m, "noise": draws_noise(body)})
     return bodies
+
+
+def transform_loops(insns):
+    """The innermost loops holding a multiply-add that do not draw noise: the noise loop's
+    multiply-adds are the Box-Muller polynomials, not a transform (reported apart)."""
+    return [lp for lp in innermost_loops(insns) if not lp["noise"]]
+
+
+def noise_loops(insns):
+    return [lp for lp in innermost_loops(insns) if lp["noise"]]
 
 
 def loop_summary(loops):
@@ -295,16 +317,22 @@ def header_constant(name, default):
     return int(m.group(1)) if m else default
 
 
-def quads_per_thread(h, w, threads, max_qpt):
-    """spectral_launch.cuh's choice of QPT for an h x w plane (0: too large for the fused kernel)."""
-    per_thread = (h * ((w + 3) // 4) + threads - 1) // threads
-    return 1 if per_thread <= 1 else 4 if per_thread <= 4 else max_qpt if per_thread <= max_qpt else 0
+def round4(x):
+    return (x + 3) // 4 * 4
 
 
-def fused_plane(qpt, threads, max_qpt):
-    """The largest square plane the dispatcher runs with this QPT."""
-    sides = [s for s in range(1, 1025) if quads_per_thread(s, s, threads, max_qpt) == qpt]
-    return max(sides) if sides else None
+def fused_shared_bytes(h, w, acc_size, sides="even_odd"):
+    """The fused kernel's dynamic shared memory for an h x w plane (FusedPlan in
+    spectral_kernels.cuh): three planes of padded rows x padded columns, the staged basis blocks
+    of both sides and four int32 index maps. sides: "even_odd", "dense" or "identity" (both)."""
+
+    def side(n):
+        ne = (n + 1) // 2 if sides == "even_odd" else n
+        e4, o4 = round4(ne), round4(n - ne)
+        return e4 + o4, 0 if sides == "identity" else e4 * e4 + o4 * o4
+
+    (rows, basis_h), (ld, basis_w) = side(h), side(w)
+    return (3 * rows * ld + basis_h + basis_w) * acc_size + (rows + ld + h + w) * 4
 
 
 def occupancy(gpu, registers, smem_static, smem_dynamic, threads):
@@ -485,7 +513,7 @@ def sass_of(cuobjdump, binary):
 # --- the report ----------------------------------------------------------------------------------
 
 
-def analyse(ptxas, sass, threads, max_qpt):
+def analyse(ptxas, sass, threads):
     """Per kernel instantiation: one record per arch with resources, occupancy and SASS mix."""
     names = sorted({name for _, name in ptxas} | {name for _, name in sass})
     pretty = demangle(names)
@@ -495,11 +523,9 @@ def analyse(ptxas, sass, threads, max_qpt):
         gpu = next(g for g in GPUS if g.arch == arch)
         fused = "fused" in base
         plane = dyn = None
-        if fused and len(args) == 3 and args[2].isdigit():
-            side = fused_plane(int(args[2]), threads, max_qpt)
-            if side:
-                plane = f"{side}x{side}"
-                dyn = side * 4 * math.ceil(side / 4) * ACC_SIZE.get(args[1], 4)
+        if fused and len(args) == 2:
+            plane = f"{FUSED_PLANE}x{FUSED_PLANE}"
+            dyn = fused_shared_bytes(FUSED_PLANE, FUSED_PLANE, ACC_SIZE.get(args[1], 4))
         insns = sass.get((arch, name), [])
         loops = transform_loops(insns)
         rec = {
@@ -509,6 +535,7 @@ def analyse(ptxas, sass, threads, max_qpt):
             **occupancy(gpu, res["registers"], res["smem"], dyn or 0, threads),
             "kernel_mix": mix(insns),
             "loops": loops,
+            "noise_loops": noise_loops(insns),
             "loop_summary": loop_summary(loops),
         }
         entry = kernels.setdefault(
@@ -621,7 +648,6 @@ def main(argv=None):
     args.work.mkdir(parents=True, exist_ok=True)
     cus = sorted((ROOT / "csrc/cuda").glob("*.cu"))
     threads = header_constant("kThreads", 256)
-    max_qpt = header_constant("kMaxQuadsPerThread", 16)
     cuobjdump13 = ensure_cuobjdump(args.install_tools)
     cuda13 = find_cuda13()
     if cuda13 is None:
@@ -659,11 +685,11 @@ def main(argv=None):
             toolkits.insert(0, f"nvcc {_release(sm70_dir / 'cuda/bin/nvcc')} (sm_70)")
     built = sorted(set(built), key=ARCHES.index)
 
-    kernels = analyse(ptxas, sass, threads, max_qpt)
+    kernels = analyse(ptxas, sass, threads)
     estimates = {}
     for gpu in GPUS:
         q = next(
-            (e["arches"].get(gpu.arch) for e in kernels.values() if e["label"] == "fused<float, float, 4>"),
+            (e["arches"].get(gpu.arch) for e in kernels.values() if e["label"] == "fused<float, float>"),
             None,
         )
         for batch in (16, 256):

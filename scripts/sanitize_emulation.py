@@ -13,8 +13,8 @@ choose on both paths. Any sanitizer report fails the run.
 
 Each run also checks the harness itself: a copy of the kernels with a planted bug, made in the
 build folder (never in csrc/), must be reported: the fused kernel without its first
-__syncthreads (a shared-memory race: TSan) and with its first read of the shared plane moved
-one element on (a read one past the end: ASan). A plant that no longer matches the kernel's text
+__syncthreads (a shared-memory race: TSan) and with its first read of the last array of its shared
+memory moved one element on (a read one past the end: ASan). A plant that no longer matches the kernel's text
 fails the run with the pattern to update.
 """
 
@@ -68,7 +68,7 @@ class Plant:
         if self.name == "race":
             patched, n = re.subn(r"__syncthreads\(\);", f"/* {MARK}: no barrier */", body, count=1)
         else:
-            patched, n = re.subn(r"=\s*buf\[([^\]]+)\]", rf"= buf[(\1) + 1 /* {MARK} */]", body, count=1)
+            patched, n = re.subn(r"col_padded\[([^\]]+)\]", rf"col_padded[(\1) + 1 /* {MARK} */]", body, count=1)
         if n != 1:
             raise SystemExit(f"sanitize_emulation: cannot plant {self.name!r} ({self.description}) in {KERNELS}")
         return text[:body_start] + patched + text[body_end:]
@@ -84,8 +84,9 @@ PLANTS = [
     Plant(
         "oob",
         "asan",
-        "the fused kernel's first read of buf[i] made buf[i + 1]",
-        # One element past the plane, in the block's shared memory (allocated in simt_host.h).
+        "the fused kernel's first read of col_padded[i] made col_padded[i + 1]",
+        # col_padded, the original -> padded map of the columns, ends the block's shared memory
+        # (allocated in simt_host.h): its last entry + 1 is one element past it.
         [
             "ERROR: AddressSanitizer: heap-buffer-overflow",
             "READ of size",

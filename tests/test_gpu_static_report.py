@@ -127,8 +127,33 @@ def test_occupancy():
     assert report.occupancy(v100, 255, 0, 128 * 1024, 256)["blocks"] == 0
 
 
-def test_plane_of_each_qpt():
-    assert [report.fused_plane(q, 256, 16) for q in (1, 4, 16)] == [32, 64, 128]
+def test_fused_shared_memory():
+    # 64 x 64, even/odd: three planes of 64 x 64, E and O of 32 x 32 per side, 4 maps of 64 int32.
+    assert report.fused_shared_bytes(64, 64, 4) == (3 * 64 * 64 + 2 * 2 * 32 * 32) * 4 + 4 * 64 * 4
+    assert report.fused_shared_bytes(64, 64, 8, "dense") == (3 * 64 * 64 + 2 * 64 * 64) * 8 + 4 * 64 * 4
+    assert report.fused_shared_bytes(64, 64, 4, "identity") == 3 * 64 * 64 * 4 + 4 * 64 * 4
+    # 65: halves of 33 and 32 padded to 36 + 32 = 68 positions a side.
+    assert report.fused_shared_bytes(65, 65, 4) == (3 * 68 * 68 + 2 * (36 * 36 + 32 * 32)) * 4 + 2 * (68 + 65) * 4
+    # 120 x 120 float32 is the largest square plane within an H100's 227 KB.
+    assert report.fused_shared_bytes(120, 120, 4) <= 227 * 1024 < report.fused_shared_bytes(124, 124, 4)
+
+
+def test_noise_loops_are_not_transform_loops():
+    sass = """
+	code for sm_90
+		Function : _Z1kv
+        /*0000*/                   FFMA R2, R3, R4, R2 ;
+        /*0010*/                   LDS.128 R4, [R5] ;
+        /*0020*/               @P0 BRA 0x0 ;
+        /*0030*/                   IMAD.WIDE.U32 R10, R10, -0x326172a9, RZ ;
+        /*0040*/                   FFMA R2, R3, R4, R2 ;
+        /*0050*/               @P0 BRA 0x30 ;
+        /*0060*/                   EXIT ;
+"""
+    insns = report.parse_sass(sass)[("sm_90", "_Z1kv")]
+    assert [(lp["first"], lp["noise"]) for lp in report.innermost_loops(insns)] == [(0x0, False), (0x30, True)]
+    assert [lp["first"] for lp in report.transform_loops(insns)] == [0x0]
+    assert [lp["first"] for lp in report.noise_loops(insns)] == [0x30]
 
 
 def test_q_sample_counts():

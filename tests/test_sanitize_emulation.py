@@ -50,7 +50,7 @@ def test_each_plant_changes_one_line_of_the_fused_kernel(harness):
         if plant.name == "race":
             assert "__syncthreads();" in before and "__syncthreads();" not in after
         else:
-            assert re.search(r"buf\[.*\) \+ 1 /\*", after), after
+            assert re.search(r"col_padded\[.*\) \+ 1 /\*", after), after
 
 
 def test_plants_never_reach_the_library_sources(harness):

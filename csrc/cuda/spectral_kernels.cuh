@@ -7,17 +7,16 @@
 // very kernels on the CPU in the test suite.
 //
 // Two kernels:
-// - spectral_map_fused_kernel: one block of kThreads threads per plane (H x W <= 128 x 128 and
-//   the plane fits in shared memory): load, transform, scale and sum every input, add the
-//   noise, transform back and write, all in one launch. The plane lives in shared memory with
-//   rows padded to a multiple of 4; each thread owns "quads" of 4 adjacent columns of one row,
-//   keeps the running sum for its quads in registers, and does the in-place transforms through
-//   registers. Each side of the transform is a SideOperator: a dense product, none (the identity
-//   basis), or the even/odd halves of even_odd.h at half the multiply-adds. Between the
-//   transforms the plane is in the original frequency order (the tables and the noise keys are);
-//   the split order of the halves exists only inside one side's inverse.
-// - spectral_combine_kernel: the middle of the GEMM path for larger planes (the transforms are
-//   batched matmuls, on the host side): the coefficients, the sum and the noise, a quad per thread.
+// - spectral_map_fused_kernel: one block of kThreads threads per plane, the whole map in one
+//   launch (load, transform, scale and sum every input, add the noise, transform back, write).
+//   Shared memory holds the plane's three working buffers, the basis blocks of both sides (staged
+//   once per block) and four small index maps (FusedPlan). Each side of the transform is two
+//   passes: a fold (or copy) that lays the data out in the side's padded order, then a product by
+//   the side's blocks (going back: the product, then the unfold). Products are register-tiled:
+//   each thread computes 4 x 4 outputs at a time from 4 x 4 fragments of both operands, read as
+//   16-byte vectors, so each shared-memory load feeds 8 multiply-adds (tile_product).
+// - spectral_combine_kernel: the middle of the GEMM path (the transforms are batched matmuls, on
+//   the host side): the coefficients, the sum and the noise, a quad per thread.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -41,8 +40,6 @@ namespace blurdiff {
 
 // Threads per block of both kernels.
 constexpr int kThreads = 256;
-// Quads per thread of the fused kernel: planes up to kThreads * 4 * 16 = 128 x 128 elements.
-constexpr int kMaxQuadsPerThread = 16;
 
 // The Philox (seed, offset) of a launch: the CUDA generator's state, unpacked on the device
 // (so CUDA graphs capture it), or plain numbers in the emulation.
@@ -65,8 +62,7 @@ inline void unpack_rng(const RngState& s, uint64_t* seed, uint64_t* offset) {
 
 // How the fused kernel multiplies by one side's basis U [n, n] (even_odd.h's SideSplit, on the
 // device): the dense U; nothing (U = I); or the even/odd halves, E [ne, ne] then O [no, no]
-// row-major in `blocks`, and `slot` [n], the inverse of SideSplit::order: column c of U is
-// column slot[c] of E when slot[c] < ne, else column slot[c] - ne of O.
+// row-major in `blocks`, and `slot` [2 n]: column -> slot, then slot -> column (SideSplit::indices).
 enum SideKind : int { kSideDense, kSideEvenOdd, kSideIdentity };
 
 template <typename acc_t>
@@ -107,10 +103,7 @@ struct CombineParams {
   RngState rng;
 };
 
-// ---------------------------------------------------------------------------------------------
-// Device helpers. A quad is (row r, first column c0 = 4 * cq); its 4 lanes are columns c0 .. c0+3,
-// of which only those < W exist. In shared memory, row r starts at r * W4 with W4 = 4 * ceil(W/4).
-
+// A quad of the combine kernel: row r, columns c0 .. c0 + 3, of which `lanes` (those < W) exist.
 struct Quad {
   int64_t r, c0;
   int lanes;
@@ -125,18 +118,6 @@ C10_HOST_DEVICE inline Quad quad_at(int64_t q, int64_t W) {
   return d;
 }
 
-// Calls f(k, quad) for the quads this thread owns: q = threadIdx.x + k * kThreads, k < QPT.
-template <int QPT, class F>
-C10_DEVICE inline void for_my_quads(int64_t H, int64_t W, F&& f) {
-  const int64_t nq = H * quads_per_row(W);
-#pragma unroll
-  for (int k = 0; k < QPT; ++k) {
-    const int64_t q = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-    if (q >= nq) break;
-    f(k, quad_at(q, W));
-  }
-}
-
 C10_HOST_DEVICE inline int64_t row_at(int64_t p, int64_t planes_per_sample, const int64_t* t, int64_t T) {
   if (t == nullptr) return 0;
   const int64_t tb = t[p / planes_per_sample];
@@ -144,345 +125,320 @@ C10_HOST_DEVICE inline int64_t row_at(int64_t p, int64_t planes_per_sample, cons
   return tb;
 }
 
-// buf <- buf · M, M = U_w (TRANSPOSED = false) or U_w^T: out[r][c] = Σ_l buf[r][l] M[l][c].
-template <bool TRANSPOSED, int QPT, typename acc_t>
-C10_DEVICE inline void right_multiply(acc_t* buf, const acc_t* U, int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    acc_t s[4] = {0, 0, 0, 0};
-    const acc_t* row = buf + d.r * W4;
-    for (int64_t l = 0; l < W; ++l) {
-      const acc_t x = row[l];
+// ---------------------------------------------------------------------------------------------
+// The fused kernel's layout. One side of length n in "padded order": even/odd sides hold the
+// even half's ne slots at [0, ne) and the odd half's no slots at [e4, e4 + no), e4 = ne rounded
+// up to a multiple of 4; dense and identity sides hold the n positions in their own order
+// (ne = n, no = 0). Everything else is zero padding, so every block of positions starts on a
+// multiple of 4 and the products can read 4-vectors. A plane is rows x columns of padded order,
+// row-major with row stride ld; the spectrum stays in padded order between the transforms.
+
+C10_HOST_DEVICE inline int round4(int x) { return (x + 3) & ~3; }
+
+struct SideShape {
+  int n, ne, no, e4, o4;  // ne + no = n; e4, o4 rounded up to multiples of 4
+  bool identity, even_odd;
+
+  C10_HOST_DEVICE SideShape(int kind, int64_t length, int64_t even) {
+    n = static_cast<int>(length);
+    even_odd = kind == kSideEvenOdd;
+    identity = kind == kSideIdentity;
+    ne = even_odd ? static_cast<int>(even) : n;
+    no = n - ne;
+    e4 = round4(ne);
+    o4 = round4(no);
+  }
+  C10_HOST_DEVICE int padded() const { return e4 + o4; }
+  // Basis values staged in shared memory: E and O padded to e4 x e4 and o4 x o4 (dense: U as E).
+  C10_HOST_DEVICE int basis_size() const { return identity ? 0 : e4 * e4 + o4 * o4; }
+};
+
+// Offsets (in elements) of the fused kernel's shared memory: three planes X, T, A of rows x ld
+// acc_t, the staged bases of both sides, then int32 maps: padded -> original position (-1 on a
+// pad) and original -> padded, for rows and for columns.
+struct FusedPlan {
+  SideShape h, w;
+  int rows, ld, plane;
+
+  C10_HOST_DEVICE FusedPlan(int h_kind, int64_t H, int64_t h_ne, int w_kind, int64_t W, int64_t w_ne)
+      : h(h_kind, H, h_ne), w(w_kind, W, w_ne), rows(h.padded()), ld(w.padded()), plane(rows * ld) {}
+  C10_HOST_DEVICE int64_t acc_values() const {
+    return 3 * static_cast<int64_t>(plane) + h.basis_size() + w.basis_size();
+  }
+  C10_HOST_DEVICE int64_t index_values() const { return static_cast<int64_t>(rows) + ld + h.n + w.n; }
+  C10_HOST_DEVICE int64_t shared_bytes(int64_t acc_size) const { return acc_values() * acc_size + index_values() * 4; }
+};
+
+// 4 consecutive values at a 16-byte aligned address: one 16-byte load on the GPU (LDS.128), or
+// two for float64. The emulation checks the alignment the GPU's vector loads need.
+template <typename T>
+C10_DEVICE inline void load4(const T* p, T (&v)[4]) {
+#if defined(__CUDACC__)
+  if constexpr (sizeof(T) == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  } else {
+    const double2 a = reinterpret_cast<const double2*>(p)[0], b = reinterpret_cast<const double2*>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+#else
+  CUDA_KERNEL_ASSERT_MSG(reinterpret_cast<uintptr_t>(p) % 16 == 0, "blurdiff_ops: misaligned vector load");
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int64_t c = d.c0 + j < W ? d.c0 + j : W - 1;  // padding lanes: any valid column
-        s[j] += x * BLURDIFF_LDG(TRANSPOSED ? U + c * W + l : U + l * W + c);
+  for (int j = 0; j < 4; ++j) v[j] = p[j];
+#endif
+}
+
+template <typename T>
+C10_DEVICE inline void store4(T* p, const T (&v)[4]) {
+#if defined(__CUDACC__)
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+    reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+    reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+  }
+#else
+  CUDA_KERNEL_ASSERT_MSG(reinterpret_cast<uintptr_t>(p) % 16 == 0, "blurdiff_ops: misaligned vector store");
+#pragma unroll
+  for (int j = 0; j < 4; ++j) p[j] = v[j];
+#endif
+}
+
+// c[i][j] += Σ_k A(i, k) B(k, j) for i, j < 4 and k < K (a multiple of 4), every operand in shared
+// memory: A(i, k) = A[k * lda + i] (A_KMAJOR) or A[i * lda + k]; B(k, j) = B[k * ldb + j]
+// (B_KMAJOR) or B[j * ldb + k]. Per 4 values of k: 8 vector loads, 64 multiply-adds.
+template <bool A_KMAJOR, bool B_KMAJOR, typename acc_t>
+C10_DEVICE inline void tile_product(const acc_t* A, int lda, const acc_t* B, int ldb, int K, acc_t (&c)[4][4]) {
+  for (int k = 0; k < K; k += 4) {
+    acc_t a[4][4], b[4][4];  // a[i][q] = A(i, k + q), b[q][j] = B(k + q, j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      acc_t v[4];
+      load4(A_KMAJOR ? A + (k + x) * lda : A + x * lda + k, v);
+#pragma unroll
+      for (int y = 0; y < 4; ++y) a[A_KMAJOR ? y : x][A_KMAJOR ? x : y] = v[y];
+      load4(B_KMAJOR ? B + (k + x) * ldb : B + x * ldb + k, v);
+#pragma unroll
+      for (int y = 0; y < 4; ++y) b[B_KMAJOR ? x : y][B_KMAJOR ? y : x] = v[y];
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[i][j] += a[i][q] * b[q][j];
+  }
+}
+
+// The product of one side, src (rows x ld) -> dst (rows x ld), both in the fused layout: each
+// 4 x 4 output tile takes the basis block (E or O) its transformed position falls in.
+//   ROWS, forward:   dst[q][c] = Σ_p B[p][q] src[p][c]   (U_h^T ·, the halves' E^T and O^T)
+//   ROWS, inverse:   dst[l][c] = Σ_s B[l][s] src[s][c]   (U_h ·)
+//   columns, forward: dst[r][q] = Σ_p src[r][p] B[p][q]  (· U_w)
+//   columns, inverse: dst[r][l] = Σ_s src[r][s] B[l][s]  (· U_w^T)
+// with p, q, s, l relative to the block's first position.
+template <bool ROWS, bool FORWARD, typename acc_t>
+C10_DEVICE inline void side_product(const acc_t* src, acc_t* dst, const acc_t* basis, const SideShape& S, int rows,
+                                    int ld) {
+  const int tiles_n = ld / 4, tiles = rows / 4 * tiles_n;
+  for (int tile = threadIdx.x; tile < tiles; tile += kThreads) {
+    const int i0 = tile / tiles_n * 4, j0 = tile % tiles_n * 4;
+    const int pos = ROWS ? i0 : j0;  // on the transformed side
+    const bool even = pos < S.e4;
+    const int first = even ? 0 : S.e4, len = even ? S.e4 : S.o4;
+    const acc_t* block = even ? basis : basis + S.e4 * S.e4;
+    acc_t c[4][4] = {};
+    if (ROWS) {
+      const acc_t* b = src + first * ld + j0;
+      if (FORWARD) {
+        tile_product<true, true>(block + (i0 - first), len, b, ld, len, c);
+      } else {
+        tile_product<false, true>(block + (i0 - first) * len, len, b, ld, len, c);
+      }
+    } else {
+      const acc_t* a = src + i0 * ld + first;
+      if (FORWARD) {
+        tile_product<false, true>(a, ld, block + (j0 - first), len, len, c);
+      } else {
+        tile_product<false, false>(a, ld, block + (j0 - first) * len, len, len, c);
       }
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  });
-}
-
-// buf <- M · buf, M = U_h^T (TRANSPOSED = true) or U_h: out[r][c] = Σ_l M[r][l] buf[l][c].
-template <bool TRANSPOSED, int QPT, typename acc_t>
-C10_DEVICE inline void left_multiply(acc_t* buf, const acc_t* U, int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    acc_t s[4] = {0, 0, 0, 0};
-    for (int64_t l = 0; l < H; ++l) {
-      const acc_t m = BLURDIFF_LDG(TRANSPOSED ? U + l * H + d.r : U + d.r * H + l);
-      const acc_t* col = buf + l * W4 + d.c0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += m * col[j];
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  });
-}
-
-// Every thread has computed its quads into v; once all have read buf, write v back: in place, or
-// with the rows (row_slot) or the columns (col_slot) moved to their slots of the split order.
-template <int QPT, typename acc_t>
-C10_DEVICE inline void store_quads(acc_t* buf, int64_t H, int64_t W, const acc_t (&v)[QPT][4],
-                                   const int32_t* row_slot = nullptr, const int32_t* col_slot = nullptr) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  __syncthreads();
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    acc_t* row = buf + (row_slot == nullptr ? d.r : BLURDIFF_LDG(row_slot + d.r)) * W4;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (col_slot == nullptr) {
-        row[d.c0 + j] = v[k][j];
-      } else if (j < d.lanes) {  // padding lanes have no slot
-        row[BLURDIFF_LDG(col_slot + d.c0 + j)] = v[k][j];
-      }
-    }
-  });
-  __syncthreads();
-}
-
-// The even/odd products (even_odd.h). The forward ones fold on the fly and write each slot to
-// its column, so they read and write the original order; the inverse ones read and write the
-// split order, and unfold_rows / unfold_columns then combine e and o into the original order.
-
-// Offsets into E and O are int: a side of a fused plane (H * quads_per_row(W) <= 4096) has at most
-// 16384 elements, so ne * ne < 2^31.
-
-// buf · U_w through the folds: column c is slot s = slot[c], E's column s against
-// fold+(row)[l] = row[l] + row[W-1-l], or O's column s - ne against fold-(row)[l].
-template <int QPT, typename acc_t>
-C10_DEVICE inline void right_fold(const acc_t* buf, const SideOperator<acc_t>& S, int64_t H, int64_t W,
-                                  acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  const int ne = static_cast<int>(S.ne), no = static_cast<int>(W) - ne;
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    int off[4];  // lane j's column of E (row stride ne) or O (row stride no) in S.blocks
-    bool even[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int s = BLURDIFF_LDG(S.slot + (d.c0 + j < W ? d.c0 + j : W - 1));  // padding lanes: any column
-      even[j] = s < ne;
-      off[j] = even[j] ? s : ne * ne + (s - ne);
-    }
-    const acc_t* row = buf + d.r * W4;
-    acc_t s[4] = {0, 0, 0, 0};
-    for (int l = 0; l < no; ++l) {
-      const acc_t a = row[l], b = row[W - 1 - l], plus = a + b, minus = a - b;
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        s[j] += (even[j] ? plus : minus) * BLURDIFF_LDG(S.blocks + off[j] + l * (even[j] ? ne : no));
-    }
-    if (ne > no) {  // odd W: the middle element, in fold+ only
-      const acc_t m = row[no];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (even[j]) s[j] += m * BLURDIFF_LDG(S.blocks + off[j] + no * ne);
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  });
-}
-
-// U_h^T · buf through the folds: row r is slot s = slot[r], E's column s against
-// fold+(buf)[l] = buf[l] + buf[H-1-l] (rows), or O's column s - ne against fold-(buf)[l].
-template <int QPT, typename acc_t>
-C10_DEVICE inline void left_fold(const acc_t* buf, const SideOperator<acc_t>& S, int64_t H, int64_t W,
-                                 acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  const int ne = static_cast<int>(S.ne), no = static_cast<int>(H) - ne;
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    const int slot = BLURDIFF_LDG(S.slot + d.r);
-    const bool even = slot < ne;
-    const acc_t* u = S.blocks + (even ? slot : ne * ne + (slot - ne));
-    const int stride = even ? ne : no;
-    const acc_t sign = even ? acc_t(1) : acc_t(-1);
-    acc_t s[4] = {0, 0, 0, 0};
-    for (int l = 0; l < no; ++l) {
-      const acc_t m = BLURDIFF_LDG(u + l * stride);
-      const acc_t* top = buf + l * W4 + d.c0;
-      const acc_t* bottom = buf + (H - 1 - l) * W4 + d.c0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += m * (top[j] + sign * bottom[j]);
-    }
-    if (even && ne > no) {  // odd H: the middle row, in fold+ only
-      const acc_t m = BLURDIFF_LDG(u + no * ne);
-      const acc_t* middle = buf + no * W4 + d.c0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += m * middle[j];
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  });
-}
-
-// The halves of U_h · buf, rows in split order on both sides: row s < ne is e[s] = E[s] · buf[0, ne),
-// row ne + i is o[i] = O[i] · buf[ne, H).
-template <int QPT, typename acc_t>
-C10_DEVICE inline void left_halves(const acc_t* buf, const SideOperator<acc_t>& S, int64_t H, int64_t W,
-                                   acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  const int ne = static_cast<int>(S.ne), no = static_cast<int>(H) - ne;
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    const int r = static_cast<int>(d.r);
-    const bool even = r < ne;
-    const acc_t* u = S.blocks + (even ? r * ne : ne * ne + (r - ne) * no);
-    const int len = even ? ne : no;
-    const acc_t* first = buf + (even ? 0 : ne) * W4 + d.c0;
-    acc_t s[4] = {0, 0, 0, 0};
-    for (int l = 0; l < len; ++l) {
-      const acc_t m = BLURDIFF_LDG(u + l);
-      const acc_t* col = first + l * W4;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += m * col[j];
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  });
-}
-
-// The halves of buf · U_w^T, columns in split order on both sides: column s < ne is
-// e[s] = row[0, ne) · E[s], column ne + i is o[i] = row[ne, W) · O[i].
-template <int QPT, typename acc_t>
-C10_DEVICE inline void right_halves(const acc_t* buf, const SideOperator<acc_t>& S, int64_t H, int64_t W,
-                                    acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W);
-  const int ne = static_cast<int>(S.ne), no = static_cast<int>(W) - ne;
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    int off[4];  // lane j's row of E (against the row's first ne) or O (its last no) in S.blocks
-    bool even[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int s = static_cast<int>(d.c0 + j < W ? d.c0 + j : W - 1);
-      even[j] = s < ne;
-      off[j] = even[j] ? s * ne : ne * ne + (s - ne) * no;
-    }
-    const acc_t* row = buf + d.r * W4;
-    acc_t s[4] = {0, 0, 0, 0};
-    for (int l = 0; l < no; ++l) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) s[j] += BLURDIFF_LDG(S.blocks + off[j] + l) * row[(even[j] ? 0 : ne) + l];
-    }
-    if (ne > no) {  // odd W: E's last column
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (even[j]) s[j] += BLURDIFF_LDG(S.blocks + off[j] + no) * row[no];
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = s[j];
-  });
-}
-
-// From e (rows [0, ne)) and o (rows [ne, H)) to the original order:
-// x[i] = e[i] + o[i], x[H-1-i] = e[i] - o[i] for i < no, and the middle row x[no] = e[no] of an odd H.
-template <int QPT, typename acc_t>
-C10_DEVICE inline void unfold_rows(const acc_t* buf, int64_t ne, int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W), no = H - ne;
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    const bool top = d.r < ne;
-    const int64_t i = top ? d.r : H - 1 - d.r;
-    const acc_t* e = buf + i * W4 + d.c0;
-    const acc_t* o = buf + (ne + (i < no ? i : 0)) * W4 + d.c0;  // the middle row has no o
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[k][j] = i == no ? e[j] : top ? e[j] + o[j] : e[j] - o[j];
-  });
-}
-
-// unfold_rows along the columns: e in columns [0, ne), o in [ne, W).
-template <int QPT, typename acc_t>
-C10_DEVICE inline void unfold_columns(const acc_t* buf, int64_t ne, int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  const int64_t W4 = 4 * quads_per_row(W), no = W - ne;
-  for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-    const acc_t* row = buf + d.r * W4;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t c = d.c0 + j < W ? d.c0 + j : W - 1;
-      const bool top = c < ne;
-      const int64_t i = top ? c : W - 1 - c;
-      v[k][j] = i == no ? row[i] : top ? row[i] + row[ne + i] : row[i] - row[ne + i];
-    }
-  });
-}
-
-// buf <- U_h^T · buf · U_w (to_spectral of the plane), a side at a time; the identity is skipped.
-template <int QPT, typename acc_t>
-C10_DEVICE inline void forward_transform(acc_t* buf, const SideOperator<acc_t>& Sh, const SideOperator<acc_t>& Sw,
-                                         int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  if (Sw.kind != kSideIdentity) {
-    if (Sw.kind == kSideEvenOdd) {
-      right_fold(buf, Sw, H, W, v);
-    } else {
-      right_multiply<false>(buf, Sw.U, H, W, v);
-    }
-    store_quads(buf, H, W, v);
-  }
-  if (Sh.kind != kSideIdentity) {
-    if (Sh.kind == kSideEvenOdd) {
-      left_fold(buf, Sh, H, W, v);
-    } else {
-      left_multiply<true>(buf, Sh.U, H, W, v);
-    }
-    store_quads(buf, H, W, v);
+    for (int i = 0; i < 4; ++i) store4(dst + (i0 + i) * ld + j0, c[i]);
   }
 }
 
-// v <- U_h · v · U_w^T (from_spectral of the plane each thread holds its quads of), through buf.
-// Every write to buf starts with store_quads' barrier, so buf may still be read when this starts.
-template <int QPT, typename acc_t>
-C10_DEVICE inline void inverse_transform(acc_t* buf, const SideOperator<acc_t>& Sh, const SideOperator<acc_t>& Sw,
-                                         int64_t H, int64_t W, acc_t (&v)[QPT][4]) {
-  if (Sh.kind == kSideEvenOdd) {
-    store_quads(buf, H, W, v, Sh.slot, nullptr);
-    left_halves(buf, Sh, H, W, v);
-    store_quads(buf, H, W, v);
-    unfold_rows(buf, Sh.ne, H, W, v);
-  } else if (Sh.kind == kSideDense) {
-    store_quads(buf, H, W, v);
-    left_multiply<false>(buf, Sh.U, H, W, v);
+// Position p of a side's padded order from a line x of its original order (x(l), l < n): the
+// even/odd folds fold+(x)[p] = x[p] + x[n-1-p] (p < no; the middle x[no] of an odd n at p = no)
+// and fold-(x)[p - e4] = x[..] - x[n-1-..]; dense and identity sides copy; pads are zero.
+template <typename acc_t, class Line>
+C10_DEVICE inline acc_t fold_at(const SideShape& S, int p, const Line& x) {
+  if (!S.even_odd) return p < S.n ? x(p) : acc_t(0);
+  if (p < S.no) return x(p) + x(S.n - 1 - p);
+  if (p < S.ne) return x(p);  // the middle element of an odd n
+  const int i = p - S.e4;
+  return i >= 0 && i < S.no ? x(i) - x(S.n - 1 - i) : acc_t(0);
+}
+
+// Position l < n of the original order from a line y of padded order holding e at [0, ne) and o
+// at [e4, e4 + no): y(l) + y(e4 + l) for l < no, y(no) for the middle of an odd n, and
+// e - o mirrored for l >= ne; dense and identity sides copy.
+template <typename acc_t, class Line>
+C10_DEVICE inline acc_t unfold_at(const SideShape& S, int l, const Line& y) {
+  if (!S.even_odd) return y(l);
+  const int i = l < S.ne ? l : S.n - 1 - l;
+  if (i == S.no) return y(i);
+  return l < S.ne ? y(i) + y(S.e4 + i) : y(i) - y(S.e4 + i);
+}
+
+// Copies the basis blocks of a side into shared memory, zero-padded (E then O; dense U as E),
+// and writes its maps: to_orig[p] (padded -> original, -1 on pads) and to_padded[l].
+template <typename acc_t>
+C10_DEVICE inline void stage_side(const SideOperator<acc_t>& op, const SideShape& S, acc_t* basis, int32_t* to_orig,
+                                  int32_t* to_padded) {
+  for (int v = threadIdx.x; v < S.basis_size(); v += kThreads) {
+    const bool even = v < S.e4 * S.e4;
+    const int len = even ? S.e4 : S.o4, valid = even ? S.ne : S.no, k = even ? v : v - S.e4 * S.e4;
+    const int r = k / len, c = k % len;
+    const acc_t* block = S.even_odd ? (even ? op.blocks : op.blocks + S.ne * S.ne) : op.U;
+    basis[v] = r < valid && c < valid ? BLURDIFF_LDG(block + r * valid + c) : acc_t(0);
   }
-  if (Sw.kind == kSideEvenOdd) {
-    store_quads(buf, H, W, v, nullptr, Sw.slot);
-    right_halves(buf, Sw, H, W, v);
-    store_quads(buf, H, W, v);
-    unfold_columns(buf, Sw.ne, H, W, v);
-  } else if (Sw.kind == kSideDense) {
-    store_quads(buf, H, W, v);
-    right_multiply<true>(buf, Sw.U, H, W, v);
+  const int32_t* order = S.even_odd ? op.slot + S.n : nullptr;
+  for (int p = threadIdx.x; p < S.padded(); p += kThreads) {
+    const int i = p < S.e4 ? p : S.ne + p - S.e4;  // slot
+    const bool valid = p < S.e4 ? p < S.ne : p - S.e4 < S.no;
+    to_orig[p] = !valid ? -1 : S.even_odd ? BLURDIFF_LDG(order + i) : i;
+  }
+  for (int l = threadIdx.x; l < S.n; l += kThreads) {
+    const int s = S.even_odd ? BLURDIFF_LDG(op.slot + l) : l;
+    to_padded[l] = s < S.ne ? s : S.e4 + s - S.ne;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-// One block per plane p (blockIdx.x); dynamic shared memory: the plane, H rows of W4 acc_t.
-template <typename scalar_t, typename acc_t, int QPT>
-__global__ void __launch_bounds__(kThreads) spectral_map_fused_kernel(const MapParams<scalar_t, acc_t> prm) {
-  BLURDIFF_DYNAMIC_SMEM(acc_t, buf);
+// One block per plane p (blockIdx.x); dynamic shared memory as FusedPlan lays it out. At least
+// one block per SM is all the launch bounds ask: without it ptxas held the float64 kernel to 128
+// registers and spilled.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 1) spectral_map_fused_kernel(const MapParams<scalar_t, acc_t> prm) {
+  BLURDIFF_DYNAMIC_SMEM(acc_t, X);
+  const FusedPlan plan(prm.h.kind, prm.H, prm.h.ne, prm.w.kind, prm.W, prm.w.ne);
+  const SideShape &sh = plan.h, &sw = plan.w;
+  const int H = sh.n, W = sw.n, n = H * W, rows = plan.rows, ld = plan.ld, plane = plan.plane;
+  acc_t* T = X + plane;
+  acc_t* A = T + plane;
+  acc_t* basis_h = A + plane;
+  acc_t* basis_w = basis_h + sh.basis_size();
+  int32_t* row_orig = reinterpret_cast<int32_t*>(basis_w + sw.basis_size());
+  int32_t* col_orig = row_orig + rows;
+  int32_t* row_padded = col_orig + ld;
+  int32_t* col_padded = row_padded + H;
   const int64_t p = blockIdx.x;
-  const int64_t H = prm.H, W = prm.W, n = H * W, W4 = 4 * quads_per_row(W);
   const int64_t tb = row_at(p, prm.planes_per_sample, prm.t, prm.T);
-  acc_t acc[QPT][4];
-  acc_t v[QPT][4];
-#pragma unroll
-  for (int k = 0; k < QPT; ++k)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[k][j] = 0;
+  const bool forward = prm.forward && !(sh.identity && sw.identity);
+  const bool inverse = prm.inverse && !(sh.identity && sw.identity);
 
-  // acc = Σ_i c_i[t] ⊙ F(x_i)
+  stage_side(prm.h, sh, basis_h, row_orig, row_padded);
+  stage_side(prm.w, sw, basis_w, col_orig, col_padded);
+  for (int e = threadIdx.x; e < plane; e += kThreads) A[e] = 0;
+  __syncthreads();
+
+  // A = Σ_i c_i[t] ⊙ F(x_i), in padded order
   for (int i = 0; i < prm.num_in; ++i) {
     const scalar_t* x = prm.in[i] + p * n;
-    for_my_quads<QPT>(H, W, [&](int, const Quad& d) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        buf[d.r * W4 + d.c0 + j] = j < d.lanes ? static_cast<acc_t>(x[d.r * W + d.c0 + j]) : acc_t(0);
-    });
-    __syncthreads();
-    if (prm.forward) forward_transform(buf, prm.h, prm.w, H, W, v);
-    const acc_t* cf = prm.in_coef[i] == nullptr ? nullptr : table_row(prm.in_coef[i], tb, n);
-    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (j < d.lanes) {
-          const acc_t s = buf[d.r * W4 + d.c0 + j];
-          acc[k][j] += cf == nullptr ? s : BLURDIFF_LDG(cf + d.r * W + d.c0 + j) * s;
-        }
+    acc_t* cur = T;
+    if (forward) {  // columns first: T = the rows of x folded along the columns
+      for (int e = threadIdx.x; e < plane; e += kThreads) {
+        const int r = e / ld;
+        T[e] = r < H ? fold_at<acc_t>(sw, e % ld, [&](int l) { return static_cast<acc_t>(x[r * W + l]); }) : acc_t(0);
       }
-    });
-    __syncthreads();  // buf is reloaded by the next input
+      __syncthreads();
+    }
+    if (forward && !sw.identity) {
+      side_product<false, true>(T, X, basis_w, sw, rows, ld);
+      __syncthreads();
+      cur = X;
+    }
+    if (forward && !sh.identity) {
+      acc_t* other = cur == X ? T : X;
+      for (int e = threadIdx.x; e < plane; e += kThreads) {
+        const int c = e % ld;
+        other[e] = fold_at<acc_t>(sh, e / ld, [&](int l) { return cur[l * ld + c]; });
+      }
+      __syncthreads();
+      side_product<true, true>(other, cur, basis_h, sh, rows, ld);
+      __syncthreads();
+    }
+    const acc_t* cf = prm.in_coef[i] == nullptr ? nullptr : table_row(prm.in_coef[i], tb, n);
+    for (int e = threadIdx.x; e < n; e += kThreads) {
+      const int at = row_padded[e / W] * ld + col_padded[e % W];
+      // Without a forward transform x is a spectrum in the original order.
+      const acc_t s = forward ? cur[at] : static_cast<acc_t>(x[e]);
+      A[at] += cf == nullptr ? s : BLURDIFF_LDG(cf + e) * s;
+    }
+    __syncthreads();  // cur is overwritten by the next input
   }
 
-  // + n[t] ⊙ z̄, each thread drawing the Philox blocks of its own quads
+  // + n[t] ⊙ z̄, each thread drawing the Philox blocks of quads of the original order
   if (prm.noise_coef != nullptr) {
     uint64_t seed, offset;
     unpack_rng(prm.rng, &seed, &offset);
     const acc_t* nc = table_row(prm.noise_coef, tb, n);
-    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
+    const int wq = static_cast<int>(quads_per_row(W));
+    for (int q = threadIdx.x; q < H * wq; q += kThreads) {
+      const int r = q / wq, c0 = q % wq * 4;
       float z[4];
-      noise_block(seed, offset, p, d.r, d.c0 / 4, W, z);
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (j < d.lanes) acc[k][j] += BLURDIFF_LDG(nc + d.r * W + d.c0 + j) * static_cast<acc_t>(z[j]);
-    });
-  }
-
-  // out_m = G(d_m[t] ⊙ acc)
-  for (int m = 0; m < prm.num_out; ++m) {
-    const acc_t* cf = prm.out_coef[m] == nullptr ? nullptr : table_row(prm.out_coef[m], tb, n);
-    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
+      noise_block(seed, offset, p, r, c0 / 4, W, z);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const acc_t c = (cf == nullptr || j >= d.lanes) ? acc_t(1) : BLURDIFF_LDG(cf + d.r * W + d.c0 + j);
-        v[k][j] = c * acc[k][j];
+        if (c0 + j < W) {
+          A[row_padded[r] * ld + col_padded[c0 + j]] += BLURDIFF_LDG(nc + r * W + c0 + j) * static_cast<acc_t>(z[j]);
+        }
       }
-    });
-    if (prm.inverse) inverse_transform(buf, prm.h, prm.w, H, W, v);
+    }
+    __syncthreads();
+  }
+
+  // out_m = G(d_m[t] ⊙ A)
+  for (int m = 0; m < prm.num_out; ++m) {
+    const acc_t* cf = prm.out_coef[m] == nullptr ? nullptr : table_row(prm.out_coef[m], tb, n);
+    const acc_t* cur = A;
+    if (cf != nullptr) {
+      for (int e = threadIdx.x; e < plane; e += kThreads) {
+        const int r = row_orig[e / ld], c = col_orig[e % ld];
+        X[e] = r < 0 || c < 0 ? acc_t(0) : BLURDIFF_LDG(cf + r * W + c) * A[e];
+      }
+      __syncthreads();
+      cur = X;
+    }
+    if (inverse && !sh.identity) {
+      side_product<true, false>(cur, T, basis_h, sh, rows, ld);
+      __syncthreads();
+      for (int e = threadIdx.x; e < plane; e += kThreads) {
+        const int r = e / ld, c = e % ld;
+        X[e] = r < H ? unfold_at<acc_t>(sh, r, [&](int l) { return T[l * ld + c]; }) : acc_t(0);
+      }
+      __syncthreads();
+      cur = X;
+    }
+    const acc_t* last = cur;
+    if (inverse && !sw.identity) {
+      acc_t* other = cur == T ? X : T;
+      side_product<false, false>(cur, other, basis_w, sw, rows, ld);
+      __syncthreads();
+      last = other;
+    }
     scalar_t* y = prm.out[m] + p * n;
-    for_my_quads<QPT>(H, W, [&](int k, const Quad& d) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (j < d.lanes) y[d.r * W + d.c0 + j] = static_cast<scalar_t>(v[k][j]);
-    });
-    // The next output's store_quads synchronises before it overwrites buf.
+    for (int e = threadIdx.x; e < n; e += kThreads) {
+      const int r = e / W, c = e % W;
+      // Without a transform back the rows and columns are still in padded order.
+      const int at = inverse ? r * ld : row_padded[r] * ld;
+      const auto line = [&](int l) { return last[at + l]; };
+      y[e] = static_cast<scalar_t>(inverse ? unfold_at<acc_t>(sw, c, line) : line(col_padded[c]));
+    }
+    __syncthreads();  // the next output overwrites X and T
   }
 }
 

@@ -92,16 +92,12 @@ inline at::Tensor transform_side(const at::Tensor& x, const std::shared_ptr<cons
   return at::cat(at::TensorList{top.add(o), e.narrow(dim, no, ne - no), top.sub(o).flip(dim)}, dim);
 }
 
-// Quads per thread of the fused kernel for an H x W plane: 1, 4 or kMaxQuadsPerThread (the
-// instantiated kernels), or 0 when the plane is too large for one block.
-inline int quads_per_thread(int64_t H, int64_t W) {
-  const int64_t per_thread = (H * quads_per_row(W) + kThreads - 1) / kThreads;
-  return per_thread <= 1 ? 1 : per_thread <= 4 ? 4 : per_thread <= kMaxQuadsPerThread ? kMaxQuadsPerThread : 0;
-}
-
-// Dynamic shared memory of the fused kernel: the plane, rows padded to a multiple of 4.
-inline int64_t fused_shared_memory(int64_t H, int64_t W, int64_t acc_size) {
-  return H * 4 * quads_per_row(W) * acc_size;
+// The fused kernel's plan of an H x W plane with these sides (its shared memory).
+inline FusedPlan fused_plan(const MapRequest& r) {
+  auto kind = [](const SideSplit& s) {
+    return s.kind == SideSplit::kIdentity ? kSideIdentity : s.kind == SideSplit::kEvenOdd ? kSideEvenOdd : kSideDense;
+  };
+  return FusedPlan(kind(*r.split_h), r.H(), r.split_h->ne, kind(*r.split_w), r.W(), r.split_w->ne);
 }
 
 template <typename scalar_t, class Launcher>
@@ -131,17 +127,8 @@ void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::
   prm.forward = r.forward;
   prm.inverse = r.inverse;
   if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
-  const int64_t smem = fused_shared_memory(H, W, static_cast<int64_t>(sizeof(acc_t)));
-  switch (quads_per_thread(H, W)) {
-    case 1:
-      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, 1>, r.planes(), smem, prm);
-      break;
-    case 4:
-      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, 4>, r.planes(), smem, prm);
-      break;
-    default:
-      launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t, kMaxQuadsPerThread>, r.planes(), smem, prm);
-  }
+  const int64_t smem = fused_plan(r).shared_bytes(static_cast<int64_t>(sizeof(acc_t)));
+  launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t>, r.planes(), smem, prm);
 }
 
 // Transforms by matmul, middle by spectral_combine_kernel: for planes too large for one block.
@@ -203,7 +190,7 @@ std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher
   for (const auto& in : r.inputs) inputs.push_back(in.view({P, H, W}));
 
   const int64_t acc_size = x.scalar_type() == at::kDouble ? 8 : 4;
-  const bool fused = quads_per_thread(H, W) != 0 && fused_shared_memory(H, W, acc_size) <= launcher.max_shared_memory();
+  const bool fused = fused_plan(r).shared_bytes(acc_size) <= launcher.max_shared_memory();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map", [&] {
     if (fused) {
       map_fused<scalar_t>(r, inputs, outs, launcher);
