@@ -15,6 +15,10 @@ import torch
 from blurdiff.schedules import int_arg, real_arg
 
 BASES = ("gaussian", "dct", "identity")
+#: The blur's σ in pixels. Below the range the kernel is a delta in float64 (exp(-1/(2·10⁻¹²)) = 0:
+#: no blur), above it a flat average over any image that fits in memory: values outside give the
+#: bounds' bases, and at the extremes σ² overflows or underflows.
+SIGMA_RANGE = (1e-6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,7 @@ class SeparableBasis:
 
 def gaussian_kernel_1d(n: int, sigma: float) -> torch.Tensor:
     """``g(k) ∝ exp(-k²/(2σ²))`` for ``k = -(n-1) … n-1``, normalised to sum 1."""
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    real_arg("sigma", sigma, *SIGMA_RANGE)
     k = torch.arange(-(n - 1), n, dtype=torch.float64)
     g = torch.exp(-(k**2) / (2 * sigma**2))
     return g / g.sum()
@@ -81,9 +84,9 @@ def check_resolution(resolution) -> None:
 
 
 def check_basis_args(sigma: float, eig_floor: float) -> None:
-    """``sigma`` > 0 and ``eig_floor`` in (0, 1], finite: the floor keeps ``log D`` finite and
-    ``D <= 1`` (no frequency is amplified). Checked for every basis, used or not."""
-    real_arg("sigma", sigma, 0.0, low_open=True)
+    """``sigma`` in :data:`SIGMA_RANGE` and ``eig_floor`` in (0, 1], finite: the floor keeps
+    ``log D`` finite and ``D <= 1`` (no frequency is amplified). Checked for every basis, used or not."""
+    real_arg("sigma", sigma, *SIGMA_RANGE)
     real_arg("eig_floor", eig_floor, 0.0, 1.0, low_open=True)
 
 
@@ -110,4 +113,16 @@ def make_basis(name: str, H: int, W: int, sigma: float = 0.4, eig_floor: float =
         D = torch.ones(H, W, dtype=torch.float64)
     else:
         raise ValueError(f"basis must be one of {BASES}, got {name!r}")
+    _check_well_conditioned(name, sigma, U_h, U_w, D)
     return SeparableBasis(name, U_h, U_w, D)
+
+
+def _check_well_conditioned(name: str, sigma: float, U_h: torch.Tensor, U_w: torch.Tensor, D: torch.Tensor) -> None:
+    """Every operator of the process is ``U diag(·) Uᵀ``: a ``U`` that is not finite and orthogonal,
+    or a ``D`` outside (0, 1], would give wrong or NaN tables for any schedule."""
+    for U in (U_h, U_w):
+        eye = torch.eye(U.shape[0], dtype=U.dtype)
+        if not torch.isfinite(U).all() or (U.T @ U - eye).abs().max() > 1e-8:
+            raise ValueError(f"the {name} basis of sigma={sigma!r} at {U.shape[0]} pixels is not orthogonal")
+    if not torch.isfinite(D).all() or (D <= 0).any() or (D > 1).any():
+        raise ValueError(f"the {name} basis of sigma={sigma!r} has eigenvalues outside (0, 1]")

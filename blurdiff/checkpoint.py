@@ -37,7 +37,7 @@ from blurdiff.diffusion import MODEL_OUTPUTS, BlurDiffusion, ReferenceResidual
 from blurdiff.output_folders import some_names
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.statistics import DataStatistics
-from blurdiff.unet import UNet, UNetConfig
+from blurdiff.unet import UNet, UNetConfig, check_weights
 
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "config")
 CHECKSUM_KEY = "checksum"
@@ -142,42 +142,12 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     return state
 
 
-def check_finite(state: dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> None:
-    """ValueError naming ``path`` and the weights (``model``, ``ema``) that hold NaN or inf: they
-    would sample black or noise images, or carry a resumed run on from a diverged state."""
-    for key in which:
-        bad = [
-            name
-            for name, t in state[key].items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
-        ]
-        if bad:
-            raise ValueError(
-                f"{path}: the {key} weights are not finite (NaN or inf in {len(bad)} of "
-                f"{len(state[key])} tensors, first {bad[0]}); use an older checkpoint"
-            )
-
-
 def networks_of(state: dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> dict[str, torch.nn.Module]:
     """``{key: network}`` for the weights ``state[key]``: the network the checkpoint's config
     describes, built on the meta device (no memory, no initialisation) and given the checkpoint's
-    own tensors. ValueError naming ``path`` when the weights do not fit it or are not finite."""
-    networks = {}
-    for key in which:
-        try:
-            with torch.device("meta"):
-                network = UNet(UNetConfig(**state["config"]["unet"]))
-            # A plain dict: load_state_dict(assign=True) marks the state dict's _metadata, and any later
-            # load of it (the trainer's, into its real network) would then assign instead of copy.
-            network.load_state_dict(dict(state[key]), assign=True)
-        except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as e:
-            raise ValueError(
-                f"{path}: the {key} weights do not fit the network its config describes: "
-                f"{' '.join(str(e).split())[:300]}"
-            ) from e
-        networks[key] = network
-    check_finite(state, path, which)  # once the weights are known to be state dicts of that network
-    return networks
+    own tensors. ValueError naming ``path`` when the weights do not fit it or are not finite
+    (:func:`blurdiff.unet.check_weights`)."""
+    return {key: check_weights(state["config"]["unet"], state[key], path, f"{key} weights") for key in which}
 
 
 def load_newest_readable(
@@ -357,10 +327,10 @@ def build_from_checkpoint(
 ) -> tuple[BlurDiffusion, torch.nn.Module]:
     """The process (with the run's data statistics, when the checkpoint has them) and the network
     (EMA weights by default) a checkpoint describes, in eval mode. ValueError (naming ``source``,
-    the file) for weights that are not finite."""
-    check_finite(state, source, ["ema" if use_ema else "model"])
+    the file) for weights that do not fit the network its config describes or are not finite."""
+    key = "ema" if use_ema else "model"
     return build_from_config(
-        state["config"], state["ema" if use_ema else "model"], state.get("data_stats"), device, backend, source
+        state["config"], state[key], state.get("data_stats"), device, backend, source, f"{key} weights"
     )
 
 
@@ -371,13 +341,17 @@ def build_from_config(
     device="cpu",
     backend: str = "auto",
     source="the checkpoint",
+    what: str = "weights",
 ) -> tuple[BlurDiffusion, torch.nn.Module]:
     """The process and network of a checkpoint's ``config`` with the network ``weights`` (a state
     dict) and the ``data_stats`` of :meth:`DataStatistics.to_state`: what
     :func:`build_from_checkpoint` builds, shared with exports (blurdiff.export) so that both give
-    the same pair. The weights are not checked for NaN here (the callers name their file)."""
+    the same pair. The weights are checked against the config on the meta device first
+    (:func:`blurdiff.unet.check_weights`: ValueError naming ``source``), so nothing of a size the
+    weights do not have is allocated."""
     process = BlurDiffusion(**config["process"], backend=backend)
     process.data_stats = DataStatistics.from_state(data_stats, process.resolution)
+    check_weights(config["unet"], weights, source, what)
     model = UNet(UNetConfig(**config["unet"]))
     model.load_state_dict(weights)
     model = model.to(device).eval()

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-__all__ = ["available_devices", "check_batch_fits", "resolve_device"]
+__all__ = ["available_devices", "check_batch_fits", "check_fits", "resolve_device"]
 
 
 def _mps_available() -> bool:
@@ -73,13 +73,15 @@ def check_batch_fits(
     """A ValueError when ``batch_size`` images of ``values_per_image`` float32 values each (a lower
     bound on what one batch holds at once) exceed the memory of ``device``: refused before anything
     is written or allocated, where the allocator would fail (or the OOM killer strike) mid-run."""
-    need = batch_size * values_per_image * 4
+    check_fits(device, batch_size * values_per_image * 4, f"{option} {batch_size}: one batch", f"a smaller {option}")
+
+
+def check_fits(device: torch.device, need: int, what: str, instead: str) -> None:
+    """A ValueError ``WHAT needs at least N GiB on DEVICE, which has M GiB; use INSTEAD`` when
+    ``need`` bytes exceed the memory of ``device`` (nothing is checked where it is not known)."""
     have = _memory_bytes(device)
     if have is not None and need > have:
-        raise ValueError(
-            f"{option} {batch_size}: one batch needs at least {_gib(need)} on {device}, which has "
-            f"{_gib(have)}; use a smaller {option}"
-        )
+        raise ValueError(f"{what} needs at least {_gib(need)} on {device}, which has {_gib(have)}; use {instead}")
 
 
 def _gib(n: int) -> str:

@@ -30,11 +30,14 @@ from blurdiff.diffusers_scheduler import BlurDiffusionScheduler, to_project_step
 from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin  # isort: skip
 from diffusers.configuration_utils import register_to_config  # isort: skip
 from diffusers.utils import BaseOutput, is_accelerate_available  # isort: skip
+from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME  # isort: skip
+from safetensors.torch import load_file  # isort: skip
 
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.diffusion import MODEL_OUTPUTS, ReferenceResidual
+from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
-from blurdiff.unet import UNet, UNetConfig
+from blurdiff.unet import UNet, UNetConfig, check_weights
 
 __all__ = ["BlurDiffusionPipeline", "BlurDiffusionUNet", "BlurDiffusionUNetOutput", "own_storage"]
 
@@ -130,7 +133,14 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """``ModelMixin.from_pretrained``, with the weights copied out of the file's buffer
-        (:func:`own_storage`), so the model computes exactly what the saved one did."""
+        (:func:`own_storage`), so the model computes exactly what the saved one did.
+
+        A local folder's weights are checked first, as ``blurdiff sample --export`` checks an
+        export's (:func:`blurdiff.unet.check_weights`: names, shapes, floating point, finite, on the
+        meta device): diffusers itself only logs missing tensors and loads any dtype and NaN."""
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if folder.is_dir():
+            _check_pretrained_weights(folder, kwargs.get("variant"))
         kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())  # as BlurDiffusionPipeline.from_pretrained
         loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         own_storage(loaded[0] if isinstance(loaded, tuple) else loaded)  # (model, loading info) on request
@@ -166,6 +176,35 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
         else:
             eps = self.net(sample, s)
         return BlurDiffusionUNetOutput(sample=eps) if return_dict else (eps,)
+
+
+def _check_pretrained_weights(folder: Path, variant: str | None) -> None:
+    """ValueError naming the file when ``folder``'s weights are not a state dict of the network its
+    ``config.json`` describes. A folder without safetensors weights is left to diffusers' own errors."""
+    name = (
+        SAFETENSORS_WEIGHTS_NAME
+        if not variant
+        else SAFETENSORS_WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors")
+    )
+    weights_path, config_path = folder / name, folder / CONFIG_NAME
+    if not weights_path.is_file() or not config_path.is_file():
+        return
+    try:
+        config = json_loads(config_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} is not a JSON object")
+    try:
+        weights = load_file(str(weights_path))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors' own error for a malformed file
+        raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from e
+    fields = {f.name for f in dataclasses.fields(UNetConfig)}
+    # ModelMixin keeps the UNet's state dict under "net."; anything else is unexpected.
+    own = {k.removeprefix("net."): t for k, t in weights.items()}
+    check_weights({k: v for k, v in config.items() if k in fields}, own, weights_path)
 
 
 class BlurDiffusionPipeline(DiffusionPipeline):

@@ -20,7 +20,7 @@ import blurdiff_ops
 from blurdiff.bases import check_basis_args, check_resolution, make_basis
 from blurdiff.families import check_family_args, hoogeboom_tables, rissanen_tables
 from blurdiff.samplers import make_sampler
-from blurdiff.schedules import blur_f, check_tables_fit, int_arg, noise_betas, real_arg
+from blurdiff.schedules import F_MAX_LIMIT, blur_f, check_tables_fit, int_arg, noise_betas, real_arg
 from blurdiff.tables import TableCache
 from blurdiff.warn import warn_at_caller
 
@@ -74,7 +74,7 @@ class BlurDiffusion:
         check_family_args(family, blur_sigma_max, d_min, blur_sigma_min, noise_sigma)
         if family != "lee" and basis != "dct":
             raise ValueError(f"the {family} family runs in the DCT basis: set basis='dct', got basis={basis!r}")
-        real_arg("f_max", f_max, 0.0)
+        real_arg("f_max", f_max, 0.0, F_MAX_LIMIT)
         int_arg("steps", steps, 1)
         # The tables below peak at about 17 float64 arrays [N+1, H, W] (13 kept, temporaries while
         # building them, and the float32 copies of tables()); measured: 16.7 at 160 x 160, N = 1000.

@@ -364,6 +364,12 @@ class Sampler:
         self._position = {s: self.K - n for n, s in enumerate(self.steps)}  # step -> k
         self.reference_var = _resolve_reference(process, kind, reference_var)
         tables = _step_tables(process, self.steps, kind, self.reference_var)
+        bad = [name for name, table in tables.items() if table is not None and not torch.isfinite(table).all()]
+        if bad:  # NaN images, written as black PNGs, otherwise
+            raise ValueError(
+                f"the {kind} sampler's {bad[0]} on {self.K} steps is not finite for this process "
+                f"({', '.join(f'{k}={v!r}' for k, v in process.config.items())})"
+            )
         tables["timesteps"] = torch.tensor((0,) + tuple(reversed(self.steps)), dtype=torch.int64)
         self._tables = TableCache(tables)
 

@@ -28,7 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["UNetConfig", "UNet", "UNET_PRESETS", "build_unet", "timestep_embedding"]
+from blurdiff.devices import check_fits
+
+__all__ = [
+    "UNetConfig",
+    "UNet",
+    "UNET_PRESETS",
+    "build_unet",
+    "check_fits_memory",
+    "check_weights",
+    "timestep_embedding",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +162,67 @@ def build_unet(preset: str, **overrides) -> UNet:
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"unknown UNet override(s) {unknown}; valid names: {fields}")
-    return UNet(dataclasses.replace(UNET_PRESETS[preset], **overrides))
+    config = dataclasses.replace(UNET_PRESETS[preset], **overrides)
+    check_fits_memory(config)
+    return UNet(config)
+
+
+def check_fits_memory(config: UNetConfig, device: torch.device | str = "cpu") -> None:
+    """A ValueError, before anything is allocated, for a network whose float32 weights alone exceed
+    the memory of ``device`` (where it is built): counted on the meta device."""
+    with torch.device("meta"):
+        count = sum(p.numel() for p in UNet(config).parameters())
+    sizes = f"model_channels={config.model_channels}, channel_mult={list(config.channel_mult)}"
+    check_fits(
+        torch.device(device), 4 * count, f"a UNet of {sizes} ({count:,} parameters)", "a smaller unet.model_channels"
+    )
+
+
+def check_weights(config, weights, source, what: str = "weights") -> UNet:
+    """The check of network weights, however they come in (a checkpoint's ``model``/``ema``, an
+    export's or a diffusers folder's safetensors): ``config`` (the UNetConfig fields) describes a
+    network, and ``weights`` is its state dict: the same names and shapes, floating point, finite.
+
+    Done on the meta device, so a config that asks for more than the weights hold is refused before
+    anything of its size is allocated. Returns that network holding the weights (assigned, not
+    copied); ValueError naming ``source`` (the file) and what is wrong.
+    """
+    try:
+        unet_config = UNetConfig(**config)
+    except (TypeError, ValueError) as e:  # not a mapping, unknown or missing fields, bad values
+        raise ValueError(f"{source}: its unet is not a UNetConfig: {e}") from e
+    with torch.device("meta"):
+        network = UNet(unet_config)
+    expected = network.state_dict()
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise ValueError(f"{source}: the {what} are not a state dict of tensors")
+    unfit = f"{source}: the {what} do not fit the network its config describes"
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        found = (("missing", missing), ("unexpected", unexpected))
+        raise ValueError(
+            f"{unfit}: " + ", ".join(f"{len(v)} {kind} (first {v[0]})" for kind, v in found if v) + " keys"
+        )
+    shapes = [k for k in expected if weights[k].shape != expected[k].shape]
+    if shapes:
+        k = shapes[0]
+        raise ValueError(
+            f"{unfit}: {len(shapes)} of {len(expected)} tensors have another shape (first {k}: "
+            f"{list(weights[k].shape)}, the network's {list(expected[k].shape)})"
+        )
+    for kind, bad in (
+        ("floating point", [k for k, t in weights.items() if not t.is_floating_point()]),
+        ("finite", [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]),
+    ):
+        if bad:
+            extra = f": {weights[bad[0]].dtype}" if kind == "floating point" else ""
+            nan = "NaN or inf in " if kind == "finite" else ""
+            counted = f"{nan}{len(bad)} of {len(weights)} tensors, first {bad[0]}{extra}"
+            raise ValueError(f"{source}: the {what} are not {kind} ({counted})")
+    # A plain dict: load_state_dict(assign=True) marks the state dict's _metadata, and any later
+    # load of it (the trainer's, into its real network) would then assign instead of copy.
+    network.load_state_dict(dict(weights), assign=True)
+    return network
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,12 +8,16 @@ documented format.
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 
 import pytest
 import torch
 from helpers import flip_bytes_inside, make_run
+from safetensors.torch import load_file, save_file
 
+from blurdiff.atomic import file_sha256
 from blurdiff.checkpoint import (
     CHECKSUM_KEY,
     build_from_checkpoint,
@@ -23,6 +27,8 @@ from blurdiff.checkpoint import (
     save_checkpoint,
 )
 from blurdiff.cli import main
+from blurdiff.export import export_run, load_export
+from blurdiff.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
@@ -111,3 +117,68 @@ def test_non_finite_weights_are_refused_for_sampling(tmp_path, capsys, which):
     # The other weights are finite: sampling with them is fine.
     rc, err = sample(capsys, tmp_path / "run", tmp_path / "other", *(["--no-ema"] if use_ema else []))
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("source", ["run", "export"])
+def test_a_config_larger_than_its_weights_is_refused_before_a_network_is_built(source, tmp_path, capsys, monkeypatch):
+    # A config edited to describe a wider network (the weights are the run's): comparing the
+    # shapes must not need that network built, which at model_channels=3072 is 30 GiB.
+    run = make_run(tmp_path / "run")
+    path = latest_checkpoint(run)
+    if source == "run":
+        state = load_checkpoint(path)
+        state["config"]["unet"]["model_channels"] = 64
+        save_checkpoint(state, path)
+        argv, named = ["--run", run], f"{path}: the ema weights"
+    else:
+        export_run(run=run, out=tmp_path / "e")
+        config = tmp_path / "e" / "config.json"
+        document = json.loads(config.read_text())
+        document["unet"]["model_channels"] = 64
+        config.write_text(json.dumps(document))
+        argv, named = ["--export", tmp_path / "e"], f"{tmp_path / 'e' / 'model.safetensors'}: the weights"
+    built = []
+    real_init = UNet.__init__
+
+    def spy(self, config):
+        built.append(torch.empty(0).device.type)  # where a network of this config would be allocated
+        real_init(self, config)
+
+    monkeypatch.setattr(UNet, "__init__", spy)
+    capsys.readouterr()
+    rc = main(["sample", *map(str, argv), "--out", str(tmp_path / "o"), "--n", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{named} do not fit the network its config describes: " in err, err
+    assert (
+        "165 of 166 tensors have another shape (first time_embed.0.weight: [128, 32], the network's [256, 64])" in err
+    )
+    assert built == ["meta"] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda w: w.update({"out.2.bias": w["out.2.bias"].to(torch.int32)}), "are not floating point"),
+        (lambda w: w.pop("out.2.bias"), "do not fit the network its config describes: 1 missing (first out.2.bias)"),
+        (lambda w: w["out.2.bias"].fill_(float("nan")), "are not finite (NaN or inf in 1 of"),
+    ],
+    ids=["int32", "missing", "nan"],
+)
+def test_one_check_for_weights_from_a_checkpoint_and_an_export(change, message, tmp_path):
+    run = make_run(tmp_path / "run")
+    path = latest_checkpoint(run)
+    export_run(run=run, out=tmp_path / "e")
+    state = load_checkpoint(path)
+    change(state["ema"])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the ema weights {message}")):
+        build_from_checkpoint(state, source=path)
+    weights_path = tmp_path / "e" / "model.safetensors"
+    weights = load_file(str(weights_path))
+    change(weights)
+    save_file(weights, str(weights_path))
+    config = tmp_path / "e" / "config.json"
+    config.write_text(
+        config.read_text().replace(json.loads(config.read_text())["weights_sha256"], file_sha256(weights_path))
+    )
+    with pytest.raises(ValueError, match=re.escape(f"{weights_path}: the weights {message}")):
+        load_export(tmp_path / "e")

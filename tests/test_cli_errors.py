@@ -384,6 +384,21 @@ def test_unusable_device_is_refused_before_anything_is_written(
     assert (out / ("000001.png" if command == "sample" else "config.json")).is_file()
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("process.sigma=1e300", "sigma must lie in [1e-06, 1e+06], got 1e+300"),  # was an OverflowError
+        ("process.sigma=1e-300", "sigma must lie in [1e-06, 1e+06], got 1e-300"),  # was a LinAlgError
+        ("process.f_max=1e300", "f_max must lie in [0, 1000], got 1e+300"),  # trained, then sampled NaN
+        ("unet.model_channels=1048576", "a UNet of model_channels=1048576, channel_mult=[1, 1, 2] (933,485,655"),
+    ],
+)
+def test_settings_that_cannot_work_are_one_line_naming_the_field_and_range(setting, message, toy, tmp_path, capsys):
+    rc, err = run(capsys, *_train_args(toy, tmp_path / "run", "cpu"), "--set", setting)
+    assert rc == 2 and err.startswith(f"blurdiff train: error: {message}"), err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_train_batch_too_large_for_the_device_is_refused_before_the_folder_is_made(toy, tmp_path, monkeypatch, capsys):
     import blurdiff.devices
 
@@ -394,6 +409,7 @@ def test_train_batch_too_large_for_the_device_is_refused_before_the_folder_is_ma
     rc, err = run(capsys, *argv, "--batch-size", 64)
     assert rc == 2 and err.startswith("blurdiff train: error: --batch-size 64: one batch needs at least 1.0 MiB on cpu")
     assert err.endswith("use a smaller --batch-size") and not out.exists()
+    monkeypatch.undo()  # the toy network's weights alone are more than 1 MiB (blurdiff.unet.check_fits_memory)
     assert main([str(a) for a in argv]) == 0 and (out / "config.json").is_file()  # --batch-size 2 fits
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import re
 import socket
 import sys
 
@@ -20,6 +21,7 @@ pytest.importorskip("diffusers")
 
 import torch  # noqa: E402
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_path, save_checkpoint  # noqa: E402
 from blurdiff.diffusers_pipeline import BlurDiffusionPipeline, BlurDiffusionUNet  # noqa: E402
@@ -447,6 +449,39 @@ def test_save_and_load_pretrained_round_trip(tmp_path, diffusers_log):
     b = again(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="latent")
     assert type(again.unet) is UNet2DModel and torch.equal(a.images, b.images)
     assert not [m for m in diffusers_log if "accelerate" in m]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda w: w.pop("net.out.2.bias"),
+            "do not fit the network its config describes: 1 missing (first out.2.bias)",
+        ),
+        (lambda w: w.update({"net.out.2.bias": w["net.out.2.bias"].to(torch.int32)}), "are not floating point"),
+        (lambda w: w["net.out.2.bias"].fill_(float("nan")), "are not finite (NaN or inf in 1 of"),
+        (None, "do not fit the network its config describes: "),  # config.json asks for a wider network
+    ],
+    ids=["missing", "int32", "nan", "wider"],
+)
+def test_a_tampered_folder_is_refused_by_the_checks_of_an_export(change, message, tmp_path):
+    """What ``blurdiff sample --export`` refuses (blurdiff.unet.check_weights), from_pretrained refuses
+    too, before building the network: diffusers alone logs a missing tensor, casts int32 and loads NaN."""
+    _pipeline(BlurDiffusionUNet.from_unet(_project_unet()), _scheduler()).save_pretrained(tmp_path)
+    weights_path = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    if change is None:
+        config = tmp_path / "unet" / "config.json"
+        config.write_text(config.read_text().replace('"model_channels": 32', '"model_channels": 64'))
+    else:
+        weights = load_file(str(weights_path))
+        change(weights)
+        save_file(weights, str(weights_path))
+    for load in (
+        lambda: BlurDiffusionPipeline.from_pretrained(tmp_path),
+        lambda: BlurDiffusionUNet.from_pretrained(tmp_path / "unet"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"{weights_path}: the weights {message}")):
+            load()
 
 
 def test_scheduler_config_round_trips_float64_exactly(tmp_path):

@@ -234,7 +234,7 @@ def test_load_names_the_file_that_is_wrong(plain, tmp_path):
     first, *_ = weights
     renamed = {("renamed." + k if k == first else k): v for k, v in weights.items()}
     _rewrite_weights(out, renamed)
-    with pytest.raises(ValueError, match=f"{path}: the tensors do not fit") as e:
+    with pytest.raises(ValueError, match=f"{path}: the weights do not fit the network its config describes") as e:
         load_export(out)
     assert f"1 missing (first {first}), 1 unexpected (first renamed.{first}) keys" in str(e.value)
 

@@ -8,16 +8,22 @@ import pytest
 import torch
 
 from blurdiff import BlurDiffusion
+from blurdiff.samplers import KINDS, Sampler
 
 BAD_ARGUMENTS = [
     ("f_max", float("nan")),
     ("f_max", float("inf")),
     ("f_max", -0.1),
     ("f_max", "0.1"),
+    ("f_max", 1e300),  # every sample NaN
+    ("f_max", 1001.0),
     ("sigma", float("nan")),
     ("sigma", float("inf")),
     ("sigma", 0.0),
     ("sigma", -1.0),
+    ("sigma", 1e300),  # σ² overflows
+    ("sigma", 1e-300),  # σ² underflows: a NaN kernel, which eigh cannot take
+    ("sigma", 1e7),
     ("eig_floor", float("nan")),
     ("eig_floor", 0.0),
     ("eig_floor", -0.1),
@@ -44,6 +50,23 @@ def test_bad_numbers_are_rejected_by_name(name, value):
     kwargs[name] = value
     with pytest.raises(ValueError, match=f"^{name} must"):
         BlurDiffusion(**kwargs)
+
+
+@pytest.mark.parametrize("basis", ["gaussian", "dct", "identity"])
+@pytest.mark.parametrize("sigma", [1e300, 1e-300])
+def test_sigma_out_of_range_names_the_range_for_every_basis(basis, sigma):
+    with pytest.raises(ValueError, match=r"^sigma must lie in \[1e-06, 1e\+06\], got"):
+        BlurDiffusion(resolution=8, steps=10, basis=basis, sigma=sigma)
+
+
+@pytest.mark.parametrize("basis", ["gaussian", "dct"])
+@pytest.mark.parametrize("sigma", [1e-6, 1e6])
+@pytest.mark.parametrize("f_max", [0.0, 1000.0])
+def test_the_ends_of_the_ranges_give_finite_tables_for_every_sampler(basis, sigma, f_max):
+    p = BlurDiffusion(resolution=8, steps=20, basis=basis, sigma=sigma, f_max=f_max, blur_schedule="log")
+    for kind in KINDS:
+        tables = Sampler(p, None if kind == "ddpm" else 5, kind, reference_var=torch.ones(8, 8)).tables64
+        assert all(torch.isfinite(t).all() for t in tables.values() if t is not None), kind
 
 
 def test_good_numbers_of_other_types_are_accepted():
