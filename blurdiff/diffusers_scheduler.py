@@ -138,6 +138,11 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
         noise_schedule: str = "linear",
         direction: str = "coarse_to_fine",
         eig_floor: float = 0.03,
+        family: str = "lee",
+        blur_sigma_max: float = 20.0,
+        d_min: float = 0.001,
+        blur_sigma_min: float = 0.5,
+        noise_sigma: float = 0.01,
         sampler_kind: str | None = None,
         spacing: str | None = None,
         data_stats: dict[str, Any] | DataStatistics | None = None,
@@ -162,6 +167,11 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
             steps=num_train_timesteps,
             direction=direction,
             eig_floor=eig_floor,
+            family=family,
+            blur_sigma_max=blur_sigma_max,
+            d_min=d_min,
+            blur_sigma_min=blur_sigma_min,
+            noise_sigma=noise_sigma,
         )
         stats = data_stats_to_config(data_stats)
         try:
@@ -258,7 +268,9 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def prior_sample(
         self, shape, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """``x_N = U √(1-Ā_N) Uᵀ z``: where sampling starts (not ``randn``: the prior is not isotropic)."""
+        """``x_N``, where sampling starts (``BlurDiffusion.prior_sample``: ``U √(1-Ā_N) Uᵀ z`` for the
+        paper's process, the data's Gaussian for the other families; not ``randn``: the prior is not
+        isotropic)."""
         return self.process.prior_sample(shape, generator, device, dtype)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:

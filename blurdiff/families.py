@@ -41,8 +41,7 @@ def check_family_args(family: str, blur_sigma_max, d_min, blur_sigma_min, noise_
     real_arg("blur_sigma_max", blur_sigma_max, 0.0, low_open=True)
     real_arg("blur_sigma_min", blur_sigma_min, 0.0, low_open=True)
     real_arg("noise_sigma", noise_sigma, 0.0, low_open=True)
-    real_arg("d_min", d_min, 0.0, 1.0)
-    if d_min == 1.0:
+    if not 0.0 <= real_arg("d_min", d_min, -math.inf) < 1.0:
         raise ValueError(f"d_min must lie in [0, 1), got {d_min!r}")
     if family == "rissanen" and blur_sigma_min > blur_sigma_max:
         raise ValueError(

@@ -121,6 +121,40 @@ PRESETS.update(
     }
 )
 
+# The other process families (docs/design.md §1) with the toy's and the photos' training recipes,
+# unchanged, so that only the process differs (scripts/head_to_head.py), and the toy without blur
+# (DDPM: with nothing blurred the forward law is the same in every basis; this one keeps the samplers'
+# Gaussian reference spectral, as photos32-noblur does). The papers' settings are for 32x32 (CIFAR-10):
+# hoogeboom σ_B,max = 20, d_min = 0.001; rissanen σ_B,min = 0.5, σ_B,max = 24, σ = 0.01. σ_B is a
+# length in pixels: frequency index i has λ = (π i/H)², so a = exp(-λ σ_B²/2) keeps the same blur of
+# the same image frequency when σ_B scales with H. At 16x16 they are halved (10; 0.25 and 12).
+_HOOGEBOOM32 = dict(family="hoogeboom", basis="dct", blur_sigma_max=20.0, d_min=0.001)
+_RISSANEN32 = dict(family="rissanen", basis="dct", blur_sigma_min=0.5, blur_sigma_max=24.0, noise_sigma=0.01)
+
+
+def _at(resolution: int, family: dict[str, Any]) -> dict[str, Any]:
+    scaled = {k: v * resolution / 32 for k, v in family.items() if k.startswith("blur_sigma")}
+    return dict(family, **scaled)
+
+
+_TOY_PROCESSES = {
+    "toy-noblur": dict(blur_schedule="none", f_max=0.0),
+    "toy-hoogeboom": _at(16, _HOOGEBOOM32),
+    "toy-rissanen": _at(16, _RISSANEN32),
+}
+PRESETS.update(
+    {
+        name: dataclasses.replace(PRESETS["toy"], name=name, process=dict(PRESETS["toy"].process, **process))
+        for name, process in _TOY_PROCESSES.items()
+    }
+)
+PRESETS.update(
+    {
+        name: ExperimentPreset(name, dict(_PHOTOS32, **process), "tiny", **_PHOTOS32_TRAIN)
+        for name, process in (("photos32-hoogeboom", _HOOGEBOOM32), ("photos32-rissanen", _RISSANEN32))
+    }
+)
+
 
 def get_preset(name: str) -> ExperimentPreset:
     if name not in PRESETS:

@@ -589,3 +589,31 @@ def test_multistep_history_is_reset_by_set_timesteps():
         return x
 
     assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize(
+    "family",
+    [dict(family="hoogeboom", blur_sigma_max=3.0, d_min=0.01),
+     dict(family="rissanen", blur_sigma_min=0.3, blur_sigma_max=4.0, noise_sigma=0.02)],
+)  # fmt: skip
+def test_every_family_round_trips_and_samples_like_the_project(tmp_path, family):
+    """The scheduler of another process family (docs/design.md §1): its config saves and loads as
+    that family, from_process gives the same config, and the pipeline samples bitwise like the
+    project's sampler (the prior is the data's Gaussian, drawn from the same generator)."""
+    cfg = {**PROCESS, "basis": "dct", **family}
+    sched = BlurDiffusionScheduler(**cfg, sampler_kind="ancestral2m")
+    sched = BlurDiffusionScheduler(**cfg, sampler_kind="ancestral2m", data_stats=_stats(sched.process))
+    sched.save_pretrained(tmp_path)
+    loaded = BlurDiffusionScheduler.from_pretrained(tmp_path)
+    assert loaded.process.config == sched.process.config and loaded.process.family == family["family"]
+    assert torch.equal(loaded.process.noise_std, sched.process.noise_std)
+    assert _public(BlurDiffusionScheduler.from_process(sched.process, "ancestral2m").config) == _public(sched.config)
+    net = _project_unet()
+    ref = make_sampler(sched.process, 6, "ancestral2m").sample(
+        net, (2, 3, RES, RES), generator=torch.Generator().manual_seed(7), guard=False
+    )
+    pipe = _pipeline(BlurDiffusionUNet.from_unet(net), loaded)
+    got = pipe(batch_size=2, num_inference_steps=6, generator=torch.Generator().manual_seed(7), output_type="latent")
+    assert torch.equal(got.images, ref)
+    with pytest.raises(ValueError, match=r"d_min must lie in \[0, 1\), got 1.5"):
+        BlurDiffusionScheduler(**{**cfg, "d_min": 1.5})

@@ -85,7 +85,7 @@ def test_the_papers_process_is_unchanged():
         (dict(family="heat"), r"family must be one of \('lee', 'hoogeboom', 'rissanen'\), got 'heat'"),
         (dict(family="hoogeboom", blur_sigma_max=0.0), r"blur_sigma_max must lie in \(0, inf\]"),
         (dict(family="hoogeboom", d_min=1.0), r"d_min must lie in \[0, 1\), got 1.0"),
-        (dict(family="hoogeboom", d_min=-0.1), r"d_min must lie in \[0, 1\]"),
+        (dict(family="hoogeboom", d_min=-0.1), r"d_min must lie in \[0, 1\), got -0.1"),
         (dict(family="rissanen", noise_sigma=-1.0), r"noise_sigma must lie in \(0, inf\]"),
         (dict(family="rissanen", noise_sigma=float("nan")), r"noise_sigma must be a finite number"),
         (dict(family="rissanen", blur_sigma_min=0.0), r"blur_sigma_min must lie in \(0, inf\]"),
@@ -186,3 +186,76 @@ def test_no_sampler_diverges_on_gaussian_data(family, kind):
     emp = (tab["U_h"].T @ x.double() @ tab["U_w"]).pow(2).mean(dim=(0, 1))
     ratio = emp / output_variance(s, v)
     assert ((ratio - 1).abs() < 5 * math.sqrt(2 / 1536)).all(), (float(ratio.min()), float(ratio.max()))
+
+
+# --------------------------------------------------------------------------- settings, checkpoints, exports
+def test_a_family_is_set_recorded_exported_and_sampled_like_its_checkpoint(tmp_path, capsys):
+    """``--set process.family=…`` parses; a run of another family rebuilds from its checkpoint, its
+    export and its diffusers export as that family (the same config), and samples bitwise alike."""
+    import dataclasses
+
+    from helpers import tiny_weights
+
+    from blurdiff.checkpoint import build_from_checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+    from blurdiff.cli import main
+    from blurdiff.export import export_run, load_export
+    from blurdiff.settings import parse_settings
+
+    sets = ["process.family=rissanen", "process.basis=dct", "process.noise_sigma=0.02", "process.steps=20"]
+    process_cfg = dict(parse_settings(sets)["process"], resolution=16, blur_sigma_min=0.3, blur_sigma_max=4.0)
+    assert process_cfg["family"] == "rissanen" and process_cfg["noise_sigma"] == 0.02
+    process = BlurDiffusion(**process_cfg)
+    model, ema = tiny_weights(1), tiny_weights(2)
+    v = power_law_spectrum((16, 16))
+    config = {"preset": "toy", "process": process.config, "unet": dataclasses.asdict(model.config), "train": {}}
+    state = {"step": 5, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": {}, "config": config}
+    state["data_stats"] = DataStatistics(3, [0.0] * 3, [0.5] * 3, v).to_state()
+    save_checkpoint(state, checkpoint_path(tmp_path / "run", 5))
+
+    ref_process, ref_model = build_from_checkpoint(load_checkpoint(checkpoint_path(tmp_path / "run", 5)))
+    assert ref_process.config == process.config and ref_process.family == "rissanen"
+    export_run(run=tmp_path / "run", out=tmp_path / "e")
+    got_process, got_model = load_export(tmp_path / "e")
+    assert got_process.config == process.config
+    for kind, steps in (("ddpm", None), ("ancestral2m", 5)):
+        with torch.no_grad():
+            a = got_process.sample(
+                got_model, (2, 3, 16, 16), torch.Generator().manual_seed(7), steps=steps, kind=kind, guard=False
+            )
+            b = ref_process.sample(
+                ref_model, (2, 3, 16, 16), torch.Generator().manual_seed(7), steps=steps, kind=kind, guard=False
+            )
+        assert torch.equal(a, b), kind
+    pytest.importorskip("diffusers")
+    from blurdiff.diffusers_pipeline import BlurDiffusionPipeline
+
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "d"), "--format", "diffusers"]) == 0
+    pipe = BlurDiffusionPipeline.from_pretrained(str(tmp_path / "d"))
+    assert pipe.scheduler.process.config == process.config
+    assert torch.equal(pipe.scheduler.process.signal_scale, process.signal_scale)
+
+
+def test_family_presets_differ_from_their_recipes_only_in_the_process():
+    """toy-* and photos32-* of the other families: the toy's and the photos' network, optimiser and
+    data order, the papers' 32x32 settings at 32x32, σ_B scaled with the side at 16x16."""
+    from blurdiff.presets import get_preset
+
+    def recipe(preset):
+        return {k: v for k, v in preset.to_dict().items() if k not in ("name", "process")}
+
+    for res, base, names in ((16, "toy", ("toy-noblur", "toy-hoogeboom", "toy-rissanen")),
+                             (32, "photos32-quartic", ("photos32-hoogeboom", "photos32-rissanen"))):  # fmt: skip
+        for name in names:
+            preset = get_preset(name)
+            assert recipe(preset) == recipe(get_preset(base)), name
+            process = BlurDiffusion(**preset.process)
+            assert process.resolution == (res, res)
+            if process.family == "hoogeboom":
+                assert process.config["blur_sigma_max"] == 20.0 * res / 32 and process.config["d_min"] == 0.001
+            if process.family == "rissanen":
+                assert (process.config["blur_sigma_min"], process.config["blur_sigma_max"]) == (
+                    0.5 * res / 32,
+                    24.0 * res / 32,
+                )
+                assert process.config["noise_sigma"] == 0.01
+    assert get_preset("toy-noblur").process["blur_schedule"] == "none"
