@@ -80,11 +80,28 @@ from blurdiff.sample_guard import SampleStats
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.spectrum import plot_spectra, radial_power_spectrum
+from blurdiff.toy_data import make_toy_lmdb
 from blurdiff.train import NonFiniteLossError, train
 from blurdiff.train_options import TrainOptions
 from blurdiff.unet import build_unet
 
+
+class Experiment:
+    """What is compared: rows (setting -> preset, trained alike), on which data (``photos`` crops or
+    ``toy`` images, at the presets' resolution by default), and whether the paper's blur f(N) of the
+    lee rows is rescaled to the same physical blur at another resolution (this script's Table 1) or
+    the presets are run as they are (scripts/head_to_head.py)."""
+
+    def __init__(self, title: str, rows: dict[str, str], data: str = "photos", scale_blur: bool = True):
+        self.title, self.rows, self.data, self.scale_blur = title, dict(rows), data, scale_blur
+
+    @property
+    def resolution(self) -> int:
+        return get_preset(next(iter(self.rows.values()))).process["resolution"]
+
+
 SETTINGS = {"quartic": "photos32-quartic", "log": "photos32-log", "noblur": "photos32-noblur"}
+TABLE1 = Experiment("Table 1 in miniature: photo crops", SETTINGS)
 SAMPLERS = ("eq12", "fast")
 PLAN = "plan.json"
 _FORMAT = 1
@@ -107,15 +124,24 @@ TRAIN_OVERHEAD = 1.1  # data loading, EMA, checkpoints, logging beside the timed
 
 
 # ------------------------------------------------------------------------------------------------ options
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __doc__) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="experiment folder (made if absent; resumed if it holds plan.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (= data order seeds)")
     p.add_argument(
-        "--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS), help="rows of Table 1 to run"
+        "--settings",
+        nargs="+",
+        choices=sorted(experiment.rows),
+        default=list(experiment.rows),
+        help="rows of the table to run",
     )
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per training run")
-    p.add_argument("--resolution", type=int, default=32, help="image side (the presets are 32; others for tests)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=experiment.resolution,
+        help=f"image side (the presets are {experiment.resolution}; others for tests)",
+    )
     p.add_argument("--n", type=int, default=32, help="images sampled per run and sampler (at least 16)")
     p.add_argument("--sample-batch", type=int, default=32, help="images per sampling pass (fixes the noise drawn)")
     p.add_argument("--fast-steps", type=int, default=50, help="steps K of the few-step sampler")
@@ -145,11 +171,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--estimate-only", action="store_true", help="time the network here, print the estimate and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
     args = p.parse_args(argv)
+    args.experiment = experiment
     if args.n < 16:
         p.error("--n must be at least 16 (the yardstick's minimum)")
     if args.heldout_images < 2 * args.n:
         p.error(f"--heldout-images must be at least 2n = {2 * args.n} (a reference set and a noise-floor set)")
-    N = args.process_steps or get_preset(SETTINGS["quartic"]).process["steps"]
+    N = args.process_steps or get_preset(first_preset(args)).process["steps"]
     if N < 2:
         p.error("--process-steps must be at least 2")
     if not 1 <= args.fast_steps < N:
@@ -160,6 +187,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = list(dict.fromkeys(args.seeds))
     args.settings = list(dict.fromkeys(args.settings))
     return args
+
+
+def first_preset(args) -> str:
+    """The first row's preset: the network, optimiser and N every row shares (timed by the benchmark)."""
+    return next(iter(args.experiment.rows.values()))
 
 
 def plan_of(args) -> dict[str, Any]:
@@ -195,7 +227,7 @@ class Run:
     def __init__(self, out: Path, setting: str, seed: int, args):
         self.setting, self.seed = setting, seed
         self.name = f"{setting}-seed{seed}"
-        self.preset = SETTINGS[setting]
+        self.preset = args.experiment.rows[setting]
         self.run_dir = out / "runs" / self.name
         self.results = out / "results" / self.name
         self.args = args
@@ -207,8 +239,8 @@ class Run:
     def process_overrides(self) -> dict[str, Any]:
         return process_overrides(self.preset, self.args)
 
-    def f_max(self) -> float:
-        return float(dict(get_preset(self.preset).process, **self.process_overrides())["f_max"])
+    def process(self) -> dict[str, Any]:
+        return dict(get_preset(self.preset).process, **self.process_overrides())
 
     def trained(self) -> dict[str, Any] | None:
         """train.json when the run is finished (at --steps), else None."""
@@ -226,12 +258,15 @@ class Run:
 
 
 def process_overrides(preset_name: str, args) -> dict[str, Any]:
-    """The process changes a run makes to its preset: N for tests, and f(N) for another resolution
-    (the same physical blur: the paper's f(N) x (resolution/64)^2) or the paper's unscaled."""
+    """The process changes a run makes to its preset: N for tests, and for the paper's process in
+    Table 1 f(N) for another resolution (the same physical blur: the paper's f(N) x (resolution/64)^2)
+    or the paper's unscaled."""
     preset = get_preset(preset_name)
     out: dict[str, Any] = {}
     if args.process_steps is not None and args.process_steps != preset.process["steps"]:
         out["steps"] = args.process_steps
+    if not args.experiment.scale_blur or preset.process.get("family", "lee") != "lee":
+        return out
     paper = PAPER_F_MAX[preset.process["blur_schedule"]]
     f_max = paper if args.paper_blur else paper * (args.resolution / 64) ** 2
     if not math.isclose(f_max, preset.process["f_max"], rel_tol=1e-12, abs_tol=0.0):
@@ -294,7 +329,7 @@ def hms(seconds: float) -> str:
 def benchmark(args, clock: Clock) -> None:
     """Time a few training steps (batch, optimizer, EMA) and sampling passes of the presets' network
     at this resolution, and one scoring, on random data: the rates the estimate starts from."""
-    preset = get_preset(SETTINGS["quartic"])
+    preset = get_preset(first_preset(args))
     res = args.resolution
     process = BlurDiffusion(**dict(preset.process, resolution=res, **process_overrides(preset.name, args)))
     torch.manual_seed(0)
@@ -374,7 +409,7 @@ def print_estimate(clock: Clock, args, runs: list[Run], N: int, left: dict[str, 
     full = full_work(args, runs, N)
     print(
         f"timing on this machine ({torch.get_num_threads()} torch threads): a training step "
-        f"{1e3 * clock.rate['train_step']:.0f} ms (batch {get_preset(SETTINGS['quartic']).batch_size}), a sampling "
+        f"{1e3 * clock.rate['train_step']:.0f} ms (batch {get_preset(first_preset(args)).batch_size}), a sampling "
         f"step {1e3 * clock.rate['sample_image_step'] * args.n:.0f} ms ({args.n} images), a scoring "
         f"{clock.rate['score']:.1f} s"
     )
@@ -396,10 +431,13 @@ def ensure_data(out: Path, args, clock: Clock) -> tuple[Path, Path]:
         if (path / "data.mdb").is_file():
             continue  # written atomically: present means complete
         t0 = time.perf_counter()
-        make_photos_lmdb(path, n, args.resolution, seed=args.data_seed, split=split)
+        if args.experiment.data == "toy":  # held-out: the images of another seed
+            make_toy_lmdb(path, n, args.resolution, seed=2 * args.data_seed + (split == "heldout"))
+        else:
+            make_photos_lmdb(path, n, args.resolution, seed=args.data_seed, split=split)
         clock.record("data_image", time.perf_counter() - t0, n)
         print(
-            f"data: wrote {n} {split} crops of {args.resolution}x{args.resolution} to {path} "
+            f"data: wrote {n} {split} images of {args.resolution}x{args.resolution} to {path} "
             f"({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
@@ -416,7 +454,7 @@ def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
         max_steps=args.steps,
         resume=True,
         seed=run.seed,
-        resolution=args.resolution if args.resolution != 32 else None,
+        resolution=args.resolution if args.resolution != get_preset(run.preset).process["resolution"] else None,
         process_overrides=run.process_overrides(),
         ckpt_every=args.ckpt_every,
         keep=2,
@@ -656,17 +694,23 @@ def write_table(
     data_std: float,
     gains: dict[tuple[str, int], float],
 ) -> Path:
-    lines = [f"# Table 1 in miniature: photo crops at {args.resolution}x{args.resolution}", ""]
-    preset = get_preset(SETTINGS["quartic"])
+    lines = [f"# {args.experiment.title} at {args.resolution}x{args.resolution}", ""]
+    preset = get_preset(first_preset(args))
     net = dict(preset.unet_overrides)
     lines.append(
         f"{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}) per setting; {args.steps} optimizer "
         f"steps of batch {preset.batch_size} each (`tiny` UNet, {net}; Adam {preset.lr:g}, warm-up "
-        f"{preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}); {args.train_images} "
-        f"training crops. Each run sampled from its EMA weights, {args.n} images per sampler, the same noise "
+        f"{preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}, {preset.lr_schedule} "
+        f"learning rate, network output `{preset.model_output}`); {args.train_images} training images. Each run "
+        f"sampled from its EMA weights, {args.n} images per sampler, the same noise "
         f"for every setting of a seed; scored with `blurdiff.quality.evaluate` against {2 * args.n} of "
-        f"{args.heldout_images} held-out crops (a quadrant of every photograph that training never sees; "
-        f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
+        f"{args.heldout_images} held-out "
+        + (
+            "toy images (another seed than training's; "
+            if args.experiment.data == "toy"
+            else "crops (a quadrant of every photograph that training never sees; "
+        )
+        + f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
         f"(sample std); verdicts per seed. SWD ×1e3 (averaged over the Laplacian levels); spectrum "
         f"error: mean |log10| power ratio over all frequencies but DC; std: of the raw samples, "
         f"channels pooled. N = {N}."
@@ -675,22 +719,13 @@ def write_table(
     lines.append(fid.note + ".")
     lines.append("")
     lines.append(
-        "| setting | f(N) | sampler | SWD avg | spectrum error | spectrum error, upper half | std | verdicts | FID |"
+        "| setting | process | sampler | SWD avg | spectrum error | spectrum error, upper half | std | verdicts | FID |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     floor = None
     for setting in args.settings:
         setting_runs = [r for r in runs if r.setting == setting]
-        f_max = setting_runs[0].f_max()
-        paper = PAPER_F_MAX[get_preset(SETTINGS[setting]).process["blur_schedule"]]
-        f_text = (
-            "0 (no blur)"
-            if f_max == 0
-            else (
-                f"{f_max:.4g} {get_preset(SETTINGS[setting]).process['blur_schedule']}"
-                + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})")
-            )
-        )
+        f_text = process_text(setting_runs[0].process())
         for sampler in SAMPLERS:
             cells = [results.get((setting, r.seed, sampler)) for r in setting_runs]
             done = [c for c in cells if c is not None]
@@ -761,6 +796,20 @@ def write_table(
     path = out / "table.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def process_text(process: dict[str, Any]) -> str:
+    """The process of a row in a few words: f(N) and the blur schedule for the paper's process (and the
+    paper's f(N) where it differs), the family's own fields for the others."""
+    family = process.get("family", "lee")
+    if family != "lee":
+        fields = {k: v for k, v in process.items() if k in ("blur_sigma_min", "blur_sigma_max", "d_min", "noise_sigma")}
+        return f"{family}: " + ", ".join(f"{k} {v:g}" for k, v in fields.items())
+    f_max = float(process["f_max"])
+    if f_max == 0:
+        return "0 (no blur)"
+    paper = PAPER_F_MAX[process["blur_schedule"]]
+    return f"{f_max:.4g} {process['blur_schedule']}" + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})")
 
 
 def wall_clock(out: Path) -> float | None:
@@ -881,13 +930,13 @@ def write_figure(
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, experiment: Experiment = TABLE1) -> int:
+    args = parse_args(argv, experiment)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    N = args.process_steps or get_preset(SETTINGS["quartic"]).process["steps"]
+    N = args.process_steps or get_preset(first_preset(args)).process["steps"]
     runs = [Run(out, setting, seed, args) for setting in args.settings for seed in args.seeds]
     clock = Clock()
 

@@ -312,3 +312,40 @@ def test_table1_estimate_only_makes_nothing(tmp_path, table1, capsys, one_torch_
     text = capsys.readouterr().out
     assert "estimate of the whole experiment (3 runs)" in text and "training step" in text
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/head_to_head.py: table1's machinery on the toy images and the photos, one row per family
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_head_to_head_end_to_end_and_resumes(tmp_path, monkeypatch, capsys, one_torch_thread):
+    needs_skimage()
+    spec = importlib.util.spec_from_file_location("head_to_head", ROOT / "scripts" / "head_to_head.py")
+    h2h = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h2h)
+    out = tmp_path / "h2h"
+    argv = ["--out", str(out), "--seeds", "0", "--toy-steps", "2", "--photos-steps", "2", "--toy-n", "16"]
+    argv += ["--photos-resolution", "16", *TINY[4:]]  # TINY without --steps and --resolution
+    assert h2h.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "head-to-head: about" in printed and "left ≈" in printed and "(ETA " in printed  # estimate, progress
+    table = (out / "table.md").read_text()
+    for title in ("Head-to-head: toy images at 16x16", "Head-to-head: photo crops at 16x16"):
+        assert table.count(title) == 1
+    for family, preset in (("hoogeboom", "toy-hoogeboom"), ("rissanen", "toy-rissanen")):
+        assert table.count(f"| {family} | {family}: ") == 4  # two samplers, two parts
+        config = json.loads((out / "toy" / "runs" / f"{family}-seed0" / "config.json").read_text())
+        assert config["preset"] == preset and config["process"]["family"] == family
+    assert table.count("| ddpm | 0 (no blur) |") == table.count("| lee | ") == 4
+    assert (out / "figure.png").is_file() and (out / "toy" / "figure.png").is_file()
+
+    # Again: nothing is trained or sampled again; the summary is written from what is there.
+    import blurdiff.samplers as samplers
+
+    def refuse(*a, **k):
+        raise AssertionError("finished work redone")
+
+    monkeypatch.setattr(h2h.table1, "train", refuse)
+    monkeypatch.setattr(samplers.Sampler, "sample", refuse)
+    assert h2h.main(argv) == 0
+    assert "every training and sample is done" in capsys.readouterr().out
