@@ -64,8 +64,8 @@ def build_info() -> dict[str, object]:
     """How the loaded extension was built (public as ``blurdiff_ops.build_info``): ``torch_version``
     (the torch it was compiled against), ``cuda`` (it has CUDA kernels), ``openmp`` (its CPU
     kernels were compiled with OpenMP, without which at::parallel_for runs them on one thread) and
-    ``cpu_small_gemm`` (on this CPU, the CPU kernels' products run on their own AVX-512 code rather
-    than the BLAS; ``BLURDIFF_NO_SMALL_GEMM=1`` at start-up turns it off); ``{}`` when no
+    ``cpu_avx512`` (on this CPU, the CPU kernels' products run on their own AVX-512 code rather
+    than the BLAS; ``BLURDIFF_NO_AVX512=1`` at start-up turns it off); ``{}`` when no
     extension is loaded (``unavailable_reason`` says why)."""
     if _C is None:
         return {}
@@ -73,7 +73,7 @@ def build_info() -> dict[str, object]:
         "torch_version": _C.torch_version,
         "cuda": bool(_C.with_cuda),
         "openmp": bool(_C.with_openmp),
-        "cpu_small_gemm": bool(_C.cpu_small_gemm),
+        "cpu_avx512": bool(_C.cpu_avx512),
     }
 
 

@@ -4,7 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/small_gemm.h"
+#include "cpu/avx512.h"
 #include "schemas.h"
 
 // setup.py passes the torch version as bare tokens (2.14.1+cu130): quotes do not survive the
@@ -39,7 +39,7 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyModule_AddObject(module, "with_openmp", Py_NewRef(Py_False));
 #endif
-  // Whether the CPU kernels multiply through their own AVX-512 products (cpu/small_gemm.h).
-  PyModule_AddObject(module, "cpu_small_gemm", Py_NewRef(::blurdiff::small_gemm_fits<float>(16) ? Py_True : Py_False));
+  // Whether the CPU kernels run their own AVX-512 code (cpu/avx512.h).
+  PyModule_AddObject(module, "cpu_avx512", Py_NewRef(::blurdiff::avx512_enabled() ? Py_True : Py_False));
   return module;
 }

@@ -393,23 +393,44 @@ def test_cpu_products_match_reference():
     """The CPU kernels' products give the reference's results on every tile shape, through their
     own AVX-512 code (cpu/small_gemm.h) where the CPU has it, else through the BLAS."""
     avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
-    off = os.environ.get("BLURDIFF_NO_SMALL_GEMM") is not None
-    assert blurdiff_ops.build_info()["cpu_small_gemm"] == (avx512 and not off)
+    off = os.environ.get("BLURDIFF_NO_AVX512") is not None
+    assert blurdiff_ops.build_info()["cpu_avx512"] == (avx512 and not off)
     for name, out, oracle in _small_gemm_cases():
         err = ((out.double() - oracle).abs().max() / oracle.abs().max()).item()
         assert err < TOL[out.dtype], (name, err)
 
 
+_DRAW_NOISE = """
+import sys, torch, blurdiff_ops
+draws = []
+for H, W in [(64, 64), (33, 20), (7, 260)]:
+    z = torch.zeros(3, 2, H, W)
+    U_h, U_w = torch.eye(H), torch.eye(W)
+    c, ones, t = torch.zeros(1, 1, H, W), torch.ones(1, H, W), torch.zeros(3, dtype=torch.int64)
+    draws.append(blurdiff_ops.spectral_lincomb([z], c, t, U_h, U_w, ones, generator=torch.Generator().manual_seed(H)))
+torch.save(draws, sys.argv[1])
+"""
+
+
 @needs_kernels
-def test_cpu_products_without_small_gemm():
-    """BLURDIFF_NO_SMALL_GEMM=1 takes the BLAS for every product, with the same results."""
+def test_cpu_kernels_without_avx512(tmp_path):
+    """BLURDIFF_NO_AVX512=1 takes the BLAS for every product, with the reference's results, and the
+    scalar Philox for the drawn noise, with the same numbers bit for bit."""
     import subprocess
 
-    env = dict(os.environ, BLURDIFF_NO_SMALL_GEMM="1")
+    env = dict(os.environ, BLURDIFF_NO_AVX512="1")
     test = f"{__file__}::test_cpu_products_match_reference"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    for name, environ in [("on", dict(os.environ)), ("off", env)]:
+        environ.pop("BLURDIFF_NO_AVX512", None) if name == "on" else None
+        out = subprocess.run(
+            [sys.executable, "-c", _DRAW_NOISE, str(tmp_path / name)], env=environ, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+    for a, b in zip(torch.load(tmp_path / "on"), torch.load(tmp_path / "off")):
+        assert torch.equal(a, b)
 
 
 def test_fallback_warns_once_and_matches_reference():

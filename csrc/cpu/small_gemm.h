@@ -10,45 +10,16 @@
 // Register blocking: an 8 x 2V tile of C (V lanes per vector: 16 floats or 8 doubles) lives in
 // 16 zmm registers; each step of k loads two vectors of B's row k and broadcasts 8 values of A,
 // so every load feeds 1.6 to 8 FMAs. Columns come in whole vectors only (N % V == 0); callers
-// take the BLAS otherwise, and on CPUs without AVX-512.
+// take the BLAS otherwise, and where avx512_enabled() is false.
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define BLURDIFF_SMALL_GEMM 1
-#endif
+#include "avx512.h"
 
 namespace blurdiff {
 
-#if BLURDIFF_SMALL_GEMM
-
-#define BLURDIFF_AVX512 __attribute__((target("avx512f")))
-
-template <typename T>
-struct Zmm;
-template <>
-struct Zmm<float> {
-  using reg = __m512;
-  static constexpr int64_t kLanes = 16;
-  BLURDIFF_AVX512 static reg zero() { return _mm512_setzero_ps(); }
-  BLURDIFF_AVX512 static reg load(const float* p) { return _mm512_loadu_ps(p); }
-  BLURDIFF_AVX512 static reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
-  BLURDIFF_AVX512 static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  BLURDIFF_AVX512 static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
-};
-template <>
-struct Zmm<double> {
-  using reg = __m512d;
-  static constexpr int64_t kLanes = 8;
-  BLURDIFF_AVX512 static reg zero() { return _mm512_setzero_pd(); }
-  BLURDIFF_AVX512 static reg load(const double* p) { return _mm512_loadu_pd(p); }
-  BLURDIFF_AVX512 static reg broadcast(const double* p) { return _mm512_set1_pd(*p); }
-  BLURDIFF_AVX512 static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
-  BLURDIFF_AVX512 static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
-};
+#if BLURDIFF_HAVE_AVX512_CODE
 
 // One MR x NV·V tile of C, accumulated over all of K in registers.
 template <typename T, int MR, int NV>
@@ -122,21 +93,12 @@ BLURDIFF_AVX512 void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int
   }
 }
 
-#undef BLURDIFF_AVX512
-
-#endif  // BLURDIFF_SMALL_GEMM
-
-// Whether small_gemm serves a product with N columns of T on this CPU. BLURDIFF_NO_SMALL_GEMM=1
-// takes the BLAS instead (tests use it to cover both).
+// Whether small_gemm serves a product with N columns of T on this CPU.
 template <typename T>
 inline bool small_gemm_fits(int64_t N) {
-#if BLURDIFF_SMALL_GEMM
-  static const bool usable = __builtin_cpu_supports("avx512f") && std::getenv("BLURDIFF_NO_SMALL_GEMM") == nullptr;
-  return usable && N % Zmm<T>::kLanes == 0;
-#else
-  (void)N;
-  return false;
-#endif
+  return avx512_enabled() && N % Zmm<T>::kLanes == 0;
 }
+
+#endif  // BLURDIFF_HAVE_AVX512_CODE
 
 }  // namespace blurdiff

@@ -29,6 +29,7 @@
 #include "../spectral_map.h"
 #include "cpu_noise_key.h"
 #include "row_major_gemm.h"
+#include "avx512.h"
 #include "small_gemm.h"
 #pragma GCC diagnostic ignored "-Wpsabi"  // vec.h
 #include "vec.h"
@@ -52,41 +53,100 @@ namespace {
 // Elements per chunk buffer: four buffers of 16 Ki values and a sample's tables stay within a
 // core's L2 (measured: 32 Ki and 64 Ki were no faster at 64 x 64).
 constexpr int64_t kChunkElems = 16384;
-// Quads of a row drawn at once: the arrays below live on the stack.
+// Quads of a row drawn at once: the arrays below live on the stack. A multiple of 16 (the
+// AVX-512 Philox fills whole registers).
 constexpr int64_t kQuadBatch = 64;
 
-// The noise of one row (DESIGN of spectral_common.h's noise_block), 4 * Wq values into z.
-// Philox4x32-10 exactly as at::philox_engine computes it, but over arrays of counters so the
-// compiler vectorises it (the engine's per-call state machine does not); the CUDA kernels and
-// their CPU emulation use the engine itself, and the tests check both give the same numbers.
+// Philox4x32-10 exactly as at::philox_engine computes it, for the `count` (<= kQuadBatch)
+// consecutive counters from `base` of subsequence (c2, c3), over arrays so that the compiler
+// vectorises it (the engine's per-call state machine does not): x[j][i] is output j of counter i.
+[[gnu::always_inline]] inline void philox_quads(uint64_t seed, uint64_t base, uint32_t c2, uint32_t c3, int64_t count,
+                                                uint32_t (*x)[kQuadBatch]) {
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t ctr = base + static_cast<uint64_t>(i);
+    uint32_t v0 = static_cast<uint32_t>(ctr), v1 = static_cast<uint32_t>(ctr >> 32), v2 = c2, v3 = c3;
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * v0;
+      const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * v2;
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ v1 ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ v3 ^ k1;
+      v1 = static_cast<uint32_t>(p1);
+      v3 = static_cast<uint32_t>(p0);
+      v0 = n0;
+      v2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    x[0][i] = v0;
+    x[1][i] = v1;
+    x[2][i] = v2;
+    x[3][i] = v3;
+  }
+}
+
+#if BLURDIFF_HAVE_AVX512_CODE
+// The high halves of the 32 x 32-bit products a * m, lane by lane, m the same in every lane
+// (AVX-512F multiplies only the even 32-bit lanes, into 64-bit products).
+BLURDIFF_AVX512 inline __m512i mulhi_epu32(__m512i a, __m512i m) {
+  const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(a, m), 32);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  return _mm512_mask_blend_epi32(0xAAAA, even, odd);
+}
+
+// philox_quads, 16 counters per register: GCC's vectorisation of the scalar loop widens every
+// product to 64-bit lanes and shuffles them back (two thirds of the noise's time, perf).
+BLURDIFF_AVX512 void philox_quads_avx512(uint64_t seed, uint64_t base, uint32_t c2, uint32_t c3, int64_t count,
+                                         uint32_t (*x)[kQuadBatch]) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int64_t i = 0; i < count; i += 16) {
+    const uint64_t first = base + static_cast<uint64_t>(i);
+    const __m512i first_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first)));
+    const __m512i first_hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
+    __m512i v0 = _mm512_add_epi32(first_lo, iota);
+    const __mmask16 carry = _mm512_cmplt_epu32_mask(v0, first_lo);  // the low word wrapped
+    __m512i v1 = _mm512_mask_add_epi32(first_hi, carry, first_hi, _mm512_set1_epi32(1));
+    __m512i v2 = _mm512_set1_epi32(static_cast<int>(c2)), v3 = _mm512_set1_epi32(static_cast<int>(c3));
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      const __m512i lo0 = _mm512_mullo_epi32(v0, m0), hi0 = mulhi_epu32(v0, m0);
+      const __m512i lo1 = _mm512_mullo_epi32(v2, m1), hi1 = mulhi_epu32(v2, m1);
+      v0 = _mm512_ternarylogic_epi32(hi1, v1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);  // a ^ b ^ c
+      v2 = _mm512_ternarylogic_epi32(hi0, v3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+      v1 = lo1;
+      v3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm512_storeu_si512(x[0] + i, v0);
+    _mm512_storeu_si512(x[1] + i, v1);
+    _mm512_storeu_si512(x[2] + i, v2);
+    _mm512_storeu_si512(x[3] + i, v3);
+  }
+}
+#endif
+
+// The noise of one row (DESIGN of spectral_common.h's noise_block), 4 * Wq values into z: the
+// Philox outputs of the row's quads, then Box-Muller. The CUDA kernels and their CPU emulation
+// use at::philox_engine itself, and the tests check both give the same numbers.
 BLURDIFF_VECTOR_CLONES
 void noise_row(uint64_t seed, uint64_t offset, int64_t plane, int64_t row, int64_t Wq, float* z) {
   const uint32_t c2 = static_cast<uint32_t>(plane), c3 = static_cast<uint32_t>(static_cast<uint64_t>(plane) >> 32);
   for (int64_t q0 = 0; q0 < Wq; q0 += kQuadBatch) {
     const int64_t count = std::min(kQuadBatch, Wq - q0);
-    uint32_t x[4][kQuadBatch];
+    alignas(64) uint32_t x[4][kQuadBatch];
     const uint64_t base = offset / 4 + static_cast<uint64_t>(row * Wq + q0);
-    for (int64_t i = 0; i < count; ++i) {
-      const uint64_t ctr = base + static_cast<uint64_t>(i);
-      uint32_t v0 = static_cast<uint32_t>(ctr), v1 = static_cast<uint32_t>(ctr >> 32), v2 = c2, v3 = c3;
-      uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-      for (int round = 0; round < 10; ++round) {
-        const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * v0;
-        const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * v2;
-        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ v1 ^ k0;
-        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ v3 ^ k1;
-        v1 = static_cast<uint32_t>(p1);
-        v3 = static_cast<uint32_t>(p0);
-        v0 = n0;
-        v2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-      }
-      x[0][i] = v0;
-      x[1][i] = v1;
-      x[2][i] = v2;
-      x[3][i] = v3;
+#if BLURDIFF_HAVE_AVX512_CODE
+    if (avx512_enabled()) {
+      philox_quads_avx512(seed, base, c2, c3, count, x);
+    } else {
+      philox_quads(seed, base, c2, c3, count, x);
     }
+#else
+    philox_quads(seed, base, c2, c3, count, x);
+#endif
     float n[4][kQuadBatch];
     for (int64_t i = 0; i < count; ++i) {
       box_muller(x[0][i], x[1][i], &n[0][i], &n[1][i]);
@@ -204,7 +264,7 @@ template <typename T>
 void gemm(bool ta, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
           int64_t ldc) {
   if (M <= 0 || N <= 0 || K <= 0) return;
-#if BLURDIFF_SMALL_GEMM
+#if BLURDIFF_HAVE_AVX512_CODE
   if (small_gemm_fits<T>(N)) return small_gemm(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc);
 #endif
   gemm_row_major(ta, false, M, N, K, A, lda, B, ldb, C, ldc);
