@@ -1,7 +1,7 @@
 """Head-to-head of the coarse-to-fine families: DDPM, Lee, Hoogeboom and Rissanen trained alike.
 
     python scripts/head_to_head.py --out DIR [--parts toy photos] [--seeds 0 1 2]
-        [--toy-steps 1500] [--photos-steps 400] [--photos-n 16] [--estimate-only] [table1 options]
+        [--toy-steps 1000] [--photos-steps 300] [--toy-n 32] [--photos-n 16] [--estimate-only] [table1 options]
 
 One process per row (docs/design.md §1, blurdiff/presets.py), everything else shared: on the toy
 images at 16x16 the presets ``toy-noblur`` (DDPM: no blur), ``toy`` (Lee's quartic blur),
@@ -26,12 +26,15 @@ Options not listed above (``--n``, ``--fast-steps``, ``--process-steps``, ``--tr
 ``--heldout-images``, ``--ckpt-every``, ``--threads``, ``--quiet``, ``--no-fid``, ``--settings``, ...)
 go to both parts (``python scripts/table1.py --help``); ``--photos-n`` sets the photos' ``--n``.
 
-Budget (the defaults): 3 seeds x 4 rows per part; 1500 steps on the toy data (0.14 s a step on two
-idle cores, about 3.5 min a run; the demo's recipe reaches its floor around there), 400 on the photos
-(0.5 s a step, 3.3 min a run: the photo rows of Table 1 in miniature are far from converged at
-1000 steps anyway, and what the comparison shows at a fixed small budget is which process learns
-fastest); 32 toy and 16 photo samples per sampler (sampling all N = 1000 steps dominates: 32 photo
-crops take 5 min per run). ``--estimate-only`` times this machine and prints the whole estimate.
+Budget (the defaults), from the rates measured on two idle cores (scripts/table1.py, README): a toy
+training step 0.15 s, a photo step 0.54 s (both with checkpoints and EMA), a sampling step 3.9 ms
+(toy) and 9.8 ms (photo) per image. 3 seeds x 4 rows per part: 1000 steps on the toy data (2.8 min a
+run, 33 min in all; the toy recipe's warm-up and cosine schedule over 1000 steps) and 300 on the
+photos (2.7 min a run, 32 min); 32 toy and 16 photo samples per sampler, each with 50 and with all
+1000 steps (2.2 and 2.8 min a run, 26 and 33 min: sampling all N dominates, which is why the photos
+get the yardstick's minimum of 16). About 2 h 7 min with data and scoring. What a fixed small budget
+shows is which process learns fastest, not where each converges. ``--estimate-only`` times this
+machine and prints its own estimate.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", required=True, help="experiment folder (resumed when it holds the parts)")
     p.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--toy-steps", type=int, default=1500, help="optimizer steps per toy run")
-    p.add_argument("--photos-steps", type=int, default=400, help="optimizer steps per photo run")
+    p.add_argument("--toy-steps", type=int, default=1000, help="optimizer steps per toy run")
+    p.add_argument("--photos-steps", type=int, default=300, help="optimizer steps per photo run")
     p.add_argument("--toy-n", type=int, default=32, help="toy samples per run and sampler")
     p.add_argument("--photos-n", type=int, default=16, help="photo samples per run and sampler")
     p.add_argument("--photos-resolution", type=int, default=None, help="photo side (default 32; smaller for tests)")
