@@ -139,6 +139,11 @@ def forward_process_figure(
     writable_target(out)  # refused before the work, not after
     spec = get_preset(preset)
     process = BlurDiffusion(**spec.process)
+    if process.family != "lee":
+        raise ValueError(
+            f"figures forward shows the paper's process in its two directions; preset {preset} is of the "
+            f"{process.family} family (scripts/head_to_head.py draws every family's forward process)"
+        )
     ds = open_dataset(data, process.resolution)
     if len(ds) == 0:
         raise ValueError(f"{data} holds no images")

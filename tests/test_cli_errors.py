@@ -169,6 +169,13 @@ def test_seed_out_of_range_names_the_flag(command, seed, tmp_path, monkeypatch, 
     assert os.listdir(tmp_path) == []
 
 
+def test_forward_figure_of_another_family_is_refused(toy, tmp_path, capsys):
+    out = tmp_path / "f.png"
+    rc, err = run(capsys, "figures", "forward", "--data", toy, "--preset", "toy-rissanen", "--out", str(out))
+    assert rc == 2 and "preset toy-rissanen is of the rissanen family (scripts/head_to_head.py" in err
+    assert not out.exists()
+
+
 def test_largest_seed_works(toy, tmp_path):
     out = tmp_path / "f.png"
     argv = ["figures", "forward", "--data", toy, "--preset", "toy", "--n", "1", "--columns", "2", "--out", str(out)]
@@ -391,6 +398,10 @@ def test_unusable_device_is_refused_before_anything_is_written(
         ("process.sigma=1e-300", "sigma must lie in [1e-06, 1e+06], got 1e-300"),  # was a LinAlgError
         ("process.f_max=1e300", "f_max must lie in [0, 1000], got 1e+300"),  # trained, then sampled NaN
         ("unet.model_channels=1048576", "a UNet of model_channels=1048576, channel_mult=[1, 1, 2] (933,485,655"),
+        ("process.family=heat", "family must be one of ('lee', 'hoogeboom', 'rissanen'), got 'heat'"),
+        ("process.d_min=1", "d_min must lie in [0, 1), got 1"),
+        ("process.noise_sigma=0", "noise_sigma must lie in (0, inf], got 0"),
+        ("process.family=rissanen", "the rissanen family runs in the DCT basis: set basis='dct', got basis='gaussian'"),
     ],
 )
 def test_settings_that_cannot_work_are_one_line_naming_the_field_and_range(setting, message, toy, tmp_path, capsys):
