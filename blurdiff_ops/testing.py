@@ -12,6 +12,13 @@ issued, unless ``warned``); everything is restored when the block ends.
 
 ``basis_layout(U)`` says how the kernels multiply by ``U`` (docs/design.md §2): ``"even_odd"``
 (half-size blocks), ``"dense"`` or ``"identity"`` (no product).
+
+    with blurdiff_ops.testing.map_path("gemm"):
+        y = blurdiff_ops.spectral_lincomb(...)   # CUDA: the GEMM path, whatever the cost model says
+
+``map_path`` forces the CUDA backend's path (docs/design.md, "Which CUDA path"): ``"fused"`` (an
+error where a plane's fused plan does not fit the device's shared memory), ``"gemm"`` or
+``"auto"`` (the cost model's choice); the CPU backend has one path and ignores it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 
 from blurdiff_ops import _loader
 
-__all__ = ["kernels_unavailable", "dense_products", "basis_layout"]
+__all__ = ["kernels_unavailable", "dense_products", "basis_layout", "map_path"]
 
 
 @contextlib.contextmanager
@@ -60,3 +67,14 @@ def basis_layout(U: torch.Tensor) -> str:
     _require_kernels("basis_layout")
     ne = torch.ops.blurdiff_ops._basis_layout(U)
     return "identity" if ne < 0 else "dense" if ne == 0 else "even_odd"
+
+
+@contextlib.contextmanager
+def map_path(path: str) -> Iterator[None]:
+    """Within the block the CUDA kernels take ``path``: ``"fused"``, ``"gemm"`` or ``"auto"``."""
+    _require_kernels("map_path")
+    before = torch.ops.blurdiff_ops._set_map_path(path)
+    try:
+        yield
+    finally:
+        torch.ops.blurdiff_ops._set_map_path(before)

@@ -47,6 +47,7 @@ def emu(tmp_path_factory):
     )
     ops = torch.ops.blurdiff_emu
     yield ops
+    ops._set_map_path("auto")
     ops.set_max_shared_memory(H100_SHARED_MEMORY)
 
 
@@ -80,7 +81,7 @@ H100_SHARED_MEMORY = 227 * 1024
 
 
 def _set_path(emu, path):
-    emu.set_max_shared_memory(H100_SHARED_MEMORY if path == "fused" else 0)
+    emu._set_map_path(path)
 
 
 @contextmanager
@@ -345,3 +346,116 @@ def test_emulation_checks_arguments(emu):
     many = xs * 9
     with pytest.raises(ValueError, match="at most 16 inputs"):
         emu.spectral_lincomb(many, coefs[:1].expand(18, -1, -1, -1).contiguous(), t, U_h, U_w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which path: the cost model (csrc/path_cost.h) and the switch that forces a path.
+
+H100 = (9, 132, H100_SHARED_MEMORY, 228 * 1024)
+A100 = (8, 108, 163 * 1024, 164 * 1024)
+V100 = (7, 80, 96 * 1024, 96 * 1024)
+
+
+def _costs(emu, device, planes, n, acc=4, sides="even_odd", inputs=2, outputs=1):
+    """The model's (fused µs, GEMM µs, fused blocks per SM, fused bytes) for q_sample-like calls."""
+    fused, gemm, blocks, smem = emu._path_costs(*device, planes, n, n, sides, acc, acc, inputs, outputs, 0, True, True)
+    return fused, gemm, int(blocks), int(smem)
+
+
+def test_cost_model_q_sample_on_an_h100(emu):
+    fused, gemm, blocks, smem = _costs(emu, H100, 768, 64)
+    # Three planes of 64 x 64, both sides' halves (32 x 32 twice), four maps of 64 int32.
+    assert smem == (3 * 64 * 64 + 2 * 2 * 32 * 32) * 4 + 4 * 64 * 4
+    assert blocks == 2  # by registers (3 by shared memory)
+    # docs/design.md's formula by hand: each of 3 transforms (2 inputs forward, 1 output back) is
+    # two sides of 64 lines x (32² + 32²) multiply-adds; 9 elementwise passes of 12 instructions.
+    macs = 3 * 2 * 64 * 2 * 32 * 32
+    insns = macs / 32 / 0.75 + 9 * 64 * 64 * 12 / 32
+    busiest = -(-768 // 132)
+    compute = busiest * max(insns / 4, macs / 128) / 1980
+    dram = 3 * 768 * 64 * 64 * 4 / 3350e3
+    assert fused == pytest.approx(max(compute, dram) + 4)
+    assert fused < gemm
+
+
+def test_cost_model_sends_planes_too_large_for_a_block_to_the_gemm_path(emu):
+    assert _costs(emu, H100, 48, 120)[2] > 0
+    assert _costs(emu, H100, 48, 128)[2] == 0
+    assert _costs(emu, A100, 48, 64, acc=8)[2] == 1
+    assert _costs(emu, V100, 48, 64, acc=8)[2] == 0  # 129 KB of float64 plan, 96 KB a block
+    assert _costs(emu, V100, 48, 64)[2] == 1
+    # Dense sides stage the whole U; the identity none.
+    assert (
+        _costs(emu, H100, 48, 64, sides="dense")[3]
+        > _costs(emu, H100, 48, 64)[3]
+        > _costs(emu, H100, 48, 64, sides="identity")[3]
+    )
+
+
+def test_cost_model_grows_with_the_work(emu):
+    small, large = _costs(emu, H100, 48, 64), _costs(emu, H100, 768, 64)
+    assert small[0] < large[0] and small[1] < large[1]
+    assert _costs(emu, H100, 768, 64, inputs=4)[0] > large[0]
+    # Half the SMs: the busiest SM runs twice the blocks.
+    half = (9, 66, H100_SHARED_MEMORY, 228 * 1024)
+    assert _costs(emu, half, 768, 64)[0] > large[0]
+
+
+def test_cost_model_refuses_bad_arguments(emu):
+    with pytest.raises(ValueError, match="sides must be"):
+        emu._path_costs(*H100, 1, 8, 8, "halves", 4, 4, 1, 1, 0, True, True)
+    with pytest.raises(ValueError, match="must be positive"):
+        emu._path_costs(*H100, 0, 8, 8, "dense", 4, 4, 1, 1, 0, True, True)
+
+
+def test_map_path_switch_refuses_an_unknown_path(emu):
+    with pytest.raises(ValueError, match="path must be 'auto', 'fused' or 'gemm', got 'cublas'"):
+        emu._set_map_path("cublas")
+    emu._set_map_path("gemm")
+    assert emu._set_map_path("auto") == "gemm"
+    assert emu._set_map_path("auto") == "auto"
+
+
+def test_forcing_the_fused_kernel_onto_a_plane_it_cannot_hold_is_an_error(emu):
+    _set_path(emu, "fused")
+    xs, _, _, U_h, U_w, _, _ = _problem(128, 128, K=1, B=1, C=1, basis="dct")
+    need = _costs(emu, H100, 1, 128)[3]
+    with pytest.raises(ValueError, match=f"needs {need} bytes of shared memory for a 128x128 plane"):
+        emu.to_spectral(xs[0], U_h, U_w)
+
+
+def test_auto_takes_the_fused_kernel_where_it_fits_and_the_gemm_path_elsewhere(emu):
+    """The two paths round differently, so a result's bits name the path that made it."""
+
+    def run(hw, path):
+        xs, coefs, t, U_h, U_w, nc, nz = _problem(*hw, K=2, B=1, C=1)
+        _set_path(emu, path)
+        return emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
+
+    fused, gemm = run((64, 64), "fused"), run((64, 64), "gemm")
+    assert not torch.equal(fused, gemm)
+    assert torch.equal(run((64, 64), "auto"), fused)
+    gemm = run((128, 128), "gemm")
+    assert torch.equal(run((128, 128), "auto"), gemm)
+    emu.set_max_shared_memory(1 << 30)  # a device that could hold it
+    try:
+        assert not torch.equal(run((128, 128), "fused"), gemm)
+    finally:
+        emu.set_max_shared_memory(H100_SHARED_MEMORY)
+
+
+def test_map_path_of_blurdiff_ops_testing():
+    """blurdiff_ops.testing.map_path sets the switch of the compiled library and restores it."""
+    if not blurdiff_ops.kernels_available("cpu"):
+        pytest.skip("needs the compiled kernels")
+    from blurdiff_ops.testing import map_path
+
+    ops = torch.ops.blurdiff_ops
+    with map_path("gemm"):
+        assert ops._set_map_path("gemm") == "gemm"
+        with map_path("fused"):
+            assert ops._set_map_path("fused") == "fused"
+        assert ops._set_map_path("gemm") == "gemm"
+    assert ops._set_map_path("auto") == "auto"
+    with pytest.raises(ValueError, match="path must be"), map_path("tensor cores"):
+        pass

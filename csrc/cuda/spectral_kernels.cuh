@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "../path_cost.h"
 #include "../spectral_common.h"
 
 #if defined(__CUDACC__)
@@ -61,9 +62,10 @@ inline void unpack_rng(const RngState& s, uint64_t* seed, uint64_t* offset) {
 #endif
 
 // How the fused kernel multiplies by one side's basis U [n, n] (even_odd.h's SideSplit, on the
-// device): the dense U; nothing (U = I); or the even/odd halves, E [ne, ne] then O [no, no]
-// row-major in `blocks`, and `slot` [2 n]: column -> slot, then slot -> column (SideSplit::indices).
-enum SideKind : int { kSideDense, kSideEvenOdd, kSideIdentity };
+// device; the kinds are path_cost.h's SideKind): the dense U; nothing (U = I); or the even/odd
+// halves, E [ne, ne] then O [no, no] row-major in `blocks`, and `slot` [2 n]: column -> slot,
+// then slot -> column (SideSplit::indices). The layout of its shared memory is path_cost.h's
+// FusedPlan.
 
 template <typename acc_t>
 struct SideOperator {
@@ -124,50 +126,6 @@ C10_HOST_DEVICE inline int64_t row_at(int64_t p, int64_t planes_per_sample, cons
   CUDA_KERNEL_ASSERT_MSG(tb >= 0 && tb < T, "blurdiff_ops: t out of range of the coefficient tables");
   return tb;
 }
-
-// ---------------------------------------------------------------------------------------------
-// The fused kernel's layout. One side of length n in "padded order": even/odd sides hold the
-// even half's ne slots at [0, ne) and the odd half's no slots at [e4, e4 + no), e4 = ne rounded
-// up to a multiple of 4; dense and identity sides hold the n positions in their own order
-// (ne = n, no = 0). Everything else is zero padding, so every block of positions starts on a
-// multiple of 4 and the products can read 4-vectors. A plane is rows x columns of padded order,
-// row-major with row stride ld; the spectrum stays in padded order between the transforms.
-
-C10_HOST_DEVICE inline int round4(int x) { return (x + 3) & ~3; }
-
-struct SideShape {
-  int n, ne, no, e4, o4;  // ne + no = n; e4, o4 rounded up to multiples of 4
-  bool identity, even_odd;
-
-  C10_HOST_DEVICE SideShape(int kind, int64_t length, int64_t even) {
-    n = static_cast<int>(length);
-    even_odd = kind == kSideEvenOdd;
-    identity = kind == kSideIdentity;
-    ne = even_odd ? static_cast<int>(even) : n;
-    no = n - ne;
-    e4 = round4(ne);
-    o4 = round4(no);
-  }
-  C10_HOST_DEVICE int padded() const { return e4 + o4; }
-  // Basis values staged in shared memory: E and O padded to e4 x e4 and o4 x o4 (dense: U as E).
-  C10_HOST_DEVICE int basis_size() const { return identity ? 0 : e4 * e4 + o4 * o4; }
-};
-
-// Offsets (in elements) of the fused kernel's shared memory: three planes X, T, A of rows x ld
-// acc_t, the staged bases of both sides, then int32 maps: padded -> original position (-1 on a
-// pad) and original -> padded, for rows and for columns.
-struct FusedPlan {
-  SideShape h, w;
-  int rows, ld, plane;
-
-  C10_HOST_DEVICE FusedPlan(int h_kind, int64_t H, int64_t h_ne, int w_kind, int64_t W, int64_t w_ne)
-      : h(h_kind, H, h_ne), w(w_kind, W, w_ne), rows(h.padded()), ld(w.padded()), plane(rows * ld) {}
-  C10_HOST_DEVICE int64_t acc_values() const {
-    return 3 * static_cast<int64_t>(plane) + h.basis_size() + w.basis_size();
-  }
-  C10_HOST_DEVICE int64_t index_values() const { return static_cast<int64_t>(rows) + ld + h.n + w.n; }
-  C10_HOST_DEVICE int64_t shared_bytes(int64_t acc_size) const { return acc_values() * acc_size + index_values() * 4; }
-};
 
 // 4 consecutive values at a 16-byte aligned address: one 16-byte load on the GPU (LDS.128), or
 // two for float64. The emulation checks the alignment the GPU's vector loads need.

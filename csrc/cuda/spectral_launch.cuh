@@ -1,11 +1,12 @@
 // The host side of the CUDA spectral map: plans and launches the kernels of spectral_kernels.cuh.
 //
-// Chooses the path (fused when the plane fits one block, else GEMM), sizes grids and dynamic
-// shared memory, runs the GEMM path's transforms as batched matmuls (cuBLAS through ATen), and
-// takes the Philox state for the noise from the generator. Everything goes through a Launcher,
-// so the same planning runs in the CUDA build (spectral_map_cuda.cu) and in the host emulation
-// (emulation/emulated_ops.cpp). A Launcher provides:
-//   int64_t max_shared_memory();                         bytes of dynamic shared memory per block
+// Chooses the path (the fused kernel or the GEMM path, by path_cost.h's cost model unless
+// _set_map_path forces one), sizes grids and dynamic shared memory, runs the GEMM path's
+// transforms as batched matmuls (cuBLAS through ATen), and takes the Philox state for the noise
+// from the generator. Everything goes through a Launcher, so the same planning runs in the CUDA
+// build (spectral_map_cuda.cu) and in the host emulation (emulation/emulated_ops.cpp). A
+// Launcher provides:
+//   DeviceModel device_model();                          what the cost model knows of the device
 //   RngState philox(const std::optional<at::Generator>&, uint64_t values_per_subsequence);
 //   template <class K, class P> void launch(K kernel, int64_t grid, int64_t smem, const P& params);
 //
@@ -30,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "../path_cost.h"
 #include "../spectral_common.h"
 #include "../spectral_map.h"
 #include "spectral_kernels.cuh"
@@ -100,6 +102,21 @@ inline FusedPlan fused_plan(const MapRequest& r) {
   return FusedPlan(kind(*r.split_h), r.H(), r.split_h->ne, kind(*r.split_w), r.W(), r.split_w->ne);
 }
 
+// A request as the cost model sees it.
+inline MapWork map_work(const MapRequest& r, int64_t acc_size) {
+  int64_t scaled = 0;
+  for (const auto& c : r.out_coefs) scaled += c.defined() ? 1 : 0;
+  return MapWork{r.planes(),
+                 fused_plan(r),
+                 acc_size,
+                 static_cast<int64_t>(r.inputs[0].element_size()),
+                 static_cast<int64_t>(r.inputs.size()),
+                 static_cast<int64_t>(r.out_coefs.size()),
+                 scaled,
+                 r.forward,
+                 r.inverse};
+}
+
 template <typename scalar_t, class Launcher>
 void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
                Launcher& launcher) {
@@ -131,7 +148,7 @@ void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::
   launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t>, r.planes(), smem, prm);
 }
 
-// Transforms by matmul, middle by spectral_combine_kernel: for planes too large for one block.
+// Transforms by matmul, middle by spectral_combine_kernel.
 template <typename acc_t, class Launcher>
 void map_gemm(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
               Launcher& launcher) {
@@ -190,7 +207,15 @@ std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher
   for (const auto& in : r.inputs) inputs.push_back(in.view({P, H, W}));
 
   const int64_t acc_size = x.scalar_type() == at::kDouble ? 8 : 4;
-  const bool fused = fused_plan(r).shared_bytes(acc_size) <= launcher.max_shared_memory();
+  const DeviceModel device = launcher.device_model();
+  const MapWork work = map_work(r, acc_size);
+  const PathCosts costs = estimate_paths(device, work);
+  const int forced = map_path_forced().load();
+  TORCH_CHECK_VALUE(forced != kPathFused || costs.fused_fits(), r.op, ": the fused CUDA kernel needs ",
+                    work.plan.shared_bytes(acc_size), " bytes of shared memory for a ", H, "x", W, " plane of ",
+                    x.scalar_type(), ", the device allows ", device.smem_per_block,
+                    " per block (the fused path was forced by _set_map_path)");
+  const bool fused = forced == kPathFused || (forced == kPathAuto && costs.fused_cheaper());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map", [&] {
     if (fused) {
       map_fused<scalar_t>(r, inputs, outs, launcher);

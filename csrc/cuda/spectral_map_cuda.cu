@@ -17,12 +17,15 @@ namespace blurdiff {
 namespace {
 
 struct CudaLauncher {
-  int64_t max_shared_memory() const {
+  DeviceModel device_model() const {
     // Not ATen's device-properties cache: its header pulls in cuBLAS and cuSPARSE.
-    int device = 0, bytes = 0;
+    int device = 0, major = 0, sms = 0, per_block = 0, per_sm = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return bytes;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    return blurdiff::device_model(major, sms, per_block, per_sm);
   }
 
   RngState philox(const std::optional<at::Generator>& generator, uint64_t values_per_subsequence) {

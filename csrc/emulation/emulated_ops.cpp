@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../cpu/cpu_noise_key.h"
 #include "../schemas.h"
 #include "simt_host.h"
@@ -15,11 +17,11 @@
 namespace blurdiff {
 namespace {
 
-// An H100's opt-in limit by default; tests lower it.
-int64_t g_max_shared_memory = 227 * 1024;
+// An H100 SXM as the cost model knows it; tests change its shared memory per block.
+DeviceModel g_device = device_model(9, 132, 227 * 1024, 228 * 1024);
 
 struct EmulatedLauncher {
-  int64_t max_shared_memory() const { return g_max_shared_memory; }
+  DeviceModel device_model() const { return g_device; }
 
   RngState philox(const std::optional<at::Generator>& generator, uint64_t /*values_per_subsequence*/) {
     const NoiseKey key = next_cpu_noise_key(generator);
@@ -39,7 +41,10 @@ std::vector<at::Tensor> map_emulated(const MapRequest& r) {
 
 using EmulatedOps = SpectralOps<map_emulated>;
 
-void set_max_shared_memory(int64_t bytes) { g_max_shared_memory = bytes; }
+void set_max_shared_memory(int64_t bytes) {
+  g_device.smem_per_block = bytes;
+  g_device.smem_per_sm = std::max<int64_t>(228 * 1024, bytes + g_device.smem_reserved);
+}
 
 }  // namespace
 }  // namespace blurdiff
@@ -47,6 +52,7 @@ void set_max_shared_memory(int64_t bytes) { g_max_shared_memory = bytes; }
 TORCH_LIBRARY(blurdiff_emu, m) {
   BLURDIFF_SPECTRAL_SCHEMAS(m);
   BLURDIFF_EVEN_ODD_SCHEMAS(m);
+  BLURDIFF_MAP_PATH_SCHEMAS(m);
   m.def("set_max_shared_memory(int bytes) -> ()", &blurdiff::set_max_shared_memory);
 }
 

@@ -1,6 +1,6 @@
 // The program of the sanitizer builds of the emulation (scripts/sanitize_emulation.py): linked with
 // emulated_ops.cpp, it calls the blurdiff_emu ops through the dispatcher in every configuration the
-// CUDA planning can choose: each quads-per-thread instantiation, float32/float64/float16/bfloat16,
+// CUDA planning can choose: one and several product tiles a thread, float32/float64/float16/bfloat16,
 // 1 to 4 inputs, no, given and drawn noise, even/odd/dense/identity sides, fused and GEMM paths.
 //
 // A program of its own rather than a Python extension: the sanitizer runtime is then the
@@ -44,9 +44,10 @@ Stack call(const char* name, Stack args) {
 }
 
 void set_fused(bool fused) {
-  // Fused: any plane the kernel's quads per thread allow (128 x 128 float64 needs 128 KB, as an
-  // H100's opt-in limit allows); GEMM: no shared memory at all.
-  call("blurdiff_emu::set_max_shared_memory", {c10::IValue(static_cast<int64_t>(fused ? 1 << 30 : 0))});
+  // Forced, at any plane size: the shared memory per block is unlimited here (the CUDA planning
+  // would send 128 x 128 to the GEMM path), so every product shape of the kernel is checked.
+  call("blurdiff_emu::set_max_shared_memory", {c10::IValue(static_cast<int64_t>(1) << 30)});
+  call("blurdiff_emu::_set_map_path", {c10::IValue(std::string(fused ? "fused" : "gemm"))});
 }
 
 bool set_even_odd(bool enabled) { return call("blurdiff_emu::_set_even_odd", {c10::IValue(enabled)})[0].toBool(); }
@@ -199,8 +200,8 @@ int main(int argc, char** argv) {
   // The emulation runs its own threads; ATen's intra-op pool (the GEMM path's matmuls) is not
   // under test.
   at::set_num_threads(1);
-  // Quads per thread 1 (16x16, 31x16), 4 (64x64, 48x80) and 16 (65x65, 128x128); even, odd and
-  // non-square sides.
+  // Fewer product tiles than threads (16x16, 31x16), one a thread (64x64, 48x80) and several
+  // (65x65, 128x128); even, odd and non-square sides.
   std::vector<std::pair<int64_t, int64_t>> sizes = {{16, 16}, {31, 16}, {64, 64}, {48, 80}, {65, 65}, {128, 128}};
   std::vector<at::ScalarType> dtypes = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
   if (quick) {
@@ -213,8 +214,8 @@ int main(int argc, char** argv) {
       for (const at::ScalarType dtype : dtypes) {
         const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
         // 128 x 128 is the slowest case by far: float32 and float64 only (65 x 65 runs the same
-        // instantiations for the half types). Under --races the half types, whose shared memory
-        // is float32's, once per quads-per-thread instantiation.
+        // code for the half types). Under --races the half types, whose shared memory is
+        // float32's, at one size of each tiling.
         if (H == 128 && half) continue;
         if (races && half && !(H == 16 || H == 48 || H == 65)) continue;
         for (const char* basis : {"even/odd", "dense", "mixed"}) {
