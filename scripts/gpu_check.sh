@@ -2,8 +2,11 @@
 # The GPU check: one command on a CUDA machine, from a fresh copy of the tree.
 #   bash scripts/gpu_check.sh OUT_DIR
 # Builds the extension in place for the visible GPU, runs the CUDA tests, a few small kernels
-# under compute-sanitizer (memcheck, racecheck: any report fails), and the GPU benchmarks, and
-# writes report.md plus the logs to OUT_DIR. Budget: under 8 minutes on one H100.
+# under compute-sanitizer (memcheck, racecheck: any report fails), the static report of the
+# kernels' machine code (scripts/gpu_static_report.py, sm_80 and sm_90; it needs PyPI's cuobjdump
+# and nvdisasm, or skips), both CUDA paths forced in turn against the cost model's estimates and
+# the static report's bounds (scripts/gpu_paths.py), and the GPU benchmarks, and writes report.md
+# plus the logs to OUT_DIR. Budget: under 9 minutes on one H100.
 # Needs torch (a CUDA build), nvcc, ninja, pytest; pytest-benchmark for the benchmarks (wheels
 # in .whl/ are installed when it is missing). lmdb is not needed.
 set -uo pipefail
@@ -47,6 +50,19 @@ for tool in memcheck racecheck; do
   tail -3 "$OUT/sanitize_$tool.log" | tee -a "$OUT/report.md"
   [ $rc = 0 ] || { echo "$tool FAILED (exit $rc)" | tee -a "$OUT/report.md"; status=1; }
 done
+
+step "static report (sm_80, sm_90: estimates from the machine code)"
+if timeout 240 python scripts/gpu_static_report.py --no-sm70 --jobs 4 --work "$OUT/static_build" \
+  --json "$OUT/static_report.json" >"$OUT/static_report.md" 2>"$OUT/static_report.log"; then
+  tail -12 "$OUT/static_report.md" | tee -a "$OUT/report.md"
+else
+  echo "static report unavailable (see static_report.log): estimates below without its bounds" | tee -a "$OUT/report.md"
+  tail -3 "$OUT/static_report.log"
+fi
+
+step "CUDA paths: estimated against measured"
+timeout 180 python scripts/gpu_paths.py --static-json "$OUT/static_report.json" 2>&1 | tee -a "$OUT/report.md"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "GPU benchmarks"
 if python -c "import pytest_benchmark" 2>/dev/null; then

@@ -20,13 +20,15 @@ Per kernel instantiation and architecture it prints:
   runtime reserves per block on sm_80+, rounded to the allocation unit, against 96 KB per SM on a
   V100, 164 KB on an A100, 228 KB on an H100; a block over the per-block opt-in limit does not
   launch: the dispatcher takes the GEMM path there). The fused kernel's dynamic shared memory is
-  its plane, H * 4*ceil(W/4) * sizeof(acc) (fused_shared_memory in spectral_launch.cuh), taken at
-  the largest square plane of its QPT (32x32, 64x64, 128x128 for QPT 1, 4, 16);
+  its plan (FusedPlan in csrc/path_cost.h, mirrored by fused_shared_bytes: three planes, the
+  staged basis blocks of both sides, four int32 maps), shown at 64x64 with even/odd sides;
 - from the SASS (cuobjdump -sass; PyPI's nvidia-cuda-cuobjdump, the CUDA 12 toolkit's own for
   sm_70): the instruction mix of the transform loops. A loop is a backward branch: a BRA (or JMP)
   at address b whose target a <= b, the body being the instructions in [a, b]. The transform
   loops are the innermost such bodies (containing no other loop) that hold a multiply-add
-  (FFMA, or DFMA in the float64 instantiations; both are "FMA" below). For them: the FMA share of
+  (FFMA, or DFMA in the float64 instantiations; both are "FMA" below), except those that draw
+  noise (they hold a Philox round multiplier, 0xD2511F53 or 0xCD9E8D57: their multiply-adds are
+  Box-Muller's polynomials; the JSON lists them as noise_loops). For them: the FMA share of
   their instructions, global loads (LDG*) and shared loads (LDS*, any width, one per instruction)
   per FMA, as the worst loop and as the static mix of all of them (every loop instruction counted
   once). NOPs (alignment padding) are not counted. Whole-kernel counts are in the JSON.
@@ -51,8 +53,9 @@ Fused kernel (one block per plane), a lower bound, the largest of
   one load warp-instruction per SM a clock, wider loads not charged more;
 - DRAM:   t >= bytes / bandwidth.
 ceil(P / SMs) is the busiest SM's share of blocks (at 48 planes most SMs of an H100 idle). The
-mix is the static mix of the transform loops of the instantiation q_sample runs (float, float,
-QPT 4); the code around the loops (loads, stores, barriers, the coefficients) is not counted.
+mix is the static mix of the transform loops of the instantiation q_sample runs (float, float);
+the code around the loops (the fold, combine and unfold passes, barriers, the noise) is not
+counted (csrc/path_cost.h's model, which chooses the path, adds an estimate of it).
 GEMM path (spectral_launch.cuh's map_gemm as plain cuBLAS GEMMs on the dense bases, as the issue
 measured it): each of the 6 side transforms a GEMM at max(dense FLOPs / (60 % of FP32 peak),
 reading and writing the tensor / bandwidth), plus the combine kernel reading K spectra and the
@@ -61,8 +64,7 @@ and gather passes (it runs half the GEMM FLOPs) are not counted.
 
 --strict exits 1 on any spill in a kernel instantiation (all are named by the dispatcher, so all
 can be chosen), on a fused-kernel transform loop below 60 % FMA or above 0.5 shared loads per FMA
-(the issue's bars), and on an architecture that could not be built. Today's kernel does not meet
-them, so CI runs the report without --strict until the lean kernel lands.
+(the issue's bars), and on an architecture that could not be built.
 """
 
 import argparse

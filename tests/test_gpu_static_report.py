@@ -1,26 +1,32 @@
 """The parsers and arithmetic of scripts/gpu_static_report.py on captured compiler output (small
 excerpts of ptxas -v and cuobjdump -sass in tests/data/gpu_static_report/), so they are tested
-without building the CUDA kernels."""
+without building the CUDA kernels; and the parts of scripts/gpu_paths.py (the GPU check's
+estimate-against-measured table) that need no GPU."""
 
 import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+
+import blurdiff_ops
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "gpu_static_report"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_static_report", ROOT / "scripts" / "gpu_static_report.py")
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-report = _load()
+report = _load("gpu_static_report")
+paths = _load("gpu_paths")
 FUSED_F4 = "_ZN8blurdiff25spectral_map_fused_kernelIffLi4EEEvNS_9MapParamsIT_T0_EE"
 FUSED_D4 = "_ZN8blurdiff25spectral_map_fused_kernelIddLi4EEEvNS_9MapParamsIT_T0_EE"
 COMBINE_F = "_ZN8blurdiff23spectral_combine_kernelIfEEvNS_13CombineParamsIT_EE"
@@ -196,3 +202,48 @@ def test_digest_is_check_sm70s(tmp_path):
         check=True,
     ).stdout.strip()
     assert report.csrc_digest(tmp_path) == shell
+
+
+needs_kernels = pytest.mark.skipif(not blurdiff_ops.kernels_available("cpu"), reason="needs the compiled kernels")
+H100 = SimpleNamespace(
+    major=9,
+    multi_processor_count=132,
+    shared_memory_per_block_optin=227 * 1024,
+    shared_memory_per_multiprocessor=228 * 1024,
+)
+
+
+@needs_kernels
+@pytest.mark.parametrize("sides", ["even_odd", "dense", "identity"])
+@pytest.mark.parametrize("n", [5, 16, 64, 65, 120])
+def test_shared_memory_mirror_is_the_kernels_plan(sides, n):
+    """fused_shared_bytes (the report's) against csrc/path_cost.h's FusedPlan."""
+    for acc in (4, 8):
+        got = torch.ops.blurdiff_ops._path_costs(
+            9, 132, 1 << 30, 1 << 30, 1, n, n + 3, sides, acc, acc, 1, 1, 0, True, True
+        )
+        assert int(got[3]) == report.fused_shared_bytes(n, n + 3, acc, sides)
+
+
+@needs_kernels
+def test_gpu_paths_estimates_are_the_cost_models():
+    fused, gemm, blocks = paths.estimate(H100, 256, 64)
+    want = torch.ops.blurdiff_ops._path_costs(
+        9, 132, 227 * 1024, 228 * 1024, 768, 64, 64, "even_odd", 4, 4, 2, 1, 0, True, True
+    )
+    assert (fused, gemm, blocks) == (want[0], want[1], 2)
+    assert paths.estimate(H100, 16, 128)[2] == 0  # 128 x 128 does not fit
+
+
+def test_gpu_paths_table():
+    static = {"q_sample": [{"gpu": "H100 SXM", "shape": "256x3x64x64", "fused_us": 24.8, "gemm_path_us": 73.9}]}
+    assert paths.static_bounds(static, H100, 256, 64) == (24.8, 73.9)
+    assert paths.static_bounds(static, H100, 16, 64) is None
+    assert paths.static_bounds(None, H100, 256, 64) is None
+    rows = [
+        ("256x3x64x64", (39.3, 400.0, 2), (24.8, 73.9), {"fused": 41.0, "gemm": 380.5}),
+        ("16x3x128x128", (0.0, 90.0, 0), None, {"fused": "does not fit", "gemm": 95.25}),
+    ]
+    lines = paths.table(rows).splitlines()
+    assert lines[2] == "| 256x3x64x64 | 41.0 | 39.3 | 24.8 | 380.5 | 400.0 | 73.9 | fused | fused |"
+    assert lines[3] == "| 16x3x128x128 | does not fit | does not fit | – | 95.2 | 90.0 | – | gemm | – |"
