@@ -139,6 +139,9 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
         raise ValueError(f"{path} is not a blurdiff checkpoint (needs the keys {REQUIRED_KEYS})")
     if CHECKSUM_KEY in state and state[CHECKSUM_KEY] != content_checksum(state):
         raise ValueError(f"{path}: content does not match its checksum (damaged on disk?)")
+    step = state["step"]  # what every reader records, names files by and trains on from
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"{path}: its step must be an integer of at least 0, not {step!r}")
     return state
 
 
@@ -342,15 +345,20 @@ def build_from_config(
     backend: str = "auto",
     source="the checkpoint",
     what: str = "weights",
+    stats_source=None,
 ) -> tuple[BlurDiffusion, torch.nn.Module]:
     """The process and network of a checkpoint's ``config`` with the network ``weights`` (a state
     dict) and the ``data_stats`` of :meth:`DataStatistics.to_state`: what
     :func:`build_from_checkpoint` builds, shared with exports (blurdiff.export) so that both give
-    the same pair. The weights are checked against the config on the meta device first
+    the same pair (``stats_source``: the file of the statistics, when not ``source``). The
+    weights are checked against the config on the meta device first
     (:func:`blurdiff.unet.check_weights`: ValueError naming ``source``), so nothing of a size the
     weights do not have is allocated."""
     process = BlurDiffusion(**config["process"], backend=backend)
-    process.data_stats = DataStatistics.from_state(data_stats, process.resolution)
+    try:
+        process.data_stats = DataStatistics.from_state(data_stats, process.resolution)
+    except ValueError as e:
+        raise ValueError(f"{stats_source or source}: {e}") from e
     check_weights(config["unet"], weights, source, what)
     model = UNet(UNetConfig(**config["unet"]))
     model.load_state_dict(weights)

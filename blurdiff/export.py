@@ -102,6 +102,10 @@ def export_run(
     if not isinstance(state.get(which), dict) or not state[which]:
         raise ValueError(f"{path} holds no {which} weights" + (" (try --no-ema)" if ema else ""))
     networks_of(state, path, [which])  # weights that fit the config and are finite, or a ValueError naming the file
+    try:  # before anything is written
+        _stats_json(state.get("data_stats"), config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     files = FORMATS[format](state, path, Path(out), ema, overwrite)
     return ExportResult(format, Path(out), tuple(files), path, int(state["step"]), ema)
 
@@ -261,7 +265,13 @@ def load_export(
     stats = config.get("data_stats")
     try:
         return build_from_config(
-            {k: config[k] for k in ("process", "unet", "model_output")}, weights, stats, device, backend, weights_path
+            {k: config[k] for k in ("process", "unet", "model_output")},
+            weights,
+            stats,
+            device,
+            backend,
+            weights_path,
+            stats_source=config_path,
         )
     except (TypeError, KeyError, ValueError) as e:  # a process field, the data statistics
         message = str(e) if str(folder) in str(e) else f"{config_path}: {e}"

@@ -48,10 +48,22 @@ class TrainingHealth:
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None, **defaults) -> TrainingHealth:
+        """The monitor a checkpoint saved (:meth:`state_dict`); a ValueError for one whose fields are
+        not of their kinds (it would fail at the first closed window, or judge wrongly)."""
         if not state:
             return cls(**defaults)
+        if not isinstance(state, dict):
+            raise ValueError(f"the health monitor's state is not an object: {state!r:.60}")
         known = {k: v for k, v in state.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        health = cls(**known)
+        ok = all(_count(getattr(health, k), 1) for k in ("window", "history", "min_history")) and _count(health._steps)
+        ok = ok and all(_number(getattr(health, k)) for k in ("loss_factor", "grad_factor", "recover_factor"))
+        ok = ok and _number(health._loss_sum) and _number(health._grad_sum)
+        ok = ok and isinstance(health.windows, list) and all(_window(w) for w in health.windows)
+        ok = ok and isinstance(health.spikes, list) and all(_spike(sp) for sp in health.spikes)
+        if not (ok and (health.in_spike is None or _spike(health.in_spike))):
+            raise ValueError("the health monitor's state is malformed (a field is not of its kind)")
+        return health
 
     # ------------------------------------------------------------------ updates
     def update(self, step: int, loss: float, grad_norm: float) -> HealthEvent | None:
@@ -138,3 +150,19 @@ class TrainingHealth:
             f"final loss {last[1]:.4g} (best window {best:.4g}), gradient norm {last[2]:.3g}, "
             f"no unrecovered spike{past}"
         )
+
+
+def _count(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _window(w) -> bool:  # [end step, mean loss, mean grad norm, healthy]
+    return isinstance(w, list) and len(w) == 4 and all(_number(v) for v in w[:3]) and isinstance(w[3], bool)
+
+
+def _spike(spike) -> bool:
+    return isinstance(spike, dict) and _number(spike.get("reference_loss")) and _number(spike.get("step"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from blurdiff.checkpoint import (
     networks_of,
 )
 from blurdiff.distributed import broadcast_from_main, gather_from_ranks
+from blurdiff.health import TrainingHealth
+from blurdiff.statistics import DataStatistics
 
 log = logging.getLogger("blurdiff.train")
 
@@ -86,22 +90,109 @@ def newest_readable(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint of ``run_dir`` that loads and that a trainer can go on from, and its
     state; the ones tried before it are set aside (see ``blurdiff.checkpoint.load_newest_readable``)."""
 
-    def fits_the_run(path: Path, state: dict[str, Any]) -> None:
-        # What the trainer will load, tried first on networks without memory, so that a
-        # checkpoint that does not fit is set aside like an unreadable one and an older one
-        # is tried. The optimizer is the trainer's (Adam).
-        model = networks_of(state, path)["model"]
-        try:
-            torch.optim.Adam(model.parameters()).load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
-            raise ValueError(f"{path}: the optimizer state does not fit the network: {e}") from e
-        if not isinstance(state["config"].get("train"), dict):
-            raise ValueError(f"{path}: the checkpoint's config lacks the run's training options")
-
-    found = load_newest_readable(run_dir, validate=fits_the_run)
+    found = load_newest_readable(run_dir, validate=check_resumable)
     if found is None:
         raise ValueError(f"--resume: the checkpoints in {checkpoint_dir(run_dir)} vanished while resuming")
     return found
+
+
+def check_resumable(path: Path, state: dict[str, Any]) -> None:
+    """ValueError naming ``path`` unless a trainer can go on from everything ``state`` holds: the
+    weights (on networks without memory), the optimizer state (Adam's, one moment of each
+    parameter's shape, usable hyperparameters), the step (that of the file's name), the random
+    streams, the data position, the health monitor and the data statistics. Checked before the run
+    relies on any of it, so that a checkpoint that fails is set aside like an unreadable one and an
+    older one is tried (:func:`blurdiff.checkpoint.load_newest_readable`)."""
+    model = networks_of(state, path)["model"]
+    if not isinstance(state["config"].get("train"), dict):
+        raise ValueError(f"{path}: the checkpoint's config lacks the run's training options")
+    named = re.fullmatch(r"ckpt-(\d+)\.pt", path.name)
+    if named and int(named.group(1)) != state["step"]:
+        raise ValueError(f"{path}: it holds step {state['step']}, not the step of its name")
+    try:
+        _check_optimizer(state["optimizer"], list(model.parameters()))
+        _check_rng(state.get("rng"))
+        _check_data_position(state.get("data"))
+        health = state.get("health") or {}
+        if not isinstance(health, dict) or not isinstance(health.get("last_good"), (str, type(None))):
+            raise ValueError(f"the health record is not an object with a last_good name: {health!r:.60}")
+        TrainingHealth.from_state(health.get("monitor"))
+        resolution = state["config"].get("process", {}).get("resolution")
+        DataStatistics.from_state(
+            state.get("data_stats"), (resolution,) * 2 if isinstance(resolution, int) else resolution
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _check_optimizer(saved: Any, params: list[torch.nn.Parameter]) -> None:
+    try:
+        torch.optim.Adam(params).load_state_dict(saved)  # the structure: groups, parameter ids
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        raise ValueError(f"the optimizer state does not fit the network: {e}") from e
+    for group in saved["param_groups"]:
+        betas = group.get("betas")
+        if not (
+            isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_real(b, 0, 1, high_open=True) for b in betas)
+        ):
+            raise ValueError(f"the optimizer's Adam betas must be two numbers in [0, 1), not {betas!r}")
+        for key, low in (("lr", 0.0), ("eps", 0.0), ("weight_decay", 0.0)):
+            if not _real(group.get(key), low, math.inf):
+                raise ValueError(
+                    f"the optimizer's {key} must be a finite number of at least {low}, not {group.get(key)!r}"
+                )
+    for index, moments in saved["state"].items():
+        shape = params[index].shape
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = moments.get(key)
+            if (
+                not isinstance(t, torch.Tensor)
+                or t.shape != shape
+                or not t.is_floating_point()
+                or not torch.isfinite(t).all()
+            ):
+                got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(
+                    f"the optimizer state does not fit the network: parameter {index}'s {key} must be a finite "
+                    f"float tensor of shape {list(shape)}, not {got}"
+                )
+
+
+def _real(value: Any, low: float, high: float, high_open: bool = False) -> bool:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and low <= value and (value < high if high_open else value <= high)
+
+
+def _check_rng(rng: Any) -> None:
+    """A checkpoint's ``rng`` (see :func:`rng_states`): each state must be one torch takes back."""
+    if rng is None:
+        return  # older checkpoints: re-seeded from (seed, step), with a warning
+    if not isinstance(rng, dict) or not isinstance(rng.get("device_type"), str):
+        raise ValueError(f"the random states (rng) are not an object with a device_type: {rng!r:.60}")
+    ranks = rng.get("ranks")
+    if not isinstance(ranks, list) or not ranks or not all(isinstance(r, dict) for r in ranks):
+        raise ValueError(f"rng.ranks must be a list of every rank's random states, not {ranks!r:.60}")
+    states = [("rng.train_generator", rng.get("train_generator"))]
+    states += [(f"rng.ranks[{i}].torch", r.get("torch")) for i, r in enumerate(ranks)]
+    for name, value in states:
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
+            raise ValueError(f"{name} must be a generator state (a uint8 tensor), not {type(value).__name__}")
+        if name.endswith(".torch") or rng["device_type"] == "cpu":
+            try:
+                torch.Generator().set_state(value)
+            except RuntimeError as e:
+                raise ValueError(f"{name} is not a CPU generator state ({' '.join(str(e).split())})") from e
+
+
+def _check_data_position(data: Any) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ValueError(f"the data position is not an object: {data!r:.60}")
+    for key, low in (("start_batch", 0), ("batch_size", 1), ("world_size", 1), ("num_images", 1)):
+        value = data.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"data.{key} must be an integer of at least {low}, not {value!r}")
 
 
 def check_same_run(saved: dict[str, Any], config: dict[str, Any], run_dir: Path) -> None:

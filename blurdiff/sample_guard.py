@@ -170,9 +170,10 @@ def divergence_reasons(stats: SampleStats, data_std: float | None = None) -> lis
             f"(limit {100 * DIVERGED_BEYOND_FRACTION:.0f}%; range {stats.min:.3g} … {stats.max:.3g})"
         )
     std = stats.overall_std
-    limit = DIVERGED_STD_RATIO * data_std if data_std else 1.0
+    known = data_std is not None and math.isfinite(data_std) and data_std > 0  # NaN would compare false: no guard
+    limit = DIVERGED_STD_RATIO * data_std if known else 1.0
     if std > limit:
-        ref = f"{DIVERGED_STD_RATIO:g}× the data's {data_std:.3f}" if data_std else "1 (no data statistics)"
+        ref = f"{DIVERGED_STD_RATIO:g}× the data's {data_std:.3f}" if known else "1 (no usable data statistics)"
         reasons.append(f"standard deviation {std:.3g} above {ref}")
     return reasons
 

@@ -7,6 +7,7 @@ The trainer measures these once on the training data and stores them in every ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -75,14 +76,25 @@ class DataStatistics:
             return None
         try:
             power = torch.as_tensor(state["spectral_power"], dtype=torch.float64)
-            stats = cls(
-                int(state["count"]),
-                [float(v) for v in state["channel_mean"]],
-                [float(v) for v in state["channel_std"]],
-                power,
-            )
-        except (KeyError, TypeError, ValueError) as e:
+            count, mean, std = state["count"], state["channel_mean"], state["channel_std"]
+            stats = cls(count, [float(v) for v in mean], [float(v) for v in std], power)
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as e:
             raise ValueError(f"the checkpoint's data statistics are malformed: {e}") from e
+        # What the samplers and the divergence guard compute with: a NaN std would switch the guard off.
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"the checkpoint's data statistics: count must be an integer of at least 1, not {count!r}")
+        values = stats.channel_mean + stats.channel_std
+        if (
+            not stats.channel_mean
+            or len(stats.channel_std) != len(stats.channel_mean)
+            or not all(map(math.isfinite, values))
+        ):
+            raise ValueError(
+                f"the checkpoint's data statistics: channel_mean and channel_std must be finite numbers, one per "
+                f"channel, not {stats.channel_mean!r:.60} and {stats.channel_std!r:.60}"
+            )
+        if min(stats.channel_std) < 0:
+            raise ValueError(f"the checkpoint's data statistics: channel_std must not be negative: {stats.channel_std}")
         if tuple(power.shape) != tuple(resolution) or not torch.isfinite(power).all() or (power < 0).any():
             raise ValueError(
                 f"the checkpoint's spectral power is {tuple(power.shape)}, not finite and non-negative "

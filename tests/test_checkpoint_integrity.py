@@ -28,6 +28,7 @@ from blurdiff.checkpoint import (
 )
 from blurdiff.cli import main
 from blurdiff.export import export_run, load_export
+from blurdiff.statistics import DataStatistics
 from blurdiff.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
@@ -182,3 +183,36 @@ def test_one_check_for_weights_from_a_checkpoint_and_an_export(change, message, 
     )
     with pytest.raises(ValueError, match=re.escape(f"{weights_path}: the weights {message}")):
         load_export(tmp_path / "e")
+
+
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("count", float("inf"), "count must be an integer of at least 1, not inf"),  # was an OverflowError
+        ("channel_mean", [], "channel_mean and channel_std must be finite numbers, one per channel"),
+        ("channel_std", [float("nan")] * 3, "channel_mean and channel_std must be finite"),  # switched the guard off
+    ],
+)
+def test_malformed_data_statistics_are_one_line_in_sampling_export_and_the_export_sampled(
+    key, value, reason, tmp_path, capsys
+):
+    run = make_run(tmp_path / "run")
+    path = latest_checkpoint(run)
+    state = load_checkpoint(path)
+    good = DataStatistics(4, [0.0] * 3, [0.5] * 3, torch.ones(16, 16, dtype=torch.float64))
+    export_run(run=run, out=tmp_path / "good")  # statistics of its own, spoilt below in its config.json
+    state["data_stats"] = {**good.to_state(), key: value}
+    save_checkpoint(state, path)
+    rc, err = sample(capsys, run, tmp_path / "o")
+    assert rc == 2 and err.count("\n") == 1 and f"{path}" in err and reason in err, err
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        export_run(run=run, out=tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+    config = tmp_path / "good" / "config.json"
+    document = json.loads(config.read_text())
+    document["data_stats"] = {**good.to_json(), key: value}
+    config.write_text(json.dumps(document))
+    capsys.readouterr()
+    rc = main(["sample", "--export", str(tmp_path / "good"), "--out", str(tmp_path / "o2"), "--n", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and str(config) in err and reason in err, err

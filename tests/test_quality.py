@@ -135,6 +135,11 @@ def test_guard_fires_on_saturated_samples_and_not_on_data(images, recwarn):
     wide = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2.8 - 1.4
     assert any("standard deviation" in r for r in divergence_reasons(SampleStats.of(wide), 0.2))
     assert "non-finite" in divergence_reasons(SampleStats.of(torch.full((1, 3, 2, 2), math.nan)))[0]
+    # A data std that is no number (malformed statistics) must not switch the guard off: the limit is 1.
+    signs = torch.randint(0, 2, (64, 3, 8, 8), generator=torch.Generator().manual_seed(0)) * 2.9 - 1.45  # std 1.45
+    for unusable in (math.nan, math.inf, 0.0, -1.0):
+        reasons = divergence_reasons(SampleStats.of(signs), unusable)
+        assert reasons == ["standard deviation 1.45 above 1 (no usable data statistics)"], (unusable, reasons)
 
 
 # --------------------------------------------------------------------------- the command

@@ -302,6 +302,62 @@ def test_resume_sets_aside_checkpoints_that_do_not_fit_the_run(toy_lmdb, tmp_pat
         assert_same(straight[key], redone[key], key)
 
 
+@pytest.fixture(scope="module")
+def two_checkpoints(toy_lmdb, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two") / "run"
+    run(opts(toy_lmdb, out, max_steps=2, ckpt_every=1, keep=0))
+    return out
+
+
+def _set(path: str, value):
+    def change(state):
+        *parents, last = path.split(".")
+        for key in parents:
+            state = state[int(key) if isinstance(state, list) or key.isdigit() else key]
+        state[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (_set("optimizer.state.0.exp_avg", torch.zeros(3)), "parameter 0's exp_avg must be a finite float tensor"),
+        (_set("optimizer.param_groups.0.betas", (2.0, 0.999)), "Adam betas must be two numbers in \\[0, 1\\)"),
+        (_set("optimizer.param_groups.0.eps", float("nan")), "the optimizer's eps must be a finite number"),
+        (_set("rng.train_generator", torch.zeros(3, dtype=torch.uint8)), "rng.train_generator is not a CPU generator"),
+        (_set("rng.ranks", "x"), "rng.ranks must be a list"),
+        (_set("rng.ranks.0.torch", torch.zeros(2)), "rng.ranks\\[0\\].torch must be a generator state"),
+        (_set("health", "x"), "the health record is not an object"),
+        (_set("health.monitor.windows", "x"), "the health monitor's state is malformed"),
+        (_set("health.monitor._steps", -1), "the health monitor's state is malformed"),
+        (_set("data.start_batch", "x"), "data.start_batch must be an integer"),
+        (_set("step", -1), "its step must be an integer of at least 0, not -1"),
+        (_set("step", 7), "it holds step 7, not the step of its name"),
+        (_set("step", None), "its step must be an integer of at least 0, not None"),
+        (_set("data_stats.count", float("inf")), "count must be an integer of at least 1, not inf"),
+        (_set("data_stats.channel_mean", []), "channel_mean and channel_std must be finite numbers, one per channel"),
+        (_set("data_stats.channel_std", [float("nan")] * 3), "channel_mean and channel_std must be finite numbers"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_resume_sets_aside_a_checkpoint_holding_what_the_run_cannot_go_on_from(
+    change, reason, two_checkpoints, toy_lmdb, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    newest = out / "checkpoints" / "ckpt-00000002.pt"
+    state = load_checkpoint(newest)
+    change(state)
+    save_checkpoint(state, newest)  # with a valid checksum: what the file holds is wrong, not its bytes
+    with pytest.warns(UserWarning, match=f"skipping ckpt-00000002.pt: .*{reason}.*resuming from ckpt-00000001.pt"):
+        resumed = Trainer(opts(toy_lmdb, out, max_steps=2, ckpt_every=1, keep=0, resume=True))
+    assert resumed.step == 1 and (out / "checkpoints" / "ckpt-00000002.pt.unreadable").is_file()
+    resumed.run_loop()  # and it goes on
+    resumed.close()
+    assert load_checkpoint(newest)["step"] == 2
+
+
 def test_resume_refuses_a_run_whose_only_checkpoint_has_non_finite_weights(toy_lmdb, tmp_path, capsys):
     run(opts(toy_lmdb, tmp_path, max_steps=1))
     path = tmp_path / "checkpoints" / "ckpt-00000001.pt"
