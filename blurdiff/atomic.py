@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +135,17 @@ def file_sha256(path: str | os.PathLike) -> str:
                 h.update(block)
         _SHA256_CACHE[key] = h.hexdigest()
     return _SHA256_CACHE[key]
+
+
+@contextlib.contextmanager
+def safetensors_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """safetensors reports a failed write as ``SafetensorError("... I/O error: <strerror> (os error
+    N)")``: raised here as the ``OSError(N)`` it is, naming ``path`` (a full disk, a failing one)."""
+    try:
+        yield
+    except Exception as e:
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if type(e).__name__ != "SafetensorError" or found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from e

@@ -35,6 +35,7 @@ sample --export`` reads the ``blurdiff`` format only. More formats: :data:`FORMA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from typing import Any
 
 import torch
 
-from blurdiff.atomic import atomic_path, file_sha256, remove_stale, write_text_atomic
+from blurdiff.atomic import atomic_path, file_sha256, remove_stale, safetensors_os_errors, write_text_atomic
 from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
 from blurdiff.output_folders import check_replaceable, new_output_folder
 from blurdiff.safe_json import loads as json_loads
@@ -112,8 +113,6 @@ def export_run(
 
 def _export_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool, overwrite: bool) -> list[Path]:
     """The ``blurdiff`` format: ``out/model.safetensors`` and ``out/config.json``."""
-    from safetensors.torch import save_file
-
     check_replaceable(
         str(out),
         overwrite,
@@ -122,13 +121,30 @@ def _export_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool, ov
         ours=is_export,
         not_ours=f"is not a blurdiff export (no {CONFIG_FILE} or {WEIGHTS_FILE} of an export)",
     )
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_blurdiff(state, path, out, ema)
+    except BaseException:
+        if made:  # a failed write (a full disk) leaves no half-made export behind
+            for name in _OURS:
+                (out / name).unlink(missing_ok=True)
+            remove_stale(out, WEIGHTS_FILE)
+            remove_stale(out, CONFIG_FILE)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _write_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool) -> list[Path]:
+    from safetensors.torch import save_file
+
     remove_stale(out, WEIGHTS_FILE)
     remove_stale(out, CONFIG_FILE)
     which = "ema" if ema else "model"
     weights = {k: t.detach().to("cpu").contiguous() for k, t in state[which].items()}
     weights_path, config_path = out / WEIGHTS_FILE, out / CONFIG_FILE
-    with atomic_path(weights_path, durable=True) as tmp:
+    with atomic_path(weights_path, durable=True) as tmp, safetensors_os_errors(weights_path):
         save_file(weights, str(tmp), metadata={"format": FORMAT_NAME, "weights": which})
     config = state["config"]
     data_stats = state.get("data_stats")
@@ -171,7 +187,7 @@ def _export_diffusers(state: dict[str, Any], path: Path, out: Path, ema: bool, o
         raise ValueError(f"--format diffusers: {e}") from e
     check_replaceable(str(out), overwrite, lambda name: name in DIFFUSERS_NAMES, "a diffusers export")
     pipe = BlurDiffusionPipeline.from_checkpoint(state, use_ema=ema)
-    with new_output_folder(str(out), "diffusers-export") as tmp:
+    with new_output_folder(str(out), "diffusers-export") as tmp, safetensors_os_errors(out):
         pipe.save_pretrained(tmp, safe_serialization=True)
     return sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
 

@@ -280,7 +280,8 @@ def write_lmdb_records(
         _write_records(env, n, record, commit_every, map_size)
     except lmdb.Error as e:
         # py-lmdb reports an OS error as lmdb.Error("what: <strerror>"), without its errno.
-        full = next((c for c in (errno.ENOSPC, errno.EDQUOT) if os.strerror(c) in str(e)), None)
+        # A short write to a full disk can come back as EIO (seen on a full tmpfs).
+        full = next((c for c in (errno.ENOSPC, errno.EDQUOT, errno.EIO) if os.strerror(c) in str(e)), None)
         if full is None:
             raise
         raise OSError(full, f"{os.strerror(full)} ({e})", shown_as or tmp) from e

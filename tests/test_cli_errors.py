@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -291,7 +292,32 @@ def test_disk_full_during_export(toy, tmp_path, monkeypatch, capsys):
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
 
 
-def test_disk_full_while_writing_an_lmdb(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("fmt", ["blurdiff", "diffusers"])
+def test_disk_full_while_writing_an_export_leaves_no_folder(fmt, tmp_path, monkeypatch, capsys):
+    # What safetensors raises for a short write on a full disk (seen on a 2 MB tmpfs): no errno, no file.
+    from helpers import make_run
+    from safetensors import SafetensorError
+
+    if fmt == "diffusers":
+        pytest.importorskip("diffusers")
+    run_dir = make_run(tmp_path / "run")
+    real = safetensors.torch.save_file
+
+    def full(*args, **kwargs):
+        real(*args, **kwargs)  # the file is begun, then the disk is full
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "e"
+    rc, err = run(capsys, "export", "--run", run_dir, "--out", out, "--format", fmt)
+    assert (
+        rc == 2 and err.startswith("blurdiff export: error: no space left on the device writing ") and str(out) in err
+    )
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # nor its temporaries
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])  # a short write to a full tmpfs comes back as EIO
+def test_disk_full_while_writing_an_lmdb(code, tmp_path, monkeypatch, capsys):
     import lmdb
 
     real_open = lmdb.open
@@ -301,7 +327,7 @@ def test_disk_full_while_writing_an_lmdb(tmp_path, monkeypatch, capsys):
             self.env = real_open(*args, **kwargs)
 
         def begin(self, write=False):
-            raise lmdb.Error(f"mdb_txn_commit: {os.strerror(errno.ENOSPC)}")
+            raise lmdb.Error(f"mdb_txn_commit: {os.strerror(code)}")
 
         def __getattr__(self, name):
             return getattr(self.env, name)
@@ -309,7 +335,8 @@ def test_disk_full_while_writing_an_lmdb(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(lmdb, "open", FullDisk)
     out = tmp_path / "toy"
     rc, err = run(capsys, "data", "toy", "--out", out, "--n", "4", "--size", "8")
-    assert rc == 2 and "no space left on the device" in err and str(out) in err and "mdb_txn_commit" in err
+    said = "no space left on the device" if code == errno.ENOSPC else "input/output error on"
+    assert rc == 2 and said in err and str(out) in err and "mdb_txn_commit" in err
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
 
 

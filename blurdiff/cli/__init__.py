@@ -139,6 +139,9 @@ def _user_error_message(e: Exception) -> str | None:
     if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
         where = f" writing {e.filename}" if e.filename else ""
         return f"no space left on the device{where} ({e.strerror}); free some space and run again"
+    if isinstance(e, OSError) and e.errno == errno.EIO:
+        where = f" on {e.filename}" if e.filename else ""
+        return f"input/output error{where} ({e.strerror}): the disk is full or failing; free some space or check it"
     if isinstance(e, RuntimeError) and "unexpected pos" in str(e):
         # torch.save's zip writer when a write came up short: in practice, a full disk.
         return f"a file could not be written completely (disk full?): {_first_line(e)}; free some space and run again"
