@@ -459,3 +459,22 @@ def test_map_path_of_blurdiff_ops_testing():
     assert ops._set_map_path("auto") == "auto"
     with pytest.raises(ValueError, match="path must be"), map_path("tensor cores"):
         pass
+
+
+def test_auto_takes_the_gemm_path_where_the_model_finds_it_cheaper(emu):
+    """One dense 104 x 104 plane fits a block of an H100, but one block on one SM is estimated
+    slower than GEMMs spread over the GPU (docs/design.md's exceptions)."""
+    fused_us, gemm_us, blocks, _ = _costs(emu, H100, 1, 104, sides="dense")
+    assert blocks > 0 and fused_us > gemm_us
+    assert _costs(emu, H100, 48, 104, sides="dense")[0] < _costs(emu, H100, 48, 104, sides="dense")[1]
+    xs, coefs, t, _, _, nc, nz = _problem(104, 104, K=2, B=1, C=1)
+    U_h, U_w = _random_orthogonal(104, torch.float32, seed=3), _random_orthogonal(104, torch.float32, seed=4)
+    assert emu._basis_layout(U_h) == emu._basis_layout(U_w) == 0
+
+    def run(path):
+        _set_path(emu, path)
+        return emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
+
+    gemm, fused = run("gemm"), run("fused")
+    assert not torch.equal(fused, gemm)
+    assert torch.equal(run("auto"), gemm)
