@@ -241,9 +241,9 @@ def test_family_presets_differ_from_their_recipes_only_in_the_process():
     from blurdiff.presets import get_preset
 
     def recipe(preset):
-        return {k: v for k, v in preset.to_dict().items() if k not in ("name", "process")}
+        return {k: v for k, v in preset.to_dict().items() if k not in ("name", "process", "model_output")}
 
-    for res, base, names in ((16, "toy", ("toy-noblur", "toy-hoogeboom", "toy-rissanen")),
+    for res, base, names in ((16, "toy", ("toy-noblur", "toy-lee", "toy-hoogeboom", "toy-rissanen")),
                              (32, "photos32-quartic", ("photos32-hoogeboom", "photos32-rissanen"))):  # fmt: skip
         for name in names:
             preset = get_preset(name)
@@ -258,4 +258,6 @@ def test_family_presets_differ_from_their_recipes_only_in_the_process():
                     24.0 * res / 32,
                 )
                 assert process.config["noise_sigma"] == 0.01
+            assert preset.model_output == "eps_residual", name  # one network output for every row of a part
     assert get_preset("toy-noblur").process["blur_schedule"] == "none"
+    assert get_preset("toy-lee").process == get_preset("toy").process
