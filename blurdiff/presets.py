@@ -133,8 +133,9 @@ PRESETS.update(
 # gain of 100 on them before its samples stop exploding. Measured on 512 toy images after 300 steps,
 # `ancestral` K = 50 samples of the EMA weights: rissanen std 8e6 with `eps`, in range with
 # `eps_residual` (whose Gaussian reference has the right gain from the first step); hoogeboom std 1.8
-# against in range; the toy preset (Lee, `eps`) 3.9 % of values beyond ±1.5. toy-noblur is DDPM: with nothing blurred the forward law is
-# the same in every basis, and this one keeps the samplers' Gaussian reference spectral.
+# against in range; the toy preset (Lee, `eps`) 3.9 % of values beyond ±1.5. toy-noblur is DDPM:
+# with nothing blurred the forward law is the same in every basis, and this one keeps the samplers'
+# Gaussian reference spectral.
 _HOOGEBOOM32 = dict(family="hoogeboom", basis="dct", blur_sigma_max=20.0, d_min=0.001)
 _RISSANEN32 = dict(family="rissanen", basis="dct", blur_sigma_min=0.5, blur_sigma_max=24.0, noise_sigma=0.01)
 
