@@ -134,7 +134,7 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     except (OSError, MemoryError):
         raise
     except Exception as e:  # an unpickling error names the offending global
-        raise ValueError(f"{path} is not a loadable blurdiff checkpoint: {e}") from e
+        raise ValueError(f"{path} is not a loadable blurdiff checkpoint: {_load_failure(e, path)}") from e
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise ValueError(f"{path} is not a blurdiff checkpoint (needs the keys {REQUIRED_KEYS})")
     if CHECKSUM_KEY in state and state[CHECKSUM_KEY] != content_checksum(state):
@@ -143,6 +143,18 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"{path}: its step must be an integer of at least 0, not {step!r}")
     return state
+
+
+def _load_failure(e: Exception, path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line. Not torch's advice to load the
+    file with ``weights_only=False``: that would run whatever code the file holds."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if found:
+        return f"it holds a Python object ({found.group(1)}), which no checkpoint does; not loaded: that could run code"
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    line = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0].strip()
+    return line or type(e).__name__
 
 
 def networks_of(state: dict[str, Any], path, which: Sequence[str] = ("model", "ema")) -> dict[str, torch.nn.Module]:

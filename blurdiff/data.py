@@ -258,8 +258,14 @@ def _acquire_env(path: str, subdir: bool):
         if entry is None:
             check_lmdb_file(data_file)
             try:
-                env = lmdb.open(
-                    path, subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048
+                env = lmdb.open(  # as bytes: py-lmdb encodes a str as strict UTF-8, which some paths are not
+                    os.fsencode(path),
+                    subdir=subdir,
+                    readonly=True,
+                    lock=False,
+                    readahead=False,
+                    meminit=False,
+                    max_readers=2048,
                 )
             except lmdb.Error as e:
                 raise _broken(data_file, e) from e

@@ -355,6 +355,8 @@ class BlurDiffusion:
     ) -> torch.Tensor:
         """Eq. 10 with λ = 1: ``mean ‖ε_θ(x_t, t) - ε‖²``, ``t ~ Uniform{1 … N}``."""
         B = x0.shape[0]
+        if B == 0:  # the mean of no values: a NaN loss
+            raise ValueError("training_loss needs a batch of at least one image, got an empty one")
         if t is None:
             t = torch.randint(1, self.steps + 1, (B,), generator=generator, device=x0.device)
         else:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "JSONTooDeepError", "loads"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "JSONTooDeepError", "loads", "read_text"]
 
 MAX_DEPTH = 100
+#: The largest JSON file read (the largest the project writes, an export's config with its
+#: spectral power at 1024 x 1024, is about 25 MiB): ``--config /dev/zero`` must end.
+MAX_BYTES = 64 << 20
 
 
 class JSONTooDeepError(json.JSONDecodeError):
@@ -47,3 +50,18 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         children = item.values() if isinstance(item, dict) else item
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
+
+
+def read_text(path) -> str:
+    """The text of the JSON file ``path``: a ValueError naming it when it holds more than
+    :data:`MAX_BYTES` (a device such as ``/dev/zero`` never ends) or is not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"{path} holds more than {MAX_BYTES >> 20} MiB: not a JSON file of blurdiff's")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x}): not a JSON file"
+        ) from None

@@ -37,6 +37,7 @@ import torch
 
 from blurdiff.progress import Progress
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
+from blurdiff.schedules import int_arg
 from blurdiff.tables import TableCache
 from blurdiff.warn import warn_at_caller
 
@@ -126,7 +127,9 @@ def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
         return strided_steps(process, steps, spacing)
     if isinstance(steps, torch.Tensor):
         steps = steps.tolist()
-    seq = [int(s) for s in steps]
+    if not isinstance(steps, Sequence) or isinstance(steps, str):
+        raise ValueError(f"steps must be None, a count or a list of steps, got {steps!r}")
+    seq = [int_arg("each of steps", s, 1) for s in steps]
     if not seq:
         raise ValueError("steps is an empty list")
     if len(set(seq)) != len(seq):

@@ -33,6 +33,7 @@ from typing import Any
 from blurdiff.diffusion import BlurDiffusion
 from blurdiff.safe_json import JSONTooDeepError
 from blurdiff.safe_json import loads as json_loads
+from blurdiff.safe_json import read_text as read_json_text
 from blurdiff.unet import UNetConfig
 
 __all__ = ["SECTIONS", "Settings", "check_against_run", "field_types", "parse_settings"]
@@ -111,11 +112,13 @@ def check_against_run(settings: Settings, run_config: dict[str, Any], source: st
 
 def _read_config(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        data = json_loads(path.read_text())
+        data = json_loads(read_json_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"--config: no such file: {path}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    except ValueError as e:  # too large, not UTF-8
+        raise ValueError(f"--config {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f'--config {path}: expected an object of sections, e.g. {{"process": {{"f_max": 0.3}}}}')
     unknown = sorted(set(data) - set(SECTIONS))

@@ -275,7 +275,7 @@ def write_lmdb_records(
     import lmdb
 
     map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
-    env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
+    env = lmdb.open(os.fsencode(tmp), map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
     try:
         _write_records(env, n, record, commit_every, map_size)
     except lmdb.Error as e:

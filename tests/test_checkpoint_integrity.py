@@ -8,6 +8,7 @@ documented format.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import warnings
@@ -216,3 +217,22 @@ def test_malformed_data_statistics_are_one_line_in_sampling_export_and_the_expor
     rc = main(["sample", "--export", str(tmp_path / "good"), "--out", str(tmp_path / "o2"), "--n", "1", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and str(config) in err and reason in err, err
+
+
+def test_an_empty_or_pickled_checkpoint_says_why_in_one_line(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    path = latest_checkpoint(run)
+    path.write_bytes(b"")
+    rc, err = sample(capsys, run, tmp_path / "o")
+    assert rc == 2 and err.strip().endswith(
+        f"{path} is not a loadable blurdiff checkpoint: the file is empty (0 bytes)"
+    )
+
+    torch.save({"step": 1, "config": argparse.Namespace(x=1)}, path)  # what a pickle of any object looks like
+    rc, err = sample(capsys, run, tmp_path / "o")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert (
+        "it holds a Python object (argparse.Namespace), which no checkpoint does; not loaded: that could run code"
+        in err
+    )
+    assert "weights_only" not in err  # torch's advice to load it with weights_only=False: it would run the file's code

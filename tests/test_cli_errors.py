@@ -224,6 +224,29 @@ def test_undecodable_data_names_the_source(tmp_path, capsys):
     assert rc == 2 and "cannot decode" in err and str(folder / "1.png") in err
 
 
+def test_an_lmdb_at_a_path_that_is_not_utf8_is_written_and_read(tmp_path, capsys):
+    folder = tmp_path / os.fsdecode(b"x\xffy")  # a valid name on Linux, which py-lmdb took as text
+    assert main(["data", "toy", "--out", str(folder / "t"), "--n", "2", "--size", "8"]) == 0
+    assert main(["data", "export", "--src", str(folder / "t"), "--out", str(folder / "png")]) == 0
+    assert sorted((folder / "png").glob("*.png")) == [folder / "png" / "000000.png", folder / "png" / "000001.png"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "holds more than 64 MiB: not a JSON file of blurdiff's"),  # /dev/zero: it never ended
+        (b'{"process": {"f_max": 0.3}}\xff', "is not UTF-8 text (byte 27 is 0xff): not a JSON file"),
+    ],
+)
+def test_a_config_that_is_endless_or_not_text_is_one_line(content, message, toy, tmp_path, capsys):
+    config = "/dev/zero" if content is None else tmp_path / os.fsdecode(b"c\xff.json")
+    if content is not None:
+        config.write_bytes(content)
+    rc, err = run(capsys, *_train_args(toy, tmp_path / "run", "cpu"), "--config", config)
+    shown = str(config).encode("utf-8", "backslashreplace").decode()  # as stderr writes what is not UTF-8
+    assert rc == 2 and err == f"blurdiff train: error: --config {shown} {message}"
+
+
 def test_truncated_lmdb_is_one_line_not_a_bus_error(tmp_path):
     toy = toy_data.make_toy_lmdb(tmp_path / "toy", n=64, size=16)
     data = os.path.join(toy, "data.mdb")

@@ -114,3 +114,16 @@ def test_the_memory_limit_is_the_machines(monkeypatch):
     BlurDiffusion(resolution=8, steps=100, backend="reference")  # 17 x 8 x 101 x 64 B: 0.9 MB
     with pytest.raises(ValueError, match=r"resolution 64x64 with 1000 steps needs about 0\.5 GiB .* 0\.1 GiB"):
         BlurDiffusion(resolution=64, backend="reference")  # 17 x 8 x 1001 x 4096 B: 0.52 GiB
+
+
+@pytest.mark.parametrize("steps", [2.5, "5", [10, 2.5], object()])
+def test_sampling_steps_that_are_not_steps_are_named(steps):
+    p = BlurDiffusion(resolution=8, steps=10, backend="reference")
+    with pytest.raises(ValueError, match="steps"):
+        p.sample(lambda x, t: torch.zeros_like(x), (1, 3, 8, 8), steps=steps, kind="ddim")
+
+
+def test_an_empty_training_batch_is_refused_not_a_nan_loss():
+    p = BlurDiffusion(resolution=8, steps=10, backend="reference")
+    with pytest.raises(ValueError, match="training_loss needs a batch of at least one image"):
+        p.training_loss(lambda x, t: torch.zeros_like(x), torch.zeros(0, 3, 8, 8))

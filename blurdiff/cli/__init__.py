@@ -106,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command: its exit code, or 2 with a one-line error on stderr for bad input."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    # A path that is not UTF-8 (a valid Linux name) would make every print naming it a
+    # UnicodeEncodeError in a UTF-8 locale: written escaped, as Python's own stderr does.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     return run_command(args.command, args.handler, args)
 
 
