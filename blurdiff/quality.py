@@ -30,6 +30,7 @@ from blurdiff.data import open_dataset
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import STATS_FILE, SampleStats, divergence_reasons
 from blurdiff.spectrum import load_image_folder, spectrum_report
+from blurdiff.warn import warn_at_caller
 
 __all__ = [
     "SWD_SCALE",
@@ -399,6 +400,14 @@ def evaluate_folder(samples, data, n: int | None = None, seed: int = 0) -> tuple
             raw = SampleStats(**json_loads(stats_file.read_text())["raw"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{stats_file} is unreadable ({e}); remove it to evaluate the PNGs alone") from e
+        values = len(images) * images.shape[-2] * images.shape[-1]  # per channel, as SampleStats counts
+        if raw.count != values or len(raw.total) != images.shape[1]:
+            # Images were added or removed since `blurdiff sample` wrote it: it describes others.
+            warn_at_caller(
+                f"{stats_file} describes {raw.count} values per channel, the {len(images)} images of "
+                f"{samples_dir} hold {values}: not used (the out-of-range fractions are the PNGs')"
+            )
+            raw = None
     report = evaluate(images[:count], reference[: 2 * count], raw_stats=raw, seed=seed)
     report["samples"], report["data"] = str(samples_dir), str(data)
     return report, stats_file if raw is not None else None

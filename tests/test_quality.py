@@ -165,6 +165,11 @@ def test_eval_command_text_and_json(images, toy, tmp_path, capsys):
     (samples / "stats.json").write_text(json.dumps({"raw": SampleStats.of(images[2 * N :] * 5).to_dict()}))
     assert cli_main(["eval", "--samples", str(samples), "--data", str(toy), "--n", str(N), "--check"]) == 1
     assert "verdict: diverged" in capsys.readouterr().out
+    # A stats.json of other images (the folder changed since it was written) is not used.
+    (samples / "stats.json").write_text(json.dumps({"raw": SampleStats.of(images[N:] * 5).to_dict()}))
+    with pytest.warns(UserWarning, match="stats.json describes .* values per channel, the .* images of .* hold"):
+        assert cli_main(["eval", "--samples", str(samples), "--data", str(toy), "--n", str(N), "--check"]) == 0
+    assert "verdict: good" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
