@@ -42,6 +42,7 @@ deviation 3× the data's) a warning names the checkpoint and the sampler.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -234,6 +235,17 @@ def _upscale(frames: list[torch.Tensor]) -> list[torch.Tensor]:
     """Nearest-neighbour upscaling for figures (see :func:`blurdiff.images.upscale_factor`)."""
     s = upscale_factor(max(frames[0].shape[-2:]))
     return [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
+
+
+def _complete_images(out: Path, n: int) -> set[int]:
+    """The indices below ``n`` of the complete PNGs in ``out`` (:func:`image_name`'s names)."""
+    found = set()
+    for name in os.listdir(out) if out.is_dir() else []:
+        stem, dot, ext = name.partition(".")
+        if ext == "png" and stem.isdigit() and image_name(int(stem)) == name and int(stem) < n:
+            if _is_complete_png(out / name):
+                found.add(int(stem))
+    return found
 
 
 def _is_complete_png(path: Path) -> bool:
@@ -451,14 +463,18 @@ def sample_to_folder(
     remove_stale(out, "*.npz")
 
     num_batches = -(-n // B)
-    missing = {
-        b: [i for i in range(b * B, min((b + 1) * B, n)) if not _is_complete_png(out / image_name(i))]
-        for b in range(num_batches)
-    }
-    todo = [b for b in range(num_batches) if missing[b]]
-    if trajectory and 0 not in todo:
-        todo.insert(0, 0)  # batch 0 again (the same images), only to record its trajectory
-    total = sum(len(missing[b]) for b in todo)
+    # One listing of the folder, not n look-ups: --n 1000000000 starts at once.
+    complete = _complete_images(out, n)
+
+    def missing(b: int) -> list[int]:
+        return [i for i in range(b * B, min((b + 1) * B, n)) if i not in complete]
+
+    per_batch = collections.Counter(i // B for i in complete)
+    full = {b for b, k in per_batch.items() if k == min(B, n - b * B)}  # batches with every image
+    redo_first = bool(trajectory) and 0 in full  # batch 0 again (the same images), only for its trajectory
+    todo = (b for b in range(num_batches) if b not in full or (b == 0 and redo_first))
+    todo_count = num_batches - len(full) + redo_first
+    total = n - len(complete)
     plan = SamplingPlan(
         checkpoint=path,
         checkpoint_step=source.step,
@@ -470,7 +486,7 @@ def sample_to_folder(
         batch_size=B,
         device=device,
         n=n,
-        present=n - sum(len(v) for v in missing.values()),
+        present=len(complete),
         to_make=total,
         advice=tuple(str(w.message) for w in caught),
         export=source.export,
@@ -498,7 +514,7 @@ def sample_to_folder(
                     record(step, x, eps)
                 bar.update(
                     0,
-                    batch=f"{n_batch + 1}/{len(todo)}",
+                    batch=f"{n_batch + 1}/{todo_count}",
                     step=f"{integrator.K - integrator.position(step) + 1}/{integrator.K}",
                 )
 
@@ -507,12 +523,13 @@ def sample_to_folder(
                 _write_settings(out, ledger)
                 ledger_pending = False
             raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics
-            for i in missing[b]:
+            to_write = missing(b)
+            for i in to_write:
                 save_png(x[i - first], out / image_name(i))
             if record is not None:
                 trajectory_paths = record.save(out / FIGURES, x)
-            written += len(missing[b])
-            bar.update(len(missing[b]))
+            written += len(to_write)
+            bar.update(len(to_write))
     seconds = time.perf_counter() - t0
     data_std = process.data_stats.std if process.data_stats is not None else None
     stats, unknown, reasons = _summarize_raw_stats(raw, range(num_batches), out, path, integrator, data_std)

@@ -437,3 +437,26 @@ def test_figures_cli(tmp_path):
         )
         != 0
     )
+
+
+def test_a_huge_n_plans_from_one_listing_of_the_folder(run, tmp_path, monkeypatch):
+    # --n 1000000000 looked up every file name before the first image: 10⁹ stat calls.
+    out = tmp_path / "o"
+    sample_mod.sample_to_folder(run=run, n=3, out=out, batch_size=2, quiet=True)  # 3 images there
+    looked_up = []
+    real = sample_mod._is_complete_png
+    monkeypatch.setattr(sample_mod, "_is_complete_png", lambda path: looked_up.append(path.name) or real(path))
+
+    class Planned(Exception):
+        pass
+
+    def stop(plan):
+        assert plan.present == 3 and plan.to_make == 10**9 - 3
+        raise Planned
+
+    with pytest.raises(Planned):
+        sample_mod.sample_to_folder(run=run, n=10**9, out=out, batch_size=2, quiet=True, on_plan=stop)
+    assert sorted(looked_up) == ["000000.png", "000001.png", "000002.png"]
+    # The images already there are kept, and the batch that lacks one is made again.
+    report = sample_mod.sample_to_folder(run=run, n=5, out=out, batch_size=2, quiet=True)
+    assert report.written == 2 and report.plan.present == 3
