@@ -28,7 +28,7 @@ import torch
 
 import blurdiff_ops
 import blurdiff_ops.reference as R
-from blurdiff import BlurDiffusion
+from blurdiff import BlurDiffusion, ProcessConfig
 from blurdiff.samplers import make_sampler
 from blurdiff_ops.testing import dense_products
 
@@ -49,7 +49,7 @@ _processes = {}
 
 def _process(n, basis="gaussian"):
     if (n, basis) not in _processes:
-        _processes[n, basis] = BlurDiffusion(n, basis=basis)
+        _processes[n, basis] = BlurDiffusion(ProcessConfig(n, basis=basis))
     return _processes[n, basis]
 
 

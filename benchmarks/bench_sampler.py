@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import blurdiff_ops
-from blurdiff import BlurDiffusion, build_unet
+from blurdiff import BlurDiffusion, ProcessConfig, build_unet
 from blurdiff.samplers import make_sampler
 
 BATCH = 16
@@ -54,7 +54,7 @@ def _threads(device):
 def _setup(device, res, backend):
     if backend == "fused" and not blurdiff_ops.kernels_available(device):
         pytest.skip(f"compiled {device} kernels not built")
-    process = BlurDiffusion(resolution=res, backend=backend)  # the paper's quartic blur, N = 1000
+    process = BlurDiffusion(ProcessConfig(resolution=res), backend=backend)  # the paper's quartic blur, N = 1000
     sampler = make_sampler(process, None, "ddpm")
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(BATCH, 3, res, res, device=device, generator=g)

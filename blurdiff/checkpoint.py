@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from blurdiff.atomic import atomic_path
-from blurdiff.diffusion import MODEL_OUTPUTS, BlurDiffusion, ReferenceResidual
+from blurdiff.diffusion import BlurDiffusion, ProcessConfig, eps_model
 from blurdiff.output_folders import some_names
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.statistics import DataStatistics
@@ -366,7 +366,7 @@ def build_from_config(
     weights are checked against the config on the meta device first
     (:func:`blurdiff.unet.check_weights`: ValueError naming ``source``), so nothing of a size the
     weights do not have is allocated."""
-    process = BlurDiffusion(**config["process"], backend=backend)
+    process = BlurDiffusion(ProcessConfig(**config["process"]), backend)
     try:
         process.data_stats = DataStatistics.from_state(data_stats, process.resolution)
     except ValueError as e:
@@ -374,12 +374,11 @@ def build_from_config(
     check_weights(config["unet"], weights, source, what)
     model = UNet(UNetConfig(**config["unet"]))
     model.load_state_dict(weights)
-    model = model.to(device).eval()
     output = config.get("model_output", "eps")
-    if output not in MODEL_OUTPUTS:
-        raise ValueError(f"{source}: unknown model_output {output!r} (known: {MODEL_OUTPUTS})")
-    if output == "eps_residual":
-        if process.data_stats is None:
-            raise ValueError(f"{source}: an eps_residual network needs the run's data statistics, which it lacks")
-        model = ReferenceResidual(model, process).eval()
-    return process, model
+    try:
+        model = eps_model(model.to(device).eval(), process, output)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+    if output == "eps_residual" and process.data_stats is None:
+        raise ValueError(f"{source}: an eps_residual network needs the run's data statistics, which it lacks")
+    return process, model.eval()

@@ -34,7 +34,7 @@ from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME  # i
 from safetensors.torch import load_file  # isort: skip
 
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from blurdiff.diffusion import MODEL_OUTPUTS, ReferenceResidual
+from blurdiff.diffusion import MODEL_OUTPUTS, eps_model
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.unet import UNet, UNetConfig, check_weights
@@ -166,15 +166,12 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"timestep must be integers (diffusers numbering), got {t.dtype}")
         s = to_project_step(t.to(torch.int64).expand(B) if t.dim() == 0 else t.to(torch.int64))
-        if self.config.model_output == "eps_residual":
-            if process is None:
-                raise ValueError(
-                    "this network's output is a residual on the Gaussian reference (model_output="
-                    "'eps_residual'): pass process=scheduler.process to add it"
-                )
-            eps = ReferenceResidual(self.net, process)(sample, s)
-        else:
-            eps = self.net(sample, s)
+        if self.config.model_output == "eps_residual" and process is None:
+            raise ValueError(
+                "this network's output is a residual on the Gaussian reference (model_output="
+                "'eps_residual'): pass process=scheduler.process to add it"
+            )
+        eps = eps_model(self.net, process, self.config.model_output)(sample, s)
         return BlurDiffusionUNetOutput(sample=eps) if return_dict else (eps,)
 
 
@@ -257,10 +254,8 @@ class BlurDiffusionPipeline(DiffusionPipeline):
             path = resolve_checkpoint(run_dir=path) if path.is_dir() else path
             state, source = load_checkpoint(path), str(path)
         process, model = build_from_checkpoint(state, use_ema=use_ema, device=device, source=source)
-        if isinstance(model, ReferenceResidual):
-            unet = BlurDiffusionUNet.from_unet(model.net, model_output="eps_residual")
-        else:
-            unet = BlurDiffusionUNet.from_unet(model, model_output="eps")
+        output = state["config"].get("model_output", "eps")
+        unet = BlurDiffusionUNet.from_unet(model.net if output == "eps_residual" else model, model_output=output)
         return cls(unet=unet.eval(), scheduler=BlurDiffusionScheduler.from_process(process))
 
     def _eps(self, x: torch.Tensor, t_d: torch.Tensor) -> torch.Tensor:

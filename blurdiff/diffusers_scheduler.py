@@ -27,6 +27,7 @@ theirs) would run a different process without saying so.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ except ImportError as e:  # the extra is optional; say how to get it
         f"(diffusers >= 0.42 needs Python >= 3.11; on older Pythons the extra installs nothing). ({e})"
     ) from e
 
-from blurdiff.diffusion import BlurDiffusion
+from blurdiff.diffusion import BlurDiffusion, ProcessConfig
 from blurdiff.samplers import KINDS, MULTISTEP, SPACINGS, Sampler, make_sampler
 from blurdiff.statistics import DataStatistics
 
@@ -55,18 +56,17 @@ __all__ = [
     "to_project_step",
 ]
 
-#: The config keys that fix the process: a config without all of them is not a blur process's.
-PROCESS_KEYS = (
-    "num_train_timesteps",
-    "resolution",
-    "basis",
-    "sigma",
-    "blur_schedule",
-    "f_max",
-    "noise_schedule",
-    "direction",
-    "eig_floor",
-)
+#: The scheduler config's name of a :class:`ProcessConfig` field where diffusers has its own (N).
+_CONFIG_NAMES = {"steps": "num_train_timesteps"}
+#: The config keys that fix the process (the paper's process's record): a config without all of
+#: them is not a blur process's.
+PROCESS_KEYS = tuple(_CONFIG_NAMES.get(name, name) for name in ProcessConfig().to_dict())
+
+
+def process_config(config: Mapping[str, Any]) -> ProcessConfig:
+    """The :class:`ProcessConfig` a scheduler config describes."""
+    fields = dataclasses.fields(ProcessConfig)
+    return ProcessConfig(**{f.name: config[_CONFIG_NAMES.get(f.name, f.name)] for f in fields})
 
 
 def to_project_step(timestep):
@@ -157,22 +157,7 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"prediction_type must be 'epsilon' (the process's network predicts ε), got {prediction_type!r}"
             )
-        self.process = BlurDiffusion(
-            resolution=tuple(resolution) if isinstance(resolution, (list, tuple)) else resolution,
-            basis=basis,
-            sigma=sigma,
-            blur_schedule=blur_schedule,
-            f_max=f_max,
-            noise_schedule=noise_schedule,
-            steps=num_train_timesteps,
-            direction=direction,
-            eig_floor=eig_floor,
-            family=family,
-            blur_sigma_max=blur_sigma_max,
-            d_min=d_min,
-            blur_sigma_min=blur_sigma_min,
-            noise_sigma=noise_sigma,
-        )
+        self.process = BlurDiffusion(process_config(self.config))  # register_to_config has filled it
         stats = data_stats_to_config(data_stats)
         try:
             self.process.data_stats = DataStatistics.from_state(stats, self.process.resolution)
@@ -193,9 +178,7 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     ) -> BlurDiffusionScheduler:
         """The scheduler of ``process`` (its arguments and data statistics; a new process object
         built from them, so the config is the only state)."""
-        cfg = dict(process.config)
-        cfg["num_train_timesteps"] = cfg.pop("steps")
-        cfg["resolution"] = list(cfg["resolution"])
+        cfg = {_CONFIG_NAMES.get(k, k): v for k, v in dataclasses.asdict(process.config).items()}
         return cls(**cfg, sampler_kind=sampler_kind, spacing=spacing, data_stats=process.data_stats)
 
     @classmethod

@@ -13,6 +13,8 @@ are the ``ddpm`` sampler's (Eq. 12 on all N steps): one implementation of the st
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -33,11 +35,59 @@ BACKENDS = ("auto", "fused", "reference")
 X0_REG = 1e-6
 
 
-def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(resolution, int):
-        return resolution, resolution
-    H, W = (int(v) for v in resolution)
-    return H, W
+@dataclass(frozen=True)
+class ProcessConfig:
+    """What a :class:`BlurDiffusion` is (docs/design.md §1): :meth:`to_dict` of it is the
+    ``process`` of checkpoints, run configs and exports; its fields are the ``process`` section of
+    ``--set``/``--config`` (blurdiff.settings). ``resolution`` is kept as ``(H, W)``; ``steps`` is N."""
+
+    resolution: int | tuple[int, int] = 64
+    basis: str = "gaussian"
+    sigma: float = 0.4
+    blur_schedule: str = "quartic"
+    f_max: float = 0.140625
+    noise_schedule: str = "linear"
+    steps: int = 1000
+    direction: str = "coarse_to_fine"
+    eig_floor: float = 0.03
+    family: str = "lee"  # blurdiff.families: the paper's process, or another coarse-to-fine one
+    blur_sigma_max: float = 20.0
+    d_min: float = 0.001
+    blur_sigma_min: float = 0.5
+    noise_sigma: float = 0.01
+
+    def __post_init__(self):
+        check_resolution(self.resolution)
+        r = self.resolution
+        # Configs come back from JSON with lists; keep them hashable and comparable.
+        object.__setattr__(self, "resolution", (r, r) if isinstance(r, int) else (int(r[0]), int(r[1])))
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        check_basis_args(self.sigma, self.eig_floor)
+        check_family_args(self.family, self.blur_sigma_max, self.d_min, self.blur_sigma_min, self.noise_sigma)
+        if self.family != "lee" and self.basis != "dct":
+            raise ValueError(
+                f"the {self.family} family runs in the DCT basis: set basis='dct', got basis={self.basis!r}"
+            )
+        real_arg("f_max", self.f_max, 0.0, F_MAX_LIMIT)
+        int_arg("steps", self.steps, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain data that checkpoints, run configs and exports record: every field but the
+        families', and those of its own family only. The paper's process records none, so its
+        records are those of the versions before the families."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ALL_FAMILY_FIELDS}
+        if self.family != "lee":
+            record.update(family=self.family, **{name: getattr(self, name) for name in _FAMILY_FIELDS[self.family]})
+        return record
+
+
+#: The fields each family other than the paper's records (in this order), beside ``family``.
+_FAMILY_FIELDS = {
+    "hoogeboom": ("blur_sigma_max", "d_min"),
+    "rissanen": ("blur_sigma_min", "blur_sigma_max", "noise_sigma"),
+}
+_ALL_FAMILY_FIELDS = ("family", "blur_sigma_max", "d_min", "blur_sigma_min", "noise_sigma")
 
 
 class BlurDiffusion:
@@ -46,69 +96,27 @@ class BlurDiffusion:
     ``t`` is always an int64 tensor ``[B]`` of steps in ``1 … N``.
     """
 
-    def __init__(
-        self,
-        resolution: int | tuple[int, int] = 64,
-        basis: str = "gaussian",
-        sigma: float = 0.4,
-        blur_schedule: str = "quartic",
-        f_max: float = 0.140625,
-        noise_schedule: str = "linear",
-        steps: int = 1000,
-        direction: str = "coarse_to_fine",
-        backend: str = "auto",
-        eig_floor: float = 0.03,
-        family: str = "lee",
-        blur_sigma_max: float = 20.0,
-        d_min: float = 0.001,
-        blur_sigma_min: float = 0.5,
-        noise_sigma: float = 0.01,
-    ):
-        check_resolution(resolution)
-        H, W = _pair(resolution)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    def __init__(self, config: ProcessConfig = ProcessConfig(), backend: str = "auto"):
+        if not isinstance(config, ProcessConfig):
+            raise TypeError(f"BlurDiffusion takes a ProcessConfig, got {type(config).__name__}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        check_basis_args(sigma, eig_floor)
-        check_family_args(family, blur_sigma_max, d_min, blur_sigma_min, noise_sigma)
-        if family != "lee" and basis != "dct":
-            raise ValueError(f"the {family} family runs in the DCT basis: set basis='dct', got basis={basis!r}")
-        real_arg("f_max", f_max, 0.0, F_MAX_LIMIT)
-        int_arg("steps", steps, 1)
+        H, W = config.resolution
         # The tables below peak at about 17 float64 arrays [N+1, H, W] (13 kept, temporaries while
         # building them, and the float32 copies of tables()); measured: 16.7 at 160 x 160, N = 1000.
-        check_tables_fit(17, steps, H, W)
-        self.config = dict(
-            resolution=(H, W),
-            basis=basis,
-            sigma=sigma,
-            blur_schedule=blur_schedule,
-            f_max=f_max,
-            noise_schedule=noise_schedule,
-            steps=steps,
-            direction=direction,
-            eig_floor=eig_floor,
-        )
-        # The paper's process records no family fields, so its configs (and checkpoints) are those
-        # of the versions before the families; the others record theirs.
-        family_fields = {
-            "hoogeboom": dict(blur_sigma_max=blur_sigma_max, d_min=d_min),
-            "rissanen": dict(blur_sigma_min=blur_sigma_min, blur_sigma_max=blur_sigma_max, noise_sigma=noise_sigma),
-        }
-        if family != "lee":
-            self.config.update(family=family, **family_fields[family])
-        self.family = family
+        check_tables_fit(17, config.steps, H, W)
+        self.config = config
+        self.family = family = config.family
         self.resolution = (H, W)
-        self.steps = N = steps
+        self.steps = N = config.steps
         self.backend = backend
 
-        b = make_basis(basis, H, W, sigma, eig_floor)
-        D = b.D if direction == "coarse_to_fine" else (1 - b.D).clamp_min(eig_floor)
+        b = make_basis(config.basis, H, W, config.sigma, config.eig_floor)
+        D = b.D if config.direction == "coarse_to_fine" else (1 - b.D).clamp_min(config.eig_floor)
         self.D = D
         if family == "lee":
-            self.f = blur_f(blur_schedule, N, f_max)
-            self.betas = noise_betas(noise_schedule, N)
+            self.f = blur_f(config.blur_schedule, N, config.f_max)
+            self.betas = noise_betas(config.noise_schedule, N)
             # log A_i = log α_i + 2 f(i) log D; A_0 = Ā_0 = 1 (step 0 is the data itself).
             log_A = torch.log1p(-self.betas)[:, None, None] + 2 * self.f[:, None, None] * torch.log(D)
             log_A[0] = 0.0
@@ -119,9 +127,9 @@ class BlurDiffusion:
         else:
             self.f = self.betas = None  # the paper's schedules; this family has its own
             if family == "hoogeboom":
-                log_a, s = hoogeboom_tables(H, W, N, blur_sigma_max, d_min)
+                log_a, s = hoogeboom_tables(H, W, N, config.blur_sigma_max, config.d_min)
             else:
-                log_a, s = rissanen_tables(H, W, N, blur_sigma_min, blur_sigma_max, noise_sigma)
+                log_a, s = rissanen_tables(H, W, N, config.blur_sigma_min, config.blur_sigma_max, config.noise_sigma)
             # x̄_t / √(a² + s²) is variance-preserving with Ā = a²/(a² + s²) (log space: a may underflow).
             log_norm = torch.logaddexp(2 * log_a, 2 * torch.log(s))
             log_A_bar = 2 * log_a - log_norm
@@ -421,3 +429,12 @@ class ReferenceResidual(torch.nn.Module):
         out = self.net(x_t, t)
         ref = self.process.reference_eps(x_t, t)
         return ref + out.to(ref.dtype)
+
+
+def eps_model(net: torch.nn.Module, process: BlurDiffusion, model_output: str) -> torch.nn.Module:
+    """ε_θ(x_t, t) of a network whose output means ``model_output`` (:data:`MODEL_OUTPUTS`): the
+    network itself (``eps``), or the network on the process's Gaussian reference (``eps_residual``,
+    :class:`ReferenceResidual`). The one place where a network's output is given its meaning."""
+    if model_output not in MODEL_OUTPUTS:
+        raise ValueError(f"unknown model_output {model_output!r} (known: {MODEL_OUTPUTS})")
+    return ReferenceResidual(net, process) if model_output == "eps_residual" else net

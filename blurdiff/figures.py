@@ -14,6 +14,7 @@ leaves only the blur ``U D^{Σ f} U^T x_0``: the fade to grey hides it at large 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,10 +45,9 @@ def forward_rows(x0: torch.Tensor, process, times: Sequence[int], seed: int = 0,
 
     ``process`` is the preset's ``BlurDiffusion``; the other direction is built from its config.
     """
-    cfg = dict(process.config)
-    cfg["direction"] = "fine_to_coarse" if cfg["direction"] == "coarse_to_fine" else "coarse_to_fine"
-    other = BlurDiffusion(**cfg, backend=process.backend)
-    if cfg["direction"] == "coarse_to_fine":
+    flipped = "fine_to_coarse" if process.config.direction == "coarse_to_fine" else "coarse_to_fine"
+    other = BlurDiffusion(dataclasses.replace(process.config, direction=flipped), process.backend)
+    if flipped == "coarse_to_fine":
         process, other = other, process  # c2f first whatever the preset's direction
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=x0.dtype)
     alpha_bar = torch.cumprod(1 - process.betas, dim=0)
@@ -138,7 +138,7 @@ def forward_process_figure(
         raise ValueError(f"--n must be at least 1, got {n}")
     writable_target(out)  # refused before the work, not after
     spec = get_preset(preset)
-    process = BlurDiffusion(**spec.process)
+    process = BlurDiffusion(spec.process)
     if process.family != "lee":
         raise ValueError(
             f"figures forward shows the paper's process in its two directions; preset {preset} is of the "
@@ -152,9 +152,8 @@ def forward_process_figure(
     idx = range(start, min(start + n, len(ds)))
     x0 = torch.stack([ds[i] for i in idx]).float()
     title = (
-        f"forward process, preset {preset}: {spec.process.get('blur_schedule')} blur, "
-        f"f_max={spec.process.get('f_max'):.4g}, N={process.steps}"
-        + (" (means / sqrt(alpha_bar_t))" if normalize else "")
+        f"forward process, preset {preset}: {spec.process.blur_schedule} blur, "
+        f"f_max={spec.process.f_max:.4g}, N={process.steps}" + (" (means / sqrt(alpha_bar_t))" if normalize else "")
     )
     img = forward_figure(x0, process, columns, seed, normalize, scale, title)
     out = Path(out)

@@ -1,18 +1,18 @@
 """Experiment presets: the paper's three rows of Table 1, and a toy that trains on a laptop CPU.
 
-A preset fixes the process (``BlurDiffusion`` arguments), the network (a ``build_unet`` preset
+A preset fixes the process (a :class:`~blurdiff.diffusion.ProcessConfig`), the network (a ``build_unet`` preset
 and overrides) and the optimisation defaults; command-line options override the latter.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from blurdiff.diffusion import ProcessConfig
 from blurdiff.schedules import PAPER_F_MAX
 
-_LSUN64 = dict(
+_LSUN64 = ProcessConfig(
     resolution=64, basis="gaussian", sigma=0.4, noise_schedule="linear", steps=1000, direction="coarse_to_fine"
 )
 
@@ -20,7 +20,7 @@ _LSUN64 = dict(
 @dataclass(frozen=True)
 class ExperimentPreset:
     name: str
-    process: dict[str, Any]
+    process: ProcessConfig
     unet: str
     unet_overrides: dict[str, Any] = field(default_factory=dict)
     lr: float = 5e-5
@@ -38,23 +38,20 @@ class ExperimentPreset:
     # on the Gaussian reference's ε (ReferenceResidual), which data with a strong mean needs.
     model_output: str = "eps"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 PRESETS: dict[str, ExperimentPreset] = {
     # Table 1: f(N) = 0.14 quartic (the paper's best), 0.6 log, and no blur (DDPM in the basis).
     "lsun64-quartic": ExperimentPreset(
-        "lsun64-quartic", dict(_LSUN64, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "adm-lsun64"
+        "lsun64-quartic", replace(_LSUN64, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2), "adm-lsun64"
     ),
-    "lsun64-log": ExperimentPreset("lsun64-log", dict(_LSUN64, blur_schedule="log", f_max=0.6), "adm-lsun64"),
-    "lsun64-noblur": ExperimentPreset("lsun64-noblur", dict(_LSUN64, blur_schedule="none", f_max=0.0), "adm-lsun64"),
+    "lsun64-log": ExperimentPreset("lsun64-log", replace(_LSUN64, blur_schedule="log", f_max=0.6), "adm-lsun64"),
+    "lsun64-noblur": ExperimentPreset("lsun64-noblur", replace(_LSUN64, blur_schedule="none", f_max=0.0), "adm-lsun64"),
     # Two CPU cores, minutes: 16x16, a widened tiny UNet, a faster learning rate, a shorter EMA
     # (tried on the toy data: 32x32 or 32 channels still gave saturated colour fields after 25 min).
     # lr 1e-3 without warm-up or clipping diverged after 2300 steps on two machines (README, "Samples you can trust").
     "toy": ExperimentPreset(
         "toy",
-        dict(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2),
+        replace(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2),
         "tiny",
         unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)),
         lr=5e-4,
@@ -98,7 +95,7 @@ PRESETS: dict[str, ExperimentPreset] = {
 # right from the first step (measured at 16x16 after 500 steps: samples std 0.52 against the data's
 # 0.54, no divergence, where the plain ε network still diverged at 1400). At 32x32 a step takes
 # about 0.5 s and a forward pass of 32 images 0.3 s on two idle cores (3.6x and 2.4x the toy's step).
-_PHOTOS32 = dict(_LSUN64, resolution=32, sigma=0.4, eig_floor=0.03)
+_PHOTOS32 = replace(_LSUN64, resolution=32, sigma=0.4, eig_floor=0.03)
 _PHOTOS32_TRAIN = dict(
     unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)),
     lr=5e-4,
@@ -113,7 +110,7 @@ PRESETS.update(
         f"photos32-{row}": ExperimentPreset(
             # the paper's f(N) at 64x64 (Table 1) scaled by (32/64)^2
             f"photos32-{row}",
-            dict(_PHOTOS32, blur_schedule=schedule, f_max=PAPER_F_MAX[schedule] * (32 / 64) ** 2),
+            replace(_PHOTOS32, blur_schedule=schedule, f_max=PAPER_F_MAX[schedule] * (32 / 64) ** 2),
             "tiny",
             **_PHOTOS32_TRAIN,
         )
@@ -153,15 +150,15 @@ _TOY_PROCESSES = {
 }
 PRESETS.update(
     {
-        name: dataclasses.replace(
-            PRESETS["toy"], name=name, process=dict(PRESETS["toy"].process, **process), model_output="eps_residual"
+        name: replace(
+            PRESETS["toy"], name=name, process=replace(PRESETS["toy"].process, **process), model_output="eps_residual"
         )
         for name, process in _TOY_PROCESSES.items()
     }
 )
 PRESETS.update(
     {
-        name: ExperimentPreset(name, dict(_PHOTOS32, **process), "tiny", **_PHOTOS32_TRAIN)
+        name: ExperimentPreset(name, replace(_PHOTOS32, **process), "tiny", **_PHOTOS32_TRAIN)
         for name, process in (("photos32-hoogeboom", _HOOGEBOOM32), ("photos32-rissanen", _RISSANEN32))
     }
 )

@@ -424,7 +424,9 @@ def sample_to_folder(
     else:
         source = _load(run, ckpt, preset, ema, backend, device)
     path, process, model, ema = source.path, source.process, source.model, source.ema
-    check_against_run(settings, {"process": process.config, "unet": dataclasses.asdict(model.config)}, str(path))
+    check_against_run(
+        settings, {"process": process.config.to_dict(), "unet": dataclasses.asdict(model.config)}, str(path)
+    )
     with warnings.catch_warnings(record=True) as caught:  # advice for the caller, not a Python warning
         warnings.simplefilter("always")
         integrator = make_sampler(process, steps, sampler, spacing)

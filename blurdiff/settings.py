@@ -5,10 +5,10 @@ A sweep changes a field without editing code::
     blurdiff train ... --set process.f_max=0.3 --set unet.model_channels=96
     blurdiff train ... --config sweep/f03.json     # {"process": {"f_max": 0.3}, "unet": {...}}
 
-Sections: ``process`` (the :class:`blurdiff.diffusion.BlurDiffusion` fields a run's config records)
-and ``unet`` (:class:`blurdiff.unet.UNetConfig`'s fields). ``blurdiff sample`` takes the same
-options and checks them against the run it samples: a network samples correctly only under the
-process it was trained with, so a value other than the run's is an error there, not an override.
+Sections: ``process`` (:class:`blurdiff.diffusion.ProcessConfig`'s fields) and ``unet``
+(:class:`blurdiff.unet.UNetConfig`'s fields). ``blurdiff sample`` takes the same options and checks
+them against the run it samples: a network samples correctly only under the process it was trained
+with, so a value other than the run's is an error there, not an override.
 A ``--config`` file may also hold a ``sampler`` section (``kind``, ``steps``, ``spacing``), which
 ``blurdiff sample`` uses and ``blurdiff train`` ignores, so one file can describe an experiment.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
 import math
 import types
@@ -30,7 +29,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from blurdiff.diffusion import BlurDiffusion
+from blurdiff.diffusion import ProcessConfig
 from blurdiff.safe_json import JSONTooDeepError
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.safe_json import read_text as read_json_text
@@ -47,15 +46,10 @@ Settings = dict[str, dict[str, Any]]
 def field_types(section: str) -> dict[str, Any]:
     """The settable fields of ``section`` and their types (from the code's own annotations, so a
     new field is settable without touching this module)."""
-    if section == "process":
-        hints = typing.get_type_hints(BlurDiffusion.__init__)
-        # The backend is how the ops run, not what the process is: --backend sets it.
-        return {
-            n: hints[n] for n in inspect.signature(BlurDiffusion.__init__).parameters if n in hints and n != "backend"
-        }
-    if section == "unet":
-        hints = typing.get_type_hints(UNetConfig)
-        return {f.name: hints[f.name] for f in dataclasses.fields(UNetConfig)}
+    configs = {"process": ProcessConfig, "unet": UNetConfig}
+    if section in configs:
+        hints = typing.get_type_hints(configs[section])
+        return {f.name: hints[f.name] for f in dataclasses.fields(configs[section])}
     if section == "sampler":
         return {"kind": str, "steps": int, "spacing": str}
     raise ValueError(f"unknown settings section {section!r}; valid sections: {', '.join(SECTIONS)}")
@@ -99,7 +93,7 @@ def check_against_run(settings: Settings, run_config: dict[str, Any], source: st
             have = saved.get(name)
             if section == "process" and name not in saved:
                 # A configuration records no family fields for the paper's process: their defaults.
-                have = inspect.signature(BlurDiffusion.__init__).parameters[name].default
+                have = ProcessConfig.__dataclass_fields__[name].default
             if section == "process" and name == "resolution" and isinstance(value, int):
                 value = (value, value)  # the config records (H, W)
             if not _same(have, value):

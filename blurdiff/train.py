@@ -30,7 +30,7 @@ from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, run_lock, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
 from blurdiff.devices import check_batch_fits, resolve_device
-from blurdiff.diffusion import BlurDiffusion, ReferenceResidual
+from blurdiff.diffusion import BlurDiffusion, eps_model
 from blurdiff.distributed import (
     data_parallel,
     device_for_rank,
@@ -118,17 +118,17 @@ def build_parts(
     opts, checkpoint = _resolve(options, rank, world_size, device)
     preset = get_preset(opts.preset)
 
-    process_kwargs = dict(preset.process, **opts.process_overrides)
+    process_overrides = dict(opts.process_overrides)
+    if opts.resolution is not None:
+        process_overrides["resolution"] = opts.resolution
+    process = BlurDiffusion(dataclasses.replace(preset.process, **process_overrides), opts.backend)
     unet_overrides = dict(preset.unet_overrides, **opts.unet_overrides)
     if opts.resolution is not None:
-        process_kwargs["resolution"] = opts.resolution
         unet_overrides["image_size"] = opts.resolution
     elif "resolution" in opts.process_overrides and "image_size" not in unet_overrides:
-        r = opts.process_overrides["resolution"]
-        H, W = (r, r) if isinstance(r, int) else r
+        H, W = process.resolution
         if H == W:
             unet_overrides["image_size"] = H  # as --resolution does
-    process = BlurDiffusion(**process_kwargs, backend=opts.backend)
     process.ops(device)  # backend="fused" without kernels: fail now, not at step 1
 
     # Data first: a missing or empty data set should fail before a big model is built.
@@ -179,6 +179,21 @@ def _measure_data_statistics(process: BlurDiffusion, dataset) -> DataStatistics:
 # ------------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------------
+
+
+class _Autocast(torch.nn.Module):
+    """``net`` run in the mixed precision ``dtype`` (None: as it is); what wraps it (the
+    ``eps_residual`` reference) stays in the data's precision."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None:
+            return self.net(x_t, t)
+        with torch.autocast(x_t.device.type, dtype=self.dtype):
+            return self.net(x_t, t)
 
 
 class Trainer:
@@ -243,7 +258,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.config = {
             "preset": preset.name,
-            "process": self.process.config,
+            "process": self.process.config.to_dict(),
             "unet": dataclasses.asdict(self.model.config),
             "model_output": preset.model_output,
             "train": dataclasses.asdict(opts),
@@ -252,7 +267,7 @@ class Trainer:
             check_same_run(state["config"], self.config, self.run_dir)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         # The ε-predictor of the EMA weights, for samples (the EMA network itself is what is saved).
-        self.ema_eps = ReferenceResidual(self.ema, self.process) if preset.model_output == "eps_residual" else self.ema
+        self.ema_eps = eps_model(self.ema, self.process, preset.model_output)
         self._ema_params, self._model_params = list(self.ema.parameters()), list(self.model.parameters())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
@@ -275,6 +290,8 @@ class Trainer:
         self._last_saved = self.step if state is not None else None
 
         self.ddp_model = data_parallel(self.model, self.device, world_size)
+        # The ε-predictor trained: the network in the run's mixed precision, its output given its meaning.
+        self.train_eps = eps_model(_Autocast(self.ddp_model, self.amp_dtype), self.process, preset.model_output)
         num_workers = opts.num_workers if opts.num_workers is not None else (4 if self.device.type == "cuda" else 0)
         self.loader = infinite_loader(
             dataset,
@@ -330,13 +347,6 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _eps_model(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            out = self.ddp_model(x_t, t)
-        if self.preset.model_output == "eps_residual":
-            out = self.process.reference_eps(x_t, t) + out.float()
-        return out
-
     def _draw_t_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t and ε of this rank's samples, cut from draws for the whole global batch.
 
@@ -367,7 +377,7 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         t, noise = self._draw_t_noise(x0)
-        loss = self.process.training_loss(self._eps_model, x0, t=t, noise=noise)
+        loss = self.process.training_loss(self.train_eps, x0, t=t, noise=noise)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -566,7 +576,7 @@ def _check_batch_fits(options: TrainOptions, device: torch.device) -> None:
     preset = get_preset(options.preset)
     if preset.unet not in UNET_PRESETS:
         return
-    r = options.resolution or options.process_overrides.get("resolution") or preset.process.get("resolution")
+    r = options.resolution or options.process_overrides.get("resolution") or preset.process.resolution
     overrides = {**preset.unet_overrides, **options.unet_overrides}
     channels = overrides.get("model_channels", UNET_PRESETS[preset.unet].model_channels)
     inputs = overrides.get("in_channels", UNET_PRESETS[preset.unet].in_channels)

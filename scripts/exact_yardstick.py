@@ -16,6 +16,7 @@ spectrum from 512 images, 3.6 % noise per frequency); ``flat`` is an older check
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 
@@ -43,7 +44,7 @@ def main() -> None:
     res = (args.resolution, args.resolution)
     out = {}
     for name in args.presets:
-        process = BlurDiffusion(**dict(get_preset(name).process, resolution=args.resolution))
+        process = BlurDiffusion(dataclasses.replace(get_preset(name).process, resolution=args.resolution))
         if args.data:
             from blurdiff.quality import load_data_images
             from blurdiff.statistics import estimate_data_statistics

@@ -107,7 +107,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args(argv)
     import blurdiff_ops
-    from blurdiff import BlurDiffusion
+    from blurdiff import BlurDiffusion, ProcessConfig
     from blurdiff_ops.testing import map_path
 
     if not (torch.cuda.is_available() and blurdiff_ops.kernels_available("cuda")):
@@ -117,7 +117,7 @@ def main(argv=None):
     props = torch.cuda.get_device_properties(0)
     rows = []
     for batch, n in SHAPES:
-        proc = BlurDiffusion(n)
+        proc = BlurDiffusion(ProcessConfig(n))
         g = torch.Generator("cuda").manual_seed(0)
         x0 = torch.randn(batch, 3, n, n, device="cuda", generator=g)
         eps = torch.randn(batch, 3, n, n, device="cuda", generator=g)

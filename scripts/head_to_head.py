@@ -41,6 +41,7 @@ machine and prints its own estimate.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def estimate(parts: dict[str, argparse.Namespace]) -> float:
     for part, a in parts.items():
         clock = table1.Clock()
         table1.benchmark(a, clock)
-        N = a.process_steps or get_preset(table1.first_preset(a)).process["steps"]
+        N = a.process_steps or get_preset(table1.first_preset(a)).process.steps
         runs = [table1.Run(Path(a.out), s, seed, a) for s in a.settings for seed in a.seeds]
         data_left = sum(
             n
@@ -129,7 +130,7 @@ def forward_figure(part: str, a: argparse.Namespace) -> Image.Image:
     panels = []
     for setting in a.settings:
         run = table1.Run(Path(a.out), setting, 0, a)
-        process = BlurDiffusion(**dict(run.process(), resolution=a.resolution), backend="reference")
+        process = BlurDiffusion(dataclasses.replace(run.process(), resolution=a.resolution), backend="reference")
         N = process.steps
         frames, means = [], []
         for c in COLUMNS:

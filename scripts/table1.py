@@ -54,6 +54,7 @@ fields); on 16x16 trials the gain was still 0.67 after 1400 steps (presets.py, t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -71,7 +72,7 @@ import torch
 
 from blurdiff.atomic import atomic_path, write_text_atomic
 from blurdiff.checkpoint import RunInUseError, build_from_checkpoint, latest_checkpoint, load_newest_readable
-from blurdiff.diffusion import BlurDiffusion
+from blurdiff.diffusion import BlurDiffusion, ProcessConfig
 from blurdiff.images import grid, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
@@ -97,7 +98,7 @@ class Experiment:
 
     @property
     def resolution(self) -> int:
-        return get_preset(next(iter(self.rows.values()))).process["resolution"]
+        return get_preset(next(iter(self.rows.values()))).process.resolution[0]
 
 
 SETTINGS = {"quartic": "photos32-quartic", "log": "photos32-log", "noblur": "photos32-noblur"}
@@ -176,7 +177,7 @@ def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __
         p.error("--n must be at least 16 (the yardstick's minimum)")
     if args.heldout_images < 2 * args.n:
         p.error(f"--heldout-images must be at least 2n = {2 * args.n} (a reference set and a noise-floor set)")
-    N = args.process_steps or get_preset(first_preset(args)).process["steps"]
+    N = args.process_steps or get_preset(first_preset(args)).process.steps
     if N < 2:
         p.error("--process-steps must be at least 2")
     if not 1 <= args.fast_steps < N:
@@ -239,8 +240,8 @@ class Run:
     def process_overrides(self) -> dict[str, Any]:
         return process_overrides(self.preset, self.args)
 
-    def process(self) -> dict[str, Any]:
-        return dict(get_preset(self.preset).process, **self.process_overrides())
+    def process(self) -> ProcessConfig:
+        return dataclasses.replace(get_preset(self.preset).process, **self.process_overrides())
 
     def trained(self) -> dict[str, Any] | None:
         """train.json when the run is finished (at --steps), else None."""
@@ -263,13 +264,13 @@ def process_overrides(preset_name: str, args) -> dict[str, Any]:
     or the paper's unscaled."""
     preset = get_preset(preset_name)
     out: dict[str, Any] = {}
-    if args.process_steps is not None and args.process_steps != preset.process["steps"]:
+    if args.process_steps is not None and args.process_steps != preset.process.steps:
         out["steps"] = args.process_steps
-    if not args.experiment.scale_blur or preset.process.get("family", "lee") != "lee":
+    if not args.experiment.scale_blur or preset.process.family != "lee":
         return out
-    paper = PAPER_F_MAX[preset.process["blur_schedule"]]
+    paper = PAPER_F_MAX[preset.process.blur_schedule]
     f_max = paper if args.paper_blur else paper * (args.resolution / 64) ** 2
-    if not math.isclose(f_max, preset.process["f_max"], rel_tol=1e-12, abs_tol=0.0):
+    if not math.isclose(f_max, preset.process.f_max, rel_tol=1e-12, abs_tol=0.0):
         out["f_max"] = f_max
     return out
 
@@ -331,7 +332,7 @@ def benchmark(args, clock: Clock) -> None:
     at this resolution, and one scoring, on random data: the rates the estimate starts from."""
     preset = get_preset(first_preset(args))
     res = args.resolution
-    process = BlurDiffusion(**dict(preset.process, resolution=res, **process_overrides(preset.name, args)))
+    process = BlurDiffusion(dataclasses.replace(preset.process, resolution=res, **process_overrides(preset.name, args)))
     torch.manual_seed(0)
     model = build_unet(preset.unet, **dict(preset.unet_overrides, image_size=res))
     ema = [p.detach().clone() for p in model.parameters()]
@@ -446,7 +447,7 @@ def ensure_data(out: Path, args, clock: Clock) -> tuple[Path, Path]:
 
 # ------------------------------------------------------------------------------------------------ training
 def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
-    N = args.process_steps or get_preset(run.preset).process["steps"]
+    N = args.process_steps or get_preset(run.preset).process.steps
     options = TrainOptions(
         data=str(train_data),
         preset=run.preset,
@@ -454,7 +455,7 @@ def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
         max_steps=args.steps,
         resume=True,
         seed=run.seed,
-        resolution=args.resolution if args.resolution != get_preset(run.preset).process["resolution"] else None,
+        resolution=args.resolution if args.resolution != get_preset(run.preset).process.resolution[0] else None,
         process_overrides=run.process_overrides(),
         ckpt_every=args.ckpt_every,
         keep=2,
@@ -798,18 +799,18 @@ def write_table(
     return path
 
 
-def process_text(process: dict[str, Any]) -> str:
+def process_text(process: ProcessConfig) -> str:
     """The process of a row in a few words: f(N) and the blur schedule for the paper's process (and the
     paper's f(N) where it differs), the family's own fields for the others."""
-    family = process.get("family", "lee")
-    if family != "lee":
-        fields = {k: v for k, v in process.items() if k in ("blur_sigma_min", "blur_sigma_max", "d_min", "noise_sigma")}
-        return f"{family}: " + ", ".join(f"{k} {v:g}" for k, v in fields.items())
-    f_max = float(process["f_max"])
+    if process.family != "lee":
+        own = ("blur_sigma_min", "blur_sigma_max", "d_min", "noise_sigma")
+        fields = {k: v for k, v in process.to_dict().items() if k in own}  # the family's own fields
+        return f"{process.family}: " + ", ".join(f"{k} {v:g}" for k, v in fields.items())
+    f_max = float(process.f_max)
     if f_max == 0:
         return "0 (no blur)"
-    paper = PAPER_F_MAX[process["blur_schedule"]]
-    return f"{f_max:.4g} {process['blur_schedule']}" + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})")
+    paper = PAPER_F_MAX[process.blur_schedule]
+    return f"{f_max:.4g} {process.blur_schedule}" + ("" if math.isclose(f_max, paper) else f" (paper: {paper:.4g})")
 
 
 def wall_clock(out: Path) -> float | None:
@@ -936,7 +937,7 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    N = args.process_steps or get_preset(first_preset(args)).process["steps"]
+    N = args.process_steps or get_preset(first_preset(args)).process.steps
     runs = [Run(out, setting, seed, args) for setting in args.settings for seed in args.seeds]
     clock = Clock()
 

@@ -8,7 +8,9 @@ its reason are written beside the assertion.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import logging
 import math
 import re
@@ -26,12 +28,14 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from blurdiff.checkpoint import build_from_checkpoint, checkpoint_path, save_checkpoint  # noqa: E402
 from blurdiff.diffusers_pipeline import BlurDiffusionPipeline, BlurDiffusionUNet  # noqa: E402
 from blurdiff.diffusers_scheduler import (  # noqa: E402
+    PROCESS_KEYS,
     BlurDiffusionScheduler,
     data_stats_to_config,
+    process_config,
     to_diffusers_timestep,
     to_project_step,
 )
-from blurdiff.diffusion import X0_REG, ReferenceResidual  # noqa: E402
+from blurdiff.diffusion import X0_REG, BlurDiffusion, ProcessConfig, ReferenceResidual  # noqa: E402
 from blurdiff.samplers import KINDS, MULTISTEP, make_sampler  # noqa: E402
 from blurdiff.statistics import estimate_data_statistics  # noqa: E402
 from blurdiff.unet import build_unet  # noqa: E402
@@ -503,6 +507,20 @@ def test_scheduler_config_round_trips_float64_exactly(tmp_path):
     again = BlurDiffusionScheduler.from_process(sched.process, spacing=None)
     assert _public(again.config) == _public(sched.config)
     assert data_stats_to_config(again.process.data_stats) == sched.config.data_stats
+
+
+def test_scheduler_config_holds_every_process_field():
+    """The scheduler's config is the ProcessConfig (N named num_train_timesteps): every field is an
+    argument of the scheduler, a config must hold the paper's process's record (PROCESS_KEYS), and
+    the process built from its config is the one it was given."""
+    params = inspect.signature(BlurDiffusionScheduler.__init__).parameters
+    names = {"num_train_timesteps" if f.name == "steps" else f.name for f in dataclasses.fields(ProcessConfig)}
+    assert names <= set(params) and set(PROCESS_KEYS) == set(ProcessConfig().to_dict()) - {"steps"} | {
+        "num_train_timesteps"
+    }
+    config = ProcessConfig(resolution=(RES, RES + 4), basis="dct", sigma=0.3, f_max=0.2, steps=17, eig_floor=0.05)
+    sched = BlurDiffusionScheduler.from_process(BlurDiffusion(config))
+    assert sched.config.num_train_timesteps == 17 and process_config(sched.config) == config == sched.process.config
 
 
 def test_not_interchangeable_with_isotropic_schedulers():

@@ -2,6 +2,7 @@
 implementation of the papers' formulas, the paper's process unchanged, and every sampler on each
 family on the exact Gaussian yardstick (blurdiff/gaussian.py)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from independent import dct_basis, hoogeboom, rissanen
 
-from blurdiff import BlurDiffusion
+from blurdiff import BlurDiffusion, ProcessConfig
 from blurdiff.gaussian import exact_score, gaussian_distance, output_variance, power_law_spectrum
 from blurdiff.samplers import KINDS, Sampler
 from blurdiff.statistics import DataStatistics
@@ -25,7 +26,7 @@ FAMILY_ARGS = {
 @pytest.mark.parametrize("hw,N", [((16, 16), 1000), ((12, 20), 37)])
 def test_hoogeboom_tables_are_the_papers(hw, N):
     H, W = hw
-    p = BlurDiffusion(hw, steps=N, basis="dct", family="hoogeboom", blur_sigma_max=20.0, d_min=0.01)
+    p = BlurDiffusion(ProcessConfig(hw, steps=N, basis="dct", family="hoogeboom", blur_sigma_max=20.0, d_min=0.01))
     a, s = hoogeboom(H, W, N, 20.0, 0.01)
     assert p.signal_scale.dtype == p.noise_std.dtype == torch.float64
     assert p.signal_scale.shape == p.noise_std.shape == (N + 1, H, W)
@@ -37,7 +38,9 @@ def test_hoogeboom_tables_are_the_papers(hw, N):
 @pytest.mark.parametrize("hw,N", [((32, 32), 1000), ((12, 20), 37)])
 def test_rissanen_tables_are_the_papers(hw, N):
     H, W = hw
-    p = BlurDiffusion(hw, steps=N, basis="dct", family="rissanen", blur_sigma_min=0.5, blur_sigma_max=24.0)
+    p = BlurDiffusion(
+        ProcessConfig(hw, steps=N, basis="dct", family="rissanen", blur_sigma_min=0.5, blur_sigma_max=24.0)
+    )
     log_a, s = rissanen(H, W, N, 0.5, 24.0, 0.01)
     a = p.signal_scale.numpy()
     # exp(-700) turns a relative error e of the exponent into 700 e: compare the exponents where
@@ -55,7 +58,7 @@ def test_rissanen_tables_are_the_papers(hw, N):
 @pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
 def test_q_sample_is_a_x0_plus_s_eps_in_the_dct_basis(family):
     H, W, N = 8, 12, 50
-    p = BlurDiffusion((H, W), steps=N, backend="reference", **FAMILY_ARGS[family])
+    p = BlurDiffusion(ProcessConfig((H, W), steps=N, **FAMILY_ARGS[family]), backend="reference")
     g = torch.Generator().manual_seed(0)
     x0, eps = (torch.randn(3, 2, H, W, generator=g, dtype=torch.float64) for _ in range(2))
     t = torch.tensor([1, 20, N])
@@ -72,11 +75,11 @@ def test_q_sample_is_a_x0_plus_s_eps_in_the_dct_basis(family):
 def test_the_papers_process_is_unchanged():
     """lee: a = √Ā, s = √(1-Ā) exactly, and its config records no family fields (so its checkpoints
     are byte for byte those of before; tests/test_process.py holds the golden values)."""
-    p = BlurDiffusion(16)
+    p = BlurDiffusion(ProcessConfig(16))
     assert p.family == "lee" and p.scale is None
     assert torch.equal(p.signal_scale, p.A_bar.sqrt()) and torch.equal(p.noise_std, p.one_minus_A_bar.sqrt())
-    assert not {"family", "blur_sigma_max", "d_min", "blur_sigma_min", "noise_sigma"} & set(p.config)
-    assert BlurDiffusion(16, basis="dct", family="hoogeboom").config["family"] == "hoogeboom"
+    assert not {"family", "blur_sigma_max", "d_min", "blur_sigma_min", "noise_sigma"} & set(p.config.to_dict())
+    assert ProcessConfig(16, basis="dct", family="hoogeboom").to_dict()["family"] == "hoogeboom"
 
 
 @pytest.mark.parametrize(
@@ -94,13 +97,13 @@ def test_the_papers_process_is_unchanged():
 )
 def test_bad_family_values_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as e:
-        BlurDiffusion(8, basis="dct", steps=10, **kwargs)
+        ProcessConfig(8, basis="dct", steps=10, **kwargs)
     assert "\n" not in str(e.value)
 
 
 def test_families_run_in_the_dct_basis():
     with pytest.raises(ValueError, match="the rissanen family runs in the DCT basis: set basis='dct'"):
-        BlurDiffusion(8, family="rissanen")
+        BlurDiffusion(ProcessConfig(8, family="rissanen"))
 
 
 # --------------------------------------------------------------------------- every sampler, every family
@@ -109,10 +112,10 @@ RES = 8
 
 def _process(family, **kw):
     if family == "ddpm":  # plain DDPM: identity basis, no blur
-        return BlurDiffusion(RES, basis="identity", blur_schedule="none", f_max=0.0, **kw)
+        return BlurDiffusion(ProcessConfig(RES, basis="identity", blur_schedule="none", f_max=0.0, **kw))
     if family == "lee":
-        return BlurDiffusion(RES, **kw)
-    return BlurDiffusion(RES, **FAMILY_ARGS[family], **kw)
+        return BlurDiffusion(ProcessConfig(RES, **kw))
+    return BlurDiffusion(ProcessConfig(RES, **FAMILY_ARGS[family], **kw))
 
 
 FAMILIES = ("ddpm", "lee", "hoogeboom", "rissanen")
@@ -204,10 +207,15 @@ def test_a_family_is_set_recorded_exported_and_sampled_like_its_checkpoint(tmp_p
     sets = ["process.family=rissanen", "process.basis=dct", "process.noise_sigma=0.02", "process.steps=20"]
     process_cfg = dict(parse_settings(sets)["process"], resolution=16, blur_sigma_min=0.3, blur_sigma_max=4.0)
     assert process_cfg["family"] == "rissanen" and process_cfg["noise_sigma"] == 0.02
-    process = BlurDiffusion(**process_cfg)
+    process = BlurDiffusion(ProcessConfig(**process_cfg))
     model, ema = tiny_weights(1), tiny_weights(2)
     v = power_law_spectrum((16, 16))
-    config = {"preset": "toy", "process": process.config, "unet": dataclasses.asdict(model.config), "train": {}}
+    config = {
+        "preset": "toy",
+        "process": process.config.to_dict(),
+        "unet": dataclasses.asdict(model.config),
+        "train": {},
+    }
     state = {"step": 5, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": {}, "config": config}
     state["data_stats"] = DataStatistics(3, [0.0] * 3, [0.5] * 3, v).to_state()
     save_checkpoint(state, checkpoint_path(tmp_path / "run", 5))
@@ -241,23 +249,23 @@ def test_family_presets_differ_from_their_recipes_only_in_the_process():
     from blurdiff.presets import get_preset
 
     def recipe(preset):
-        return {k: v for k, v in preset.to_dict().items() if k not in ("name", "process", "model_output")}
+        return {k: v for k, v in dataclasses.asdict(preset).items() if k not in ("name", "process", "model_output")}
 
     for res, base, names in ((16, "toy", ("toy-noblur", "toy-lee", "toy-hoogeboom", "toy-rissanen")),
                              (32, "photos32-quartic", ("photos32-hoogeboom", "photos32-rissanen"))):  # fmt: skip
         for name in names:
             preset = get_preset(name)
             assert recipe(preset) == recipe(get_preset(base)), name
-            process = BlurDiffusion(**preset.process)
+            process = BlurDiffusion(preset.process)
             assert process.resolution == (res, res)
             if process.family == "hoogeboom":
-                assert process.config["blur_sigma_max"] == 20.0 * res / 32 and process.config["d_min"] == 0.001
+                assert process.config.blur_sigma_max == 20.0 * res / 32 and process.config.d_min == 0.001
             if process.family == "rissanen":
-                assert (process.config["blur_sigma_min"], process.config["blur_sigma_max"]) == (
+                assert (process.config.blur_sigma_min, process.config.blur_sigma_max) == (
                     0.5 * res / 32,
                     24.0 * res / 32,
                 )
-                assert process.config["noise_sigma"] == 0.01
+                assert process.config.noise_sigma == 0.01
             assert preset.model_output == "eps_residual", name  # one network output for every row of a part
-    assert get_preset("toy-noblur").process["blur_schedule"] == "none"
+    assert get_preset("toy-noblur").process.blur_schedule == "none"
     assert get_preset("toy-lee").process == get_preset("toy").process

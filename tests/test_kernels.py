@@ -454,10 +454,10 @@ def test_fallback_warns_once_and_matches_reference():
 @pytest.mark.parametrize("device", DEVICES)
 def test_process_through_fused_ops_matches_reference(device):
     """BlurDiffusion with backend="fused" against backend="reference", on the same device."""
-    from blurdiff import BlurDiffusion
+    from blurdiff import BlurDiffusion, ProcessConfig
 
-    fused = BlurDiffusion((16, 24), backend="fused")
-    ref = BlurDiffusion((16, 24), backend="reference")
+    fused = BlurDiffusion(ProcessConfig((16, 24)), backend="fused")
+    ref = BlurDiffusion(ProcessConfig((16, 24)), backend="reference")
     g = torch.Generator().manual_seed(0)
     x0, eps, z = (torch.randn(4, 3, 16, 24, generator=g).to(device) for _ in range(3))
     t = torch.tensor([1, 2, 500, 1000], device=device)

@@ -15,7 +15,7 @@ import torch
 
 import blurdiff_ops
 import blurdiff_ops.reference as R
-from blurdiff import BlurDiffusion
+from blurdiff import BlurDiffusion, ProcessConfig
 from blurdiff.bases import make_basis
 
 HAS_KERNELS = blurdiff_ops.kernels_available("cpu")
@@ -159,7 +159,7 @@ def test_every_argument_in_every_layout(device, case):
 def test_q_sample_with_a_strided_or_expanded_t():
     """The issue's reports: a strided t gave other values than its contiguous copy, and an
     expanded t (stride 0, one element of storage) read past its storage and crashed."""
-    p = BlurDiffusion(resolution=8, steps=20, backend="fused")
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20), backend="fused")
     g = torch.Generator().manual_seed(0)
     x, noise = torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 2, 8, 8, generator=g)
     t = torch.tensor([[1, 2], [5, 6], [19, 20]])[:, 0]
@@ -168,7 +168,7 @@ def test_q_sample_with_a_strided_or_expanded_t():
     x, noise = torch.randn(64, 2, 8, 8, generator=g), torch.randn(64, 2, 8, 8, generator=g)
     got = p.q_sample(x, t, noise)
     assert torch.equal(got, p.q_sample(x, t.contiguous(), noise))
-    ref = BlurDiffusion(resolution=8, steps=20, backend="reference").q_sample(x, t, noise)
+    ref = BlurDiffusion(ProcessConfig(resolution=8, steps=20), backend="reference").q_sample(x, t, noise)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 

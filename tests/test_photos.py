@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -168,13 +169,13 @@ def test_photos32_presets_differ_only_in_the_process():
             rows[0].warmup_steps,
             rows[0].grad_clip,
         )
-        assert p.process["resolution"] == 32 and p.process["sigma"] == 0.4 and p.process["steps"] == 1000
-        assert {k: v for k, v in p.process.items() if k not in ("blur_schedule", "f_max")} == {
-            k: v for k, v in rows[0].process.items() if k not in ("blur_schedule", "f_max")
-        }
+        assert p.process.resolution == (32, 32) and p.process.sigma == 0.4 and p.process.steps == 1000
+        assert dataclasses.replace(p.process, blur_schedule="none", f_max=0.0) == dataclasses.replace(
+            rows[0].process, blur_schedule="none", f_max=0.0
+        )
     # the same physical blur as the paper's at 64x64: f(N) x (32/64)^2
-    assert [p.process["f_max"] for p in rows] == pytest.approx([PAPER_F_MAX["quartic"] / 4, 0.15, 0.0])
-    assert [p.process["blur_schedule"] for p in rows] == ["quartic", "log", "none"]
+    assert [p.process.f_max for p in rows] == pytest.approx([PAPER_F_MAX["quartic"] / 4, 0.15, 0.0])
+    assert [p.process.blur_schedule for p in rows] == ["quartic", "log", "none"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,19 +1,22 @@
 """The process against the authors' values, an independent implementation, and plain DDPM."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from independent import Process
 
-from blurdiff import BlurDiffusion
+from blurdiff import BlurDiffusion, ProcessConfig
 from blurdiff.bases import gaussian_kernel_1d
+from blurdiff.diffusion import ReferenceResidual, eps_model
 from blurdiff.schedules import noise_betas
 
 T_CHECK = [1, 2, 10, 500, 1000]
 
 
 def test_golden_tables(golden):
-    proc = BlurDiffusion(16, backend="reference")
+    proc = BlurDiffusion(ProcessConfig(16), backend="reference")
     np.testing.assert_allclose(gaussian_kernel_1d(16, 0.4).numpy(), golden["kernel_1d"], rtol=0, atol=1e-15)
     d_sorted = np.sort(proc.D.numpy().ravel())[::-1]
     np.testing.assert_allclose(d_sorted, golden["eigenvalues_sorted"], rtol=0, atol=1e-12)
@@ -22,7 +25,7 @@ def test_golden_tables(golden):
 
 
 def test_golden_forward_and_reverse(golden):
-    proc = BlurDiffusion(16, backend="reference")
+    proc = BlurDiffusion(ProcessConfig(16), backend="reference")
     t = torch.from_numpy(golden["i"])
     tab = proc.tables("cpu", torch.float64)
     x0, eps = torch.from_numpy(golden["x0"]), torch.from_numpy(golden["eps"])
@@ -46,7 +49,7 @@ def test_golden_forward_and_reverse(golden):
 def test_against_independent_float64(kind, f_max, hw):
     H, W = hw
     ref = Process(H, W, kind, f_max)
-    proc = BlurDiffusion((H, W), blur_schedule=kind, f_max=f_max, backend="reference")
+    proc = BlurDiffusion(ProcessConfig((H, W), blur_schedule=kind, f_max=f_max), backend="reference")
     g = torch.Generator().manual_seed(1)
     B = len(T_CHECK)
     x0, eps, x, e, z = (torch.randn(B, 3, H, W, generator=g, dtype=torch.float64) for _ in range(5))
@@ -63,7 +66,7 @@ def test_against_independent_float64(kind, f_max, hw):
 
 
 def test_identity_basis_without_blur_is_ddpm():
-    proc = BlurDiffusion((8, 12), basis="identity", blur_schedule="none", backend="reference")
+    proc = BlurDiffusion(ProcessConfig((8, 12), basis="identity", blur_schedule="none"), backend="reference")
     alpha_bar = torch.cumprod(1 - noise_betas("linear", 1000), 0)
     x0, eps = torch.randn(5, 3, 8, 12, dtype=torch.float64), torch.randn(5, 3, 8, 12, dtype=torch.float64)
     t = torch.tensor(T_CHECK)
@@ -73,7 +76,7 @@ def test_identity_basis_without_blur_is_ddpm():
 
 
 def test_last_step_adds_no_noise():
-    proc = BlurDiffusion(8, backend="reference")
+    proc = BlurDiffusion(ProcessConfig(8), backend="reference")
     x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     t = torch.tensor([1, 1])
     a = proc.reverse_step(x, e, t, noise=torch.randn(2, 3, 8, 8))
@@ -87,17 +90,17 @@ def test_last_step_adds_no_noise():
 
 
 def test_fine_to_coarse_floors_and_is_finite():
-    proc = BlurDiffusion(16, direction="fine_to_coarse", backend="reference")
+    proc = BlurDiffusion(ProcessConfig(16, direction="fine_to_coarse"), backend="reference")
     assert proc.D.min() >= 0.03 - 1e-15
     assert torch.isfinite(proc.A_bar).all()
-    c2f = BlurDiffusion(16, backend="reference")
+    c2f = BlurDiffusion(ProcessConfig(16), backend="reference")
     # The coarsest frequency decays slowest coarse-to-fine and fastest fine-to-coarse.
     assert c2f.A_bar[500, 0, 0] > c2f.A_bar[500, -1, -1]
     assert proc.A_bar[500, 0, 0] < proc.A_bar[500, -1, -1]
 
 
 def test_forward_process_decays_high_frequencies_first():
-    proc = BlurDiffusion(32, backend="reference")
+    proc = BlurDiffusion(ProcessConfig(32), backend="reference")
     ratio = proc.A_bar[:, 0, 0] / proc.A_bar[:, -1, -1]
     # Coarse over fine grows monotonically: the finest frequency is destroyed first.
     assert (ratio.diff() >= 0).all() and ratio[1000] > 1e3
@@ -105,7 +108,7 @@ def test_forward_process_decays_high_frequencies_first():
 
 
 def test_bad_inputs_name_the_argument():
-    proc = BlurDiffusion(8, backend="reference")
+    proc = BlurDiffusion(ProcessConfig(8), backend="reference")
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="t must lie in 1"):
         proc.q_sample(x, torch.tensor([0, 3]))
@@ -133,11 +136,12 @@ def test_bad_inputs_name_the_argument():
         (dict(f_max=-1.0), "f_max"),
     ]:
         with pytest.raises(ValueError, match=msg):
-            BlurDiffusion(8, **kwargs)
+            backend = kwargs.pop("backend", "auto")
+            BlurDiffusion(ProcessConfig(8, **kwargs), backend)
 
 
 def test_training_loss_and_sampling_run():
-    proc = BlurDiffusion((8, 12), steps=20, backend="reference")
+    proc = BlurDiffusion(ProcessConfig((8, 12), steps=20), backend="reference")
     model = lambda x, t: 0.1 * x  # noqa: E731
     x0 = torch.rand(3, 3, 8, 12) * 2 - 1
     loss = proc.training_loss(model, x0, generator=torch.Generator().manual_seed(0))
@@ -153,9 +157,40 @@ def test_training_loss_and_sampling_run():
 
 
 def test_prior_has_the_forward_marginal_variance():
-    proc = BlurDiffusion(8, backend="reference")
+    proc = BlurDiffusion(ProcessConfig(8), backend="reference")
     x = proc.prior_sample((4000, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     tab = proc.tables("cpu", torch.float64)
     spec = tab["U_h"].T @ x @ tab["U_w"]
     var = spec.var(dim=0)[0]
     torch.testing.assert_close(var, 1 - proc.A_bar[1000], rtol=0.1, atol=1e-3)
+
+
+def test_process_config_is_what_the_process_is():
+    """One description of the process: resolution kept as (H, W) whatever form it came in (JSON
+    gives lists), frozen (the tables are built from it), and its record in field order."""
+    config = ProcessConfig(resolution=[8, 12], steps=20)
+    assert config.resolution == (8, 12) and ProcessConfig(resolution=8).resolution == (8, 8)
+    assert ProcessConfig(**dataclasses.asdict(config)) == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.steps = 30
+    # What checkpoints record: no family fields for the paper's process, a family's own otherwise.
+    assert list(config.to_dict()) == [
+        "resolution", "basis", "sigma", "blur_schedule", "f_max", "noise_schedule", "steps", "direction", "eig_floor"
+    ]  # fmt: skip
+    hoogeboom = ProcessConfig(8, basis="dct", family="hoogeboom", noise_sigma=0.5)
+    assert list(hoogeboom.to_dict())[-3:] == ["family", "blur_sigma_max", "d_min"]
+    assert ProcessConfig(**hoogeboom.to_dict()) == dataclasses.replace(hoogeboom, noise_sigma=0.01)
+    proc = BlurDiffusion(config, backend="reference")
+    assert proc.config is config and proc.resolution == (8, 12) and proc.steps == 20
+    with pytest.raises(TypeError, match="takes a ProcessConfig"):
+        BlurDiffusion(dict(resolution=8))
+
+
+def test_eps_model_gives_the_output_its_meaning():
+    proc = BlurDiffusion(ProcessConfig(8, steps=10), backend="reference")
+    net = torch.nn.Conv2d(3, 3, 1)
+    assert eps_model(net, proc, "eps") is net
+    wrapped = eps_model(net, proc, "eps_residual")
+    assert isinstance(wrapped, ReferenceResidual) and wrapped.net is net
+    with pytest.raises(ValueError, match="unknown model_output 'x0'"):
+        eps_model(net, proc, "x0")

@@ -205,9 +205,9 @@ def test_eval_bad_input(case, message, images, toy, tmp_path, capsys):
 def test_sampler_warnings_point_at_the_callers_line():
     """Through BlurDiffusion.sample, make_sampler and torch's no_grad wrapper, both warnings of a
     sampler (no data statistics; diverged samples) name this file, not a line inside blurdiff."""
-    from blurdiff import BlurDiffusion
+    from blurdiff import BlurDiffusion, ProcessConfig
 
-    process = BlurDiffusion(resolution=8, steps=10)
+    process = BlurDiffusion(ProcessConfig(resolution=8, steps=10))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         process.sample(lambda x, t: torch.full_like(x, 50.0), (2, 3, 8, 8), steps=5, kind="ancestral")

@@ -372,7 +372,7 @@ def test_foreign_png_folder_is_refused(run, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- figures
 def test_forward_figure(tmp_path):
-    from blurdiff.diffusion import BlurDiffusion
+    from blurdiff.diffusion import BlurDiffusion, ProcessConfig
     from blurdiff.figures import forward_process_figure, forward_rows
 
     data = tmp_path / "imgs"
@@ -384,7 +384,7 @@ def test_forward_figure(tmp_path):
     with Image.open(out) as im:
         assert im.size[0] > 5 * 64 and im.size[1] > 6 * 64  # 5 columns, 2 images x 3 rows, cells >= 64 px
 
-    p = BlurDiffusion(**{**PROCESS, "steps": 1000})
+    p = BlurDiffusion(ProcessConfig(**{**PROCESS, "steps": 1000}))
     x0 = torch.rand(2, 3, RES, RES) * 2 - 1
     noisy, c2f, f2c = forward_rows(x0, p, [0, 500, 1000])
     assert torch.equal(noisy[0], x0) and torch.equal(c2f[0], x0) and torch.equal(f2c[0], x0)

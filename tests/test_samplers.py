@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import blurdiff_ops
-from blurdiff import BlurDiffusion, build_unet
+from blurdiff import BlurDiffusion, ProcessConfig, build_unet
 from blurdiff.gaussian import gaussian_distance, output_variance, power_law_spectrum, reference_estimate
 from blurdiff.samplers import DEFAULT_SPACING, SPACINGS, Sampler, make_sampler, spaced_steps, strided_steps
 
@@ -54,7 +54,7 @@ def test_spaced_steps():
 
 
 def test_explicit_steps():
-    p = BlurDiffusion(resolution=8, steps=20)
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
     s = Sampler(p, [1, 20, 10, 5])
     assert s.steps == (20, 10, 5, 1) and s.K == 4 and s.position(20) == 4 and s.position(1) == 1
     with pytest.raises(ValueError, match="include 20"):
@@ -71,7 +71,7 @@ def test_explicit_steps():
 def test_full_sampler_equals_blurdiffusion(backend):
     if backend == "fused" and not blurdiff_ops.kernels_available("cpu"):
         pytest.skip("compiled CPU kernels not built")
-    p = BlurDiffusion(resolution=16, steps=20, backend=backend)
+    p = BlurDiffusion(ProcessConfig(resolution=16, steps=20), backend=backend)
     s = make_sampler(p, None, "ddpm")
     assert s.steps == tuple(range(20, 0, -1))
     # The one copy of the Eq. 12 tables (reverse_step steps with this sampler): bit for bit the
@@ -101,7 +101,7 @@ def test_full_sampler_equals_blurdiffusion(backend):
 
 
 def test_ddpm_runs_on_all_steps_only():
-    p = BlurDiffusion(resolution=8, steps=20)
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
     with pytest.raises(ValueError, match="only with all 20 steps.*ancestral"):
         Sampler(p, 10, "ddpm")
     assert Sampler(p, list(range(1, 21)), "ddpm").K == 20
@@ -142,7 +142,7 @@ def _quadrature_coefficients(p, i, j, v, kind, n=20001):
 
 @pytest.mark.parametrize("kind", ["ancestral", "ddim"])
 def test_closed_forms_are_the_integrals(kind):
-    p = BlurDiffusion(resolution=8, steps=100)
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=100))
     v = _spectrum()
     s = Sampler(p, [100, 60, 30, 10, 3, 1], kind, reference_var=v)
     asc = (0,) + tuple(reversed(s.steps))
@@ -160,7 +160,7 @@ def test_closed_forms_are_the_integrals(kind):
 
 def test_coefficients_stay_bounded_where_abar_is_tiny():
     """The log preset has Ā_N ~ 1e-162: the old DDIM's 1/√a reached 1e10 at K = 10."""
-    p = BlurDiffusion(resolution=8, blur_schedule="log", f_max=0.6)
+    p = BlurDiffusion(ProcessConfig(resolution=8, blur_schedule="log", f_max=0.6))
     for kind in ("ancestral", "ddim"):
         for K in (5, 10, 50):
             tab = Sampler(p, K, kind, reference_var=_spectrum()).tables64
@@ -171,7 +171,7 @@ def test_coefficients_stay_bounded_where_abar_is_tiny():
 def test_reference_comes_from_the_data_statistics():
     from blurdiff.statistics import DataStatistics
 
-    p = BlurDiffusion(resolution=8, steps=20)
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
     with pytest.warns(UserWarning, match="no data statistics"):
         flat = Sampler(p, 5, "ancestral")
     assert torch.equal(flat.reference_var, torch.ones(8, 8, dtype=torch.float64))
@@ -187,7 +187,7 @@ def test_reference_comes_from_the_data_statistics():
 def test_new_data_statistics_drop_what_was_built_on_the_old():
     from blurdiff.statistics import DataStatistics
 
-    p = BlurDiffusion(resolution=8, steps=20)
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
     p.data_stats = DataStatistics(100, [0.0] * 3, [0.5] * 3, _spectrum())
     s = make_sampler(p, 5, "ancestral")
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 20])
@@ -232,7 +232,7 @@ def predicted_variance(p, v, sampler):
 
 @pytest.fixture(scope="module")
 def gaussian_process():
-    return BlurDiffusion(resolution=RES)  # the paper's quartic blur, N = 1000
+    return BlurDiffusion(ProcessConfig(resolution=RES))  # the paper's quartic blur, N = 1000
 
 
 @pytest.mark.parametrize("K", [10, 50])
@@ -283,7 +283,7 @@ def test_exact_score_what_holds(gaussian_process):
 
 def test_predict_x0_regularised():
     """The display x̂_0 is the exact inverse where the SNR is high, and finite everywhere."""
-    p = BlurDiffusion(resolution=8, blur_schedule="log", f_max=0.6)  # Ā_N ~ 1e-162 at high frequencies
+    p = BlurDiffusion(ProcessConfig(resolution=8, blur_schedule="log", f_max=0.6))  # Ā_N ~ 1e-162 at high frequencies
     x0 = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([5, 5])
@@ -296,7 +296,7 @@ def test_predict_x0_regularised():
 # --------------------------------------------------------------------------- few steps
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_spacings_keep_distinct_steps_with_both_ends(spacing):
-    p = BlurDiffusion(resolution=8)
+    p = BlurDiffusion(ProcessConfig(resolution=8))
     for K in (2, 3, 10, 25, 50, 999, 1000):
         s = strided_steps(p, K, spacing)
         assert len(s) == len(set(s)) == K and s[0] == 1000 and s[-1] == 1 and list(s) == sorted(s, reverse=True)
@@ -307,7 +307,7 @@ def test_spacings_keep_distinct_steps_with_both_ends(spacing):
 
 
 def test_defaults_per_kind():
-    p = BlurDiffusion(resolution=8, steps=100)
+    p = BlurDiffusion(ProcessConfig(resolution=8, steps=100))
     p.data_stats = None
     with pytest.warns(UserWarning):
         s = make_sampler(p, 10)
@@ -327,7 +327,7 @@ def test_error_falls_at_the_order_of_the_derivation():
     the integrators freeze (first order) or extrapolate (second order) is large: the distance to
     the same sampler on all N steps falls as 1/K (ancestral, ddim) or 1/K² (ancestral2m); ddim2m
     is below ddim at every K. At K = N, ancestral and ancestral2m are within 2.5 % of the data."""
-    p = BlurDiffusion(resolution=16)
+    p = BlurDiffusion(ProcessConfig(resolution=16))
     v = power_law_spectrum((16, 16))
     flat = torch.ones_like(v)
     counts = [25, 50, 100, 200]
@@ -349,7 +349,7 @@ def test_few_step_target_on_the_exact_yardstick():
     """Issue 12's target: quartic preset at 64x64, the best sampler at K = 25 has a 2-Wasserstein
     distance no larger than Eq. 12 at K = 1000, its reference measured as a trainer measures it
     (512 images: 3.6 % noise per frequency)."""
-    p = BlurDiffusion(resolution=64)
+    p = BlurDiffusion(ProcessConfig(resolution=64))
     v = power_law_spectrum((64, 64))
     ref = reference_estimate(v, 512)
     eq12 = gaussian_distance(output_variance(Sampler(p, None, "ddpm"), v), v)["w2"]

@@ -17,12 +17,12 @@ RES = 8
 
 
 def test_every_process_and_network_field_is_settable():
-    from blurdiff.diffusion import BlurDiffusion
+    from blurdiff.diffusion import BlurDiffusion, ProcessConfig
     from blurdiff.unet import UNetConfig
 
-    recorded = set(BlurDiffusion(resolution=RES, steps=10).config)  # the paper's process: no family fields
+    recorded = set(BlurDiffusion(ProcessConfig(resolution=RES, steps=10)).config.to_dict())  # lee: no family fields
     for family in ("hoogeboom", "rissanen"):
-        recorded |= set(BlurDiffusion(resolution=RES, steps=10, basis="dct", family=family).config)
+        recorded |= set(ProcessConfig(resolution=RES, steps=10, basis="dct", family=family).to_dict())
     assert set(field_types("process")) == recorded
     assert set(field_types("unet")) == set(UNetConfig.__dataclass_fields__)
 

@@ -676,7 +676,7 @@ def test_trains_on_lsun_lmdb_and_image_folder(make, tmp_path):
 
 
 def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_path):
-    from blurdiff import BlurDiffusion, build_unet
+    from blurdiff import BlurDiffusion, ProcessConfig, build_unet
     from blurdiff.train import build_parts
 
     # The parts build_parts makes from the options, handed over: the run Trainer(options) makes.
@@ -712,7 +712,9 @@ def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_
 
     def parts_of_my_own():
         torch.manual_seed(0)
-        return dict(process=BlurDiffusion(resolution=RES, steps=50), model=build_unet("tiny", image_size=RES))
+        return dict(
+            process=BlurDiffusion(ProcessConfig(resolution=RES, steps=50)), model=build_unet("tiny", image_size=RES)
+        )
 
     mine = Trainer(opts("noise", tmp_path / "mine", max_steps=2), dataset=Noise(), **parts_of_my_own())
     mine.run_loop()
