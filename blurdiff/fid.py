@@ -51,7 +51,7 @@ from PIL import Image
 
 from blurdiff.atomic import atomic_path
 from blurdiff.devices import resolve_device
-from blurdiff.images import IMAGE_EXTENSIONS, list_images, read_image
+from blurdiff.images import IMAGE_EXTENSIONS, list_image_files, read_image
 from blurdiff.inception import (
     FID_FEATURE_DIM,
     FID_INPUT_RESOLUTION,
@@ -65,7 +65,6 @@ from blurdiff.inception import (
 )
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_LIMIT",
     "FIDReport",
@@ -73,10 +72,8 @@ __all__ = [
     "compute_activations",
     "fid_report",
     "frechet_distance",
-    "list_image_files",
     "load_statistics",
     "load_statistics_with_count",
-    "read_image",
     "save_statistics",
 ]
 
@@ -134,22 +131,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 # --------------------------------------------------------------------------- images
-
-
-def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files in ``folder`` (top level, sorted by name; see
-    :func:`blurdiff.images.list_images`); at most ``limit``, evenly spaced."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"not a folder of images: {folder}")
-    files = [folder / name for name in list_images(folder, recursive=False)]
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be positive, got {limit}")
-        if len(files) > limit:
-            n = len(files)
-            files = [files[(i * n) // limit] for i in range(limit)]
-    return files
 
 
 def _same_size_runs(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -268,7 +249,7 @@ def activation_statistics(
 
     For an ``.npz`` (arrays ``mu``, ``sigma``), returns ``(mu, sigma)`` (``model`` is unused and
     may be ``None``; :func:`load_statistics_with_count` gives its count too). For a folder,
-    computes the features of its images (see :func:`list_image_files` for which, and ``limit``)
+    computes the features of its images (see :func:`blurdiff.images.list_image_files` for which, and ``limit``)
     and returns ``(mu, sigma, count)``. A folder with fewer than 2 images raises ``ValueError``
     (no covariance).
     """

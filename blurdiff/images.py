@@ -1,6 +1,7 @@
 """Image files: which files are images (:data:`IMAGE_EXTENSIONS`), listing a folder's
-(:func:`list_images`), decoding and reading them as 8-bit RGB (:func:`decode_image`,
-:func:`read_image`: the one reader of the training data, FID and spectra), and writing images in
+(:func:`list_images`; :func:`list_image_files`, a folder's top level as FID and spectra read it),
+decoding and reading them as 8-bit RGB (:func:`decode_image`, :func:`read_image`: the one reader of
+the training data, FID and spectra; :func:`load_image_folder`, a folder as one tensor), and writing images in
 [-1, 1] as PNG files (single images, grids, strips of a trajectory), a folder's images as one npz
 (guided-diffusion's sample batches), and the label font of figures."""
 
@@ -137,6 +138,41 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
             seen.add(ident)
             files.append(rel)
     return files
+
+
+def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
+    """Image files in ``folder`` (top level, sorted by name; see
+    :func:`blurdiff.images.list_images`); at most ``limit``, evenly spaced."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"not a folder of images: {folder}")
+    files = [folder / name for name in list_images(folder, recursive=False)]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        if len(files) > limit:
+            n = len(files)
+            files = [files[(i * n) // limit] for i in range(limit)]
+    return files
+
+
+def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
+    """The images in ``folder`` (top level, sorted; the listing of FID) as ``[N, 3, H, W]`` in [-1, 1]."""
+    files = list_image_files(folder, limit)
+    if not files:
+        raise ValueError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {folder}")
+    return load_images(files, folder)
+
+
+def load_images(files, folder: str | os.PathLike) -> torch.Tensor:
+    """Image ``files`` (of one size) as float64 ``[N, 3, H, W]`` in [-1, 1]; ``folder`` names
+    them in errors."""
+    arrays = [read_image(f) for f in files]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"images under {folder} have different sizes: {sorted(sizes)}")
+    batch = np.stack(arrays).astype(np.float64) / 127.5 - 1.0
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from blurdiff.data import open_dataset
+from blurdiff.images import load_image_folder
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import STATS_FILE, SampleStats, divergence_reasons
-from blurdiff.spectrum import load_image_folder, spectrum_report
+from blurdiff.spectrum import spectrum_report
 from blurdiff.warn import warn_at_caller
 
 __all__ = [

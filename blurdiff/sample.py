@@ -62,14 +62,13 @@ from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.devices import check_batch_fits, resolve_device
 from blurdiff.export import export_info, load_export
-from blurdiff.images import save_grid, save_npz, save_png, save_strips, upscale_factor
+from blurdiff.images import load_images, save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.presets import get_preset
 from blurdiff.progress import Progress
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import FIGURES, RAW_STATS_FILE, SETTINGS_FILE, STATS_FILE, SampleStats, divergence_reasons
 from blurdiff.samplers import make_sampler
 from blurdiff.settings import Settings, check_against_run
-from blurdiff.spectrum import load_images  # the image reading shared with FID and spectra
 
 _FORMAT = 2  # 2: the integrators of docs/sampling.md §4-§6 (ancestral and ddim changed), spacing
 _PNG = re.compile(r"^\d{6,}\.png$")

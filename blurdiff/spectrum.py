@@ -25,10 +25,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from blurdiff.atomic import atomic_path
-from blurdiff.fid import list_image_files  # FID's selection, so both look at the same images
-from blurdiff.images import IMAGE_EXTENSIONS, font, read_image  # the reader of the training data and FID
+from blurdiff.images import font, load_image_folder
 
-__all__ = ["load_image_folder", "plot_spectra", "radial_power_spectrum", "spectrum_report"]
+__all__ = ["plot_spectra", "radial_power_spectrum", "spectrum_report"]
 
 
 def _as_tensor(images) -> torch.Tensor:
@@ -67,25 +66,6 @@ def radial_power_spectrum(images) -> tuple[np.ndarray, np.ndarray]:
     counts = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins[keep], ones)
     power = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
     return np.arange(n_bins, dtype=np.float64), power.numpy()
-
-
-def load_image_folder(folder: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
-    """The images in ``folder`` (top level, sorted; the listing of FID) as ``[N, 3, H, W]`` in [-1, 1]."""
-    files = list_image_files(folder, limit)
-    if not files:
-        raise ValueError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) under {folder}")
-    return load_images(files, folder)
-
-
-def load_images(files, folder: str | os.PathLike) -> torch.Tensor:
-    """Image ``files`` (of one size) as float64 ``[N, 3, H, W]`` in [-1, 1]; ``folder`` names
-    them in errors."""
-    arrays = [read_image(f) for f in files]
-    sizes = {a.shape for a in arrays}
-    if len(sizes) > 1:
-        raise ValueError(f"images under {folder} have different sizes: {sorted(sizes)}")
-    batch = np.stack(arrays).astype(np.float64) / 127.5 - 1.0
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
 def _images(source, limit: int | None) -> torch.Tensor:

@@ -25,12 +25,11 @@ from blurdiff.fid import (
     activation_statistics,
     fid_report,
     frechet_distance,
-    list_image_files,
     load_statistics,
     load_statistics_with_count,
     save_statistics,
 )
-from blurdiff.images import IMAGE_EXTENSIONS, UndecodableDataError
+from blurdiff.images import IMAGE_EXTENSIONS, UndecodableDataError, list_image_files
 from blurdiff.inception import (
     FID_WEIGHTS_FILENAME,
     FID_WEIGHTS_SHA256_PREFIX,

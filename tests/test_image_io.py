@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from blurdiff import data, fid, images, spectrum
+from blurdiff import data, fid, images
 
 
 def _png16_rgb(arr: np.ndarray) -> bytes:
@@ -37,9 +37,9 @@ def _grey16() -> np.ndarray:
 def _every_reader(folder) -> list[np.ndarray]:
     """The image of a one-image folder as uint8 HWC, through training data, FID and spectra."""
     ds = data.ImageFolderDataset(folder, None)
-    (f,) = fid.list_image_files(folder)
+    (f,) = images.list_image_files(folder)
     from_data = ((ds[(0, False)] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    from_spectrum = ((spectrum.load_image_folder(folder)[0] + 1) * 127.5).round().to(torch.uint8)
+    from_spectrum = ((images.load_image_folder(folder)[0] + 1) * 127.5).round().to(torch.uint8)
     return [from_data, fid.read_image(f), from_spectrum.permute(1, 2, 0).numpy()]
 
 
@@ -106,8 +106,8 @@ def test_one_extension_list_for_all_readers(tmp_path):
     assert fid.IMAGE_EXTENSIONS is images.IMAGE_EXTENSIONS
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.bmp")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "b.PNG")
-    assert [p.name for p in fid.list_image_files(tmp_path)] == ["a.bmp", "b.PNG"]
-    assert spectrum.load_image_folder(tmp_path).shape == (2, 3, 4, 4)
+    assert [p.name for p in images.list_image_files(tmp_path)] == ["a.bmp", "b.PNG"]
+    assert images.load_image_folder(tmp_path).shape == (2, 3, 4, 4)
     assert len(data.ImageFolderDataset(tmp_path, None)) == 2
 
 
@@ -145,8 +145,8 @@ def test_symlink_loop_and_duplicate_files_are_listed_once(tmp_path):
     _tree_with_links(root)
     ds = data.ImageFolderDataset(root, 4)
     assert [ds.key(i) for i in range(len(ds))] == ["a.png", "c.png", "ext/e.png", "sub/b.png"]
-    assert [p.name for p in fid.list_image_files(root)] == ["a.png", "c.png"]
-    assert spectrum.load_image_folder(root).shape[0] == 2
+    assert [p.name for p in images.list_image_files(root)] == ["a.png", "c.png"]
+    assert images.load_image_folder(root).shape[0] == 2
     assert images.list_images(root) == ["a.png", "c.png", "ext/e.png", "sub/b.png"]
     assert images.list_images(root, recursive=False) == ["a.png", "c.png"]
 
@@ -155,5 +155,5 @@ def test_listing_skips_broken_links_and_hidden_files(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
     os.symlink("missing.png", tmp_path / "broken.png")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / ".hidden.png")
-    assert [p.name for p in fid.list_image_files(tmp_path)] == ["a.png"]
+    assert [p.name for p in images.list_image_files(tmp_path)] == ["a.png"]
     assert images.list_images(tmp_path) == ["a.png"]

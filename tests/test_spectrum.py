@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from blurdiff.images import load_image_folder
 from blurdiff.spectrum import (
-    load_image_folder,
     plot_spectra,
     radial_power_spectrum,
     spectrum_report,
