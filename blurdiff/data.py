@@ -1,4 +1,4 @@
-"""Image data sets (LSUN-format lmdb, image folders) and a resumable, sharded infinite loader.
+"""Image data sets (LSUN-format lmdb, image folders), read and written, and a resumable, sharded infinite loader.
 
 Every data set returns float32 tensors ``[3, H, W]`` in ``[-1, 1]``. Images are resized to the
 target resolution *without cropping*, as the paper does for LSUN 64x64: the whole image is
@@ -10,6 +10,8 @@ to RGB. An optional random horizontal flip follows.
     open_dataset(path, resolution, hflip=False)
     infinite_loader(dataset, batch_size, seed=0, num_workers=0, rank=0, world_size=1,
                     start_batch=0, pin_memory=False)
+    write_lmdb_records(tmp, n, record, per_image, commit_every)   # the lmdb writer (toy, photos)
+    export_lmdb_to_folder(src, out, limit=None, resolution=None)  # a data set -> numbered PNGs
 
 Indexing: ``ds[i]`` flips at random (torch's global RNG, which ``torch.manual_seed`` and
 DataLoader workers seed) when ``hflip=True``; ``ds[(i, flip)]`` applies an explicit flip
@@ -26,15 +28,19 @@ If every record is bad, ``RuntimeError``.
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import operator
 import os
+import re
 import threading
+import warnings
 
 import lmdb
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, features
 
 from blurdiff.images import (
     IMAGE_EXTENSIONS,
@@ -45,6 +51,7 @@ from blurdiff.images import (
     to_rgb,
 )
 from blurdiff.lmdb_file import BrokenLMDBError, check_lmdb_file
+from blurdiff.output_folders import check_replaceable, new_output_folder
 
 log = logging.getLogger("blurdiff.data")
 
@@ -61,6 +68,10 @@ __all__ = [
     "ResumableBatchSampler",
     "InfiniteLoader",
     "infinite_loader",
+    "encode_image",
+    "webp_available",
+    "write_lmdb_records",
+    "export_lmdb_to_folder",
 ]
 
 #: Pillow's ``reducing_gap`` for resizing; ``None`` is exact (fair) resampling. Setting e.g. 3.0
@@ -607,3 +618,145 @@ def infinite_loader(
     flips = bool(getattr(dataset, "hflip", False)) and isinstance(dataset, _EncodedImageDataset)
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_batch, shuffle, flips)
     return InfiniteLoader(dataset, sampler, num_workers, pin_memory, prefetch_factor)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing data sets: encoded images into an lmdb
+# --------------------------------------------------------------------------------------------
+
+_WEBP_WARNED = False
+
+
+def webp_available() -> bool:
+    """Whether this Pillow can encode and decode WEBP."""
+    return bool(features.check("webp"))
+
+
+def encode_image(arr: np.ndarray, fmt: str = "WEBP") -> bytes:
+    """Encode ``uint8 [H, W, 3]`` as ``fmt`` bytes: WEBP is lossless (exact pixels)."""
+    fmt = fmt.upper()
+    buf = io.BytesIO()
+    im = Image.fromarray(np.ascontiguousarray(arr), mode="RGB") if arr.ndim == 3 else Image.fromarray(arr)
+    if fmt == "WEBP":
+        im.save(buf, format="WEBP", lossless=True, quality=80, method=4, exact=True)
+    elif fmt == "PNG":
+        im.save(buf, format="PNG", compress_level=6)
+    else:
+        im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def lmdb_value_format(fmt: str) -> str:
+    global _WEBP_WARNED
+    fmt = fmt.upper()
+    if fmt == "WEBP" and not webp_available():
+        if not _WEBP_WARNED:
+            msg = "this Pillow has no WEBP support; writing PNG values instead (the reader decodes both)"
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            log.warning(msg)
+            _WEBP_WARNED = True
+        return "PNG"
+    return fmt
+
+
+def write_lmdb_records(
+    tmp: str, n: int, record, per_image: int, commit_every: int, shown_as: str | None = None
+) -> None:
+    """``record(i) -> (key, value)`` for ``i < n`` into a new lmdb at ``tmp``, ``commit_every``
+    records per transaction. ``per_image``: a generous bound on a value's size (encoded images
+    are smaller than raw RGB, PNG's worst case is raw plus a little); the map is sparse on Linux,
+    and grows on MapFullError anyway. A full disk is an ``OSError(ENOSPC)`` naming ``shown_as``
+    (the folder the user asked for; default ``tmp``), as any other write to a full disk."""
+    import lmdb
+
+    map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
+    env = lmdb.open(os.fsencode(tmp), map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
+    try:
+        _write_records(env, n, record, commit_every, map_size)
+    except lmdb.Error as e:
+        # py-lmdb reports an OS error as lmdb.Error("what: <strerror>"), without its errno.
+        # A short write to a full disk can come back as EIO (seen on a full tmpfs).
+        full = next((c for c in (errno.ENOSPC, errno.EDQUOT, errno.EIO) if os.strerror(c) in str(e)), None)
+        if full is None:
+            raise
+        raise OSError(full, f"{os.strerror(full)} ({e})", shown_as or tmp) from e
+    finally:
+        env.close()
+
+
+def _write_records(env, n: int, record, commit_every: int, map_size: int) -> None:
+    import lmdb
+
+    start = 0
+    while start < n:
+        stop = min(n, start + max(1, int(commit_every)))
+        records = [record(i) for i in range(start, stop)]
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    for k, v in records:
+                        txn.put(k, v)
+                break
+            except lmdb.MapFullError:
+                map_size *= 2
+                env.set_mapsize(map_size)
+        start = stop
+    env.sync(True)
+
+
+# --------------------------------------------------------------------------------------------
+# Export lmdb (or image folder) -> numbered PNGs
+# --------------------------------------------------------------------------------------------
+
+_EXPORT_NAME = re.compile(r"^\d{6,}\.png$")
+
+
+def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *, overwrite: bool = False) -> int:
+    """Decode the records of ``src`` (lmdb, or an image folder) into ``out/000000.png`` ...
+
+    Records are taken in key order (the reader's order). ``resolution`` (int or ``(H, W)``)
+    resizes without cropping like the training reader; ``None`` keeps the native size.
+    Undecodable records are skipped (not replaced), counted and logged, so the output is the set
+    of good images. ``limit`` caps the number written. The PNGs are written into a hidden
+    temporary folder that replaces ``out`` when complete. A non-empty ``out`` is refused
+    (``FileExistsError``): an earlier export (:class:`OutputExistsError`) unless
+    ``overwrite=True``, anything else always (see the module's notes).
+    Returns the number of PNGs written.
+    """
+    out = os.fspath(out)
+    ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented
+    if limit is not None and int(limit) < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    check_replaceable(out, overwrite, lambda name: bool(_EXPORT_NAME.match(name)), "exported PNGs")
+    written = bad = 0
+    with new_output_folder(out, "png-export") as tmp:
+        for i in range(len(ds)):
+            if limit is not None and written >= int(limit):
+                break
+            try:
+                img = ds.read_image(i)
+            except BrokenLMDBError:
+                raise  # the file, not the record: every later read would fail too
+            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
+                bad += 1
+                ds.note_bad(i, exc)
+                continue
+            name = f"{written:06d}.png"
+            _save_png(img, os.path.join(tmp, name), os.path.join(out, name))
+            written += 1
+        if written == 0 and len(ds) > 0 and (limit is None or int(limit) > 0):
+            raise UndecodableDataError(f"no record of {src} could be decoded ({bad} bad records)")
+    if bad:
+        log.warning("export %s -> %s: skipped %d undecodable record(s)", src, out, bad)
+    log.info("exported %d images from %s to %s", written, src, out)
+    return written
+
+
+def _save_png(img: Image.Image, path: str, shown_as: str) -> None:
+    """``img.save(path)``; a write error (a full disk) that names no file names ``shown_as``."""
+    try:
+        img.save(path, format="PNG")
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), shown_as) from exc

@@ -65,8 +65,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from blurdiff.data import encode_image, lmdb_value_format, write_lmdb_records
 from blurdiff.output_folders import check_replaceable, new_output_folder
-from blurdiff.toy_data import encode_image, lmdb_value_format, write_lmdb_records
 
 log = logging.getLogger("blurdiff.data")
 

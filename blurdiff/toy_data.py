@@ -1,4 +1,4 @@
-"""A synthetic data set with natural-image statistics, and an lmdb -> PNG folder exporter.
+"""A synthetic data set with natural-image statistics.
 
 The toy images follow the *dead-leaves* model (Matheron; Lee, Mumford & Huang 2001): opaque discs
 of random colour fall on the image plane one after the other and occlude what lies beneath.
@@ -28,21 +28,14 @@ Public functions (wired to ``blurdiff data toy`` / ``blurdiff data export`` by t
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import logging
 import os
-import re
-import warnings
 
 import numpy as np
-from PIL import Image, features
 
-from blurdiff.data import open_dataset
-from blurdiff.images import UndecodableDataError
-from blurdiff.lmdb_file import BrokenLMDBError
-from blurdiff.output_folders import MARKER, OutputExistsError, check_replaceable, new_output_folder
+from blurdiff.data import encode_image, lmdb_value_format, write_lmdb_records
+from blurdiff.output_folders import check_replaceable, new_output_folder
 
 log = logging.getLogger("blurdiff.data")
 
@@ -50,12 +43,7 @@ __all__ = [
     "render_dead_leaves",
     "toy_image",
     "toy_key",
-    "encode_image",
     "make_toy_lmdb",
-    "export_lmdb_to_folder",
-    "webp_available",
-    "MARKER",
-    "OutputExistsError",
 ]
 
 
@@ -174,45 +162,6 @@ def toy_key(i: int, seed: int = 0) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Encoding
-# --------------------------------------------------------------------------------------------
-
-_WEBP_WARNED = False
-
-
-def webp_available() -> bool:
-    """Whether this Pillow can encode and decode WEBP."""
-    return bool(features.check("webp"))
-
-
-def encode_image(arr: np.ndarray, fmt: str = "WEBP") -> bytes:
-    """Encode ``uint8 [H, W, 3]`` as ``fmt`` bytes: WEBP is lossless (exact pixels)."""
-    fmt = fmt.upper()
-    buf = io.BytesIO()
-    im = Image.fromarray(np.ascontiguousarray(arr), mode="RGB") if arr.ndim == 3 else Image.fromarray(arr)
-    if fmt == "WEBP":
-        im.save(buf, format="WEBP", lossless=True, quality=80, method=4, exact=True)
-    elif fmt == "PNG":
-        im.save(buf, format="PNG", compress_level=6)
-    else:
-        im.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def lmdb_value_format(fmt: str) -> str:
-    global _WEBP_WARNED
-    fmt = fmt.upper()
-    if fmt == "WEBP" and not webp_available():
-        if not _WEBP_WARNED:
-            msg = "this Pillow has no WEBP support; writing PNG values instead (the reader decodes both)"
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            log.warning(msg)
-            _WEBP_WARNED = True
-        return "PNG"
-    return fmt
-
-
-# --------------------------------------------------------------------------------------------
 # Writing the toy lmdb
 # --------------------------------------------------------------------------------------------
 
@@ -262,106 +211,3 @@ def _write_toy_lmdb(
         return toy_key(i, seed).encode("ascii"), encode_image(toy_image(i, hw, seed, **render_kwargs), fmt)
 
     write_lmdb_records(tmp, n, record, hw[0] * hw[1] * 3 + 4096, commit_every, shown_as=out)
-
-
-def write_lmdb_records(
-    tmp: str, n: int, record, per_image: int, commit_every: int, shown_as: str | None = None
-) -> None:
-    """``record(i) -> (key, value)`` for ``i < n`` into a new lmdb at ``tmp``, ``commit_every``
-    records per transaction. ``per_image``: a generous bound on a value's size (encoded images
-    are smaller than raw RGB, PNG's worst case is raw plus a little); the map is sparse on Linux,
-    and grows on MapFullError anyway. A full disk is an ``OSError(ENOSPC)`` naming ``shown_as``
-    (the folder the user asked for; default ``tmp``), as any other write to a full disk."""
-    import lmdb
-
-    map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
-    env = lmdb.open(os.fsencode(tmp), map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
-    try:
-        _write_records(env, n, record, commit_every, map_size)
-    except lmdb.Error as e:
-        # py-lmdb reports an OS error as lmdb.Error("what: <strerror>"), without its errno.
-        # A short write to a full disk can come back as EIO (seen on a full tmpfs).
-        full = next((c for c in (errno.ENOSPC, errno.EDQUOT, errno.EIO) if os.strerror(c) in str(e)), None)
-        if full is None:
-            raise
-        raise OSError(full, f"{os.strerror(full)} ({e})", shown_as or tmp) from e
-    finally:
-        env.close()
-
-
-def _write_records(env, n: int, record, commit_every: int, map_size: int) -> None:
-    import lmdb
-
-    start = 0
-    while start < n:
-        stop = min(n, start + max(1, int(commit_every)))
-        records = [record(i) for i in range(start, stop)]
-        while True:
-            try:
-                with env.begin(write=True) as txn:
-                    for k, v in records:
-                        txn.put(k, v)
-                break
-            except lmdb.MapFullError:
-                map_size *= 2
-                env.set_mapsize(map_size)
-        start = stop
-    env.sync(True)
-
-
-# --------------------------------------------------------------------------------------------
-# Export lmdb (or image folder) -> numbered PNGs
-# --------------------------------------------------------------------------------------------
-
-_EXPORT_NAME = re.compile(r"^\d{6,}\.png$")
-
-
-def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *, overwrite: bool = False) -> int:
-    """Decode the records of ``src`` (lmdb, or an image folder) into ``out/000000.png`` ...
-
-    Records are taken in key order (the reader's order). ``resolution`` (int or ``(H, W)``)
-    resizes without cropping like the training reader; ``None`` keeps the native size.
-    Undecodable records are skipped (not replaced), counted and logged, so the output is the set
-    of good images. ``limit`` caps the number written. The PNGs are written into a hidden
-    temporary folder that replaces ``out`` when complete. A non-empty ``out`` is refused
-    (``FileExistsError``): an earlier export (:class:`OutputExistsError`) unless
-    ``overwrite=True``, anything else always (see the module's notes).
-    Returns the number of PNGs written.
-    """
-    out = os.fspath(out)
-    ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented
-    if limit is not None and int(limit) < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    check_replaceable(out, overwrite, lambda name: bool(_EXPORT_NAME.match(name)), "exported PNGs")
-    written = bad = 0
-    with new_output_folder(out, "png-export") as tmp:
-        for i in range(len(ds)):
-            if limit is not None and written >= int(limit):
-                break
-            try:
-                img = ds.read_image(i)
-            except BrokenLMDBError:
-                raise  # the file, not the record: every later read would fail too
-            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
-                bad += 1
-                ds.note_bad(i, exc)
-                continue
-            name = f"{written:06d}.png"
-            _save_png(img, os.path.join(tmp, name), os.path.join(out, name))
-            written += 1
-        if written == 0 and len(ds) > 0 and (limit is None or int(limit) > 0):
-            raise UndecodableDataError(f"no record of {src} could be decoded ({bad} bad records)")
-    if bad:
-        log.warning("export %s -> %s: skipped %d undecodable record(s)", src, out, bad)
-    log.info("exported %d images from %s to %s", written, src, out)
-    return written
-
-
-def _save_png(img: Image.Image, path: str, shown_as: str) -> None:
-    """``img.save(path)``; a write error (a full disk) that names no file names ``shown_as``."""
-    try:
-        img.save(path, format="PNG")
-    except OSError as exc:
-        if exc.filename is not None or exc.errno is None:
-            raise
-        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), shown_as) from exc

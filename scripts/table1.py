@@ -651,9 +651,9 @@ class Fid:
     def of(self, samples: torch.Tensor, folder: Path) -> float | None:
         """FID of ``samples`` (written as PNGs to ``folder``); None, and FID off from here on with the
         reason in the note, when the weights turn out unusable."""
+        from blurdiff.data import export_lmdb_to_folder
         from blurdiff.fid import fid_report
         from blurdiff.inception import InceptionWeightsError
-        from blurdiff.toy_data import export_lmdb_to_folder
 
         if not self.real.is_dir():
             export_lmdb_to_folder(self.heldout_dir, self.real)

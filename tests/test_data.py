@@ -21,10 +21,11 @@ from blurdiff.data import (
     LMDBImageDataset,
     batches_per_epoch,
     epoch_indices,
+    export_lmdb_to_folder,
     infinite_loader,
     open_dataset,
 )
-from blurdiff.toy_data import export_lmdb_to_folder, make_toy_lmdb, toy_image, toy_key
+from blurdiff.toy_data import make_toy_lmdb, toy_image, toy_key
 
 HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 WEBP = features.check("webp")

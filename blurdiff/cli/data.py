@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from blurdiff.cli import seed_type
+from blurdiff.data import export_lmdb_to_folder
 from blurdiff.photos import PhotosUnavailableError, make_photos_lmdb
-from blurdiff.toy_data import export_lmdb_to_folder, make_toy_lmdb
+from blurdiff.toy_data import make_toy_lmdb
 
 HELP = "make or export data sets"
 DESCRIPTION = None
