@@ -20,8 +20,6 @@ from typing import Any
 import torch
 
 from blurdiff.checkpoint import (
-    check_run_folder,
-    check_writable,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
@@ -30,6 +28,7 @@ from blurdiff.checkpoint import (
 )
 from blurdiff.distributed import broadcast_from_main, gather_from_ranks
 from blurdiff.health import TrainingHealth
+from blurdiff.run_folder import check_run_folder, check_writable
 from blurdiff.statistics import DataStatistics
 
 log = logging.getLogger("blurdiff.train")

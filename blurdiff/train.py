@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from blurdiff.atomic import remove_stale, write_text_atomic
-from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, run_lock, save_checkpoint
+from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
 from blurdiff.devices import check_batch_fits, resolve_device
 from blurdiff.diffusion import BlurDiffusion, eps_model
@@ -43,6 +43,7 @@ from blurdiff.images import save_grid
 from blurdiff.presets import get_preset
 from blurdiff.progress import Progress
 from blurdiff.resume import check_same_run, checkpoint_to_resume, restore_rng_states, resume_batch, rng_states
+from blurdiff.run_folder import run_lock
 from blurdiff.sample_guard import SampleStats, divergence_reasons
 from blurdiff.statistics import DEFAULT_IMAGES, DataStatistics, estimate_data_statistics
 from blurdiff.train_log import MetricsLog, Window

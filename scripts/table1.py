@@ -71,12 +71,13 @@ import numpy as np
 import torch
 
 from blurdiff.atomic import atomic_path, write_text_atomic
-from blurdiff.checkpoint import RunInUseError, build_from_checkpoint, latest_checkpoint, load_newest_readable
+from blurdiff.checkpoint import build_from_checkpoint, latest_checkpoint, load_newest_readable
 from blurdiff.diffusion import BlurDiffusion, ProcessConfig
 from blurdiff.images import grid, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
 from blurdiff.quality import evaluate, load_data_images
+from blurdiff.run_folder import RunInUseError
 from blurdiff.sample_guard import SampleStats
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX

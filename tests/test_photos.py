@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import blurdiff.photos as photos
-from blurdiff.checkpoint import run_lock
 from blurdiff.cli import main as cli
 from blurdiff.data import LMDBImageDataset
 from blurdiff.output_folders import OutputExistsError
 from blurdiff.presets import get_preset
+from blurdiff.run_folder import run_lock
 from blurdiff.schedules import PAPER_F_MAX
 
 ROOT = Path(__file__).resolve().parents[1]

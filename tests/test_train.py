@@ -29,18 +29,16 @@ from PIL import Image
 
 import blurdiff_ops
 from blurdiff.checkpoint import (
-    RUN_LOCK,
-    RunInUseError,
     build_from_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    run_lock,
     save_checkpoint,
 )
 from blurdiff.cli.train import add_arguments
 from blurdiff.cli.train import run as main
 from blurdiff.presets import get_preset
+from blurdiff.run_folder import RUN_LOCK, RunInUseError, run_lock
 from blurdiff.toy_data import make_toy_lmdb, toy_image
 from blurdiff.train import NonFiniteLossError, Trainer, train
 from blurdiff.train_options import TrainOptions
@@ -512,7 +510,7 @@ def test_a_second_training_in_one_run_folder_is_refused(toy_lmdb, tmp_path, caps
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom blurdiff.checkpoint import run_lock\n"
+            "import sys, time\nfrom blurdiff.run_folder import run_lock\n"
             f"with run_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(600)",
         ],
         stdout=subprocess.PIPE,

@@ -13,10 +13,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from blurdiff.checkpoint import RunInUseError
 from blurdiff.images import UndecodableDataError
 from blurdiff.inception import InceptionWeightsError
 from blurdiff.output_folders import OutputExistsError
+from blurdiff.run_folder import RunInUseError
 
 # The commands in the order `blurdiff -h` lists them. Each is a module blurdiff.cli.<name> that
 # parses its options (add_arguments, and HELP/DESCRIPTION for -h) and, in run, calls the library
