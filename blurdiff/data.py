@@ -667,8 +667,6 @@ def write_lmdb_records(
     are smaller than raw RGB, PNG's worst case is raw plus a little); the map is sparse on Linux,
     and grows on MapFullError anyway. A full disk is an ``OSError(ENOSPC)`` naming ``shown_as``
     (the folder the user asked for; default ``tmp``), as any other write to a full disk."""
-    import lmdb
-
     map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
     env = lmdb.open(os.fsencode(tmp), map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
     try:
@@ -685,8 +683,6 @@ def write_lmdb_records(
 
 
 def _write_records(env, n: int, record, commit_every: int, map_size: int) -> None:
-    import lmdb
-
     start = 0
     while start < n:
         stop = min(n, start + max(1, int(commit_every)))
