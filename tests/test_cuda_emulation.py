@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_op_inputs import CASES, check_views
-from test_op_inputs import H as VIEWS_H
-from test_op_inputs import W as VIEWS_W
+from helpers import CASES, check_views
+from helpers import H as VIEWS_H
+from helpers import W as VIEWS_W
 
 import blurdiff_ops
 import blurdiff_ops.reference as R
@@ -155,7 +155,7 @@ def test_emulated_transforms_and_backward(emu, path):
 
 
 def _assert_views_take_the_halves(emu):
-    # check_views' problem: the Gaussian basis at test_op_inputs' size, float64.
+    # check_views' problem: the Gaussian basis at the size of helpers' op problem, float64.
     b = make_basis("gaussian", VIEWS_H, VIEWS_W)
     _assert_even_odd(emu, b.U_h, b.U_w)
 

@@ -3,8 +3,8 @@
 Kernels read raw data pointers, so a strided, expanded (stride 0), offset or transposed argument
 must give the same result as its contiguous copy and as the reference, for every argument of
 every op. The public ops and ``blurdiff_ops.reference`` must reject the same bad inputs with the
-same error. ``CASES``, ``LAYOUTS`` and ``check_views`` are reused by tests/test_cuda_emulation.py
-for the CUDA host code.
+same error. ``CASES``, ``LAYOUTS`` and ``check_views`` live in tests/helpers.py (tests/test_cuda_emulation.py
+uses them for the CUDA host code).
 """
 
 import re
@@ -12,11 +12,11 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import CASES, B, C, H, T, W, check_views, op_problem
 
 import blurdiff_ops
 import blurdiff_ops.reference as R
 from blurdiff import BlurDiffusion, ProcessConfig
-from blurdiff.bases import make_basis
 
 HAS_KERNELS = blurdiff_ops.kernels_available("cpu")
 needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="blurdiff_ops._C is not built")
@@ -27,125 +27,6 @@ DEVICES = [
         "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and the CUDA kernels")]
     ),
 ]
-
-B, C, H, W, T = 3, 2, 6, 10, 5
-
-
-def _strided(x, fill):
-    # Every other element of a buffer whose other elements are garbage.
-    big = torch.full((*x.shape, 2), fill, dtype=x.dtype, device=x.device)
-    big[..., 0] = x
-    return big[..., 0]
-
-
-def _offset(x, fill):
-    # Contiguous, but 3 garbage elements into its storage.
-    flat = torch.full((x.numel() + 3,), fill, dtype=x.dtype, device=x.device)
-    flat[3:] = x.reshape(-1)
-    return flat[3:].view(x.shape)
-
-
-def _expanded(x, fill):
-    # Stride 0 along dim 0 over a storage of one slice: other values than x, but valid ones.
-    return x[:1].clone().expand(x.shape)
-
-
-def _transposed(x, fill):
-    # Column-major in the last two dims (a square matrix read as its transpose is the classic slip).
-    return x.mT.contiguous().mT if x.dim() >= 2 else _strided(x, fill)
-
-
-LAYOUTS = {"strided": _strided, "offset": _offset, "expanded": _expanded, "transposed": _transposed}
-
-
-def _problem(device="cpu", dtype=torch.float64, channels=C):
-    g = torch.Generator().manual_seed(0)
-    b = make_basis("gaussian", H, W)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device, dtype)  # noqa: E731
-    shape = (B, channels, H, W)
-    return dict(
-        x0=r(*shape),
-        x1=r(*shape),
-        coefs=r(2, T, H, W),
-        t=torch.tensor([4, 0, 2], device=device),
-        U_h=b.U_h.to(device, dtype),
-        U_w=b.U_w.to(device, dtype),
-        noise_coef=torch.rand(T, H, W, generator=g, dtype=torch.float64).to(device, dtype),
-        noise=r(*shape),
-    )
-
-
-def _per_table(grad, coefs, t, U_h, U_w, noise_coef):
-    tables = list(coefs) + ([noise_coef] if noise_coef is not None else [])
-    return [R.spectral_lincomb([grad], c[None], t, U_h, U_w) for c in tables]
-
-
-# name -> (the arguments it takes from _problem, call on an op namespace, the reference).
-CASES = {
-    "to_spectral": (
-        ("x0", "U_h", "U_w"),
-        lambda ops, a: ops.to_spectral(a["x0"], a["U_h"], a["U_w"]),
-        lambda a: R.to_spectral(a["x0"], a["U_h"], a["U_w"]),
-    ),
-    "from_spectral": (
-        ("x0", "U_h", "U_w"),
-        lambda ops, a: ops.from_spectral(a["x0"], a["U_h"], a["U_w"]),
-        lambda a: R.from_spectral(a["x0"], a["U_h"], a["U_w"]),
-    ),
-    "lincomb": (
-        ("x0", "x1", "coefs", "t", "U_h", "U_w", "noise_coef", "noise"),
-        lambda ops, a: ops.spectral_lincomb(
-            [a["x0"], a["x1"]], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"], a["noise"]
-        ),
-        lambda a: R.spectral_lincomb(
-            [a["x0"], a["x1"]], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"], a["noise"]
-        ),
-    ),
-    # Drawn noise: the same seed on both calls; no reference (another generator).
-    "lincomb_drawn_noise": (
-        ("x0", "coefs", "t", "U_h", "U_w", "noise_coef"),
-        lambda ops, a: ops.spectral_lincomb(
-            [a["x0"]],
-            a["coefs"][:1],
-            a["t"],
-            a["U_h"],
-            a["U_w"],
-            a["noise_coef"],
-            None,
-            torch.Generator().manual_seed(4),
-        ),
-        None,
-    ),
-    "lincomb_backward": (
-        ("x0", "coefs", "t", "U_h", "U_w", "noise_coef"),
-        lambda ops, a: ops.spectral_lincomb_backward(a["x0"], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"]),
-        lambda a: _per_table(a["x0"], a["coefs"], a["t"], a["U_h"], a["U_w"], a["noise_coef"]),
-    ),
-}
-
-
-def check_views(ops, case, device="cpu", channels=C, layouts=tuple(LAYOUTS)):
-    """Each argument of ``case`` in each of ``layouts``, the others contiguous: the op on the view
-    equals the op on its contiguous copy, bit for bit, and the reference on the view."""
-    names, call, reference = CASES[case]
-    base = _problem(device, channels=channels)
-    as_list = lambda y: list(y) if isinstance(y, (list, tuple)) else [y]  # noqa: E731
-    for name in names:
-        # Garbage that is still a valid t keeps a kernel that reads it wrong from crashing.
-        fill = T - 1 if name == "t" else float("nan")
-        for layout in layouts:
-            args = dict(base)
-            args[name] = LAYOUTS[layout](base[name], fill)
-            assert not args[name].is_contiguous() or args[name].storage_offset() != 0
-            got = as_list(call(ops, args))
-            dense = as_list(call(ops, {**args, name: args[name].contiguous()}))
-            where = f"{case}: {name} {layout}"
-            for g, d in zip(got, dense, strict=True):
-                assert torch.equal(g, d), where
-            if reference is not None:
-                for g, r in zip(got, as_list(reference(args)), strict=True):
-                    err = (g.cpu() - r.cpu()).abs().max().item()
-                    assert err <= 1e-10 * (r.abs().max().item() + 1), f"{where}: {err}"
 
 
 @needs_kernels
@@ -177,7 +58,7 @@ def test_q_sample_with_a_strided_or_expanded_t():
 
 
 def _good():
-    a = _problem(dtype=torch.float32)
+    a = op_problem(dtype=torch.float32)
     return dict(
         inputs=[a["x0"], a["x1"]],
         coefs=a["coefs"],
@@ -259,7 +140,7 @@ TRANSFORM_BAD = {
 @pytest.mark.parametrize("case", list(TRANSFORM_BAD))
 def test_transforms_reject_what_the_reference_rejects(backend, op, case):
     change, msg = TRANSFORM_BAD[case]
-    a = _problem(dtype=torch.float32)
+    a = op_problem(dtype=torch.float32)
     args = lambda: _apply(dict(x=a["x0"], U_h=a["U_h"], U_w=a["U_w"]), change)  # noqa: E731
     public = _error(getattr(blurdiff_ops, op), *args().values())
     reference = _error(getattr(R, op), *args().values())
