@@ -402,6 +402,7 @@ def test_cpu_products_match_reference():
 
 _DRAW_NOISE = """
 import sys, torch, blurdiff_ops
+assert blurdiff_ops.kernels_available("cpu"), blurdiff_ops.unavailable_reason("cpu")
 draws = []
 for H, W in [(64, 64), (33, 20), (7, 260)]:
     z = torch.zeros(3, 2, H, W)
@@ -421,12 +422,16 @@ def test_cpu_kernels_without_avx512(tmp_path):
     env = dict(os.environ, BLURDIFF_NO_AVX512="1")
     test = f"{__file__}::test_cpu_products_match_reference"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     for name, environ in [("on", dict(os.environ)), ("off", env)]:
         environ.pop("BLURDIFF_NO_AVX512", None) if name == "on" else None
         out = subprocess.run(
-            [sys.executable, "-c", _DRAW_NOISE, str(tmp_path / name)], env=environ, capture_output=True, text=True
+            [sys.executable, "-c", _DRAW_NOISE, str(tmp_path / name)],
+            env=environ,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
         )
         assert out.returncode == 0, out.stderr[-2000:]
     for a, b in zip(torch.load(tmp_path / "on"), torch.load(tmp_path / "off")):
@@ -492,12 +497,13 @@ def test_cpu_kernels_are_threaded_and_thread_count_does_not_change_results():
 
 
 @needs_kernels
-def test_cpu_kernels_without_direct_blas():
+def test_cpu_kernels_without_direct_blas(tmp_path):
     """Where torch exports no BLAS symbols the CPU kernels go through ATen's mm: same results."""
     import subprocess
 
     code = (
         "import torch, blurdiff_ops, blurdiff_ops.reference as R\n"
+        "assert blurdiff_ops.kernels_available('cpu'), blurdiff_ops.unavailable_reason('cpu')\n"
         "from blurdiff.bases import make_basis\n"
         "b = make_basis('gaussian', 12, 20); U_h, U_w = b.U_h, b.U_w\n"
         "xs = [torch.randn(2, 3, 12, 20, dtype=torch.float64) for _ in range(2)]\n"
@@ -508,5 +514,9 @@ def test_cpu_kernels_without_direct_blas():
         "print('ok')\n"
     )
     env = dict(os.environ, BLURDIFF_NO_DIRECT_BLAS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    # Run outside the checkout: `python -c` puts the working directory on sys.path, and the
+    # source folder's blurdiff_ops (no compiled _C in a clean clone) would shadow the installed one.
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
