@@ -8,9 +8,9 @@
 // A is read by strides (rsa, csa), so op(A) = A^T costs nothing, and C is written once.
 //
 // Register blocking: an 8 x 2V tile of C (V lanes per vector: 16 floats or 8 doubles) lives in
-// 16 zmm registers; each step of k loads two vectors of B's row k and broadcasts 8 values of A,
-// so every load feeds 1.6 to 8 FMAs. Columns come in whole vectors only (N % V == 0); callers
-// take the BLAS otherwise, and where avx512_enabled() is false.
+// 16 zmm registers; each step of k loads two vectors of B's row k and broadcasts 8 values of A:
+// 16 FMAs for 10 loads (each B vector feeds 8, each broadcast 2). Columns come in whole vectors
+// only (N % V == 0); callers take the BLAS otherwise, and where avx512_enabled() is false.
 #pragma once
 
 #include <cstdint>
