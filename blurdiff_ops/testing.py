@@ -51,15 +51,20 @@ def _require_kernels(what: str) -> None:
 
 
 @contextlib.contextmanager
-def dense_products() -> Iterator[None]:
-    """Within the block the kernels multiply by every basis densely, as for a ``U`` without the
-    even/odd structure (for comparisons with the halved products)."""
-    _require_kernels("dense_products")
-    before = torch.ops.blurdiff_ops._set_even_odd(False)
+def _switched(what: str, setter, value) -> Iterator[None]:
+    """A kernel switch (``setter`` returns its previous value) set to ``value`` within the block."""
+    _require_kernels(what)
+    before = setter(value)
     try:
         yield
     finally:
-        torch.ops.blurdiff_ops._set_even_odd(before)
+        setter(before)
+
+
+def dense_products() -> contextlib.AbstractContextManager[None]:
+    """Within the block the kernels multiply by every basis densely, as for a ``U`` without the
+    even/odd structure (for comparisons with the halved products)."""
+    return _switched("dense_products", torch.ops.blurdiff_ops._set_even_odd, False)
 
 
 def basis_layout(U: torch.Tensor) -> str:
@@ -69,12 +74,6 @@ def basis_layout(U: torch.Tensor) -> str:
     return "identity" if ne < 0 else "dense" if ne == 0 else "even_odd"
 
 
-@contextlib.contextmanager
-def map_path(path: str) -> Iterator[None]:
+def map_path(path: str) -> contextlib.AbstractContextManager[None]:
     """Within the block the CUDA kernels take ``path``: ``"fused"``, ``"gemm"`` or ``"auto"``."""
-    _require_kernels("map_path")
-    before = torch.ops.blurdiff_ops._set_map_path(path)
-    try:
-        yield
-    finally:
-        torch.ops.blurdiff_ops._set_map_path(before)
+    return _switched("map_path", torch.ops.blurdiff_ops._set_map_path, path)

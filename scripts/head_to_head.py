@@ -141,12 +141,16 @@ def forward_figure(part: str, a: argparse.Namespace) -> Image.Image:
         img = Image.fromarray(grid(rows, nrow=len(COLUMNS)))
         label = f"{part}, {setting} ({table1.process_text(run.process())}): x_t, then a_t x_0; t = 0 … N"
         panels.append(table1._label(img, label, img.width))
-    width = max(p.width for p in panels)
-    canvas = Image.new("RGB", (width, sum(p.height + 8 for p in panels)), "white")
+    return stacked(panels, gap=8)
+
+
+def stacked(images: list[Image.Image], gap: int) -> Image.Image:
+    """The images one below the other on white, `gap` pixels apart."""
+    canvas = Image.new("RGB", (max(p.width for p in images), sum(p.height + gap for p in images)), "white")
     y = 0
-    for p in panels:
+    for p in images:
         canvas.paste(p, (0, y))
-        y += p.height + 8
+        y += p.height + gap
     return canvas
 
 
@@ -160,12 +164,7 @@ def write_summary(out: Path, parts: dict[str, argparse.Namespace]) -> tuple[Path
         if (Path(a.out) / "figure.png").is_file():
             with Image.open(Path(a.out) / "figure.png") as img:
                 pictures.append(img.convert("RGB"))
-    width = max(p.width for p in pictures)
-    canvas = Image.new("RGB", (width, sum(p.height + 16 for p in pictures)), "white")
-    y = 0
-    for p in pictures:
-        canvas.paste(p, (0, y))
-        y += p.height + 16
+    canvas = stacked(pictures, gap=16)
     figure = out / "figure.png"
     with atomic_path(figure) as tmp:
         canvas.save(tmp, format="PNG")
