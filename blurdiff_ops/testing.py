@@ -75,5 +75,6 @@ def basis_layout(U: torch.Tensor) -> str:
 
 
 def map_path(path: str) -> contextlib.AbstractContextManager[None]:
-    """Within the block the CUDA kernels take ``path``: ``"fused"``, ``"gemm"`` or ``"auto"``."""
+    """Within the block the CUDA kernels take ``path``: ``"fused"`` (one block per plane),
+    ``"split"`` (the fused kernel over several blocks per plane), ``"gemm"`` or ``"auto"``."""
     return _switched("map_path", torch.ops.blurdiff_ops._set_map_path, path)

@@ -79,7 +79,21 @@ struct FusedPlan {
   }
   C10_HOST_DEVICE int64_t index_values() const { return static_cast<int64_t>(rows) + ld + h.n + w.n; }
   C10_HOST_DEVICE int64_t shared_bytes(int64_t acc_size) const { return acc_values() * acc_size + index_values() * 4; }
+  // The units the split stages divide among a plane's blocks: 4-row tiles of the spectrum's padded
+  // rows (kStageToSpectrum), and 4-row tiles of the first half's rows, each with the mirrored
+  // rows it unfolds into on an even/odd side (kStageFromSpectrum).
+  C10_HOST_DEVICE int gather_units() const { return rows / 4; }
+  C10_HOST_DEVICE int emit_units() const { return (h.even_odd ? h.e4 : rows) / 4; }
+  C10_HOST_DEVICE int max_bands() const { return gather_units() < emit_units() ? gather_units() : emit_units(); }
 };
+
+// Units [first, last) of band b of `bands`: as even as whole units allow.
+struct Band {
+  int first, last;
+};
+C10_HOST_DEVICE inline Band band_of(int units, int bands, int b) {
+  return {units * b / bands, units * (b + 1) / bands};
+}
 
 // ---------------------------------------------------------------------------------------------
 // The cost model.
@@ -120,10 +134,10 @@ struct MapWork {
 };
 
 struct PathCosts {
-  double fused_us, gemm_us;
+  double fused_us, split_us, gemm_us;
   int64_t blocks_per_sm;  // of the fused kernel; 0: its plan does not fit a block
+  int split_bands;        // the split stages' blocks per plane
   bool fused_fits() const { return blocks_per_sm > 0; }
-  bool fused_cheaper() const { return fused_fits() && fused_us <= gemm_us; }
 };
 
 // The static report's figures of the fused kernel (alike on sm_70, sm_80 and sm_90): the FMA
@@ -138,10 +152,38 @@ constexpr double kPassInstructions = 12;
 // cuBLAS on these skinny batched GEMMs, of the FP32 (FP64) peak; the time of one small launch.
 constexpr double kGemmEfficiency = 0.6, kLaunchUs = 4;
 
+// The fused kernel with `bands` blocks per plane: split (two launches, the spectrum through
+// global memory) or not (one launch, bands = 1). The busiest SM runs its blocks one after another
+// (those resident at once share its issue slots and FMA lanes), each its share of the products'
+// padded multiply-adds at the loops' FMA share, four warp instructions issued a clock, plus its
+// elementwise passes; or DRAM when slower; plus the launches. A band's share is that of the
+// largest band; the passes that need the whole plane (the row fold of each input, loading the
+// spectrum, scaling it for an output) are every band's.
+inline double fused_time(const DeviceModel& d, const MapWork& m, bool split, int bands) {
+  const FusedPlan& p = m.plan;
+  const bool wide = m.acc_size == 8;
+  const double lanes = wide ? d.fp64_lanes : d.fp32_lanes;
+  const double in = static_cast<double>(m.inputs), out = static_cast<double>(m.outputs);
+  const double gather = static_cast<double>((p.gather_units() + bands - 1) / bands) / p.gather_units();
+  const double emit = static_cast<double>((p.emit_units() + bands - 1) / bands) / p.emit_units();
+  const double pair = static_cast<double>(p.w.macs(p.rows, true) + p.h.macs(p.ld, true));
+  const double macs = pair * ((m.forward ? in * gather : 0) + (m.inverse ? out * emit : 0));
+  const double passes = split ? in * (1 + 2 * gather) + out * (1 + 2 * emit) + 1 + gather : 3 * (in + out);
+  const double warp_insns = macs / 32 / (wide ? kFusedLoopFmaShare64 : kFusedLoopFmaShare32) +
+                            (passes + static_cast<double>(m.scaled_outputs)) * p.plane * kPassInstructions / 32;
+  const double block_clocks = std::max(warp_insns / 4, macs / lanes);
+  const int64_t busiest = (m.planes * bands + d.sms - 1) / d.sms;
+  // Each band reads its plane's inputs and (split) the whole spectrum; L2 may spare DRAM some.
+  const double n = static_cast<double>(p.h.n) * p.w.n, planes = static_cast<double>(m.planes);
+  double bytes = (in * bands + out) * planes * n * static_cast<double>(m.data_size);
+  if (split) bytes += (1.0 + bands) * planes * p.plane * static_cast<double>(m.acc_size);
+  return std::max(static_cast<double>(busiest) * block_clocks / (d.clock_ghz * 1e3), bytes / (d.bandwidth_gbs * 1e3)) +
+         (split ? 2 : 1) * kLaunchUs;
+}
+
 inline PathCosts estimate_paths(const DeviceModel& d, const MapWork& m) {
   PathCosts c{};
   const FusedPlan& p = m.plan;
-  const double f = d.clock_ghz * 1e3;       // clocks per microsecond
   const double bw = d.bandwidth_gbs * 1e3;  // bytes per microsecond
   const bool wide = m.acc_size == 8;
   const double lanes = wide ? d.fp64_lanes : d.fp32_lanes;
@@ -149,24 +191,20 @@ inline PathCosts estimate_paths(const DeviceModel& d, const MapWork& m) {
   const int64_t sides_in = m.forward ? m.inputs : 0, sides_out = m.inverse ? m.outputs : 0;
   const double io_bytes = static_cast<double>((m.inputs + m.outputs) * m.planes * n * m.data_size);
 
-  // Fused: the busiest SM's blocks one after another (those resident at once share its issue
-  // slots and FMA lanes), each its products' padded multiply-adds at the loops' FMA share, four
-  // warp instructions issued a clock, plus its elementwise passes; or DRAM when slower; plus a
-  // launch.
-  const double pair = static_cast<double>(p.w.macs(p.rows, true) + p.h.macs(p.ld, true));
-  const double macs = pair * static_cast<double>(sides_in + sides_out);
-  const double passes = 3.0 * static_cast<double>(m.inputs + m.outputs) + static_cast<double>(m.scaled_outputs);
-  const double warp_insns = macs / 32 / (wide ? kFusedLoopFmaShare64 : kFusedLoopFmaShare32) +
-                            passes * static_cast<double>(p.rows) * p.ld * kPassInstructions / 32;
-  const double block_clocks = std::max(warp_insns / 4, macs / lanes);
+  // Fused, in one launch or split over the bands that cost least.
   const int64_t smem = p.shared_bytes(m.acc_size);
   if (smem <= d.smem_per_block) {
     const int64_t per_block = (smem + d.smem_reserved + 127) / 128 * 128;
     c.blocks_per_sm = std::min({d.smem_per_sm / per_block, 2048 / kFusedThreads,
                                 wide ? kFusedBlocksByRegisters64 : kFusedBlocksByRegisters32});
   }
-  const int64_t busiest = (m.planes + d.sms - 1) / d.sms;
-  c.fused_us = std::max(static_cast<double>(busiest) * block_clocks / f, io_bytes / bw) + kLaunchUs;
+  c.fused_us = fused_time(d, m, false, 1);
+  c.split_bands = 1;
+  c.split_us = fused_time(d, m, true, 1);
+  for (int bands = 2; bands <= p.max_bands(); ++bands) {
+    const double t = fused_time(d, m, true, bands);
+    if (t < c.split_us) c.split_us = t, c.split_bands = bands;
+  }
 
   // GEMM path: per side transform a batched GEMM of the halves (or the dense U) at
   // kGemmEfficiency of the peak, or reading and writing the tensor at the bandwidth when slower,
@@ -174,7 +212,7 @@ inline PathCosts estimate_paths(const DeviceModel& d, const MapWork& m) {
   // tensor); the combine kernel and one per scaled output; the conversions to and from the
   // accumulator's type.
   const double tensor = static_cast<double>(m.planes * n * m.acc_size);
-  const double flops_us = 2 * lanes * static_cast<double>(d.sms) * f;
+  const double flops_us = 2 * lanes * static_cast<double>(d.sms) * d.clock_ghz * 1e3;
   double gemm = 0;
   for (const SideShape* s : {&p.h, &p.w}) {
     if (s->identity) continue;
@@ -192,27 +230,35 @@ inline PathCosts estimate_paths(const DeviceModel& d, const MapWork& m) {
 
 // Which path the CUDA backend takes: the cost model's choice, or one forced by the op
 // blurdiff_ops::_set_map_path (tests and benchmarks). The CPU backend has one path and ignores it.
-enum MapPath : int { kPathAuto, kPathFused, kPathGemm };
+enum MapPath : int { kPathAuto, kPathFused, kPathSplit, kPathGemm };
 
 inline std::atomic<int>& map_path_forced() {
   static std::atomic<int> path{kPathAuto};
   return path;
 }
 
-// The op _set_map_path: forces "fused" or "gemm", or back to "auto"; returns the path before.
+// The cheapest path, the fused kernel's two only where its plan fits a block.
+inline MapPath cheapest_path(const PathCosts& c) {
+  if (!c.fused_fits()) return kPathGemm;
+  if (c.fused_us <= c.split_us && c.fused_us <= c.gemm_us) return kPathFused;
+  return c.split_us <= c.gemm_us ? kPathSplit : kPathGemm;
+}
+
+// The op _set_map_path: forces "fused" (one block per plane), "split" (the fused kernel over
+// several blocks per plane) or "gemm", or back to "auto"; returns the path before.
 inline std::string set_map_path(const std::string& path) {
-  static const char* const names[] = {"auto", "fused", "gemm"};
+  static const char* const names[] = {"auto", "fused", "split", "gemm"};
   int want = -1;
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < 4; ++i)
     if (path == names[i]) want = i;
-  TORCH_CHECK_VALUE(want >= 0, "_set_map_path: path must be 'auto', 'fused' or 'gemm', got '", path, "'");
+  TORCH_CHECK_VALUE(want >= 0, "_set_map_path: path must be 'auto', 'fused', 'split' or 'gemm', got '", path, "'");
   return names[map_path_forced().exchange(want)];
 }
 
 // The op _path_costs: the model's [fused µs, GEMM µs, fused blocks per SM, fused shared-memory
-// bytes] for a device (compute capability major, SMs, shared memory per block and per SM) and a
-// call on `planes` H x W planes whose sides are both "even_odd" (halves of ceil(n/2) and
-// floor(n/2)), "dense" or "identity".
+// bytes, split µs, split blocks per plane, the path auto takes (a MapPath)] for a device (compute capability major,
+// SMs, shared memory per block and per SM) and a call on `planes` H x W planes whose sides are both "even_odd" (halves
+// of ceil(n/2) and floor(n/2)), "dense" or "identity".
 inline std::vector<double> path_costs(int64_t major, int64_t sms, int64_t smem_per_block, int64_t smem_per_sm,
                                       int64_t planes, int64_t H, int64_t W, const std::string& sides, int64_t acc_size,
                                       int64_t data_size, int64_t inputs, int64_t outputs, int64_t scaled_outputs,
@@ -229,8 +275,13 @@ inline std::vector<double> path_costs(int64_t major, int64_t sms, int64_t smem_p
                      scaled_outputs, forward,
                      inverse};
   const PathCosts c = estimate_paths(device_model(major, sms, smem_per_block, smem_per_sm), work);
-  return {c.fused_us, c.gemm_us, static_cast<double>(c.blocks_per_sm),
-          static_cast<double>(work.plan.shared_bytes(acc_size))};
+  return {c.fused_us,
+          c.gemm_us,
+          static_cast<double>(c.blocks_per_sm),
+          static_cast<double>(work.plan.shared_bytes(acc_size)),
+          c.split_us,
+          static_cast<double>(c.split_bands),
+          static_cast<double>(cheapest_path(c))};
 }
 
 }  // namespace blurdiff

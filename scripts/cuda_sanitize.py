@@ -5,7 +5,8 @@
 
 Covers the fused kernel (forced, where its plan fits the device) with fewer product tiles than
 threads, one and several a thread (ragged widths included), every dtype, drawn and given noise,
-several outputs (the backward op), and the GEMM path (forced) with its combine kernel. Small on
+several outputs (the backward op), the fused kernel split over several blocks per plane
+(forced), and the GEMM path (forced) with its combine kernel. Small on
 purpose: the sanitizers slow kernels down by orders of magnitude.
 """
 
@@ -31,7 +32,7 @@ def main() -> None:
             coefs = torch.randn(2, 4, H, W, device=dev, dtype=table)
             nc = torch.rand(4, H, W, device=dev, dtype=table)
             t = torch.tensor([0, 3], device=dev)
-            for path in ("fused", "gemm"):
+            for path in ("fused", "split", "gemm"):
                 with map_path(path):
                     try:
                         ops.to_spectral(xs[0], U_h, U_w)

@@ -3,8 +3,9 @@
     python scripts/gpu_paths.py [--static-json PATH] [--repeats N]
 
 On the visible GPU, q_sample (spectral_lincomb of K = 2 inputs, x0 and the given noise, float32,
-the Gaussian basis's even/odd halves) at each shape of SHAPES, forced to the fused kernel and to
-the GEMM path in turn (blurdiff_ops.testing.map_path), timed with CUDA events (the median of
+the Gaussian basis's even/odd halves) at each shape of SHAPES, forced to the fused kernel (one
+block per plane), to the split fused kernel (several blocks per plane, two launches) and to the
+GEMM path in turn (blurdiff_ops.testing.map_path), timed with CUDA events (the median of
 --repeats calls after warm-up). Beside each time: the cost model's estimate for this device
 (csrc/path_cost.h through blurdiff_ops::_path_costs, the numbers that choose the path), which
 path it chooses, and for the shapes the static report covers, its lower bounds for this GPU's
@@ -26,10 +27,14 @@ K = 2  # inputs of q_sample: x0 and the noise
 REPORT_GPUS = {7: "V100", 8: "A100", 9: "H100 SXM"}  # gpu_static_report.py's, by compute capability
 
 
+PATHS = ("fused", "split", "gemm")
+
+
 def estimate(props, batch, n, sides="even_odd"):
-    """The cost model's (fused µs, GEMM µs, blocks per SM) for q_sample on a device with these
-    properties (torch.cuda.get_device_properties or any object with the same fields)."""
-    fused, gemm, blocks, _ = torch.ops.blurdiff_ops._path_costs(
+    """The cost model's ({path: µs}, blocks per SM, split blocks per plane, the path it chooses) for
+    q_sample on a device with these properties (torch.cuda.get_device_properties or any object
+    with the same fields)."""
+    fused, gemm, blocks, _, split, bands, chosen = torch.ops.blurdiff_ops._path_costs(
         props.major,
         props.multi_processor_count,
         props.shared_memory_per_block_optin,
@@ -46,7 +51,7 @@ def estimate(props, batch, n, sides="even_odd"):
         True,
         True,
     )
-    return fused, gemm, int(blocks)
+    return {"fused": fused, "split": split, "gemm": gemm}, int(blocks), int(bands), PATHS[int(chosen) - 1]
 
 
 def static_bounds(report, props, batch, n):
@@ -65,24 +70,24 @@ def cell(x):
 
 
 def table(rows):
-    """Markdown of the rows: (shape, estimates, static bounds or None, measured {path: µs or a
+    """Markdown of the rows: (shape, estimate(), static bounds or None, measured {path: µs or a
     reason})."""
     out = [
-        "| shape | fused measured | fused estimate | static fused ≥ | GEMM measured | GEMM estimate "
-        "| static GEMM | chosen | faster measured |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shape | fused measured | fused estimate | static fused ≥ | split measured | split estimate (bands) "
+        "| GEMM measured | GEMM estimate | static GEMM | chosen | fastest measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for shape, (fused_est, gemm_est, blocks), bounds, measured in rows:
-        chosen = "fused" if blocks > 0 and fused_est <= gemm_est else "gemm"
+    for shape, (est, blocks, bands, chosen), bounds, measured in rows:
         timed = {k: v for k, v in measured.items() if isinstance(v, float)}
-        faster = min(timed, key=timed.get) if len(timed) == 2 else "–"
-        shown = {
-            p: cell(v) if isinstance(v, float) or v is None else v for p in ("fused", "gemm") for v in [measured.get(p)]
-        }
+        fastest = min(timed, key=timed.get) if len(timed) == len(PATHS) else "–"
+        shown = {p: cell(v) if isinstance(v, float) or v is None else v for p in PATHS for v in [measured.get(p)]}
         s_fused, s_gemm = bounds if bounds else (None, None)
+        fits = blocks > 0
+        split_est = f"{cell(est['split'])} ({bands})" if fits else "does not fit"
         out.append(
-            f"| {shape} | {shown['fused']} | {cell(fused_est) if blocks else 'does not fit'} | {cell(s_fused)} "
-            f"| {shown['gemm']} | {cell(gemm_est)} | {cell(s_gemm)} | {chosen} | {faster} |"
+            f"| {shape} | {shown['fused']} | {cell(est['fused']) if fits else 'does not fit'} | {cell(s_fused)} "
+            f"| {shown['split']} | {split_est} "
+            f"| {shown['gemm']} | {cell(est['gemm'])} | {cell(s_gemm)} | {chosen} | {fastest} |"
         )
     return "\n".join(out)
 
@@ -124,7 +129,7 @@ def main(argv=None):
         t = torch.randint(1, proc.steps + 1, (batch,), device="cuda", generator=g)
         call = functools.partial(proc.q_sample, x0, t, eps)
         measured = {}
-        for path in ("fused", "gemm"):
+        for path in PATHS:
             with map_path(path):
                 try:
                     measured[path] = time_call(call, args.repeats)

@@ -52,7 +52,11 @@ Fused kernel (one block per plane), a lower bound, the largest of
 - LSU:    t >= ceil(P / SMs) * L / f, L = (halved MACs per plane / 32) * (LDG + LDS per FMA):
   one load warp-instruction per SM a clock, wider loads not charged more;
 - DRAM:   t >= bytes / bandwidth.
-ceil(P / SMs) is the busiest SM's share of blocks (at 48 planes most SMs of an H100 idle). The
+ceil(P / SMs) is the busiest SM's share of blocks (at 48 planes most SMs of an H100 idle). Split
+over k blocks a plane (the split stages): ceil(P k / SMs) blocks on the busiest SM, each with its
+band's share of the products (the largest band's, of 4-row tiles: (H padded) / 4 forward,
+(ceil(H/2) padded) / 4 back), the DRAM bound plus writing and reading the padded spectrum; the
+best k from 2 to the units, launch gaps not counted (csrc/path_cost.h charges them). The
 mix is the static mix of the transform loops of the instantiation q_sample runs (float, float);
 the code around the loops (the fold, combine and unfold passes, barriers, the noise) is not
 counted (csrc/path_cost.h's model, which chooses the path, adds an estimate of it).
@@ -390,6 +394,24 @@ def q_sample_estimate(gpu, batch, loops, h=64, w=64, channels=3, k=2, elem=4):
             out[f"{tag}issue_us"] = busiest * fma_warp / share / (4 * f) * 1e6
             out[f"{tag}lsu_us"] = busiest * fma_warp * loads / f * 1e6
             out[f"{tag}fused_us"] = max(out[f"{tag}issue_us"], out[f"{tag}lsu_us"], pipe, out["dram_us"])
+        # Split over `bands` blocks a plane: the busiest SM's blocks each do their band's share (the
+        # largest band's) of the forward and inverse products; the spectrum is written and read once
+        # more through DRAM. The best band count from 2 to the plan's units.
+        e4 = 4 * math.ceil((h + 1) // 2 / 4)
+        units = {"gather": (e4 + 4 * math.ceil(h // 2 / 4)) // 4, "emit": e4 // 4}
+        spectrum_bytes = 2 * planes * (e4 + 4 * math.ceil(h // 2 / 4)) * (w + 3) // 4 * 4 * elem
+        for bands in range(2, min(units.values()) + 1):
+            share = {key: math.ceil(u / bands) / u for key, u in units.items()}
+            block = (k * share["gather"] + share["emit"]) / (k + 1)  # of a whole plane's products
+            scale = math.ceil(planes * bands / gpu.sms) * block / busiest
+            bound = max(
+                out["issue_us"] * scale,
+                out["lsu_us"] * scale,
+                pipe * scale,
+                out["dram_us"] + spectrum_bytes / (gpu.bandwidth_gbs * 1e9) * 1e6,
+            )
+            if bound < out.get("split_us", math.inf):
+                out["split_us"], out["split_bands"] = bound, bands
     gemm = max(
         2 * planes * per_plane[False] / sides / (GEMM_EFFICIENCY * gpu.tflops * 1e12),
         2 * planes * n * elem / (gpu.bandwidth_gbs * 1e9),
@@ -599,20 +621,23 @@ def markdown(kernels, estimates, arches_built, meta):
         "",
         "q_sample (K = 2, noise given), float32, µs, lower bounds. Fused kernel: issue, LSU, FP32-pipe and DRAM "
         "bounds with the loops' static mix, the largest of them (≥), and the same with the worst loop's mix; "
+        "split: the fused bound over the best number of blocks a plane, the spectrum through DRAM once more; "
         f"GEMM path: dense GEMMs at {GEMM_EFFICIENCY:.0%} of FP32 peak + the combine kernel; FP32 peak: "
         "dense / halved FLOPs:",
         "",
-        "| GPU | shape | issue | LSU | FP32 pipe | DRAM | fused ≥ | worst loop ≥ | GEMM path | FP32 peak |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| GPU | shape | issue | LSU | FP32 pipe | DRAM | fused ≥ | worst loop ≥ | split ≥ (blocks a plane) "
+        "| GEMM path | FP32 peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (gpu, shape), est in estimates.items():
 
         def f(key, est=est):
             return f"{est[key]:.1f}" if key in est else "–"
 
+        split = f"{f('split_us')} ({est['split_bands']})" if "split_bands" in est else "–"
         out.append(
             f"| {gpu} | {shape} | {f('issue_us')} | {f('lsu_us')} | {f('fp32_pipe_us')} | {f('dram_us')} "
-            f"| **{f('fused_us')}** | {f('worst_fused_us')} | **{f('gemm_path_us')}** "
+            f"| **{f('fused_us')}** | {f('worst_fused_us')} | {split} | **{f('gemm_path_us')}** "
             f"| {f('fp32_dense_us')} / {f('fp32_halved_us')} |"
         )
     return "\n".join(out)

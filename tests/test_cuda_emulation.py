@@ -75,7 +75,7 @@ def _check(got, want, tol, where=""):
     assert err <= tol * (want.double().abs().max().item() + 1e-30), f"{where}: {err}"
 
 
-PATHS = ["fused", "gemm"]
+PATHS = ["fused", "split", "gemm"]
 # An H100's opt-in limit of shared memory per block, the emulation's default.
 H100_SHARED_MEMORY = 227 * 1024
 
@@ -352,13 +352,20 @@ def test_emulation_checks_arguments(emu):
 # Which path: the cost model (csrc/path_cost.h) and the switch that forces a path.
 
 H100 = (9, 132, H100_SHARED_MEMORY, 228 * 1024)
+FUSED, SPLIT, GEMM = 1, 2, 3  # path_cost.h's MapPath
 A100 = (8, 108, 163 * 1024, 164 * 1024)
 V100 = (7, 80, 96 * 1024, 96 * 1024)
 
 
+def _all_costs(emu, device, planes, n, acc=4, sides="even_odd", inputs=2, outputs=1):
+    """The model's (fused µs, GEMM µs, fused blocks per SM, fused bytes, split µs, split blocks per
+    plane, the path auto takes) for q_sample-like calls."""
+    return emu._path_costs(*device, planes, n, n, sides, acc, acc, inputs, outputs, 0, True, True)
+
+
 def _costs(emu, device, planes, n, acc=4, sides="even_odd", inputs=2, outputs=1):
-    """The model's (fused µs, GEMM µs, fused blocks per SM, fused bytes) for q_sample-like calls."""
-    fused, gemm, blocks, smem = emu._path_costs(*device, planes, n, n, sides, acc, acc, inputs, outputs, 0, True, True)
+    """(fused µs, GEMM µs, fused blocks per SM, fused bytes)."""
+    fused, gemm, blocks, smem, _, _, _ = _all_costs(emu, device, planes, n, acc, sides, inputs, outputs)
     return fused, gemm, int(blocks), int(smem)
 
 
@@ -409,7 +416,7 @@ def test_cost_model_refuses_bad_arguments(emu):
 
 
 def test_map_path_switch_refuses_an_unknown_path(emu):
-    with pytest.raises(ValueError, match="path must be 'auto', 'fused' or 'gemm', got 'cublas'"):
+    with pytest.raises(ValueError, match="path must be 'auto', 'fused', 'split' or 'gemm', got 'cublas'"):
         emu._set_map_path("cublas")
     emu._set_map_path("gemm")
     assert emu._set_map_path("auto") == "gemm"
@@ -461,12 +468,12 @@ def test_map_path_of_blurdiff_ops_testing():
         pass
 
 
-def test_auto_takes_the_gemm_path_where_the_model_finds_it_cheaper(emu):
+def test_auto_splits_a_plane_that_one_block_would_leave_the_gpu_idle_for(emu):
     """One dense 104 x 104 plane fits a block of an H100, but one block on one SM is estimated
-    slower than GEMMs spread over the GPU (docs/design.md's exceptions)."""
-    fused_us, gemm_us, blocks, _ = _costs(emu, H100, 1, 104, sides="dense")
-    assert blocks > 0 and fused_us > gemm_us
-    assert _costs(emu, H100, 48, 104, sides="dense")[0] < _costs(emu, H100, 48, 104, sides="dense")[1]
+    slower than GEMMs spread over the GPU, and the fused kernel split over 26 blocks cheaper than
+    both (docs/design.md, "Which CUDA path")."""
+    fused_us, gemm_us, blocks, _, split_us, bands, path = _all_costs(emu, H100, 1, 104, sides="dense")
+    assert blocks > 0 and split_us < gemm_us < fused_us and bands == 26 and path == SPLIT
     xs, coefs, t, _, _, nc, nz = _problem(104, 104, K=2, B=1, C=1)
     U_h, U_w = _random_orthogonal(104, torch.float32, seed=3), _random_orthogonal(104, torch.float32, seed=4)
     assert emu._basis_layout(U_h) == emu._basis_layout(U_w) == 0
@@ -475,6 +482,59 @@ def test_auto_takes_the_gemm_path_where_the_model_finds_it_cheaper(emu):
         _set_path(emu, path)
         return emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz)
 
-    gemm, fused = run("gemm"), run("fused")
-    assert not torch.equal(fused, gemm)
-    assert torch.equal(run("auto"), gemm)
+    gemm, split = run("gemm"), run("split")
+    assert not torch.equal(split, gemm)
+    assert torch.equal(run("auto"), split)
+
+
+def test_cost_model_splits_planes_where_that_pays_for_a_second_launch(emu):
+    """At batch 16 of 120 x 120 (48 planes, one block per SM by shared memory) an H100 gives a
+    block to 48 of its 132 SMs; five blocks per plane cut each block's products fivefold for the
+    price of a second launch and the spectrum's trip through memory. At 64 x 64 a block is so
+    short that the second launch costs more than it saves, and at batch 256 every SM has planes
+    enough."""
+    fused, gemm, blocks, _, split, bands, path = _all_costs(emu, H100, 48, 120)
+    assert blocks == 1 and bands == 5 and split < fused < gemm and path == SPLIT
+    fused, gemm, blocks, _, split, bands, path = _all_costs(emu, H100, 48, 64)
+    assert blocks == 2 and bands == 2 and fused < split < gemm and path == FUSED
+    # By hand (path_cost.h's fused_time): 2 bands of 8 gather and 8 emit units halve the products;
+    # the row fold of each input, the spectrum's load and one store band are every block's.
+    macs = 3 * 2 * 64 * 2 * 32 * 32 / 2
+    passes = 2 * (1 + 2 / 2) + (1 + 2 / 2) + 1 + 1 / 2
+    insns = macs / 32 / 0.75 + passes * 64 * 64 * 12 / 32
+    compute = 1 * max(insns / 4, macs / 128) / 1980
+    dram = ((2 * 2 + 1) * 48 * 64 * 64 * 4 + 3 * 48 * 64 * 64 * 4) / 3350e3
+    assert split == pytest.approx(max(compute, dram) + 8)
+    fused, _, _, _, split, _, path = _all_costs(emu, H100, 768, 64)
+    assert fused < split and path == FUSED
+    # Bands stop at the plan's units: 8 x 8 has 2 of each, however few the planes.
+    assert _all_costs(emu, H100, 1, 8)[5] <= 2
+    assert _all_costs(emu, H100, 1, 128)[6] == GEMM  # does not fit a block
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (33, 20), (9, 16)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_split_kernel_is_the_fused_kernel_bitwise(emu, hw, dtype):
+    """Each band runs the very tiles and passes of the one-launch kernel on its own rows (33 x 20
+    and 9 x 16 have bands of unequal length and an odd half shorter than the even one), and the
+    spectrum crosses global memory in the accumulator's type: the same bits."""
+    xs, coefs, t, U_h, U_w, nc, nz = _problem(*hw, K=3, dtype=dtype, B=1, C=2)
+
+    def run(path):
+        _set_path(emu, path)
+        g = torch.Generator().manual_seed(5)
+        return (
+            emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, None, g),
+            emu.spectral_lincomb_backward(xs[0], coefs, t, U_h, U_w),
+            emu.to_spectral(xs[1], U_h, U_w),
+            emu.from_spectral(xs[2], U_h, U_w),
+        )
+
+    fused, split = run("fused"), run("split")
+    for a, b in zip(fused, split, strict=True):
+        for x, y in zip(a if isinstance(a, (list, tuple)) else [a], b if isinstance(b, (list, tuple)) else [b]):
+            assert torch.equal(x, y)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    _check(
+        emu.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), R.spectral_lincomb(xs, coefs, t, U_h, U_w, nc, nz), tol
+    )

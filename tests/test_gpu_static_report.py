@@ -185,6 +185,14 @@ def test_q_sample_counts():
     assert est["fused_us"] == max(est["issue_us"], est["lsu_us"], est["fp32_pipe_us"], est["dram_us"])
     assert est["worst_fused_us"] > est["fused_us"]
     assert "issue_us" not in report.q_sample_estimate(h100, 16, None)
+    # Batch 16: 48 planes leave 84 SMs idle; 8 blocks a plane (the 64 x 64 plan's 8 output bands)
+    # put 3 eighths of a plane on the busiest SM, plus the spectrum's trip through DRAM.
+    small = report.q_sample_estimate(h100, 16, loops)
+    assert small["split_bands"] == 8
+    assert small["split_us"] == pytest.approx(
+        max(3 / 8 * small["issue_us"], small["dram_us"] + 2 * 48 * 64 * 64 * 4 / 3350e9 * 1e6)
+    )
+    assert small["split_us"] < small["fused_us"]
 
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils")
@@ -227,12 +235,14 @@ def test_shared_memory_mirror_is_the_kernels_plan(sides, n):
 
 @needs_kernels
 def test_gpu_paths_estimates_are_the_cost_models():
-    fused, gemm, blocks = paths.estimate(H100, 256, 64)
+    est, blocks, bands, chosen = paths.estimate(H100, 256, 64)
     want = torch.ops.blurdiff_ops._path_costs(
         9, 132, 227 * 1024, 228 * 1024, 768, 64, 64, "even_odd", 4, 4, 2, 1, 0, True, True
     )
-    assert (fused, gemm, blocks) == (want[0], want[1], 2)
-    assert paths.estimate(H100, 16, 128)[2] == 0  # 128 x 128 does not fit
+    assert est == {"fused": want[0], "split": want[4], "gemm": want[1]}
+    assert (blocks, bands, chosen) == (2, want[5], "fused")
+    _, blocks, _, chosen = paths.estimate(H100, 16, 128)
+    assert (blocks, chosen) == (0, "gemm")  # 128 x 128 does not fit
 
 
 def test_gpu_paths_table():
@@ -241,9 +251,21 @@ def test_gpu_paths_table():
     assert paths.static_bounds(static, H100, 16, 64) is None
     assert paths.static_bounds(None, H100, 256, 64) is None
     rows = [
-        ("256x3x64x64", (39.3, 400.0, 2), (24.8, 73.9), {"fused": 41.0, "gemm": 380.5}),
-        ("16x3x128x128", (0.0, 90.0, 0), None, {"fused": "does not fit", "gemm": 95.25}),
+        (
+            "256x3x64x64",
+            ({"fused": 39.3, "split": 45.6, "gemm": 400.0}, 2, 1, "fused"),
+            (24.8, 73.9),
+            {"fused": 41.0, "split": 47.5, "gemm": 380.5},
+        ),
+        (
+            "16x3x128x128",
+            ({"fused": 0.0, "split": 0.0, "gemm": 90.0}, 0, 1, "gemm"),
+            None,
+            {"fused": "does not fit", "split": "does not fit", "gemm": 95.25},
+        ),
     ]
     lines = paths.table(rows).splitlines()
-    assert lines[2] == "| 256x3x64x64 | 41.0 | 39.3 | 24.8 | 380.5 | 400.0 | 73.9 | fused | fused |"
-    assert lines[3] == "| 16x3x128x128 | does not fit | does not fit | – | 95.2 | 90.0 | – | gemm | – |"
+    assert lines[2] == "| 256x3x64x64 | 41.0 | 39.3 | 24.8 | 47.5 | 45.6 (1) | 380.5 | 400.0 | 73.9 | fused | fused |"
+    assert lines[3] == (
+        "| 16x3x128x128 | does not fit | does not fit | – | does not fit | does not fit | 95.2 | 90.0 | – | gemm | – |"
+    )

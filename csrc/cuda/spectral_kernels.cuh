@@ -7,14 +7,17 @@
 // very kernels on the CPU in the test suite.
 //
 // Two kernels:
-// - spectral_map_fused_kernel: one block of kThreads threads per plane, the whole map in one
-//   launch (load, transform, scale and sum every input, add the noise, transform back, write).
-//   Shared memory holds the plane's three working buffers, the basis blocks of both sides (staged
-//   once per block) and four small index maps (FusedPlan). Each side of the transform is two
-//   passes: a fold (or copy) that lays the data out in the side's padded order, then a product by
-//   the side's blocks (going back: the product, then the unfold). Products are register-tiled:
-//   each thread computes 4 x 4 outputs at a time from 4 x 4 fragments of both operands, read as
-//   16-byte vectors, so each shared-memory load feeds 8 multiply-adds (tile_product).
+// - spectral_map_fused_kernel: the whole map of a plane in shared memory (load, transform, scale
+//   and sum every input, add the noise, transform back, write). Shared memory holds the plane's
+//   three working buffers, the basis blocks of both sides (staged once per block) and four small
+//   index maps (FusedPlan). Each side of the transform is two passes: a fold (or copy) that lays
+//   the data out in the side's padded order, then a product by the side's blocks (going back: the
+//   product, then the unfold). Products are register-tiled: each thread computes 4 x 4 outputs at
+//   a time from 4 x 4 fragments of both operands, read as 16-byte vectors, so each shared-memory
+//   load feeds 8 multiply-adds (tile_product). One launch with a block per plane (kStageWhole),
+//   or, where planes are too few to fill the GPU, two launches with `bands` blocks per plane: the
+//   spectrum's row bands to a global buffer (kStageToSpectrum), then the outputs' row bands from
+//   it (kStageFromSpectrum). No band computes a product another band also computes.
 // - spectral_combine_kernel: the middle of the GEMM path (the transforms are batched matmuls, on
 //   the host side): the coefficients, the sum and the noise, a quad per thread.
 #pragma once
@@ -76,6 +79,10 @@ struct SideOperator {
   const int32_t* slot;
 };
 
+// What a launch of the fused kernel does: the whole map, or one of its halves over row bands
+// (path_cost.h's FusedPlan::gather_units and emit_units).
+enum FusedStage : int { kStageWhole, kStageToSpectrum, kStageFromSpectrum };
+
 // The fused kernel's arguments (by value, so at most kMaxIO inputs and outputs).
 template <typename scalar_t, typename acc_t>
 struct MapParams {
@@ -90,6 +97,8 @@ struct MapParams {
   SideOperator<acc_t> h, w;
   bool forward, inverse;
   RngState rng;
+  int stage, bands;  // FusedStage; blocks per plane (1 for kStageWhole)
+  acc_t* spectrum;   // split stages: [planes, rows, ld], the summed spectrum in padded order
 };
 
 // The combine kernel's arguments: out = Σ_i c_i[t] ⊙ in_i (+ n[t] ⊙ z̄), planes of acc_t.
@@ -188,19 +197,21 @@ C10_DEVICE inline void tile_product(const acc_t* A, int lda, const acc_t* B, int
   }
 }
 
-// The product of one side, src (rows x ld) -> dst (rows x ld), both in the fused layout: each
-// 4 x 4 output tile takes the basis block (E or O) its transformed position falls in.
+// The product of one side over rows [r0, r0 + rows) of src -> the same rows of dst (row stride
+// ld, the fused layout): each 4 x 4 output tile takes the basis block (E or O) its transformed
+// position falls in.
 //   ROWS, forward:   dst[q][c] = Σ_p B[p][q] src[p][c]   (U_h^T ·, the halves' E^T and O^T)
 //   ROWS, inverse:   dst[l][c] = Σ_s B[l][s] src[s][c]   (U_h ·)
 //   columns, forward: dst[r][q] = Σ_p src[r][p] B[p][q]  (· U_w)
 //   columns, inverse: dst[r][l] = Σ_s src[r][s] B[l][s]  (· U_w^T)
-// with p, q, s, l relative to the block's first position.
+// with p, q, s, l relative to the block's first position. A ROWS product reads every row of its
+// block, whatever rows it writes.
 template <bool ROWS, bool FORWARD, typename acc_t>
-C10_DEVICE inline void side_product(const acc_t* src, acc_t* dst, const acc_t* basis, const SideShape& S, int rows,
-                                    int ld) {
+C10_DEVICE inline void side_product(const acc_t* src, acc_t* dst, const acc_t* basis, const SideShape& S, int r0,
+                                    int rows, int ld) {
   const int tiles_n = ld / 4, tiles = rows / 4 * tiles_n;
   for (int tile = threadIdx.x; tile < tiles; tile += kThreads) {
-    const int i0 = tile / tiles_n * 4, j0 = tile % tiles_n * 4;
+    const int i0 = r0 + tile / tiles_n * 4, j0 = tile % tiles_n * 4;
     const int pos = ROWS ? i0 : j0;  // on the transformed side
     const bool even = pos < S.e4;
     const int first = even ? 0 : S.e4, len = even ? S.e4 : S.o4;
@@ -273,12 +284,20 @@ C10_DEVICE inline void stage_side(const SideOperator<acc_t>& op, const SideShape
   }
 }
 
+// The original row of row j of an output band (rows 4 u0 + j of the first half for j < R, then
+// their mirrors n - 1 - (4 u0 + j - R) on an even/odd side), or -1 on a pad.
+C10_DEVICE inline int band_row(const SideShape& S, int u0, int R, int j) {
+  const int i = 4 * u0 + (j < R ? j : j - R);
+  if (j < R) return i < S.ne ? i : -1;
+  return i < S.no ? S.n - 1 - i : -1;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-// One block per plane p (blockIdx.x); dynamic shared memory as FusedPlan lays it out. At least
-// one block per SM is all the launch bounds ask: without it ptxas held the float64 kernel to 128
-// registers and spilled.
+// Block b of plane p is blockIdx.x = p * bands + b; dynamic shared memory as FusedPlan lays it
+// out. At least one block per SM is all the launch bounds ask: without it ptxas held the float64
+// kernel to 128 registers and spilled.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 1) spectral_map_fused_kernel(const MapParams<scalar_t, acc_t> prm) {
   BLURDIFF_DYNAMIC_SMEM(acc_t, X);
@@ -293,73 +312,91 @@ __global__ void __launch_bounds__(kThreads, 1) spectral_map_fused_kernel(const M
   int32_t* col_orig = row_orig + rows;
   int32_t* row_padded = col_orig + ld;
   int32_t* col_padded = row_padded + H;
-  const int64_t p = blockIdx.x;
+  const int64_t p = blockIdx.x / prm.bands;
+  const int b = static_cast<int>(blockIdx.x % prm.bands);
   const int64_t tb = row_at(p, prm.planes_per_sample, prm.t, prm.T);
   const bool forward = prm.forward && !(sh.identity && sw.identity);
   const bool inverse = prm.inverse && !(sh.identity && sw.identity);
+  acc_t* spectrum = prm.spectrum == nullptr ? nullptr : prm.spectrum + p * plane;
 
   stage_side(prm.h, sh, basis_h, row_orig, row_padded);
   stage_side(prm.w, sw, basis_w, col_orig, col_padded);
-  for (int e = threadIdx.x; e < plane; e += kThreads) A[e] = 0;
+  for (int e = threadIdx.x; e < plane; e += kThreads) {
+    A[e] = prm.stage == kStageFromSpectrum ? spectrum[e] : acc_t(0);
+  }
   __syncthreads();
 
-  // A = Σ_i c_i[t] ⊙ F(x_i), in padded order
-  for (int i = 0; i < prm.num_in; ++i) {
-    const scalar_t* x = prm.in[i] + p * n;
-    acc_t* cur = T;
-    if (forward) {  // columns first: T = the rows of x folded along the columns
-      for (int e = threadIdx.x; e < plane; e += kThreads) {
-        const int r = e / ld;
-        T[e] = r < H ? fold_at<acc_t>(sw, e % ld, [&](int l) { return static_cast<acc_t>(x[r * W + l]); }) : acc_t(0);
+  if (prm.stage != kStageFromSpectrum) {
+    // Rows [g0, g0 + G) of A = Σ_i c_i[t] ⊙ F(x_i), in padded order
+    const Band band = band_of(plan.gather_units(), prm.bands, b);
+    const int g0 = 4 * band.first, G = 4 * (band.last - band.first);
+    for (int i = 0; i < prm.num_in; ++i) {
+      const scalar_t* x = prm.in[i] + p * n;
+      acc_t* cur = T;
+      if (forward) {  // rows first, as the band's products need every row: T = x folded along the rows
+        for (int e = threadIdx.x; e < plane; e += kThreads) {
+          const int c = e % ld;
+          T[e] = c < W ? fold_at<acc_t>(sh, e / ld, [&](int l) { return static_cast<acc_t>(x[l * W + c]); }) : acc_t(0);
+        }
+        __syncthreads();
       }
-      __syncthreads();
-    }
-    if (forward && !sw.identity) {
-      side_product<false, true>(T, X, basis_w, sw, rows, ld);
-      __syncthreads();
-      cur = X;
-    }
-    if (forward && !sh.identity) {
-      acc_t* other = cur == X ? T : X;
-      for (int e = threadIdx.x; e < plane; e += kThreads) {
-        const int c = e % ld;
-        other[e] = fold_at<acc_t>(sh, e / ld, [&](int l) { return cur[l * ld + c]; });
+      if (forward && !sh.identity) {
+        side_product<true, true>(T, X, basis_h, sh, g0, G, ld);
+        __syncthreads();
+        cur = X;
       }
-      __syncthreads();
-      side_product<true, true>(other, cur, basis_h, sh, rows, ld);
-      __syncthreads();
+      if (forward && !sw.identity) {
+        acc_t* other = cur == X ? T : X;
+        for (int e = threadIdx.x; e < G * ld; e += kThreads) {
+          const int r = g0 + e / ld;
+          other[r * ld + e % ld] = fold_at<acc_t>(sw, e % ld, [&](int l) { return cur[r * ld + l]; });
+        }
+        __syncthreads();
+        side_product<false, true>(other, cur, basis_w, sw, g0, G, ld);
+        __syncthreads();
+      }
+      const acc_t* cf = prm.in_coef[i] == nullptr ? nullptr : table_row(prm.in_coef[i], tb, n);
+      for (int e = threadIdx.x; e < G * W; e += kThreads) {
+        const int q = g0 + e / W, c = e % W, r = row_orig[q];
+        if (r < 0) continue;
+        const int at = q * ld + col_padded[c];
+        // Without a forward transform x is a spectrum in the original order.
+        const acc_t s = forward ? cur[at] : static_cast<acc_t>(x[r * W + c]);
+        A[at] += cf == nullptr ? s : BLURDIFF_LDG(cf + r * W + c) * s;
+      }
+      __syncthreads();  // cur is overwritten by the next input
     }
-    const acc_t* cf = prm.in_coef[i] == nullptr ? nullptr : table_row(prm.in_coef[i], tb, n);
-    for (int e = threadIdx.x; e < n; e += kThreads) {
-      const int at = row_padded[e / W] * ld + col_padded[e % W];
-      // Without a forward transform x is a spectrum in the original order.
-      const acc_t s = forward ? cur[at] : static_cast<acc_t>(x[e]);
-      A[at] += cf == nullptr ? s : BLURDIFF_LDG(cf + e) * s;
-    }
-    __syncthreads();  // cur is overwritten by the next input
-  }
 
-  // + n[t] ⊙ z̄, each thread drawing the Philox blocks of quads of the original order
-  if (prm.noise_coef != nullptr) {
-    uint64_t seed, offset;
-    unpack_rng(prm.rng, &seed, &offset);
-    const acc_t* nc = table_row(prm.noise_coef, tb, n);
-    const int wq = static_cast<int>(quads_per_row(W));
-    for (int q = threadIdx.x; q < H * wq; q += kThreads) {
-      const int r = q / wq, c0 = q % wq * 4;
-      float z[4];
-      noise_block(seed, offset, p, r, c0 / 4, W, z);
+    // + n[t] ⊙ z̄, each thread drawing the Philox blocks of quads of the original order
+    if (prm.noise_coef != nullptr) {
+      uint64_t seed, offset;
+      unpack_rng(prm.rng, &seed, &offset);
+      const acc_t* nc = table_row(prm.noise_coef, tb, n);
+      const int wq = static_cast<int>(quads_per_row(W));
+      for (int e = threadIdx.x; e < G * wq; e += kThreads) {
+        const int q = g0 + e / wq, c0 = e % wq * 4, r = row_orig[q];
+        if (r < 0) continue;
+        float z[4];
+        noise_block(seed, offset, p, r, c0 / 4, W, z);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (c0 + j < W) {
-          A[row_padded[r] * ld + col_padded[c0 + j]] += BLURDIFF_LDG(nc + r * W + c0 + j) * static_cast<acc_t>(z[j]);
+        for (int j = 0; j < 4; ++j) {
+          if (c0 + j < W)
+            A[q * ld + col_padded[c0 + j]] += BLURDIFF_LDG(nc + r * W + c0 + j) * static_cast<acc_t>(z[j]);
         }
       }
+      __syncthreads();
     }
-    __syncthreads();
+    if (prm.stage == kStageToSpectrum) {
+      for (int e = threadIdx.x; e < G * ld; e += kThreads) spectrum[g0 * ld + e] = A[g0 * ld + e];
+      return;
+    }
   }
 
-  // out_m = G(d_m[t] ⊙ A)
+  // out_m = G(d_m[t] ⊙ A), on the output band's R + R2 rows
+  const Band band = band_of(plan.emit_units(), prm.bands, b);
+  const int u0 = band.first, R = 4 * (band.last - band.first);
+  const int mirrored = sh.even_odd && sh.o4 > 4 * u0 ? sh.o4 - 4 * u0 : 0;  // rows of the odd half's block
+  const int R2 = mirrored < R ? mirrored : R;
   for (int m = 0; m < prm.num_out; ++m) {
     const acc_t* cf = prm.out_coef[m] == nullptr ? nullptr : table_row(prm.out_coef[m], tb, n);
     const acc_t* cur = A;
@@ -371,30 +408,37 @@ __global__ void __launch_bounds__(kThreads, 1) spectral_map_fused_kernel(const M
       __syncthreads();
       cur = X;
     }
-    if (inverse && !sh.identity) {
-      side_product<true, false>(cur, T, basis_h, sh, rows, ld);
+    scalar_t* y = prm.out[m] + p * n;
+    if (!inverse) {  // the spectrum in the original order
+      for (int e = threadIdx.x; e < (R + R2) * W; e += kThreads) {
+        const int r = band_row(sh, u0, R, e / W), c = e % W;
+        if (r >= 0) y[r * W + c] = static_cast<scalar_t>(cur[row_padded[r] * ld + col_padded[c]]);
+      }
+      __syncthreads();  // the next output overwrites X
+      continue;
+    }
+    // The band's rows transformed back along the columns, in band order
+    const acc_t* lines = cur + 4 * u0 * ld;
+    if (!sh.identity) {
+      side_product<true, false>(cur, T, basis_h, sh, 4 * u0, R, ld);
+      if (R2 > 0) side_product<true, false>(cur, T, basis_h, sh, sh.e4 + 4 * u0, R2, ld);
       __syncthreads();
-      for (int e = threadIdx.x; e < plane; e += kThreads) {
-        const int r = e / ld, c = e % ld;
-        X[e] = r < H ? unfold_at<acc_t>(sh, r, [&](int l) { return T[l * ld + c]; }) : acc_t(0);
+      for (int e = threadIdx.x; e < (R + R2) * ld; e += kThreads) {
+        const int r = band_row(sh, u0, R, e / ld), c = e % ld;
+        X[e] = r < 0 ? acc_t(0) : unfold_at<acc_t>(sh, r, [&](int l) { return T[l * ld + c]; });
       }
       __syncthreads();
-      cur = X;
+      lines = X;
     }
-    const acc_t* last = cur;
-    if (inverse && !sw.identity) {
-      acc_t* other = cur == T ? X : T;
-      side_product<false, false>(cur, other, basis_w, sw, rows, ld);
+    if (!sw.identity) {
+      side_product<false, false>(lines, T, basis_w, sw, 0, R + R2, ld);
       __syncthreads();
-      last = other;
+      lines = T;
     }
-    scalar_t* y = prm.out[m] + p * n;
-    for (int e = threadIdx.x; e < n; e += kThreads) {
-      const int r = e / W, c = e % W;
-      // Without a transform back the rows and columns are still in padded order.
-      const int at = inverse ? r * ld : row_padded[r] * ld;
-      const auto line = [&](int l) { return last[at + l]; };
-      y[e] = static_cast<scalar_t>(inverse ? unfold_at<acc_t>(sw, c, line) : line(col_padded[c]));
+    for (int e = threadIdx.x; e < (R + R2) * W; e += kThreads) {
+      const int j = e / W, r = band_row(sh, u0, R, j);
+      if (r >= 0)
+        y[r * W + e % W] = static_cast<scalar_t>(unfold_at<acc_t>(sw, e % W, [&](int l) { return lines[j * ld + l]; }));
     }
     __syncthreads();  // the next output overwrites X and T
   }

@@ -1,11 +1,10 @@
 // The host side of the CUDA spectral map: plans and launches the kernels of spectral_kernels.cuh.
 //
-// Chooses the path (the fused kernel or the GEMM path, by path_cost.h's cost model unless
-// _set_map_path forces one), sizes grids and dynamic shared memory, runs the GEMM path's
-// transforms as batched matmuls (cuBLAS through ATen), and takes the Philox state for the noise
-// from the generator. Everything goes through a Launcher, so the same planning runs in the CUDA
-// build (spectral_map_cuda.cu) and in the host emulation (emulation/emulated_ops.cpp). A
-// Launcher provides:
+// Chooses the path (the fused kernel in one launch or split over several blocks per plane, or the
+// GEMM path, by path_cost.h's cost model unless _set_map_path forces one), sizes grids and dynamic shared memory, runs
+// the GEMM path's transforms as batched matmuls (cuBLAS through ATen), and takes the Philox state for the noise from
+// the generator. Everything goes through a Launcher, so the same planning runs in the CUDA build (spectral_map_cuda.cu)
+// and in the host emulation (emulation/emulated_ops.cpp). A Launcher provides:
 //   DeviceModel device_model();                          what the cost model knows of the device
 //   RngState philox(const std::optional<at::Generator>&, uint64_t values_per_subsequence);
 //   template <class K, class P> void launch(K kernel, int64_t grid, int64_t smem, const P& params);
@@ -117,9 +116,11 @@ inline MapWork map_work(const MapRequest& r, int64_t acc_size) {
                  r.inverse};
 }
 
+// The fused kernel: one launch of kStageWhole (bands = 1), or with `bands` blocks per plane the
+// two launches of the split stages, the spectrum between them in a buffer of acc_t.
 template <typename scalar_t, class Launcher>
 void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::vector<at::Tensor>& outs,
-               Launcher& launcher) {
+               Launcher& launcher, bool split, int bands) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = r.H(), W = r.W();
   MapParams<scalar_t, acc_t> prm{};
@@ -144,8 +145,21 @@ void map_fused(const MapRequest& r, const std::vector<at::Tensor>& inputs, std::
   prm.forward = r.forward;
   prm.inverse = r.inverse;
   if (prm.noise_coef != nullptr) prm.rng = launcher.philox(r.generator, noise_values_per_plane(H, W));
-  const int64_t smem = fused_plan(r).shared_bytes(static_cast<int64_t>(sizeof(acc_t)));
-  launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t>, r.planes(), smem, prm);
+  const FusedPlan plan = fused_plan(r);
+  const int64_t smem = plan.shared_bytes(static_cast<int64_t>(sizeof(acc_t)));
+  if (!split) {
+    prm.stage = kStageWhole;
+    prm.bands = 1;
+    launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t>, r.planes(), smem, prm);
+    return;
+  }
+  const at::Tensor spectrum = at::empty({r.planes(), plan.plane}, r.U_h.options());
+  prm.spectrum = spectrum.data_ptr<acc_t>();
+  prm.bands = bands;
+  prm.stage = kStageToSpectrum;
+  launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t>, r.planes() * bands, smem, prm);
+  prm.stage = kStageFromSpectrum;
+  launcher.launch(spectral_map_fused_kernel<scalar_t, acc_t>, r.planes() * bands, smem, prm);
 }
 
 // Transforms by matmul, middle by spectral_combine_kernel.
@@ -211,16 +225,16 @@ std::vector<at::Tensor> run_spectral_map(const MapRequest& r, Launcher& launcher
   const MapWork work = map_work(r, acc_size);
   const PathCosts costs = estimate_paths(device, work);
   const int forced = map_path_forced().load();
-  TORCH_CHECK_VALUE(forced != kPathFused || costs.fused_fits(), r.op, ": the fused CUDA kernel needs ",
-                    work.plan.shared_bytes(acc_size), " bytes of shared memory for a ", H, "x", W, " plane of ",
-                    x.scalar_type(), ", the device allows ", device.smem_per_block,
-                    " per block (the fused path was forced by _set_map_path)");
-  const bool fused = forced == kPathFused || (forced == kPathAuto && costs.fused_cheaper());
+  TORCH_CHECK_VALUE(forced == kPathAuto || forced == kPathGemm || costs.fused_fits(), r.op,
+                    ": the fused CUDA kernel needs ", work.plan.shared_bytes(acc_size),
+                    " bytes of shared memory for a ", H, "x", W, " plane of ", x.scalar_type(), ", the device allows ",
+                    device.smem_per_block, " per block (the fused path was forced by _set_map_path)");
+  const MapPath path = forced == kPathAuto ? cheapest_path(costs) : static_cast<MapPath>(forced);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blurdiff_spectral_map", [&] {
-    if (fused) {
-      map_fused<scalar_t>(r, inputs, outs, launcher);
-    } else {
+    if (path == kPathGemm) {
       map_gemm<at::opmath_type<scalar_t>>(r, inputs, outs, launcher);
+    } else {
+      map_fused<scalar_t>(r, inputs, outs, launcher, path == kPathSplit, costs.split_bands);
     }
   });
   return outs;

@@ -1,15 +1,17 @@
 // The program of the sanitizer builds of the emulation (scripts/sanitize_emulation.py): linked with
 // emulated_ops.cpp, it calls the blurdiff_emu ops through the dispatcher in every configuration the
 // CUDA planning can choose: one and several product tiles a thread, float32/float64/float16/bfloat16,
-// 1 to 4 inputs, no, given and drawn noise, even/odd/dense/identity sides, fused and GEMM paths.
+// 1 to 4 inputs, no, given and drawn noise, even/odd/dense/identity sides, the fused kernel in one
+// launch and split over several blocks per plane, and the GEMM path.
 //
 // A program of its own rather than a Python extension: the sanitizer runtime is then the
 // program's, with no LD_PRELOAD into an interpreter that was not built for it.
 //
-//   sanitize_driver            every configuration, each call on both paths, which must agree
+//   sanitize_driver            every configuration, each call on every path, which must agree
+//                              (the split kernel with the fused one bitwise)
 //   sanitize_driver --races    for ThreadSanitizer, where starting a thread costs about a
-//                              millisecond: one plane a call, and the GEMM path (no shared memory,
-//                              no barriers) and the half types at fewer sizes
+//                              millisecond: one plane a call, and the split and GEMM paths and
+//                              the half types at fewer sizes
 //   sanitize_driver --quick    a few small configurations (the planted-bug builds)
 //   --thread-stack-kb N        the emulated CUDA threads' stack size
 #include <ATen/CPUGeneratorImpl.h>
@@ -43,11 +45,13 @@ Stack call(const char* name, Stack args) {
   return args;
 }
 
-void set_fused(bool fused) {
+const char* const kPaths[] = {"fused", "split", "gemm"};
+
+void set_path(const char* path) {
   // Forced, at any plane size: the shared memory per block is unlimited here (the CUDA planning
   // would send 128 x 128 to the GEMM path), so every product shape of the kernel is checked.
   call("blurdiff_emu::set_max_shared_memory", {c10::IValue(static_cast<int64_t>(1) << 30)});
-  call("blurdiff_emu::_set_map_path", {c10::IValue(std::string(fused ? "fused" : "gemm"))});
+  call("blurdiff_emu::_set_map_path", {c10::IValue(std::string(path))});
 }
 
 bool set_even_odd(bool enabled) { return call("blurdiff_emu::_set_even_odd", {c10::IValue(enabled)})[0].toBool(); }
@@ -73,7 +77,7 @@ struct Config {
   at::ScalarType dtype;
   const char* basis;  // "even/odd", "dense" (the DCT with the halves switched off) or "mixed"
   int64_t planes;     // per sample, of 2 samples (--races: 1 plane in all)
-  bool gemm;          // the GEMM path too, compared with the fused one
+  bool split, gemm;   // the split kernel and the GEMM path too, compared with the fused kernel
   bool lean;          // two input counts and one backward call, not all (--races)
 };
 
@@ -90,17 +94,19 @@ std::string describe(const Config& c, const std::string& call) {
   return std::to_string(c.H) + "x" + std::to_string(c.W) + " " + c10::toString(c.dtype) + " " + c.basis + ": " + call;
 }
 
-// The two paths agree to the output type's rounding.
-void compare(const std::vector<at::Tensor>& fused, const std::vector<at::Tensor>& gemm, const Config& c,
-             const std::string& name) {
-  expect(fused.size() == gemm.size(), describe(c, name) + ": output counts differ");
-  const double tol = c.dtype == at::kDouble ? 1e-9 : c.dtype == at::kFloat ? 1e-4 : 2e-2;
+// Another path agrees with the fused kernel: the split kernel bitwise, the GEMM path to the output
+// type's rounding.
+void compare(const std::vector<at::Tensor>& fused, const std::vector<at::Tensor>& other, const char* path,
+             const Config& c, const std::string& name) {
+  expect(fused.size() == other.size(), describe(c, name) + ": output counts differ");
+  const bool exact = std::strcmp(path, "split") == 0;
+  const double tol = exact ? 0 : c.dtype == at::kDouble ? 1e-9 : c.dtype == at::kFloat ? 1e-4 : 2e-2;
   for (size_t i = 0; i < fused.size(); ++i) {
-    const at::Tensor a = fused[i].to(at::kDouble), b = gemm[i].to(at::kDouble);
+    const at::Tensor a = fused[i].to(at::kDouble), b = other[i].to(at::kDouble);
     const double err = a.sub(b).abs().max().item<double>(), scale = b.abs().max().item<double>();
     expect(std::isfinite(err) && err <= tol * (scale + 1e-30),
-           describe(c, name) + ": fused and GEMM paths differ by " + std::to_string(err) + " (output " +
-               std::to_string(i) + ", largest " + std::to_string(scale) + ")");
+           describe(c, name) + ": the fused kernel and the " + path + " path differ by " + std::to_string(err) +
+               " (output " + std::to_string(i) + ", largest " + std::to_string(scale) + ")");
   }
 }
 
@@ -109,17 +115,23 @@ std::vector<at::Tensor> outputs(const Stack& s) {
   return s[0].toTensorVector();
 }
 
-// Runs the call on the fused path and, if c.gemm, on the GEMM path, and compares the two; a
-// generator argument is made fresh, with the same seed, for each path so both draw the same noise.
+// Runs the call on the fused kernel and on the split kernel and the GEMM path where c asks for
+// them, and compares each with the first; a generator argument is made fresh, with the same seed,
+// for each path so all draw the same noise.
 int run_paths(const Config& c, const std::string& name, const char* op, const std::function<Stack()>& args) {
-  std::vector<at::Tensor> got[2];
-  const int paths = c.gemm ? 2 : 1;
-  for (int path = 0; path < paths; ++path) {
-    set_fused(path == 0);
-    got[path] = outputs(call(op, args()));
+  std::vector<at::Tensor> fused;
+  int calls = 0;
+  for (const char* path : kPaths) {
+    if ((std::strcmp(path, "split") == 0 && !c.split) || (std::strcmp(path, "gemm") == 0 && !c.gemm)) continue;
+    set_path(path);
+    const std::vector<at::Tensor> got = outputs(call(op, args()));
+    if (calls++ == 0) {
+      fused = got;
+    } else {
+      compare(fused, got, path, c, name);
+    }
   }
-  if (c.gemm) compare(got[0], got[1], c, name);
-  return paths;
+  return calls;
 }
 
 // Each configuration runs both transforms, spectral_lincomb with 1 to 4 inputs and the backward op
@@ -227,12 +239,19 @@ int main(int argc, char** argv) {
           // float32 at a few sizes (a ragged row among them), since each of its blocks costs
           // 256 threads.
           const bool gemm = races ? dtype == at::kFloat && !mixed && (H * W <= 31 * 16 || H == 65) : !half;
+          // The split kernel's own code is its bands' bounds and the spectrum's store and load:
+          // under --races at 31 x 16 (4 blocks a plane) and at 65 x 65 (9 blocks, bands of unequal
+          // length) in float32 with the halves; otherwise where a call stays under a few seconds.
+          const bool split = races ? (H == 31 && !half && !mixed) ||
+                                         (H == 65 && dtype == at::kFloat && std::strcmp(basis, "even/odd") == 0)
+                                   : H < 128 && (!half || H <= 31);
           const auto start = std::chrono::steady_clock::now();
-          calls += run_config(Config{H, W, dtype, basis, planes, gemm, races}, configs);
+          calls += run_config(Config{H, W, dtype, basis, planes, split, gemm, races}, configs);
           ++configs;
           const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-          std::printf("sanitize_driver: %lldx%lld %s %s%s: clean (%.1f s)\n", static_cast<long long>(H),
-                      static_cast<long long>(W), c10::toString(dtype), basis, gemm ? ", both paths" : "", took.count());
+          std::printf("sanitize_driver: %lldx%lld %s %s: fused%s%s clean (%.1f s)\n", static_cast<long long>(H),
+                      static_cast<long long>(W), c10::toString(dtype), basis, split ? ", split" : "",
+                      gemm ? ", gemm" : "", took.count());
           std::fflush(stdout);
         }
       }
@@ -240,7 +259,6 @@ int main(int argc, char** argv) {
   } catch (const Failure&) {
     return 1;
   }
-  std::printf("sanitize_driver: %d configurations, %d calls%s\n", configs, calls,
-              races ? "" : ", the fused and GEMM paths agree");
+  std::printf("sanitize_driver: %d configurations, %d calls%s\n", configs, calls, races ? "" : ", the paths agree");
   return 0;
 }
