@@ -341,7 +341,8 @@ class Sampler:
     """A reverse process on the kept steps ``self.steps`` (descending), of one ``kind``.
 
     Tables are built once in float64 and cached per (device, dtype) (:class:`TableCache`); each
-    step is one ``spectral_lincomb`` of ``[x_i, ε_θ]`` (plus noise drawn in the spectral domain).
+    step is one ``spectral_lincomb`` of ``[x_i, ε_θ]`` (plus noise drawn in the spectral domain),
+    :meth:`step`, and :meth:`sample` is the loop of it from the prior.
     """
 
     def __init__(
@@ -459,25 +460,14 @@ class Sampler:
         """
         proc = self.process
         x = proc.prior_sample(shape, generator, device, dtype, self.reference_var)
-        B = shape[0]
-        tab = self.tables(x.device, x.dtype)
-        ptab = proc.tables(x.device, x.dtype)
-        ops = proc.ops(x.device)
-        coefs, noise_coef, U_h, U_w = tab["step_coefs"], tab["step_noise"], ptab["U_h"], ptab["U_w"]
         desc = f"sampling ({self.kind}, {self.K}/{proc.steps} steps)"
         prev = None
         with Progress(self.K, desc, unit="step", enabled=progress) as bar:
             for n, s in enumerate(self.steps):
-                k = self.K - n
-                t = torch.full((B,), s, dtype=torch.int64, device=x.device)
-                eps = model(x, t).to(x.dtype)
+                eps = model(x, torch.full((shape[0],), s, dtype=torch.int64, device=x.device)).to(x.dtype)
                 if callback is not None:
                     callback(s, x, eps)
-                idx = t if k == s else torch.full((B,), k, dtype=torch.int64, device=x.device)
-                x, prev = (
-                    ops.spectral_lincomb(self._inputs(x, eps, prev), coefs, idx, U_h, U_w, noise_coef, None, generator),
-                    (x, eps),
-                )
+                x, prev = self.step(x, eps, self.K - n, generator=generator, prev=prev), (x, eps)
                 bar.update(1)
         if guard:
             stats = proc.data_stats
