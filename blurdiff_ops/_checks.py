@@ -1,9 +1,10 @@
-"""Argument checks shared by the reference ops and the compiled-op wrappers.
+"""Argument checks of the ops, written once: the reference ops, the compiled-op wrappers and the
+compiled ops' fake kernels (``traced``: under torch.compile, on fake tensors) all run these.
 
-Both backends must reject exactly the same inputs with the same messages, so the checks live
-here once, and the public wrappers run them before choosing a backend. The C++ ops repeat the
-cheap structural checks (they can be called directly through ``torch.ops``), but the messages
-users normally see are these.
+Both backends must reject exactly the same inputs with the same messages. A public call is
+checked once: the wrappers check before the compiled op, and leave the checks to the reference
+on the fallback path. The C++ ops repeat the cheap structural checks (they can be called
+directly through ``torch.ops``), but the messages users normally see are these.
 
 Tables (``coefs``, ``U_h``, ``U_w``, ``noise_coef``) must not require grad while grad mode is
 on: the ops are not differentiable with respect to them, and a gradient that silently stops
@@ -57,7 +58,7 @@ def _check_basis(op: str, U_h, U_w, H: int, W: int, dtype: torch.dtype, device) 
             _fail(op, f"{name} is on {U.device} but the data is on {device}")
 
 
-def _check_data(op: str, name: str, x) -> None:
+def check_data(op: str, name: str, x) -> None:
     _check_tensor(op, name, x, 4)
     if x.dtype not in _DATA_DTYPES:
         _fail(op, f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
@@ -74,8 +75,9 @@ def check_constant_tables(op: str, **tables: torch.Tensor | None) -> None:
             )
 
 
-def check_transform(op: str, x, U_h, U_w) -> None:
-    """Checks for ``to_spectral`` / ``from_spectral``: x is ``[..., H, W]`` (at least 2-D)."""
+def check_transform(op: str, x, U_h, U_w, traced: bool = False) -> None:
+    """Checks for ``to_spectral`` / ``from_spectral``: x is ``[..., H, W]`` (at least 2-D).
+    ``traced``: a fake kernel's call, where autograd has handled the tables already."""
     _check_is_tensor(op, "x", x)
     if x.dim() < 2:
         _fail(op, f"x must have at least 2 dimensions [..., H, W], got shape {tuple(x.shape)}")
@@ -83,7 +85,7 @@ def check_transform(op: str, x, U_h, U_w) -> None:
         _fail(op, f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     H, W = x.shape[-2], x.shape[-1]
     _check_basis(op, U_h, U_w, H, W, table_dtype_for(x.dtype), x.device)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and not traced:
         check_constant_tables(op, U_h=U_h, U_w=U_w)
 
 
@@ -96,12 +98,14 @@ def check_lincomb(
     noise_coef: torch.Tensor | None,
     noise: torch.Tensor | None,
     check_t_range: bool = True,
+    traced: bool = False,
 ) -> None:
     """Checks for ``spectral_lincomb`` (docs/design.md §2).
 
     ``check_t_range`` reads ``t`` back to the host; callers that built ``t`` themselves (the
     diffusion object, inside a sampling loop) may skip that synchronisation. A ``t`` on the meta
-    device has no values, so its range is never checked.
+    device has no values, so its range is never checked. ``traced``: as in
+    :func:`check_transform`.
     """
     op = "spectral_lincomb"
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (list, tuple)):
@@ -109,7 +113,7 @@ def check_lincomb(
     if len(inputs) == 0:
         _fail(op, "inputs must hold at least one tensor")
     for k, x in enumerate(inputs):
-        _check_data(op, f"inputs[{k}]", x)
+        check_data(op, f"inputs[{k}]", x)
     x0 = inputs[0]
     shape, dtype, device = x0.shape, x0.dtype, x0.device
     for k, x in enumerate(inputs[1:], start=1):
@@ -119,13 +123,40 @@ def check_lincomb(
             _fail(op, f"inputs[{k}] has dtype {x.dtype} but inputs[0] has {dtype}")
         if x.device != device:
             _fail(op, f"inputs[{k}] is on {x.device} but inputs[0] is on {device}")
-    B, _, H, W = shape
-    K = len(inputs)
-    table_dtype = table_dtype_for(dtype)
+    check_tables(op, x0, len(inputs), coefs, t, U_h, U_w, noise_coef, check_t_range)
+    if noise is not None and noise_coef is None:
+        _fail(op, "noise was given but noise_coef is None (the noise term needs its coefficients)")
+    if noise is not None:
+        check_data(op, "noise", noise)
+        if noise.shape != shape:
+            _fail(op, f"noise must have the inputs' shape {tuple(shape)}, got {tuple(noise.shape)}")
+        if noise.dtype != dtype:
+            _fail(op, f"noise has dtype {noise.dtype} but the inputs have {dtype}")
+        if noise.device != device:
+            _fail(op, f"noise is on {noise.device} but the inputs are on {device}")
+    if torch.is_grad_enabled() and not traced:
+        check_constant_tables(op, coefs=coefs, U_h=U_h, U_w=U_w, noise_coef=noise_coef)
 
+
+def check_tables(
+    op: str,
+    x: torch.Tensor,
+    K: int | None,
+    coefs: torch.Tensor,
+    t: torch.Tensor,
+    U_h: torch.Tensor,
+    U_w: torch.Tensor,
+    noise_coef: torch.Tensor | None,
+    check_t_range: bool,
+) -> None:
+    """The arguments beside the data ``x`` ``[B, C, H, W]`` of ``spectral_lincomb`` (K inputs) and
+    of ``spectral_lincomb_backward`` (K None: any number of coefficient planes)."""
+    B, _, H, W = x.shape
+    dtype, device = x.dtype, x.device
+    table_dtype = table_dtype_for(dtype)
     _check_tensor(op, "coefs", coefs, 4)
-    if coefs.shape[0] != K or tuple(coefs.shape[2:]) != (H, W):
-        _fail(op, f"coefs must have shape [K={K}, T, {H}, {W}], got {tuple(coefs.shape)}")
+    if (K is not None and coefs.shape[0] != K) or tuple(coefs.shape[2:]) != (H, W):
+        _fail(op, f"coefs must have shape [K={'K' if K is None else K}, T, {H}, {W}], got {tuple(coefs.shape)}")
     if coefs.dtype != table_dtype:
         _fail(op, f"coefs must have dtype {table_dtype} for {dtype} inputs, got {coefs.dtype}")
     if coefs.device != device:
@@ -148,8 +179,6 @@ def check_lincomb(
 
     _check_basis(op, U_h, U_w, H, W, table_dtype, device)
 
-    if noise is not None and noise_coef is None:
-        _fail(op, "noise was given but noise_coef is None (the noise term needs its coefficients)")
     if noise_coef is not None:
         _check_tensor(op, "noise_coef", noise_coef, 3)
         if tuple(noise_coef.shape) != (T, H, W):
@@ -158,16 +187,6 @@ def check_lincomb(
             _fail(op, f"noise_coef must have dtype {table_dtype} for {dtype} inputs, got {noise_coef.dtype}")
         if noise_coef.device != device:
             _fail(op, f"noise_coef is on {noise_coef.device} but the inputs are on {device}")
-    if noise is not None:
-        _check_data(op, "noise", noise)
-        if noise.shape != shape:
-            _fail(op, f"noise must have the inputs' shape {tuple(shape)}, got {tuple(noise.shape)}")
-        if noise.dtype != dtype:
-            _fail(op, f"noise has dtype {noise.dtype} but the inputs have {dtype}")
-        if noise.device != device:
-            _fail(op, f"noise is on {noise.device} but the inputs are on {device}")
-    if torch.is_grad_enabled():
-        check_constant_tables(op, coefs=coefs, U_h=U_h, U_w=U_w, noise_coef=noise_coef)
 
 
 def check_generator(generator: torch.Generator | None, device: torch.device) -> None:

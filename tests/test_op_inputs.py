@@ -163,6 +163,44 @@ def test_tables_that_require_grad_are_constants_without_grad_mode(backend):
     torch.testing.assert_close(spec, R.to_spectral(a["noise"], a["U_h"], a["U_w"]))
 
 
+FAKE_BAD = {
+    "coefs K": (dict(coefs=lambda c: c[:1]), "coefs must have shape \\[K=2"),
+    "t length": (dict(t=lambda t: t[:1]), "t must have shape \\[B="),
+    "U_w size": (dict(U_w=lambda U: U[:-1, :-1]), "U_w must have shape"),
+    "noise_coef dtype": (dict(noise_coef=lambda n: n.double()), "noise_coef must have dtype"),
+    "noise shape": (dict(noise=lambda n: n[:, :1]), "noise must have the inputs' shape"),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", list(FAKE_BAD))
+def test_fake_kernels_reject_with_the_eager_messages(case):
+    """torch.compile traces the ops' fake kernels: a wrong call fails there, with the message an
+    eager call gives (the same checks, blurdiff_ops/_checks.py)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    change, msg = FAKE_BAD[case]
+    args = _apply(_good(), change)
+    want = _error(R.spectral_lincomb, **args)
+    with FakeTensorMode() as mode:
+        fake = {k: [mode.from_tensor(x) for x in v] if k == "inputs" else mode.from_tensor(v) for k, v in args.items()}
+        got = _error(torch.ops.blurdiff_ops.spectral_lincomb, **fake)
+        if case == "U_w size":
+            grad = _error(
+                torch.ops.blurdiff_ops.spectral_lincomb_backward,
+                fake["inputs"][0],
+                fake["coefs"],
+                fake["t"],
+                fake["U_h"],
+                fake["U_w"],
+                fake["noise_coef"],
+            )
+            assert type(grad) is ValueError
+            assert str(grad).startswith("blurdiff_ops.spectral_lincomb_backward: U_w must have shape"), str(grad)
+    assert type(got) is ValueError and str(got) == str(want)
+    assert re.search(msg, str(got)), str(got)
+
+
 def test_meta_tensors_give_meta_results(backend):
     """Meta tensors have no values: shapes go through, the range check of t is skipped."""
     a = {k: v.to("meta") for k, v in _good().items() if k != "inputs"}
