@@ -25,7 +25,7 @@ from PIL import Image
 
 import blurdiff_ops
 from blurdiff.toy_data import toy_image
-from blurdiff.train import Trainer
+from blurdiff.train import Trainer, build_trainer
 from blurdiff.train_options import TrainOptions
 
 HAS_CUDA = torch.cuda.is_available()
@@ -72,7 +72,7 @@ def _trainer(case, image_folders, tmp_path) -> Trainer:
         ckpt_every=0,
         progress=False,
     )
-    trainer = Trainer(options)
+    trainer = build_trainer(options)
     for _ in range(3):  # warm up: allocator, oneDNN/cuDNN kernel choice, DataLoader start
         trainer.run_step(trainer._next_batch())
     _sync(trainer.device)

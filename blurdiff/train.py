@@ -40,7 +40,7 @@ from blurdiff.distributed import (
 )
 from blurdiff.health import TrainingHealth
 from blurdiff.images import save_grid
-from blurdiff.presets import get_preset
+from blurdiff.presets import ExperimentPreset, get_preset
 from blurdiff.progress import Progress
 from blurdiff.resume import check_same_run, checkpoint_to_resume, restore_rng_states, resume_batch, rng_states
 from blurdiff.run_folder import run_lock
@@ -53,16 +53,15 @@ from blurdiff.unet import UNET_PRESETS, build_unet
 log = logging.getLogger("blurdiff.train")
 
 __all__ = [
+    "RunPlan",
     "Trainer",
     "TrainingParts",
+    "plan_run",
     "build_parts",
     "build_trainer",
     "NonFiniteLossError",
     "train",
 ]
-
-# The default of Trainer(checkpoint=...): look in the run folder (options.out) for one to resume.
-FIND = "find"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,43 +81,45 @@ class NonFiniteLossError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 
 
-class TrainingParts(NamedTuple):
-    """What :func:`build_parts` builds for a :class:`Trainer` from its options."""
+class RunPlan(NamedTuple):
+    """What :func:`plan_run` settles about a run before anything is built."""
 
     options: TrainOptions  # resolved: every trajectory option set (from the run when resuming)
+    preset: ExperimentPreset
     device: torch.device
-    process: BlurDiffusion  # with its data statistics
-    model: torch.nn.Module  # the preset's UNet with the run's overrides, on ``device``, at its initial weights
-    dataset: torch.utils.data.Dataset
     checkpoint: dict[str, Any] | None  # the one the run goes on from; None for a new run
 
 
-def _resolve(
-    options: TrainOptions, rank: int, world_size: int, device: torch.device, checkpoint: Any = FIND
-) -> tuple[TrainOptions, dict[str, Any] | None]:
-    """The checked options with every unset trajectory option filled, and the checkpoint to resume
-    (found in the run folder unless given; see :func:`blurdiff.resume.checkpoint_to_resume`)."""
-    get_preset(options.preset)  # unknown preset: a clear error before anything else
-    if checkpoint == FIND:
-        checkpoint = checkpoint_to_resume(Path(options.out), options.resume, rank, world_size)
+class TrainingParts(NamedTuple):
+    """What :func:`build_parts` builds for a :class:`Trainer` from a plan."""
+
+    process: BlurDiffusion  # with its data statistics
+    model: torch.nn.Module  # the preset's UNet with the run's overrides, on the device, at its initial weights
+    dataset: torch.utils.data.Dataset
+
+
+def plan_run(
+    options: TrainOptions, rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
+) -> RunPlan:
+    """The run folder's checks, the checkpoint to resume (:func:`blurdiff.resume.checkpoint_to_resume`:
+    a run with checkpoints is refused unless ``options.resume``) and the options with every unset
+    trajectory option filled (from that checkpoint, else the preset or the defaults), checked.
+
+    A collective call when ``world_size > 1`` (the ranks agree on the checkpoint).
+    """
+    preset = get_preset(options.preset)  # unknown preset: a clear error before anything else
+    device = torch.device(device) if device is not None else device_for_rank(options.device, rank, world_size)
+    checkpoint = checkpoint_to_resume(Path(options.out), options.resume, rank, world_size)
     resolved = options.resolved(checkpoint["config"]["train"] if checkpoint else None)
     resolved.check(device)
-    return resolved, checkpoint
+    return RunPlan(resolved, preset, device, checkpoint)
 
 
-def build_parts(
-    options: TrainOptions, rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
-) -> TrainingParts:
-    """The process, network and data set ``options`` describe (the preset with the run's overrides),
-    after the run folder's checks and the checkpoint to resume (whose options fill the unset ones).
-
-    A collective call when ``world_size > 1`` (the ranks agree on the checkpoint). The network's
-    initial weights come from ``torch.manual_seed(seed)``: the same on every rank.
-    """
-    device = torch.device(device) if device is not None else device_for_rank(options.device, rank, world_size)
-    opts, checkpoint = _resolve(options, rank, world_size, device)
-    preset = get_preset(opts.preset)
-
+def build_parts(plan: RunPlan) -> TrainingParts:
+    """The process, network and data set the plan's options describe (the preset with the run's
+    overrides). The network's initial weights come from ``torch.manual_seed(seed)``: the same on
+    every rank."""
+    opts, preset, device = plan.options, plan.preset, plan.device
     process_overrides = dict(opts.process_overrides)
     if opts.resolution is not None:
         process_overrides["resolution"] = opts.resolution
@@ -134,29 +135,19 @@ def build_parts(
 
     # Data first: a missing or empty data set should fail before a big model is built.
     dataset = open_dataset(opts.data, process.resolution, hflip=preset.hflip)
-    process.data_stats = _data_statistics(process, dataset, checkpoint)
+    process.data_stats = _data_statistics(process, dataset, plan.checkpoint)
 
     torch.manual_seed(opts.seed)  # the initial weights: the same on every rank
     model = build_unet(preset.unet, **unet_overrides).to(device)
-    return TrainingParts(opts, device, process, model, dataset, checkpoint)
+    return TrainingParts(process, model, dataset)
 
 
 def build_trainer(
     options: TrainOptions, rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
 ) -> Trainer:
-    """A :class:`Trainer` of the parts :func:`build_parts` builds from ``options`` (what
-    ``Trainer(options)`` also does)."""
-    parts = build_parts(options, rank, world_size, device)
-    return Trainer(
-        parts.options,
-        rank,
-        world_size,
-        parts.device,
-        process=parts.process,
-        model=parts.model,
-        dataset=parts.dataset,
-        checkpoint=parts.checkpoint,
-    )
+    """A :class:`Trainer` of the parts :func:`build_parts` builds from the plan of ``options``."""
+    plan = plan_run(options, rank, world_size, device)
+    return Trainer(plan, *build_parts(plan), rank=rank, world_size=world_size)
 
 
 def _data_statistics(process: BlurDiffusion, dataset, checkpoint: dict[str, Any] | None = None) -> DataStatistics:
@@ -201,26 +192,25 @@ class Trainer:
     """Trains a process's ε-network on a data set: owns the model, its EMA, the optimizer, the data
     position, checkpoints and logs.
 
-    >>> trainer = Trainer(TrainOptions(data="data/toy", preset="toy", out="runs/toy", max_steps=1000))
+    >>> trainer = build_trainer(TrainOptions(data="data/toy", preset="toy", out="runs/toy", max_steps=1000))
     >>> trainer.run_loop()
 
-    The parts (``process``, ``model``, ``dataset``) are given, or none of them: then they are built
-    from ``options`` by :func:`build_parts` (as :func:`build_trainer` does). Given, they are
+    It receives its parts: the ``plan`` of the run (:func:`plan_run`: the resolved options, the
+    preset, the device and the checkpoint to resume, None for a new run), and
 
     - ``process``: a :class:`BlurDiffusion`; its ``data_stats`` are kept when set, else taken from
       the checkpoint or measured on ``dataset``;
     - ``model``: the ε-network ``model(x_t, t)``, with a ``config`` dataclass like the UNet's
       (``blurdiff.unet.UNetConfig``: checkpoints record it and samplers rebuild the network from it);
-      moved to ``device``;
+      moved to the device;
     - ``dataset``: a map-style data set of ``[C, H, W]`` images in [-1, 1] at the process's
-      resolution (e.g. ``blurdiff.data.open_dataset``'s), read through a resumable loader.
+      resolution (e.g. ``blurdiff.data.open_dataset``'s), read through a resumable loader;
 
-    ``options`` give the rest: the run folder (``out``), the preset (the optimisation defaults and
-    the meaning of the network's output), the optimisation, checkpoints, logs and samples.
-    ``checkpoint`` is the state to resume from (None: a new run) as :func:`build_parts` found it;
-    by default the run folder is checked and searched here (:func:`blurdiff.resume.checkpoint_to_resume`):
-    a run with checkpoints is refused unless ``options.resume``, and a resumed run must have the same
-    preset, process and network.
+    :func:`build_parts` builds the last three from the plan's options, or they are one's own:
+    ``Trainer(plan_run(options), process=..., model=..., dataset=...)``. The options give the
+    rest: the run folder (``out``), the optimisation, checkpoints, logs and samples; the preset
+    the meaning of the network's output. A resumed run must have the same preset, process and
+    network.
 
     ``rank``/``world_size`` describe a started process group (see :func:`train`); the model is
     wrapped in ``DistributedDataParallel`` when ``world_size > 1``.
@@ -228,27 +218,19 @@ class Trainer:
 
     def __init__(
         self,
-        options: TrainOptions,
+        plan: RunPlan,
+        process: BlurDiffusion,
+        model: torch.nn.Module,
+        dataset: torch.utils.data.Dataset,
+        *,
         rank: int = 0,
         world_size: int = 1,
-        device: torch.device | str | None = None,
-        *,
-        process: BlurDiffusion | None = None,
-        model: torch.nn.Module | None = None,
-        dataset: torch.utils.data.Dataset | None = None,
-        checkpoint: dict[str, Any] | None | str = FIND,
     ):
-        if process is None and model is None and dataset is None:
-            options, device, process, model, dataset, checkpoint = build_parts(options, rank, world_size, device)
-        elif process is None or model is None or dataset is None:
-            raise TypeError("Trainer takes a process, a model and a data set, or none of them (built from the options)")
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
-        self.run_dir = Path(options.out)
-        self.device = torch.device(device) if device is not None else device_for_rank(options.device, rank, world_size)
-        self.options, state = _resolve(options, rank, world_size, self.device, checkpoint)
-        opts = self.options
-        self.preset = preset = get_preset(opts.preset)
+        self.options, self.preset, self.device, state = plan
+        opts, preset = self.options, self.preset
+        self.run_dir = Path(opts.out)
         self.batch_size = opts.batch_size  # per process
         self.global_batch = opts.batch_size * world_size
 

@@ -40,7 +40,7 @@ from blurdiff.cli.train import run as main
 from blurdiff.presets import get_preset
 from blurdiff.run_folder import RUN_LOCK, RunInUseError, run_lock
 from blurdiff.toy_data import make_toy_lmdb, toy_image
-from blurdiff.train import NonFiniteLossError, Trainer, train
+from blurdiff.train import NonFiniteLossError, Trainer, build_parts, build_trainer, plan_run, train
 from blurdiff.train_options import TrainOptions
 
 RES = 16
@@ -76,7 +76,7 @@ def opts(data, out, **kw) -> TrainOptions:
 
 
 def run(options: TrainOptions) -> Trainer:
-    trainer = Trainer(options)
+    trainer = build_trainer(options)
     trainer.run_loop()
     trainer.close()
     return trainer
@@ -221,7 +221,7 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, mon
         match=r"skipping ckpt-00000004\.pt: .*not a loadable.*renamed to "
         r"ckpt-00000004\.pt\.unreadable\); resuming from ckpt-00000002\.pt",
     ):
-        resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2, resume=True))
+        resumed = build_trainer(opts(toy_lmdb, tmp_path, max_steps=4, ckpt_every=2, keep=2, resume=True))
     assert resumed.step == 2  # from the checkpoint before the damaged one
     resumed.run_loop()
     resumed.close()
@@ -242,14 +242,14 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(toy_lmdb, tmp_path, mon
 
     with monkeypatch.context() as patched, pytest.raises(PermissionError, match="simulated"):
         patched.setattr(torch, "load", failing_load)
-        Trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
+        build_trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
     assert (ckpts / "ckpt-00000004.pt").is_file()
 
     # Nothing loads: a clear error that names what was tried, and every file stays where it was.
     (ckpts / "ckpt-00000002.pt").write_bytes(b"x")
     (ckpts / "ckpt-00000004.pt").write_bytes(b"y")
     with pytest.raises(ValueError, match=r"no checkpoint in .* loads \(tried ckpt-00000004\.pt, ckpt-00000002\.pt"):
-        Trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
+        build_trainer(opts(toy_lmdb, tmp_path, max_steps=6, resume=True))
     assert sorted(p.name for p in ckpts.iterdir()) == [
         "ckpt-00000002.pt",
         "ckpt-00000004.pt",
@@ -274,7 +274,7 @@ def test_resume_sets_aside_checkpoints_that_do_not_fit_the_run(toy_lmdb, tmp_pat
         save_checkpoint(state, ckpts / f"ckpt-{step:08d}.pt")  # with a valid checksum
 
     with pytest.warns(UserWarning) as caught:
-        resumed = Trainer(opts(toy_lmdb, tmp_path, max_steps=5, ckpt_every=1, keep=0, resume=True))
+        resumed = build_trainer(opts(toy_lmdb, tmp_path, max_steps=5, ckpt_every=1, keep=0, resume=True))
     assert resumed.step == 1
     said = [str(w.message) for w in caught if "skipping" in str(w.message)]
     for step, reason in [
@@ -349,7 +349,7 @@ def test_resume_sets_aside_a_checkpoint_holding_what_the_run_cannot_go_on_from(
     change(state)
     save_checkpoint(state, newest)  # with a valid checksum: what the file holds is wrong, not its bytes
     with pytest.warns(UserWarning, match=f"skipping ckpt-00000002.pt: .*{reason}.*resuming from ckpt-00000001.pt"):
-        resumed = Trainer(opts(toy_lmdb, out, max_steps=2, ckpt_every=1, keep=0, resume=True))
+        resumed = build_trainer(opts(toy_lmdb, out, max_steps=2, ckpt_every=1, keep=0, resume=True))
     assert resumed.step == 1 and (out / "checkpoints" / "ckpt-00000002.pt.unreadable").is_file()
     resumed.run_loop()  # and it goes on
     resumed.close()
@@ -388,7 +388,7 @@ def test_resume_on_another_data_set_size_warns(toy_lmdb, tmp_path):
     smaller = tmp_path / "smaller"
     make_toy_lmdb(str(smaller), 16, RES)
     with pytest.warns(UserWarning, match="data set of 16 images .*trained on 32.*re-cut"):
-        trainer = Trainer(opts(smaller, tmp_path / "run", max_steps=3, resume=True))
+        trainer = build_trainer(opts(smaller, tmp_path / "run", max_steps=3, resume=True))
     assert trainer.step == 2 and trainer.loader.next_batch == 2
 
 
@@ -446,14 +446,14 @@ def test_nan_loss_stops_without_saving(toy_lmdb, tmp_path, monkeypatch, capsys):
 def test_refuses_existing_run_without_resume_and_changed_process(toy_lmdb, tmp_path):
     run(opts(toy_lmdb, tmp_path, max_steps=1))
     with pytest.raises(ValueError, match="--resume"):
-        Trainer(opts(toy_lmdb, tmp_path, max_steps=2))
+        build_trainer(opts(toy_lmdb, tmp_path, max_steps=2))
     with pytest.raises(ValueError, match="different process"):
-        Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True, process_overrides={"f_max": 0.6}))
+        build_trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True, process_overrides={"f_max": 0.6}))
     with pytest.raises(ValueError, match="different preset"):
-        Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True, preset="lsun64-noblur"))
-    assert Trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True)).step == 1
+        build_trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True, preset="lsun64-noblur"))
+    assert build_trainer(opts(toy_lmdb, tmp_path, max_steps=2, resume=True)).step == 1
     # --resume on a run folder without checkpoints starts a new run.
-    assert Trainer(opts(toy_lmdb, tmp_path / "new", resume=True)).step == 0
+    assert build_trainer(opts(toy_lmdb, tmp_path / "new", resume=True)).step == 0
 
 
 def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
@@ -468,7 +468,7 @@ def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
             match=f"--out {mine} is not empty and is not a blurdiff run .*it holds "
             f"config.json, data/, metrics.jsonl ... \\(4 in all\\)",
         ):
-            Trainer(opts(toy_lmdb, mine, resume=resume))
+            build_trainer(opts(toy_lmdb, mine, resume=resume))
     # Through `python -m blurdiff.cli.train`'s own main: a one-line error and exit code 2.
     args = parse(
         [
@@ -554,7 +554,7 @@ def test_unwritable_run_folder_fails_at_the_start(toy_lmdb, tmp_path, monkeypatc
     with monkeypatch.context() as patched:
         read_only(patched, ckpts)
         with pytest.raises(PermissionError, match=f"cannot write the run's checkpoints and logs .*'{ckpts}'"):
-            Trainer(opts(toy_lmdb, tmp_path / "run", max_steps=3, resume=True))
+            build_trainer(opts(toy_lmdb, tmp_path / "run", max_steps=3, resume=True))
         args = parse(
             [
                 "--data",
@@ -581,7 +581,7 @@ def test_unwritable_run_folder_fails_at_the_start(toy_lmdb, tmp_path, monkeypatc
     with monkeypatch.context() as patched:
         read_only(patched, tmp_path / "shared")
         with pytest.raises(PermissionError, match=f"'{tmp_path / 'shared'}'"):
-            Trainer(opts(toy_lmdb, tmp_path / "shared" / "run"))
+            build_trainer(opts(toy_lmdb, tmp_path / "shared" / "run"))
     assert not list((tmp_path / "shared").iterdir())
 
 
@@ -622,14 +622,14 @@ def test_sample_grid_is_written(toy_lmdb, tmp_path):
 
 
 def test_grad_clip_bounds_the_gradient(toy_lmdb, tmp_path):
-    trainer = Trainer(opts(toy_lmdb, tmp_path, grad_clip=1e-3))
+    trainer = build_trainer(opts(toy_lmdb, tmp_path, grad_clip=1e-3))
     _, norm = trainer.run_step(trainer._next_batch())
     clipped = torch.nn.utils.get_total_norm([p.grad for p in trainer.model.parameters()])
     assert norm > 1e-2 and clipped == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_bf16_autocast_on_cpu(toy_lmdb, tmp_path):
-    trainer = Trainer(opts(toy_lmdb, tmp_path, max_steps=1, amp="bf16"))
+    trainer = build_trainer(opts(toy_lmdb, tmp_path, max_steps=1, amp="bf16"))
     seen = []
     trainer.model.out.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     loss, _ = trainer.run_step(trainer._next_batch())
@@ -675,19 +675,11 @@ def test_trains_on_lsun_lmdb_and_image_folder(make, tmp_path):
 
 def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_path):
     from blurdiff import BlurDiffusion, ProcessConfig, build_unet
-    from blurdiff.train import build_parts
 
-    # The parts build_parts makes from the options, handed over: the run Trainer(options) makes.
-    straight = run(opts(toy_lmdb, tmp_path / "straight", max_steps=2))
-    parts = build_parts(opts(toy_lmdb, tmp_path / "parts", max_steps=2))
-    handed = Trainer(
-        parts.options,
-        device=parts.device,
-        process=parts.process,
-        model=parts.model,
-        dataset=parts.dataset,
-        checkpoint=parts.checkpoint,
-    )
+    # The parts build_parts makes from the plan, handed over: the run build_trainer makes.
+    run(opts(toy_lmdb, tmp_path / "straight", max_steps=2))
+    plan = plan_run(opts(toy_lmdb, tmp_path / "parts", max_steps=2))
+    handed = Trainer(plan, *build_parts(plan))
     handed.run_loop()
     handed.close()
     for key in ("step", "model", "ema", "optimizer", "rng", "data", "data_stats"):
@@ -696,8 +688,6 @@ def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_
             load_checkpoint(latest_checkpoint(tmp_path / "parts"))[key],
             key,
         )
-    with pytest.raises(TypeError, match="or none of them"):
-        Trainer(opts(toy_lmdb, tmp_path / "half"), process=straight.process)
 
     # A data set of plain tensors (no flips), another process and network: the data statistics are
     # measured on it, and the run resumes from its checkpoint onto parts built again.
@@ -714,14 +704,16 @@ def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_
             process=BlurDiffusion(ProcessConfig(resolution=RES, steps=50)), model=build_unet("tiny", image_size=RES)
         )
 
-    mine = Trainer(opts("noise", tmp_path / "mine", max_steps=2), dataset=Noise(), **parts_of_my_own())
+    mine = Trainer(plan_run(opts("noise", tmp_path / "mine", max_steps=2)), dataset=Noise(), **parts_of_my_own())
     mine.run_loop()
     mine.close()
     state = load_checkpoint(latest_checkpoint(tmp_path / "mine"))
     assert state["config"]["process"]["steps"] == 50 and state["data_stats"]["count"] == 8
     process, model = build_from_checkpoint(state)
     assert process.steps == 50 and model.config == mine.model.config
-    resumed = Trainer(opts("noise", tmp_path / "mine", max_steps=3, resume=True), dataset=Noise(), **parts_of_my_own())
+    resumed = Trainer(
+        plan_run(opts("noise", tmp_path / "mine", max_steps=3, resume=True)), dataset=Noise(), **parts_of_my_own()
+    )
     assert resumed.step == 2 and resumed.process.data_stats.count == 8
     assert_same(resumed.model.state_dict(), state["model"])
 
@@ -962,8 +954,10 @@ def test_learning_rate_schedules(toy_lmdb, tmp_path):
     """Warm-up, then constant or a half cosine to 0 at --max-steps; a run resumes with the
     schedule it trained with, not the preset's default."""
     assert get_preset("toy").lr_schedule == "cosine"
-    cosine = Trainer(opts(toy_lmdb, tmp_path / "c", max_steps=20, warmup_steps=4, lr=1e-3))
-    constant = Trainer(opts(toy_lmdb, tmp_path / "k", max_steps=20, warmup_steps=4, lr=1e-3, lr_schedule="constant"))
+    cosine = build_trainer(opts(toy_lmdb, tmp_path / "c", max_steps=20, warmup_steps=4, lr=1e-3))
+    constant = build_trainer(
+        opts(toy_lmdb, tmp_path / "k", max_steps=20, warmup_steps=4, lr=1e-3, lr_schedule="constant")
+    )
     for t in (cosine, constant):
         assert [t.learning_rate(s) for s in range(3)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4])
         t.close()
@@ -971,8 +965,8 @@ def test_learning_rate_schedules(toy_lmdb, tmp_path):
     assert [constant.learning_rate(s) for s in (3, 11, 19)] == [1e-3] * 3
 
     run(opts(toy_lmdb, tmp_path / "old", max_steps=2, ckpt_every=2, lr_schedule="constant"))
-    resumed = Trainer(opts(toy_lmdb, tmp_path / "old", max_steps=4, resume=True))
+    resumed = build_trainer(opts(toy_lmdb, tmp_path / "old", max_steps=4, resume=True))
     assert resumed.options.lr_schedule == "constant"
     resumed.close()
     with pytest.raises(ValueError, match="--lr-schedule must be one of"):
-        Trainer(opts(toy_lmdb, tmp_path / "bad", lr_schedule="step"))
+        build_trainer(opts(toy_lmdb, tmp_path / "bad", lr_schedule="step"))
