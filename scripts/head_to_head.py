@@ -6,7 +6,7 @@
 One process per row (docs/design.md §1, blurdiff/presets.py), everything else shared: on the toy
 images at 16x16 the presets ``toy-noblur`` (DDPM: no blur), ``toy-lee`` (the ``toy`` preset's
 quartic blur), ``toy-hoogeboom`` and ``toy-rissanen``, with the toy's network, optimiser and data
-order and the photos' ``eps_residual`` output (which rissanen needs, blurdiff/presets.py); on the
+order and the photos' ``eps_residual`` output (which rissanen needs, docs/presets.md); on the
 photo crops at 32x32 ``photos32-noblur``, ``photos32-quartic``, ``photos32-hoogeboom`` and
 ``photos32-rissanen``, with the photos' recipe. Each row is trained for every seed (the seed of the
 weights, t, noise and the data order: the rows of a seed see the same batches) for the part's step

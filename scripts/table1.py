@@ -48,7 +48,7 @@ step on the same machine, whose idle two-core rate is known).
 Also reported per run (``dc_gain``): the network's gain on the mean frequency at t = N, which should
 be about 1. Natural images vary a lot in brightness, the small network learns to pass that
 frequency through slowly, and below a gain of 1/2 Eq. 12 blows the brightness up (saturated colour
-fields); on 16x16 trials the gain was still 0.67 after 1400 steps (presets.py, the photos32 notes).
+fields); on 16x16 trials the gain was still 0.67 after 1400 steps (docs/presets.md, photos32).
 """
 
 from __future__ import annotations
