@@ -141,8 +141,8 @@ struct PathCosts {
 };
 
 // The static report's figures of the fused kernel (alike on sm_70, sm_80 and sm_90): the FMA
-// share of its product loops, and resident blocks of kFusedThreads by registers (110-112
-// registers float32, 143-153 float64).
+// share of its product loops, and resident blocks of kFusedThreads by registers (118-123
+// registers float32, 160-164 float64).
 constexpr double kFusedLoopFmaShare32 = 0.75, kFusedLoopFmaShare64 = 0.69;
 constexpr int64_t kFusedBlocksByRegisters32 = 2, kFusedBlocksByRegisters64 = 1;
 constexpr int64_t kFusedThreads = 256;
