@@ -29,6 +29,24 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def toy_lmdb_of(tmp_path_factory):
+    """``make(n, size, seed=0) -> Path``: a toy lmdb (``blurdiff.toy_data.make_toy_lmdb``) made once
+    per session for each ``(n, size, seed)``; tests only read it."""
+    from blurdiff.toy_data import make_toy_lmdb
+
+    made: dict[tuple, Path] = {}
+
+    def make(n: int, size: int, seed: int = 0) -> Path:
+        if (n, size, seed) not in made:
+            path = tmp_path_factory.mktemp("toy") / f"toy-{n}x{size}-seed{seed}"
+            make_toy_lmdb(str(path), n, size, seed=seed)
+            made[n, size, seed] = path
+        return made[n, size, seed]
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -101,10 +101,8 @@ def radial_slope(imgs: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def toy8(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy") / "toy8"
-    make_toy_lmdb(str(out), n=8, size=32, seed=0)
-    return out
+def toy8(toy_lmdb_of):
+    return toy_lmdb_of(8, 32)
 
 
 @pytest.fixture

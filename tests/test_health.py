@@ -11,7 +11,6 @@ import pytest
 from blurdiff.checkpoint import list_checkpoints, load_checkpoint
 from blurdiff.cli.train import run as main
 from blurdiff.health import TrainingHealth
-from blurdiff.toy_data import make_toy_lmdb
 from blurdiff.train import train
 from blurdiff.train_options import TrainOptions
 
@@ -60,10 +59,8 @@ def test_nothing_is_judged_before_enough_history():
 
 
 @pytest.fixture(scope="module")
-def toy_lmdb(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "toy"
-    make_toy_lmdb(str(path), 32, RES)
-    return path
+def toy_lmdb(toy_lmdb_of) -> Path:
+    return toy_lmdb_of(32, RES)
 
 
 def test_a_bad_learning_rate_is_detected_recorded_and_reported(toy_lmdb, tmp_path, capsys):

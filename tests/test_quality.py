@@ -23,7 +23,6 @@ from blurdiff.quality import (
     sliced_wasserstein,
 )
 from blurdiff.sample_guard import SamplesDivergedWarning, SampleStats, divergence_reasons, warn_if_diverged
-from blurdiff.toy_data import make_toy_lmdb
 
 N = 64  # images per set: small, so the file runs in seconds
 RES = 16
@@ -33,10 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see 
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    path = tmp_path_factory.mktemp("quality") / "toy"
-    make_toy_lmdb(str(path), 3 * N, 32, seed=3)
-    return path
+def toy(toy_lmdb_of):
+    return toy_lmdb_of(3 * N, 32, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 from blurdiff.checkpoint import latest_checkpoint, load_checkpoint
 from blurdiff.cli import main as cli
 from blurdiff.settings import check_against_run, field_types, parse_settings
-from blurdiff.toy_data import make_toy_lmdb
 
 RES = 8
 
@@ -110,10 +109,8 @@ def test_check_against_run_refuses_another_process():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "toy"
-    make_toy_lmdb(str(path), 8, RES)
-    return path
+def data(toy_lmdb_of) -> Path:
+    return toy_lmdb_of(8, RES)
 
 
 def _train(data, out, *extra, final_check=False) -> int:

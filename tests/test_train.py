@@ -51,10 +51,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see 
 
 
 @pytest.fixture(scope="module")
-def toy_lmdb(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "toy"
-    make_toy_lmdb(str(path), 32, RES)
-    return path
+def toy_lmdb(toy_lmdb_of) -> Path:
+    return toy_lmdb_of(32, RES)
 
 
 def opts(data, out, **kw) -> TrainOptions:
