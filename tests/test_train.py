@@ -55,6 +55,14 @@ def toy_lmdb(toy_lmdb_of) -> Path:
     return toy_lmdb_of(32, RES)
 
 
+def cli_args(data, out, max_steps: int, *extra: str) -> list[str]:
+    """The arguments of `blurdiff train` for a short CPU run of the toy preset (``extra`` appended)."""
+    return [
+        *("--data", str(data), "--preset", "toy", "--out", str(out), "--max-steps", str(max_steps)),
+        *("--no-progress", "--device", "cpu", *extra),
+    ]
+
+
 def opts(data, out, **kw) -> TrainOptions:
     base = dict(
         data=str(data),
@@ -360,22 +368,7 @@ def test_resume_refuses_a_run_whose_only_checkpoint_has_non_finite_weights(toy_l
     state = load_checkpoint(path)
     state["model"]["out.2.weight"].fill_(float("inf"))
     save_checkpoint(state, path)
-    args = parse(
-        [
-            "--data",
-            str(toy_lmdb),
-            "--preset",
-            "toy",
-            "--out",
-            str(tmp_path),
-            "--max-steps",
-            "2",
-            "--resume",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = parse(cli_args(toy_lmdb, tmp_path, 2, "--resume"))
     assert main(args) == 2
     assert f"{path}: the model weights are not finite" in capsys.readouterr().err
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # nothing set aside, nothing new
@@ -419,22 +412,7 @@ def test_nan_loss_stops_without_saving(toy_lmdb, tmp_path, monkeypatch, capsys):
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4]
 
     # Through the command: exit code 3 and a message naming the step and the loss.
-    args = parse(
-        [
-            "--data",
-            str(toy_lmdb),
-            "--preset",
-            "toy",
-            "--out",
-            str(tmp_path),
-            "--max-steps",
-            "8",
-            "--resume",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = parse(cli_args(toy_lmdb, tmp_path, 8, "--resume"))
     assert main(args) == 3
     message = capsys.readouterr().err
     assert "step 5" in message and "loss=nan" in message and "intact" in message
@@ -468,21 +446,7 @@ def test_refuses_an_out_folder_that_is_not_a_run(toy_lmdb, tmp_path, capsys):
         ):
             build_trainer(opts(toy_lmdb, mine, resume=resume))
     # Through `python -m blurdiff.cli.train`'s own main: a one-line error and exit code 2.
-    args = parse(
-        [
-            "--data",
-            str(toy_lmdb),
-            "--preset",
-            "toy",
-            "--out",
-            str(mine),
-            "--max-steps",
-            "1",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = parse(cli_args(toy_lmdb, mine, 1))
     assert main(args) == 2
     assert capsys.readouterr().err.startswith(f"blurdiff train: error: --out {mine} is not empty")
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "data", "metrics.jsonl", "notes.txt"]
@@ -518,7 +482,7 @@ def test_a_second_training_in_one_run_folder_is_refused(toy_lmdb, tmp_path, caps
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunInUseError, match=f"{out} is being trained by process {holder.pid} on "):
             train(opts(toy_lmdb, out, max_steps=1))
-        args = ["--data", str(toy_lmdb), "--preset", "toy", "--out", str(out), "--max-steps", "1", "--no-progress"]
+        args = cli_args(toy_lmdb, out, 1)
         assert main(parse(args + ["--device", "cpu", "--resume"])) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"blurdiff train: error: {out} is being trained by process {holder.pid}")
@@ -553,22 +517,7 @@ def test_unwritable_run_folder_fails_at_the_start(toy_lmdb, tmp_path, monkeypatc
         read_only(patched, ckpts)
         with pytest.raises(PermissionError, match=f"cannot write the run's checkpoints and logs .*'{ckpts}'"):
             build_trainer(opts(toy_lmdb, tmp_path / "run", max_steps=3, resume=True))
-        args = parse(
-            [
-                "--data",
-                str(toy_lmdb),
-                "--preset",
-                "toy",
-                "--out",
-                str(tmp_path / "run"),
-                "--max-steps",
-                "3",
-                "--resume",
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
+        args = parse(cli_args(toy_lmdb, tmp_path / "run", 3, "--resume"))
         assert main(args) == 2
     assert capsys.readouterr().err == (
         f"blurdiff train: error: cannot write the run's checkpoints and logs (Permission denied): {ckpts}\n"
@@ -738,26 +687,7 @@ def cli_main():
 
 def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--data",
-        str(toy_lmdb),
-        "--preset",
-        "toy",
-        "--out",
-        str(out),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--resolution",
-        str(RES),
-        "--log-every",
-        "1",
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+    argv = ["train", *cli_args(toy_lmdb, out, 2, "--batch-size", "4", "--resolution", str(RES), "--log-every", "1")]
     assert cli_main(argv) == 0
     assert latest_checkpoint(out).name == "ckpt-00000002.pt" and len(metrics(out)) == 2
     # Two steps of an untrained network: the final check samples noise far out of range, and says so.
@@ -765,7 +695,7 @@ def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
     assert "run NOT HEALTHY: too short to judge" in said and "look diverged" in said
     assert metrics(out, events=True)[-1]["event"] == "end" and not metrics(out, events=True)[-1]["healthy"]
     assert cli_main(argv) == 2 and "--resume" in capsys.readouterr().err
-    assert cli_main(argv[:8] + ["3", "--resume", "--no-progress", "--device", "cpu"]) == 0  # the rest: from the run
+    assert cli_main(["train", *cli_args(toy_lmdb, out, 3, "--resume")]) == 0  # the rest: from the run
     assert load_checkpoint(latest_checkpoint(out))["config"]["train"]["batch_size"] == 4
 
 
@@ -872,21 +802,7 @@ def test_torchrun_two_processes(toy_lmdb, tmp_path):
         str(_free_port()),
         "-m",
         "blurdiff.cli.train",
-        "--data",
-        str(toy_lmdb),
-        "--preset",
-        "toy",
-        "--out",
-        str(out),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--resolution",
-        str(RES),
-        "--no-progress",
-        "--device",
-        "cpu",
+        *cli_args(toy_lmdb, out, 2, "--batch-size", "2", "--resolution", str(RES)),
     ]
     # The packages these tests import (installed, with their kernels, under scripts/test.sh; the
     # source tree in a developer's `python -m pytest`), not whatever the working folder holds.
