@@ -239,12 +239,15 @@ int main(int argc, char** argv) {
           // float32 at a few sizes (a ragged row among them), since each of its blocks costs
           // 256 threads.
           const bool gemm = races ? dtype == at::kFloat && !mixed && (H * W <= 31 * 16 || H == 65) : !half;
-          // The split kernel's own code is its bands' bounds and the spectrum's store and load:
-          // under --races at 31 x 16 (4 blocks a plane) and at 65 x 65 (9 blocks, bands of unequal
-          // length) in float32 with the halves; otherwise where a call stays under a few seconds.
-          const bool split = races ? (H == 31 && !half && !mixed) ||
-                                         (H == 65 && dtype == at::kFloat && std::strcmp(basis, "even/odd") == 0)
-                                   : H < 128 && (!half || H <= 31);
+          // The split kernel's own code is its bands' bounds and the spectrum's store and load,
+          // the same for every product shape: at the small sizes in every type and basis, and at
+          // 64 x 64 and 65 x 65 (9 blocks a plane, bands of unequal length) in float32 and float64
+          // without the dense product; under --races at 31 x 16 (4 blocks a plane) and 65 x 65 in
+          // float32 with the halves.
+          const bool dense = std::strcmp(basis, "dense") == 0;
+          const bool split = races
+                                 ? (H == 31 && !half && !mixed) || (H == 65 && dtype == at::kFloat && !dense && !mixed)
+                                 : H <= 31 || ((H == 64 || H == 65) && !half && !dense);
           const auto start = std::chrono::steady_clock::now();
           calls += run_config(Config{H, W, dtype, basis, planes, split, gemm, races}, configs);
           ++configs;
