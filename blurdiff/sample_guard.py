@@ -3,7 +3,7 @@
 :class:`SampleStats` accumulates the raw (unclamped) statistics of generated images batch by
 batch; :func:`divergence_reasons` says when they show a diverged sampler or network, and
 :func:`warn_if_diverged` warns (:class:`SamplesDivergedWarning`) naming what produced them. The
-file names are those of a folder of ``blurdiff sample`` (blurdiff/sample.py), which
+file names are those of a folder of ``blurdiff sample`` (blurdiff/sample_folder.py), which
 ``blurdiff eval`` (blurdiff/quality.py) reads. A leaf: it imports no other module of the sampling
 or quality code, so that the samplers, the folder writer and the yardstick all import it.
 """
@@ -31,7 +31,7 @@ __all__ = [
     "warn_if_diverged",
 ]
 
-# The files of a sample folder (blurdiff/sample.py).
+# The files of a sample folder (blurdiff/sample_folder.py).
 SETTINGS_FILE = "sample.json"
 RAW_STATS_FILE = "raw_stats.jsonl"  # one line per batch: the statistics of its values before the clamp
 STATS_FILE = "stats.json"  # their sum over the batches of the images, and the divergence verdict

@@ -395,7 +395,7 @@ class Sampler:
     @property
     def tables64(self) -> dict[str, torch.Tensor | None]:
         """The same tables as built, in float64 on the CPU (for exact analysis:
-        :func:`blurdiff.gaussian.output_variance`)."""
+        :func:`blurdiff.gaussian_yardstick.output_variance`)."""
         return self._tables.float64
 
     # ------------------------------------------------------------------ steps

@@ -4,9 +4,9 @@
         [--steps 10 25 50 100 250 1000] [--reference estimate|flat|exact] [--data LMDB] [--json out.json]
 
 The data is N(0, diag(v)) with v the power-law spectrum 1/(1 + |k|²) scaled to a pixel variance
-of 0.25 (blurdiff.gaussian.power_law_spectrum), or the spectrum measured from ``--data``. Every
+of 0.25 (blurdiff.gaussian_yardstick.power_law_spectrum), or the spectrum measured from ``--data``. Every
 sampler kind at every K is driven by the exact score; its output is Gaussian with a variance per
-frequency computed exactly (blurdiff.gaussian.output_variance), and the table gives its
+frequency computed exactly (blurdiff.gaussian_yardstick.output_variance), and the table gives its
 2-Wasserstein distance and KL divergence to the data, in total and per radial frequency band.
 The integrators' Gaussian reference is, by default, what a trainer measures (``estimate``: the
 spectrum from 512 images, 3.6 % noise per frequency); ``flat`` is an older checkpoint's (v = 1),
@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from blurdiff import BlurDiffusion
-from blurdiff.gaussian import BANDS, evaluate_samplers, power_law_spectrum, reference_estimate
+from blurdiff.gaussian_yardstick import BANDS, evaluate_samplers, power_law_spectrum, reference_estimate
 from blurdiff.presets import get_preset
 from blurdiff.samplers import KINDS
 

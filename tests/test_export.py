@@ -26,7 +26,7 @@ from blurdiff.cli import main
 from blurdiff.diffusion import ReferenceResidual
 from blurdiff.export import export_run, load_export
 from blurdiff.output_folders import OutputExistsError
-from blurdiff.sample import sample_to_folder
+from blurdiff.sample_folder import sample_to_folder
 from blurdiff.statistics import DataStatistics
 from blurdiff.unet import UNet
 

@@ -1,6 +1,6 @@
 """The process families (blurdiff/families.py, docs/design.md §1): their tables against an independent
 implementation of the papers' formulas, the paper's process unchanged, and every sampler on each
-family on the exact Gaussian yardstick (blurdiff/gaussian.py)."""
+family on the exact Gaussian yardstick (blurdiff/gaussian_yardstick.py)."""
 
 import dataclasses
 import math
@@ -11,7 +11,7 @@ import torch
 from independent import dct_basis, hoogeboom, rissanen
 
 from blurdiff import BlurDiffusion, ProcessConfig
-from blurdiff.gaussian import exact_score, gaussian_distance, output_variance, power_law_spectrum
+from blurdiff.gaussian_yardstick import exact_score, gaussian_distance, output_variance, power_law_spectrum
 from blurdiff.samplers import KINDS, Sampler
 from blurdiff.statistics import DataStatistics
 

@@ -12,7 +12,7 @@ from blurdiff.cli import main
 from blurdiff.export import is_export, read_export_config
 from blurdiff.run_folder import check_run_folder
 from blurdiff.safe_json import MAX_DEPTH, JSONTooDeepError, loads
-from blurdiff.sample import _check_settings, _RawStats
+from blurdiff.sample_folder import _check_settings, _RawStats
 from blurdiff.train_log import MetricsLog
 
 DEEP = "[" * 5000 + "]" * 5000

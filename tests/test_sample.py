@@ -1,4 +1,4 @@
-"""``blurdiff sample`` (blurdiff/sample.py) and ``blurdiff figures`` (blurdiff/figures.py).
+"""``blurdiff sample`` (blurdiff/sample_folder.py) and ``blurdiff figures`` (blurdiff/figures.py).
 
 Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a tiny UNet at
 16x16 with random weights and a 20-step process, so every sampling run takes well under a second.
@@ -15,7 +15,7 @@ import torch
 from helpers import PROCESS, RES, STEPS, make_run
 from PIL import Image
 
-import blurdiff.sample as sample_mod
+import blurdiff.sample_folder as sample_mod
 from blurdiff.checkpoint import checkpoint_path, save_checkpoint
 from blurdiff.images import upscale_factor
 
@@ -163,7 +163,7 @@ def test_npz_holds_the_pngs_in_guided_diffusions_format(run, tmp_path, capsys):
 
 
 def test_npz_of_images_made_by_an_earlier_interrupted_call(run, tmp_path, monkeypatch):
-    from blurdiff.sample import sample_to_folder
+    from blurdiff.sample_folder import sample_to_folder
 
     out = tmp_path / "s"
     with interrupted_at_image(8, monkeypatch), pytest.raises(KeyboardInterrupt):
@@ -199,7 +199,7 @@ def test_save_png_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
 
 
 def test_batch_seed_depends_on_seed_first_and_batch_size():
-    from blurdiff.sample import batch_seed
+    from blurdiff.sample_folder import batch_seed
 
     seeds = {batch_seed(s, f, b) for s in (0, 1) for f in (0, 5) for b in (5, 6)}
     assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
@@ -265,7 +265,7 @@ def test_ema_and_samplers(run, tmp_path):
 
 
 def test_sample_to_folder_is_the_command_from_python(run, tmp_path):
-    from blurdiff.sample import sample_to_folder
+    from blurdiff.sample_folder import sample_to_folder
 
     assert sample(run, tmp_path / "cli", 6, "--trajectory") == 0
     plans = []

@@ -25,7 +25,7 @@ import torch
 
 import blurdiff_ops
 from blurdiff import BlurDiffusion, ProcessConfig, build_unet
-from blurdiff.gaussian import gaussian_distance, output_variance, power_law_spectrum, reference_estimate
+from blurdiff.gaussian_yardstick import gaussian_distance, output_variance, power_law_spectrum, reference_estimate
 from blurdiff.samplers import DEFAULT_SPACING, SPACINGS, Sampler, make_sampler, spaced_steps, strided_steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
@@ -225,7 +225,7 @@ class ExactScore:
 
 
 def predicted_variance(p, v, sampler):
-    """The exact output variance of ``sampler`` driven by the exact score (blurdiff.gaussian; the
+    """The exact output variance of ``sampler`` driven by the exact score (blurdiff.gaussian_yardstick; the
     Monte Carlo test below checks it against the implemented samplers)."""
     return output_variance(sampler, v)
 

@@ -1,18 +1,18 @@
-"""``blurdiff sample``: the options of :func:`blurdiff.sample.sample_to_folder`, and what it did."""
+"""``blurdiff sample``: the options of :func:`blurdiff.sample_folder.sample_to_folder`, and what it did."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-import blurdiff.sample
+import blurdiff.sample_folder
 from blurdiff.cli import add_checkpoint_arguments, add_setting_arguments, seed_type
-from blurdiff.sample import SamplingPlan, SamplingReport, sample_to_folder
+from blurdiff.sample_folder import SamplingPlan, SamplingReport, sample_to_folder
 from blurdiff.samplers import KINDS, SPACINGS
 from blurdiff.settings import SECTIONS, parse_settings
 
 HELP = "sample a trained run (or an export) into a folder of PNGs"
-DESCRIPTION = blurdiff.sample.__doc__
+DESCRIPTION = blurdiff.sample_folder.__doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
