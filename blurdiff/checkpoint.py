@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from blurdiff.atomic import atomic_path
-from blurdiff.diffusion import BlurDiffusion, ProcessConfig, eps_model
+from blurdiff.diffusion import BlurDiffusion, ProcessConfig, current_record, eps_model
 from blurdiff.statistics import DataStatistics
 from blurdiff.unet import UNet, UNetConfig, check_weights
 
@@ -136,6 +136,8 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     step = state["step"]  # what every reader records, names files by and trains on from
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"{path}: its step must be an integer of at least 0, not {step!r}")
+    if isinstance(state["config"], dict) and isinstance(state["config"].get("process"), dict):
+        state["config"]["process"] = current_record(state["config"]["process"])
     return state
 
 

@@ -10,7 +10,7 @@ project's own process and steps, not an isotropic DDPM.
 
     t_d = s - 1        (diffusers timestep t_d, project step s)
 
-so ``scheduler.timesteps == [s - 1 for s in sampler.steps]`` and ``add_noise(x0, noise, t_d)`` is
+so ``scheduler.timesteps == [s - 1 for s in sampler.timesteps]`` and ``add_noise(x0, noise, t_d)`` is
 ``process.q_sample(x0, t_d + 1, noise)``. Both directions are :func:`to_project_step` and
 :func:`to_diffusers_timestep`; a network trained by the project (which sees ``s``) is called with
 ``s`` by :class:`blurdiff.diffusers_pipeline.BlurDiffusionUNet`, a diffusers network trained with
@@ -45,7 +45,7 @@ except ImportError as e:  # the extra is optional; say how to get it
     ) from e
 
 from blurdiff.diffusion import BlurDiffusion, ProcessConfig
-from blurdiff.samplers import KINDS, MULTISTEP, SPACINGS, Sampler, make_sampler
+from blurdiff.samplers import MULTISTEP, SAMPLERS, SPACINGS, Sampler, make_sampler
 from blurdiff.statistics import DataStatistics
 
 __all__ = [
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: The scheduler config's name of a :class:`ProcessConfig` field where diffusers has its own (N).
-_CONFIG_NAMES = {"steps": "num_train_timesteps"}
+_CONFIG_NAMES = {"num_timesteps": "num_train_timesteps"}
 #: The config keys that fix the process (the paper's process's record): a config without all of
 #: them is not a blur process's.
 PROCESS_KEYS = tuple(_CONFIG_NAMES.get(name, name) for name in ProcessConfig().to_dict())
@@ -109,10 +109,10 @@ class BlurDiffusionSchedulerOutput(BaseOutput):
 class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     """The blur-diffusion process (docs/design.md §1) and one of its samplers (§4), in diffusers' shape.
 
-    The config holds the process's arguments (``num_train_timesteps`` is the process's ``steps``),
-    the sampler (``sampler_kind``: None picks the project's default for K, ``ddpm`` at K = N,
-    ``ancestral2m`` below; ``spacing``: None picks the kind's default), and the training data's
-    statistics (``data_stats``, plain JSON data), which the integrator kinds use as their Gaussian
+    The config holds the process's arguments (``num_train_timesteps`` is the process's ``num_timesteps``),
+    the sampler (``sampler``: None picks the project's default for K, ``ddpm`` at K = N,
+    ``ancestral2m`` below; ``spacing``: None picks the sampler's default), and the training data's
+    statistics (``data_stats``, plain JSON data), which the integrators use as their Gaussian
     reference: everything needed to rebuild the same process and sampler from
     ``scheduler_config.json``.
 
@@ -143,14 +143,14 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
         d_min: float = 0.001,
         blur_sigma_min: float = 0.5,
         noise_sigma: float = 0.01,
-        sampler_kind: str | None = None,
+        sampler: str | None = None,
         spacing: str | None = None,
         data_stats: dict[str, Any] | DataStatistics | None = None,
         prediction_type: str = "epsilon",
     ):
         # Fail here, not at the first set_timesteps, for a config that can never sample.
-        if sampler_kind is not None and sampler_kind not in KINDS:
-            raise ValueError(f"sampler_kind must be None or one of {KINDS}, got {sampler_kind!r}")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be None or one of {SAMPLERS}, got {sampler!r}")
         if spacing is not None and spacing not in SPACINGS:
             raise ValueError(f"spacing must be None or one of {SPACINGS}, got {spacing!r}")
         if prediction_type != "epsilon":
@@ -174,12 +174,12 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_process(
-        cls, process: BlurDiffusion, sampler_kind: str | None = None, spacing: str | None = None
+        cls, process: BlurDiffusion, sampler: str | None = None, spacing: str | None = None
     ) -> BlurDiffusionScheduler:
         """The scheduler of ``process`` (its arguments and data statistics; a new process object
         built from them, so the config is the only state)."""
         cfg = {_CONFIG_NAMES.get(k, k): v for k, v in dataclasses.asdict(process.config).items()}
-        return cls(**cfg, sampler_kind=sampler_kind, spacing=spacing, data_stats=process.data_stats)
+        return cls(**cfg, sampler=sampler, spacing=spacing, data_stats=process.data_stats)
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -227,9 +227,9 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps must lie in 1 … {N} (num_train_timesteps), got {num_inference_steps}"
                 )
             steps = num_inference_steps
-        self.sampler = make_sampler(self.process, steps, self.config.sampler_kind, self.config.spacing)
+        self.sampler = make_sampler(self.process, steps, self.config.sampler, self.config.spacing)
         self.num_inference_steps = self.sampler.K
-        self.timesteps = torch.tensor([to_diffusers_timestep(s) for s in self.sampler.steps], dtype=torch.int64)
+        self.timesteps = torch.tensor([to_diffusers_timestep(s) for s in self.sampler.timesteps], dtype=torch.int64)
         if device is not None:
             self.timesteps = self.timesteps.to(device)
         self._prev = None
@@ -309,7 +309,7 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("call set_timesteps before step: the sampler is chosen there")
         t_d = self._scalar_timestep(timestep)
         s = to_project_step(t_d)
-        if s not in self.sampler.steps:
+        if s not in self.sampler.timesteps:
             raise ValueError(
                 f"timestep {t_d} is not in this schedule (diffusers numbering; the {self.sampler.K} kept "
                 f"timesteps are {self.timesteps.tolist()[:8]}{' …' if self.sampler.K > 8 else ''})"
@@ -317,11 +317,11 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
         k = self.sampler.position(s)
         eps = model_output.to(sample.dtype)
         prev = None
-        if self.sampler.kind in MULTISTEP and k < self.sampler.K:
+        if self.sampler.name in MULTISTEP and k < self.sampler.K:
             if self._prev is None or self._prev[0] != k + 1:
                 raise ValueError(
-                    f"the {self.sampler.kind} sampler is multistep: step timestep {t_d} right after "
-                    f"timestep {to_diffusers_timestep(self.sampler.steps[self.sampler.K - k - 1])} "
+                    f"the {self.sampler.name} sampler is multistep: step timestep {t_d} right after "
+                    f"timestep {to_diffusers_timestep(self.sampler.timesteps[self.sampler.K - k - 1])} "
                     f"(the steps of self.timesteps in order, from the first)"
                 )
             prev = self._prev[1:]

@@ -39,7 +39,7 @@ X0_REG = 1e-6
 class ProcessConfig:
     """What a :class:`BlurDiffusion` is (docs/design.md §1): :meth:`to_dict` of it is the
     ``process`` of checkpoints, run configs and exports; its fields are the ``process`` section of
-    ``--set``/``--config`` (blurdiff.settings). ``resolution`` is kept as ``(H, W)``; ``steps`` is N."""
+    ``--set``/``--config`` (blurdiff.settings). ``resolution`` is kept as ``(H, W)``; ``num_timesteps`` is N."""
 
     resolution: int | tuple[int, int] = 64
     basis: str = "gaussian"
@@ -47,7 +47,7 @@ class ProcessConfig:
     blur_schedule: str = "quartic"
     f_max: float = 0.140625
     noise_schedule: str = "linear"
-    steps: int = 1000
+    num_timesteps: int = 1000
     direction: str = "coarse_to_fine"
     eig_floor: float = 0.03
     family: str = "lee"  # blurdiff.families: the paper's process, or another coarse-to-fine one
@@ -70,7 +70,7 @@ class ProcessConfig:
                 f"the {self.family} family runs in the DCT basis: set basis='dct', got basis={self.basis!r}"
             )
         real_arg("f_max", self.f_max, 0.0, F_MAX_LIMIT)
-        int_arg("steps", self.steps, 1)
+        int_arg("num_timesteps", self.num_timesteps, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain data that checkpoints, run configs and exports record: every field but the
@@ -89,6 +89,15 @@ _FAMILY_FIELDS = {
 }
 _ALL_FAMILY_FIELDS = ("family", "blur_sigma_max", "d_min", "blur_sigma_min", "noise_sigma")
 
+#: Fields of ``process`` records (checkpoints, exports) under their names in earlier versions.
+_OLD_FIELD_NAMES = {"steps": "num_timesteps"}
+
+
+def current_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``process`` record with every field under its name now (N was ``steps`` in the
+    records of blurdiff 0.1), in the same order: what readers of saved files compare and build."""
+    return {_OLD_FIELD_NAMES.get(k, k): v for k, v in record.items()}
+
 
 class BlurDiffusion:
     """Blur diffusion in the eigenbasis of a Gaussian blur (or DCT, or identity = DDPM).
@@ -104,11 +113,11 @@ class BlurDiffusion:
         H, W = config.resolution
         # The tables below peak at about 17 float64 arrays [N+1, H, W] (13 kept, temporaries while
         # building them, and the float32 copies of tables()); measured: 16.7 at 160 x 160, N = 1000.
-        check_tables_fit(17, config.steps, H, W)
+        check_tables_fit(17, config.num_timesteps, H, W)
         self.config = config
         self.family = family = config.family
         self.resolution = (H, W)
-        self.steps = N = config.steps
+        self.num_timesteps = N = config.num_timesteps
         self.backend = backend
 
         b = make_basis(config.basis, H, W, config.sigma, config.eig_floor)
@@ -213,7 +222,7 @@ class BlurDiffusion:
         """The std per frequency of ``x̄_N`` that sampling starts from (float64 ``[H, W]``): the paper's
         ``√(1-Ā_N)``; for the other families the Gaussian that data of power ``v`` implies,
         ``√(a_N² v + s_N²)`` (rissanen never destroys the mean colour, so its prior is not data-free)."""
-        N = self.steps
+        N = self.num_timesteps
         if self.family == "lee":
             return self.one_minus_A_bar[N].sqrt()
         return self.scale[N] * (self.A_bar[N] * v + self.one_minus_A_bar[N]).sqrt()
@@ -263,8 +272,8 @@ class BlurDiffusion:
         # Meta tensors have shapes but no values: there is no range to check.
         if t.numel() and not t.is_meta:
             lo, hi = (int(v) for v in torch.aminmax(t))
-            if lo < 1 or hi > self.steps:
-                raise ValueError(f"t must lie in 1 … {self.steps}, got values in [{lo}, {hi}]")
+            if lo < 1 or hi > self.num_timesteps:
+                raise ValueError(f"t must lie in 1 … {self.num_timesteps}, got values in [{lo}, {hi}]")
 
     @staticmethod
     def _check_like(name: str, value: torch.Tensor | None, ref_name: str, ref: torch.Tensor) -> None:
@@ -345,7 +354,7 @@ class BlurDiffusion:
         the others the data's Gaussian, of power ``reference_var``, default :meth:`prior_reference`)."""
         device = torch.device(device) if device is not None else torch.device("cpu")
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        t = torch.full((shape[0],), self.steps, dtype=torch.int64, device=device)
+        t = torch.full((shape[0],), self.num_timesteps, dtype=torch.int64, device=device)
         self._check_t(t, z)
         if self.family == "lee":
             return self.lincomb([z], t, self.tables(z.device, z.dtype)["q_coefs"][1:2])
@@ -366,7 +375,7 @@ class BlurDiffusion:
         if B == 0:  # the mean of no values: a NaN loss
             raise ValueError("training_loss needs a batch of at least one image, got an empty one")
         if t is None:
-            t = torch.randint(1, self.steps + 1, (B,), generator=generator, device=x0.device)
+            t = torch.randint(1, self.num_timesteps + 1, (B,), generator=generator, device=x0.device)
         else:
             self._check_t(t, x0)
         if noise is None:
@@ -385,18 +394,18 @@ class BlurDiffusion:
         progress: bool = False,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         steps=None,
-        kind: str | None = None,
+        sampler: str | None = None,
         guard: bool = True,
         spacing: str | None = None,
     ) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
-        (a count K, placed by ``spacing``, or a list) with the sampler ``kind`` of
+        (a count K, placed by ``spacing``, or a list) with ``sampler``, one of
         :mod:`blurdiff.samplers` (default: ``ancestral2m`` when K < N).
 
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
         warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`).
         """
-        return make_sampler(self, steps, kind, spacing).sample(
+        return make_sampler(self, steps, sampler, spacing).sample(
             model, shape, generator, device, dtype, progress, callback, guard
         )
 

@@ -47,6 +47,7 @@ import torch
 
 from blurdiff.atomic import atomic_path, file_sha256, remove_stale, safetensors_os_errors, write_text_atomic
 from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
+from blurdiff.diffusion import current_record
 from blurdiff.output_folders import check_replaceable, new_output_folder
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.statistics import DataStatistics
@@ -260,6 +261,7 @@ def read_export_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: weights must be 'ema' or 'model', not {config['weights']!r}")
     if not isinstance(config["process"], dict) or not isinstance(config["unet"], dict):
         raise ValueError(f"{path}: process and unet must be objects (the BlurDiffusion and UNetConfig fields)")
+    config["process"] = current_record(config["process"])
     return config
 
 

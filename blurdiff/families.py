@@ -50,12 +50,12 @@ def check_family_args(family: str, blur_sigma_max, d_min, blur_sigma_min, noise_
         )
 
 
-def hoogeboom_tables(H: int, W: int, steps: int, blur_sigma_max: float, d_min: float):
+def hoogeboom_tables(H: int, W: int, N: int, blur_sigma_max: float, d_min: float):
     """``(log a, s)``, each ``[N+1, H, W]``: ``a_t = α_t [(1 - d_min) exp(-λ τ_t) + d_min]``,
     ``τ_t = σ_B(t)²/2``, ``σ_B(t) = σ_B,max sin²(π t/2)``, ``s_t = σ_t``, with ``α_t² = sigmoid(γ_t)``,
     ``σ_t² = sigmoid(-γ_t)`` and the cosine log-SNR ``γ_t = -2 log tan(c t + b)``,
     ``b = atan(e^-5)``, ``c = atan(e^5) - b`` (γ from 10 to -10), at ``t = i/N``; row 0 the data."""
-    N = int_arg("steps", steps, 1)
+    N = int_arg("num_timesteps", N, 1)
     t = torch.arange(N + 1, dtype=torch.float64) / N
     b = math.atan(math.exp(-5.0))
     c = math.atan(math.exp(5.0)) - b
@@ -70,11 +70,11 @@ def hoogeboom_tables(H: int, W: int, steps: int, blur_sigma_max: float, d_min: f
     return log_a, s
 
 
-def rissanen_tables(H: int, W: int, steps: int, blur_sigma_min: float, blur_sigma_max: float, noise_sigma: float):
+def rissanen_tables(H: int, W: int, N: int, blur_sigma_min: float, blur_sigma_max: float, noise_sigma: float):
     """``(log a, s)``, each ``[N+1, H, W]``: ``a_k = exp(-λ σ_B,k²/2)`` with
     ``σ_B,k = exp(linspace(log σ_B,min, log σ_B,max, N))`` for ``k = 1 … N``, ``s_k = σ``; row 0
     the data (``σ_B,0 = 0``, no noise)."""
-    N = int_arg("steps", steps, 1)
+    N = int_arg("num_timesteps", N, 1)
     blur = torch.zeros(N + 1, dtype=torch.float64)
     blur[1:] = torch.exp(torch.linspace(math.log(blur_sigma_min), math.log(blur_sigma_max), N, dtype=torch.float64))
     log_a = -heat_frequencies(H, W)[None] * (blur**2 / 2)[:, None, None]

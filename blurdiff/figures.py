@@ -76,7 +76,7 @@ def forward_figure(
     title: str = "",
 ) -> Image.Image:
     """The labelled figure (a PIL image) for images ``x0`` ``[B, C, H, W]`` in [-1, 1]."""
-    times = _time_columns(process.steps, columns)
+    times = _time_columns(process.num_timesteps, columns)
     B, _, H, W = x0.shape
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
         raise ValueError(f"--scale must be a whole number of at least 1, got {scale!r}")
@@ -153,7 +153,8 @@ def forward_process_figure(
     x0 = torch.stack([ds[i] for i in idx]).float()
     title = (
         f"forward process, preset {preset}: {spec.process.blur_schedule} blur, "
-        f"f_max={spec.process.f_max:.4g}, N={process.steps}" + (" (means / sqrt(alpha_bar_t))" if normalize else "")
+        f"f_max={spec.process.f_max:.4g}, N={process.num_timesteps}"
+        + (" (means / sqrt(alpha_bar_t))" if normalize else "")
     )
     img = forward_figure(x0, process, columns, seed, normalize, scale, title)
     out = Path(out)

@@ -65,7 +65,7 @@ def output_variance(sampler, v: torch.Tensor) -> torch.Tensor:
     p = sampler.process
     tab = sampler.tables64
     c, tau = tab["step_coefs"], tab["step_noise"]
-    asc = (0,) + tuple(reversed(sampler.steps))
+    asc = (0,) + tuple(reversed(sampler.timesteps))
     e = p.reference_eps_coef(v)  # ε̄* = e[t] x̄_t
     var = p.prior_std(sampler.reference_var) ** 2  # Var(x̄_i): the prior the sampler starts from
     var_prev = cov = torch.zeros_like(var)  # Var(x̄_prev), Cov(x̄_i, x̄_prev)
@@ -121,15 +121,15 @@ def gaussian_distance(var: torch.Tensor, v: torch.Tensor) -> dict[str, object]:
 
 
 def evaluate_samplers(
-    process, v: torch.Tensor, kinds: Sequence[str], counts: Sequence[int], reference: torch.Tensor | None = None
+    process, v: torch.Tensor, samplers: Sequence[str], counts: Sequence[int], reference: torch.Tensor | None = None
 ) -> list[dict[str, object]]:
-    """:func:`gaussian_distance` of every (kind, K) on Gaussian data of power ``v``, the samplers
+    """:func:`gaussian_distance` of every (sampler, K) on Gaussian data of power ``v``, the samplers
     using ``reference`` (default ``v``) as their Gaussian reference. ``ddpm`` only at K = N."""
     rows = []
-    for kind in kinds:
+    for name in samplers:
         for K in counts:
-            if kind == "ddpm" and K != process.steps:
+            if name == "ddpm" and K != process.num_timesteps:
                 continue
-            s = Sampler(process, K, kind, reference_var=v if reference is None else reference)
-            rows.append({"kind": kind, "K": K, **gaussian_distance(output_variance(s, v), v)})
+            s = Sampler(process, K, name, reference_var=v if reference is None else reference)
+            rows.append({"sampler": name, "K": K, **gaussian_distance(output_variance(s, v), v)})
     return rows

@@ -13,7 +13,7 @@ from blurdiff.diffusion import ProcessConfig
 from blurdiff.schedules import PAPER_F_MAX
 
 _LSUN64 = ProcessConfig(
-    resolution=64, basis="gaussian", sigma=0.4, noise_schedule="linear", steps=1000, direction="coarse_to_fine"
+    resolution=64, basis="gaussian", sigma=0.4, noise_schedule="linear", num_timesteps=1000, direction="coarse_to_fine"
 )
 
 

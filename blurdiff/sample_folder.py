@@ -32,7 +32,7 @@ writes ``DIR/figures/grid.png``, the first (up to 64) images of the folder in on
 Samplers (docs/sampling.md): ``ddpm`` (Eq. 12, the paper's; the default with all N steps, and
 only with all N), ``ancestral2m`` (the second-order reverse-SDE integrator; the default with
 ``--steps K``), ``ancestral`` (first order), ``ddim`` and ``ddim2m`` (deterministic);
-``--steps K`` keeps K of the N steps, placed by ``--spacing`` (default: the best for the kind).
+``--steps K`` keeps K of the N steps, placed by ``--spacing`` (default: the best for the sampler).
 
 Guarded: the statistics of the values before the clamp to [-1, 1] are recorded per batch
 (``DIR/raw_stats.jsonl``), summed into ``DIR/stats.json`` (which ``blurdiff eval`` reads) and
@@ -156,7 +156,7 @@ def _from_settings(section: dict, name: str, given):
     if name not in section:
         return given
     if given is not None and given != section[name]:
-        option = {"kind": "--sampler", "steps": "--steps", "spacing": "--spacing"}[name]
+        option = {"name": "--sampler", "steps": "--steps", "spacing": "--spacing"}[name]
         raise ValueError(f"{option} {given} and sampler.{name}={section[name]} disagree; give one of them")
     return section[name]
 
@@ -207,7 +207,7 @@ class _Trajectory:
 
     def __init__(self, sampler, rows: int, frames: int):
         self.sampler, self.rows = sampler, rows
-        steps = sampler.steps
+        steps = sampler.timesteps
         n = max(1, min(frames - 1, len(steps)))
         picks = sorted({round(k * (len(steps) - 1) / max(n - 1, 1)) for k in range(n)})
         self.at = {steps[k] for k in picks}
@@ -310,7 +310,7 @@ def _summarize_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, integra
         json.dumps(
             {
                 "checkpoint": str(ckpt),
-                "sampler": integrator.kind,
+                "sampler": integrator.name,
                 "steps": integrator.K,
                 "batches_unknown": unknown,
                 "raw": stats.to_dict(),
@@ -335,9 +335,9 @@ class SamplingPlan:
     checkpoint: Path  # the checkpoint file, or the export folder (``export``)
     checkpoint_step: int  # an export's: its source checkpoint's
     ema: bool
-    sampler: str  # the kind (blurdiff.samplers.KINDS)
+    sampler: str  # one of blurdiff.samplers.SAMPLERS
     steps: int  # the K steps kept ...
-    process_steps: int  # ... of the process's N
+    num_timesteps: int  # ... of the process's N
     spacing: str
     batch_size: int
     device: torch.device
@@ -415,7 +415,7 @@ def sample_to_folder(
     settings = settings or {}
     steps, sampler, spacing = (
         _from_settings(settings.get("sampler", {}), name, given)
-        for name, given in (("steps", steps), ("kind", sampler), ("spacing", spacing))
+        for name, given in (("steps", steps), ("name", sampler), ("spacing", spacing))
     )
     device = resolve_device(device)
     if export is not None:
@@ -448,7 +448,7 @@ def sample_to_folder(
         "checkpoint_step": source.step,
         "preset": source.preset,
         "ema": ema,
-        "sampler": integrator.kind,
+        "sampler": integrator.name,
         "steps": integrator.K,
         "spacing": integrator.spacing,
         "seed": seed,
@@ -480,9 +480,9 @@ def sample_to_folder(
         checkpoint=path,
         checkpoint_step=source.step,
         ema=ema,
-        sampler=integrator.kind,
+        sampler=integrator.name,
         steps=integrator.K,
-        process_steps=process.steps,
+        num_timesteps=process.num_timesteps,
         spacing=integrator.spacing,
         batch_size=B,
         device=device,

@@ -24,7 +24,7 @@ with tables indexed by the *position* ``k`` in the strided sequence (row 0 unuse
 
 Each step is one ``spectral_lincomb`` beside the network.
 
-    sampler = make_sampler(process, steps=50, kind="ancestral")   # or steps=None (all N), or a list
+    sampler = make_sampler(process, steps=50, sampler="ancestral")   # or steps=None (all N), or a list
     x0 = sampler.sample(model, (16, 3, 64, 64), generator=g, device="cuda")
 """
 
@@ -43,19 +43,19 @@ from blurdiff.warn import warn_at_caller
 
 __all__ = [
     "DEFAULT_SPACING",
-    "KINDS",
+    "SAMPLERS",
     "MULTISTEP",
     "SPACINGS",
     "STOCHASTIC",
     "Sampler",
-    "default_kind",
+    "default_sampler",
     "make_sampler",
     "spaced_steps",
     "strided_steps",
 ]
 
-KINDS = ("ddpm", "ancestral", "ddim", "ancestral2m", "ddim2m")
-STOCHASTIC = ("ddpm", "ancestral", "ancestral2m")  # the kinds that draw noise
+SAMPLERS = ("ddpm", "ancestral", "ddim", "ancestral2m", "ddim2m")
+STOCHASTIC = ("ddpm", "ancestral", "ancestral2m")  # the samplers that draw noise
 MULTISTEP = ("ancestral2m", "ddim2m")  # second order: the previous step's prediction is one more input
 
 
@@ -92,7 +92,7 @@ def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, .
     ``spacing``: ``uniform`` in t (:func:`spaced_steps`), ``quadratic`` (t ∝ k², denser near the
     data), or ``logsnr`` (uniform in the log signal-to-noise ratio of the frequency with the median
     blur eigenvalue; for a process without blur, of every frequency)."""
-    N, K = process.steps, int(count)
+    N, K = process.num_timesteps, int(count)
     if spacing == "uniform" or K == 1:
         return spaced_steps(N, K)
     if not 1 <= K <= N:
@@ -118,7 +118,7 @@ def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, .
 
 
 def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
-    N = process.steps
+    N = process.num_timesteps
     if steps is None:
         return tuple(range(N, 0, -1))
     if isinstance(steps, bool):
@@ -219,7 +219,7 @@ def _eq12_tables(process) -> dict[str, torch.Tensor]:
     step_noise = one_minus_A.sqrt()
     step_noise[:2] = 0.0  # no noise at the last step (i = 1); row 0 is never used
     return _on_the_process(
-        process, tuple(range(process.steps, 0, -1)), torch.stack([2 - A.sqrt(), step_eps]), step_noise
+        process, tuple(range(process.num_timesteps, 0, -1)), torch.stack([2 - A.sqrt(), step_eps]), step_noise
     )
 
 
@@ -243,26 +243,26 @@ def _on_the_process(process, steps: tuple[int, ...], coefs: torch.Tensor, sigma:
     return {"step_coefs": coefs, "step_noise": sigma}
 
 
-def _step_tables(process, steps: tuple[int, ...], kind: str, v: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+def _step_tables(process, steps: tuple[int, ...], name: str, v: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
     """``step_coefs`` ``[I, K+1, H, W]`` and ``step_noise`` ``[K+1, H, W]`` (σ, or None), for the
     inputs ``[x_i, ε_i]`` (I = 2) or, for the multistep kinds, ``[x_i, ε_i, ε_prev, x_prev]``."""
-    if kind == "ddpm":  # only on all N steps (Sampler checks)
+    if name == "ddpm":  # only on all N steps (Sampler checks)
         return _eq12_tables(process)
     asc = (0,) + tuple(reversed(steps))  # s_0 = 0 < s_1 < … < s_K = N
     K = len(steps)
     H, W = process.resolution
-    inputs = 4 if kind in MULTISTEP else 2
+    inputs = 4 if name in MULTISTEP else 2
     coefs = torch.zeros(inputs, K + 1, H, W, dtype=torch.float64)
     coefs[0] = 1.0
     sigma = torch.zeros(K + 1, H, W, dtype=torch.float64)
-    stochastic = kind in STOCHASTIC
+    stochastic = name in STOCHASTIC
     h_prev = gain_prev = theta_prev = None  # the angle increment, σ/s² and θ of the step before (k + 1)
     for k in range(K, 0, -1):
         i, j = asc[k], asc[k - 1]
         m, tau, h, Wh, gain, theta_i = _reference_segment(process, i, j, v, stochastic)
         # ∫ r dθ ≈ h r_i, or (multistep: r linear in the log-SNR λ through r_prev, not at the last
         # step, whose λ_j is infinite) h r_i + h b (r_i - r_prev).
-        if kind in MULTISTEP and h_prev is not None and j > 0:
+        if name in MULTISTEP and h_prev is not None and j > 0:
             b_prev = _extrapolation_weight(theta_prev, theta_i, theta_i + h, h)
         else:
             b_prev = torch.zeros_like(h)
@@ -274,16 +274,16 @@ def _step_tables(process, steps: tuple[int, ...], kind: str, v: torch.Tensor | N
             coefs[3, k] = -c_prev * gain_prev if gain_prev is not None else 0.0
         sigma[k] = tau
         h_prev, gain_prev, theta_prev = h, gain, theta_i
-    return _on_the_process(process, steps, coefs, sigma if kind in STOCHASTIC else None)
+    return _on_the_process(process, steps, coefs, sigma if name in STOCHASTIC else None)
 
 
-def default_kind(K: int, N: int) -> str:
+def default_sampler(K: int, N: int) -> str:
     """The paper's Eq. 12 (``ddpm``) with all N steps; the second-order ``ancestral2m`` integrator
     with fewer (the best few-step sampler measured, docs/sampling.md §9)."""
     return "ddpm" if K == N else "ancestral2m"
 
 
-#: The spacing of the K kept steps that measured best for each kind (docs/sampling.md §9).
+#: The spacing of the K kept steps that measured best for each sampler (docs/sampling.md §9).
 DEFAULT_SPACING = {
     "ddpm": "uniform",
     "ancestral": "uniform",
@@ -293,35 +293,35 @@ DEFAULT_SPACING = {
 }
 
 
-def _resolve(process, steps, kind: str | None, spacing: str | None) -> tuple[tuple[int, ...], str, str]:
-    """(kept steps, kind, spacing) with the defaults filled: the kind from the number of steps,
-    the spacing from the kind."""
+def _resolve(process, steps, sampler: str | None, spacing: str | None) -> tuple[tuple[int, ...], str, str]:
+    """(kept timesteps, sampler name, spacing) with the defaults filled: the sampler from the
+    number of steps, the spacing from the sampler."""
     if steps is None:
-        count = process.steps
+        count = process.num_timesteps
     elif isinstance(steps, int) and not isinstance(steps, bool):
         count = steps
     else:
         count = len(_resolve_steps(process, steps))
-    kind = default_kind(count, process.steps) if kind is None else kind
-    if kind not in KINDS:
-        raise ValueError(f"sampler kind must be one of {KINDS}, got {kind!r}")
-    spacing = DEFAULT_SPACING[kind] if spacing is None else spacing
+    name = default_sampler(count, process.num_timesteps) if sampler is None else sampler
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+    spacing = DEFAULT_SPACING[name] if spacing is None else spacing
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    return _resolve_steps(process, steps, spacing), kind, spacing
+    return _resolve_steps(process, steps, spacing), name, spacing
 
 
-def _resolve_reference(process, kind: str, reference_var: torch.Tensor | None) -> torch.Tensor | None:
+def _resolve_reference(process, name: str, reference_var: torch.Tensor | None) -> torch.Tensor | None:
     """The Gaussian reference (spectral power per frequency, float64 ``[H, W]``) of the kinds that
     use one: given, else the process's data statistics, else a flat spectrum with a warning."""
-    if kind == "ddpm" and process.family == "lee":
+    if name == "ddpm" and process.family == "lee":
         return None  # Eq. 12 and the paper's prior need no reference
     H, W = process.resolution
     if reference_var is None:
         stats = getattr(process, "data_stats", None)
         if stats is None:
             warn_at_caller(
-                f"the {kind} sampler has no data statistics for its Gaussian reference (a checkpoint from an "
+                f"the {name} sampler has no data statistics for its Gaussian reference (a checkpoint from an "
                 f"older version, or a process without data_stats): using a flat spectrum (1 at every "
                 f"frequency), which is stable but less accurate. Set process.data_stats = "
                 f"blurdiff.statistics.estimate_data_statistics(process, batches) to fix this"
@@ -338,7 +338,8 @@ def _resolve_reference(process, kind: str, reference_var: torch.Tensor | None) -
 
 
 class Sampler:
-    """A reverse process on the kept steps ``self.steps`` (descending), of one ``kind``.
+    """The reverse process of one ``sampler`` (its :attr:`name`, one of :data:`SAMPLERS`) on the kept
+    timesteps :attr:`timesteps` (descending, K of the process's N).
 
     Tables are built once in float64 and cached per (device, dtype) (:class:`TableCache`); each
     step is one ``spectral_lincomb`` of ``[x_i, ε_θ]`` (plus noise drawn in the spectral domain),
@@ -349,36 +350,36 @@ class Sampler:
         self,
         process,
         steps: None | int | Sequence[int] = None,
-        kind: str | None = None,
+        sampler: str | None = None,
         reference_var: torch.Tensor | None = None,
         spacing: str | None = None,
     ):
         self.process = process
-        self.steps, self.kind, self.spacing = _resolve(process, steps, kind, spacing)
-        self.K = len(self.steps)
-        kind = self.kind
-        if kind == "ddpm" and self.K != process.steps:
+        self.timesteps, self.name, self.spacing = _resolve(process, steps, sampler, spacing)
+        self.K = len(self.timesteps)
+        name = self.name
+        if name == "ddpm" and self.K != process.num_timesteps:
             # Its 2 - √a and 1 - a are first-order in the step: strided, it over-disperses the
             # fine frequencies (10x their power at K = 100 with a trained network, docs/sampling.md).
             raise ValueError(
                 f"the ddpm sampler (Eq. 12) is the paper's small-step formula and runs only with all "
-                f"{process.steps} steps, not {self.K}; with fewer steps use 'ancestral' (stochastic) "
+                f"{process.num_timesteps} steps, not {self.K}; with fewer steps use 'ancestral' (stochastic) "
                 f"or 'ddim' (deterministic)"
             )
-        self._position = {s: self.K - n for n, s in enumerate(self.steps)}  # step -> k
-        self.reference_var = _resolve_reference(process, kind, reference_var)
-        tables = _step_tables(process, self.steps, kind, self.reference_var)
-        bad = [name for name, table in tables.items() if table is not None and not torch.isfinite(table).all()]
+        self._position = {s: self.K - n for n, s in enumerate(self.timesteps)}  # step -> k
+        self.reference_var = _resolve_reference(process, name, reference_var)
+        tables = _step_tables(process, self.timesteps, name, self.reference_var)
+        bad = [key for key, table in tables.items() if table is not None and not torch.isfinite(table).all()]
         if bad:  # NaN images, written as black PNGs, otherwise
             raise ValueError(
-                f"the {kind} sampler's {bad[0]} on {self.K} steps is not finite for this process "
+                f"the {name} sampler's {bad[0]} on {self.K} steps is not finite for this process "
                 f"({', '.join(f'{k}={v!r}' for k, v in process.config.items())})"
             )
-        tables["timesteps"] = torch.tensor((0,) + tuple(reversed(self.steps)), dtype=torch.int64)
+        tables["timesteps"] = torch.tensor((0,) + tuple(reversed(self.timesteps)), dtype=torch.int64)
         self._tables = TableCache(tables)
 
     def __repr__(self) -> str:
-        return f"Sampler(kind={self.kind!r}, K={self.K} of N={self.process.steps}, spacing={self.spacing!r})"
+        return f"Sampler(sampler={self.name!r}, K={self.K} of N={self.process.num_timesteps}, spacing={self.spacing!r})"
 
     # ------------------------------------------------------------------ tables
     def position(self, step: int) -> int:
@@ -434,7 +435,7 @@ class Sampler:
         )
 
     def _inputs(self, x, eps, prev) -> list[torch.Tensor]:
-        if self.kind not in MULTISTEP:
+        if self.name not in MULTISTEP:
             return [x, eps]
         x_prev, eps_prev = prev if prev is not None else (x, eps)  # coefficients 0 at the first step
         return [x, eps, eps_prev, x_prev]
@@ -460,10 +461,10 @@ class Sampler:
         """
         proc = self.process
         x = proc.prior_sample(shape, generator, device, dtype, self.reference_var)
-        desc = f"sampling ({self.kind}, {self.K}/{proc.steps} steps)"
+        desc = f"sampling ({self.name}, {self.K}/{proc.num_timesteps} steps)"
         prev = None
         with Progress(self.K, desc, unit="step", enabled=progress) as bar:
-            for n, s in enumerate(self.steps):
+            for n, s in enumerate(self.timesteps):
                 eps = model(x, torch.full((shape[0],), s, dtype=torch.int64, device=x.device)).to(x.dtype)
                 if callback is not None:
                     callback(s, x, eps)
@@ -476,11 +477,11 @@ class Sampler:
 
 
 def make_sampler(
-    process, steps: None | int | Sequence[int] = None, kind: str | None = None, spacing: str | None = None
+    process, steps: None | int | Sequence[int] = None, sampler: str | None = None, spacing: str | None = None
 ) -> Sampler:
     """The sampler of ``process`` on ``steps`` (None: all N; an int K: K placed by ``spacing``; or
     a list), with the process's data statistics as the Gaussian reference of the integrators;
-    ``kind`` None is :func:`default_kind`, ``spacing`` None :data:`DEFAULT_SPACING` of the kind.
+    ``sampler`` None is :func:`default_sampler`, ``spacing`` None :data:`DEFAULT_SPACING` of it.
 
     Samplers are kept on the process until its data statistics change
     (``BlurDiffusion.data_stats_cache``), so their device tables are built once.
@@ -488,14 +489,14 @@ def make_sampler(
     cache = process.data_stats_cache
     # The arguments as given find the sampler without resolving the steps again (a tuple of N
     # steps per call of BlurDiffusion.reverse_step); only plain ones (a list is not hashable).
-    plain = (steps is None or type(steps) is int) and all(a is None or type(a) is str for a in (kind, spacing))
-    call = ("make_sampler", steps, kind, spacing) if plain else None
+    plain = (steps is None or type(steps) is int) and all(a is None or type(a) is str for a in (sampler, spacing))
+    call = ("make_sampler", steps, sampler, spacing) if plain else None
     if call in cache:
         return cache[call]
-    resolved, kind, spacing = _resolve(process, steps, kind, spacing)
-    key = ("sampler", resolved, kind)
+    resolved, name, spacing = _resolve(process, steps, sampler, spacing)
+    key = ("sampler", resolved, name)
     if key not in cache:
-        cache[key] = Sampler(process, resolved, kind, spacing=spacing)
+        cache[key] = Sampler(process, resolved, name, spacing=spacing)
     if call is not None:
         cache[call] = cache[key]
     return cache[key]

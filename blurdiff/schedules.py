@@ -49,52 +49,52 @@ def int_arg(name: str, value, low: int) -> int:
     return n
 
 
-def check_tables_fit(count: int, steps: int, H: int, W: int) -> None:
-    """Refuse, before anything is allocated, ``count`` float64 tables ``[steps + 1, H, W]`` that do
+def check_tables_fit(count: int, N: int, H: int, W: int) -> None:
+    """Refuse, before anything is allocated, ``count`` float64 tables ``[N + 1, H, W]`` that do
     not fit in this machine's physical memory. A configuration (a checkpoint's, say) can ask for
     any size; a clear error here beats a failed allocation or the OOM killer minutes later.
     Where the physical memory is not known (no ``os.sysconf``), nothing is checked."""
-    need = count * 8 * (steps + 1) * H * W
+    need = count * 8 * (N + 1) * H * W
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return
     if need > memory:
         raise ValueError(
-            f"a process of resolution {H}x{W} with {steps} steps needs about {need / 2**30:.1f} GiB "
-            f"for its per-frequency tables ({count} float64 arrays [{steps + 1}, {H}, {W}]), more than "
+            f"a process of resolution {H}x{W} with {N} steps needs about {need / 2**30:.1f} GiB "
+            f"for its per-frequency tables ({count} float64 arrays [{N + 1}, {H}, {W}]), more than "
             f"this machine's {memory / 2**30:.1f} GiB of memory; use a smaller resolution or fewer steps"
         )
 
 
-def noise_betas(name: str, steps: int) -> torch.Tensor:
+def noise_betas(name: str, N: int) -> torch.Tensor:
     """``β_0 = 0`` then ``β_1 … β_N``."""
-    steps = int_arg("steps", steps, 1)
+    N = int_arg("num_timesteps", N, 1)
     if name == "linear":
-        betas = torch.linspace(1e-4, 0.02, steps, dtype=torch.float64)
+        betas = torch.linspace(1e-4, 0.02, N, dtype=torch.float64)
     elif name == "cosine":
         # Nichol & Dhariwal (2021): ᾱ(t) ∝ cos²(((t/N + s) / (1 + s)) π/2), β capped at 0.999.
         s = 0.008
-        i = torch.arange(steps + 1, dtype=torch.float64)
-        alpha_bar = torch.cos((i / steps + s) / (1 + s) * math.pi / 2) ** 2
+        i = torch.arange(N + 1, dtype=torch.float64)
+        alpha_bar = torch.cos((i / N + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
     else:
         raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {name!r}")
     return torch.cat([torch.zeros(1, dtype=torch.float64), betas])
 
 
-def blur_f(name: str, steps: int, f_max: float) -> torch.Tensor:
+def blur_f(name: str, N: int, f_max: float) -> torch.Tensor:
     """``f(i)`` for ``i = 0 … N`` with ``f(N) = f_max``."""
-    steps = int_arg("steps", steps, 1)
+    N = int_arg("num_timesteps", N, 1)
     f_max = real_arg("f_max", f_max, 0.0, F_MAX_LIMIT)
-    i = torch.arange(steps + 1, dtype=torch.float64)
+    i = torch.arange(N + 1, dtype=torch.float64)
     if name in _POWERS:
-        return f_max * (i / steps) ** _POWERS[name]
+        return f_max * (i / N) ** _POWERS[name]
     if name == "log":
-        if steps < 2:
-            raise ValueError("the log blur schedule needs steps >= 2 (it divides by ln N)")
+        if N < 2:
+            raise ValueError("the log blur schedule needs num_timesteps >= 2 (it divides by ln N)")
         # f(0) is never used (and is negative here); kept as the formula gives it.
-        return f_max * torch.log(i + 1e-6) / math.log(steps)
+        return f_max * torch.log(i + 1e-6) / math.log(N)
     if name == "none":
         return torch.zeros_like(i)
     raise ValueError(f"blur_schedule must be one of {BLUR_SCHEDULES}, got {name!r}")

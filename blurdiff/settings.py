@@ -9,7 +9,7 @@ Sections: ``process`` (:class:`blurdiff.diffusion.ProcessConfig`'s fields) and `
 (:class:`blurdiff.unet.UNetConfig`'s fields). ``blurdiff sample`` takes the same options and checks
 them against the run it samples: a network samples correctly only under the process it was trained
 with, so a value other than the run's is an error there, not an override.
-A ``--config`` file may also hold a ``sampler`` section (``kind``, ``steps``, ``spacing``), which
+A ``--config`` file may also hold a ``sampler`` section (``name``, ``steps``, ``spacing``), which
 ``blurdiff sample`` uses and ``blurdiff train`` ignores, so one file can describe an experiment.
 
 Values are JSON (``0.3``, ``96``, ``[1, 2, 2]``, ``true``); a value that is not JSON is a string
@@ -51,7 +51,7 @@ def field_types(section: str) -> dict[str, Any]:
         hints = typing.get_type_hints(configs[section])
         return {f.name: hints[f.name] for f in dataclasses.fields(configs[section])}
     if section == "sampler":
-        return {"kind": str, "steps": int, "spacing": str}
+        return {"name": str, "steps": int, "spacing": str}
     raise ValueError(f"unknown settings section {section!r}; valid sections: {', '.join(SECTIONS)}")
 
 

@@ -337,7 +337,9 @@ class Trainer:
         sharding), so it keeps ``[r::G]`` of the global draws.
         """
         G = self.world_size
-        t = torch.randint(1, self.process.steps + 1, (x0.shape[0] * G,), generator=self.generator, device=self.device)
+        t = torch.randint(
+            1, self.process.num_timesteps + 1, (x0.shape[0] * G,), generator=self.generator, device=self.device
+        )
         noise = torch.randn(
             (x0.shape[0] * G, *x0.shape[1:]), generator=self.generator, device=self.device, dtype=x0.dtype
         )
@@ -455,13 +457,19 @@ class Trainer:
         """Sample ``n`` images (default ``sample_n``) from the EMA with the stable ancestral sampler
         at ``steps`` steps (all N when the process has fewer) and return why they look diverged
         (empty: they do not)."""
-        steps = min(steps, self.process.steps)
+        steps = min(steps, self.process.num_timesteps)
         H, W = self.process.resolution
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
         with torch.no_grad(), self._autocast():
             x = self.process.sample(
-                self.ema_eps, shape, generator=generator, device=self.device, steps=steps, kind="ancestral", guard=False
+                self.ema_eps,
+                shape,
+                generator=generator,
+                device=self.device,
+                steps=steps,
+                sampler="ancestral",
+                guard=False,
             )
         return divergence_reasons(SampleStats.of(x.float()), self.process.data_stats.std)
 
@@ -472,7 +480,7 @@ class Trainer:
         healthy = self.health.healthy
         if self.options.final_check and self.is_main:
             reasons = self.final_sample_check()
-            what = f"EMA samples (ancestral, {min(50, self.process.steps)} steps)"
+            what = f"EMA samples (ancestral, {min(50, self.process.num_timesteps)} steps)"
             if reasons:
                 healthy = False
                 text += f"; {what} look diverged: " + "; ".join(reasons)

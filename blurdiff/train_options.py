@@ -44,7 +44,7 @@ class TrainOptions:
     """What ``blurdiff train`` takes; the Python API takes the same (and the two override dicts).
 
     ``batch_size`` is per process. ``process_overrides``/``unet_overrides`` change
-    ``BlurDiffusion``/``UNetConfig`` fields of the preset (e.g. ``{"steps": 50}``) for experiments
+    ``BlurDiffusion``/``UNetConfig`` fields of the preset (e.g. ``{"num_timesteps": 50}``) for experiments
     and tests; ``resolution`` sets both the process resolution and the UNet's ``image_size``.
     """
 

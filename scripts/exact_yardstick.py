@@ -5,7 +5,7 @@
 
 The data is N(0, diag(v)) with v the power-law spectrum 1/(1 + |k|²) scaled to a pixel variance
 of 0.25 (blurdiff.gaussian_yardstick.power_law_spectrum), or the spectrum measured from ``--data``. Every
-sampler kind at every K is driven by the exact score; its output is Gaussian with a variance per
+sampler at every K is driven by the exact score; its output is Gaussian with a variance per
 frequency computed exactly (blurdiff.gaussian_yardstick.output_variance), and the table gives its
 2-Wasserstein distance and KL divergence to the data, in total and per radial frequency band.
 The integrators' Gaussian reference is, by default, what a trainer measures (``estimate``: the
@@ -25,14 +25,14 @@ import torch
 from blurdiff import BlurDiffusion
 from blurdiff.gaussian_yardstick import BANDS, evaluate_samplers, power_law_spectrum, reference_estimate
 from blurdiff.presets import get_preset
-from blurdiff.samplers import KINDS
+from blurdiff.samplers import SAMPLERS
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--presets", nargs="+", default=["lsun64-quartic", "lsun64-log", "lsun64-noblur"])
-    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250, 1000])
     p.add_argument("--reference", choices=("estimate", "flat", "exact"), default="estimate")
     p.add_argument(
@@ -54,7 +54,7 @@ def main() -> None:
         else:
             v = power_law_spectrum(res)
         ref = {"estimate": reference_estimate(v, 512), "flat": torch.ones_like(v), "exact": v}[args.reference]
-        rows = evaluate_samplers(process, v, args.kinds, args.steps, reference=ref)
+        rows = evaluate_samplers(process, v, args.samplers, args.steps, reference=ref)
         out[name] = rows
         print(
             f"\n{name} at {res[0]}x{res[1]}, reference: {args.reference}; 2-Wasserstein distance (total, then "
@@ -65,7 +65,7 @@ def main() -> None:
         for r in rows:
             bands = " | ".join(f"{b['w2']:.3g}" for b in r["bands"])
             print(
-                f"| {r['kind']} | {r['K']} | {r['w2']:.3g} | {bands} | {r['kl']:.3g} | "
+                f"| {r['sampler']} | {r['K']} | {r['w2']:.3g} | {bands} | {r['kl']:.3g} | "
                 f"{r['var_ratio_min']:.3f} – {r['var_ratio_max']:.3f} |"
             )
     if args.json:

@@ -126,7 +126,7 @@ def main(argv=None):
         g = torch.Generator("cuda").manual_seed(0)
         x0 = torch.randn(batch, 3, n, n, device="cuda", generator=g)
         eps = torch.randn(batch, 3, n, n, device="cuda", generator=g)
-        t = torch.randint(1, proc.steps + 1, (batch,), device="cuda", generator=g)
+        t = torch.randint(1, proc.num_timesteps + 1, (batch,), device="cuda", generator=g)
         call = functools.partial(proc.q_sample, x0, t, eps)
         measured = {}
         for path in PATHS:

@@ -106,7 +106,7 @@ def estimate(parts: dict[str, argparse.Namespace]) -> float:
     for part, a in parts.items():
         clock = table1.Clock()
         table1.benchmark(a, clock)
-        N = a.process_steps or get_preset(table1.first_preset(a)).process.steps
+        N = a.process_steps or get_preset(table1.first_preset(a)).process.num_timesteps
         runs = [table1.Run(Path(a.out), s, seed, a) for s in a.settings for seed in a.seeds]
         data_left = sum(
             n
@@ -131,7 +131,7 @@ def forward_figure(part: str, a: argparse.Namespace) -> Image.Image:
     for setting in a.settings:
         run = table1.Run(Path(a.out), setting, 0, a)
         process = BlurDiffusion(dataclasses.replace(run.process(), resolution=a.resolution), backend="reference")
-        N = process.steps
+        N = process.num_timesteps
         frames, means = [], []
         for c in COLUMNS:
             t = torch.full((1,), max(round(c * N), 1), dtype=torch.int64)

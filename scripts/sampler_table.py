@@ -26,7 +26,7 @@ from blurdiff.atomic import write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.quality import evaluate, load_data_images
 from blurdiff.sample_guard import SampleStats
-from blurdiff.samplers import KINDS, make_sampler
+from blurdiff.samplers import SAMPLERS, make_sampler
 from blurdiff.statistics import DEFAULT_IMAGES, estimate_data_statistics
 
 COLUMNS = ("swd_avg", "spectrum_error", "channel_std_error")
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--run", required=True, help="run folder (its newest checkpoint unless --ckpt)")
     p.add_argument("--ckpt", default=None, help="checkpoint file")
     p.add_argument("--data", required=True, help="held-out data (lmdb or image folder), at least 2n images")
-    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--kinds", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250, 1000])
     p.add_argument("--n", type=int, default=256, help="samples per (kind, K, seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -76,7 +76,7 @@ def main() -> None:
         print(_line(row))
     for kind in args.kinds:
         for K in args.steps:
-            if (kind == "ddpm" and K != process.steps) or any((r["kind"], r["K"]) == (kind, K) for r in rows):
+            if (kind == "ddpm" and K != process.num_timesteps) or any((r["kind"], r["K"]) == (kind, K) for r in rows):
                 continue
             cells = []
             for seed in args.seeds:

@@ -178,7 +178,7 @@ def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __
         p.error("--n must be at least 16 (the yardstick's minimum)")
     if args.heldout_images < 2 * args.n:
         p.error(f"--heldout-images must be at least 2n = {2 * args.n} (a reference set and a noise-floor set)")
-    N = args.process_steps or get_preset(first_preset(args)).process.steps
+    N = args.process_steps or get_preset(first_preset(args)).process.num_timesteps
     if N < 2:
         p.error("--process-steps must be at least 2")
     if not 1 <= args.fast_steps < N:
@@ -265,8 +265,8 @@ def process_overrides(preset_name: str, args) -> dict[str, Any]:
     or the paper's unscaled."""
     preset = get_preset(preset_name)
     out: dict[str, Any] = {}
-    if args.process_steps is not None and args.process_steps != preset.process.steps:
-        out["steps"] = args.process_steps
+    if args.process_steps is not None and args.process_steps != preset.process.num_timesteps:
+        out["num_timesteps"] = args.process_steps
     if not args.experiment.scale_blur or preset.process.family != "lee":
         return out
     paper = PAPER_F_MAX[preset.process.blur_schedule]
@@ -357,7 +357,7 @@ def benchmark(args, clock: Clock) -> None:
     model.eval()
     b = min(args.sample_batch, args.n)
     xs = torch.randn(b, 3, res, res)
-    t = torch.full((b,), process.steps // 2, dtype=torch.int64)
+    t = torch.full((b,), process.num_timesteps // 2, dtype=torch.int64)
     with torch.no_grad():
         model(xs, t)
         t0, k = time.perf_counter(), 3
@@ -448,7 +448,7 @@ def ensure_data(out: Path, args, clock: Clock) -> tuple[Path, Path]:
 
 # ------------------------------------------------------------------------------------------------ training
 def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
-    N = args.process_steps or get_preset(run.preset).process.steps
+    N = args.process_steps or get_preset(run.preset).process.num_timesteps
     options = TrainOptions(
         data=str(train_data),
         preset=run.preset,
@@ -534,7 +534,7 @@ def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
     if cached and cached.get("key") == key:
         return cached["dc_gain"]
     x0 = heldout[: args.n]
-    t = torch.full((x0.shape[0],), process.steps, dtype=torch.int64)
+    t = torch.full((x0.shape[0],), process.num_timesteps, dtype=torch.int64)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     tab = process.tables("cpu", torch.float32)
     with torch.no_grad():
@@ -560,10 +560,10 @@ def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report) 
         "checkpoint": path.name,
         "checkpoint_step": int(state["step"]),
         "checksum": state.get("checksum"),
-        "kind": sampler.kind,
+        "kind": sampler.name,
         "K": sampler.K,
         "spacing": sampler.spacing,
-        "N": process.steps,
+        "N": process.num_timesteps,
         "n": args.n,
         "batch": args.sample_batch,
         "seed": run.seed,
@@ -588,7 +588,7 @@ def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report) 
             with atomic_path(file, durable=True) as tmp:
                 torch.save({"x": x.float().cpu()}, tmp)
             report(
-                f"sampled {run.name} {sampler_name} ({sampler.kind}, {sampler.K} steps) chunk {b + 1}/"
+                f"sampled {run.name} {sampler_name} ({sampler.name}, {sampler.K} steps) chunk {b + 1}/"
                 f"{_num_chunks(args)}: {size} images in {hms(time.perf_counter() - t0)}"
             )
         parts.append(torch.load(file, weights_only=True)["x"])
@@ -938,7 +938,7 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    N = args.process_steps or get_preset(first_preset(args)).process.steps
+    N = args.process_steps or get_preset(first_preset(args)).process.num_timesteps
     runs = [Run(out, setting, seed, args) for setting in args.settings for seed in args.seeds]
     clock = Clock()
 

@@ -26,7 +26,7 @@ PROCESS = dict(
     blur_schedule="quartic",
     f_max=0.140625,
     noise_schedule="linear",
-    steps=STEPS,
+    num_timesteps=STEPS,
     direction="coarse_to_fine",
 )
 

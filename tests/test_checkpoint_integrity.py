@@ -81,12 +81,12 @@ def test_flipped_bytes_inside_tensor_data_fail_the_checksum(tmp_path, capsys):
 def test_the_checksum_covers_the_plain_data_too(tmp_path):
     path = latest_checkpoint(make_run(tmp_path / "run"))
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state["config"]["process"]["steps"] += 1  # a changed number of steps: other images, same weights
+    state["config"]["process"]["num_timesteps"] += 1  # a changed number of steps: other images, same weights
     torch.save(state, path)  # with the old checksum
     with pytest.raises(ValueError, match="does not match its checksum"):
         load_checkpoint(path)
     save_checkpoint(state, path)  # a loaded state saved again gets a new checksum
-    assert load_checkpoint(path)["config"]["process"]["steps"] == state["config"]["process"]["steps"]
+    assert load_checkpoint(path)["config"]["process"]["num_timesteps"] == state["config"]["process"]["num_timesteps"]
 
 
 def test_checkpoints_from_before_the_checksum_still_load(tmp_path, capsys):
@@ -100,6 +100,33 @@ def test_checkpoints_from_before_the_checksum_still_load(tmp_path, capsys):
     rc, err = sample(capsys, tmp_path / "run", tmp_path / "out")
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.png", "000001.png"]
+
+
+def test_records_of_blurdiff_0_1_load_under_todays_names(tmp_path, capsys):
+    """Checkpoints and exports of 0.1 name N ``steps``: they load, sample the same images and
+    export again under ``num_timesteps``."""
+    run = make_run(tmp_path / "run")
+    path = latest_checkpoint(run)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    N = state["config"]["process"]["num_timesteps"]
+    assert sample(capsys, run, tmp_path / "now")[0] == 0
+    state["config"]["process"] = {
+        ("steps" if k == "num_timesteps" else k): v for k, v in state["config"]["process"].items()
+    }
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)["config"]["process"]
+    assert list(loaded) == [("num_timesteps" if k == "steps" else k) for k in state["config"]["process"]]
+    assert loaded["num_timesteps"] == N
+    assert sample(capsys, run, tmp_path / "then")[0] == 0
+    for name in ("000000.png", "000001.png"):
+        assert (tmp_path / "then" / name).read_bytes() == (tmp_path / "now" / name).read_bytes()
+    export_run(ckpt=path, out=tmp_path / "export")
+    config_file = tmp_path / "export" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["process"]["num_timesteps"] == N
+    config["process"]["steps"] = config["process"].pop("num_timesteps")
+    config_file.write_text(json.dumps(config))
+    assert load_export(tmp_path / "export")[0].num_timesteps == N
 
 
 @pytest.mark.parametrize("which", ["ema", "model"])

@@ -36,7 +36,7 @@ from blurdiff.diffusers_scheduler import (  # noqa: E402
     to_project_step,
 )
 from blurdiff.diffusion import X0_REG, BlurDiffusion, ProcessConfig, ReferenceResidual  # noqa: E402
-from blurdiff.samplers import KINDS, MULTISTEP, make_sampler  # noqa: E402
+from blurdiff.samplers import MULTISTEP, SAMPLERS, make_sampler  # noqa: E402
 from blurdiff.statistics import estimate_data_statistics  # noqa: E402
 from blurdiff.unet import build_unet  # noqa: E402
 
@@ -123,14 +123,14 @@ def test_timestep_mapping_is_one_apart():
     sched = _scheduler()
     assert sched.timesteps.tolist() == list(range(STEPS - 1, -1, -1))  # before set_timesteps: all of them
     for kind, K in [(None, None), ("ddpm", STEPS), ("ancestral", 7), ("ancestral2m", 5), ("ddim", 3), ("ddim2m", 1)]:
-        s = BlurDiffusionScheduler.from_config(sched.config, sampler_kind=kind)
+        s = BlurDiffusionScheduler.from_config(sched.config, sampler=kind)
         s.set_timesteps(K)
         sampler = make_sampler(s.process, K, kind)
         assert s.timesteps.dtype == torch.int64
-        assert s.timesteps.tolist() == [step - 1 for step in sampler.steps]
-        assert s.sampler.kind == sampler.kind and s.num_inference_steps == sampler.K
+        assert s.timesteps.tolist() == [step - 1 for step in sampler.timesteps]
+        assert s.sampler.name == sampler.name and s.num_inference_steps == sampler.K
     sched.set_timesteps(timesteps=[19, 10, 3])  # explicit, diffusers numbering
-    assert sched.sampler.steps == (20, 11, 4)
+    assert sched.sampler.timesteps == (20, 11, 4)
 
     g = torch.Generator().manual_seed(0)
     x0, noise = _images(4), torch.randn(4, 3, RES, RES, generator=g)
@@ -166,7 +166,7 @@ def test_pipeline_reproduces_project_sampler_bitwise(K, kind, output):
     """Same generator, same samples, bit for bit: the pipeline draws the prior and each step's
     noise from the generator in the same order as Sampler.sample, and each step is the same
     spectral_lincomb on the same inputs (the network sees the same project step s = t_d + 1)."""
-    sched = _scheduler(sampler_kind=kind)
+    sched = _scheduler(sampler=kind)
     net = _project_unet()
     pipe = _pipeline(BlurDiffusionUNet.from_unet(net, model_output=output), sched)
     model = ReferenceResidual(net, sched.process) if output == "eps_residual" else net
@@ -190,19 +190,19 @@ def test_pipeline_guards_its_samples():
     with torch.no_grad():  # an ε hundreds of times too large
         for param in net.out.parameters():
             param.fill_(3.0)
-    pipe = _pipeline(BlurDiffusionUNet.from_unet(net), _scheduler(sampler_kind="ancestral"))
-    with pytest.warns(SamplesDivergedWarning, match="Sampler\\(kind='ancestral', K=5"):
+    pipe = _pipeline(BlurDiffusionUNet.from_unet(net), _scheduler(sampler="ancestral"))
+    with pytest.warns(SamplesDivergedWarning, match="Sampler\\(sampler='ancestral', K=5"):
         pipe(batch_size=2, num_inference_steps=5, output_type="latent")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SAMPLERS)
 def test_scheduler_loop_reproduces_sampler_and_predicts_x0(kind):
     """A hand-written diffusers loop (set_timesteps, step) over every kind, with a network-free ε
     (so the steps are all that is compared): bitwise Sampler.sample; pred_original_sample is the
     process's x̂_0 at the current step."""
-    sched = _scheduler(sampler_kind=kind)
+    sched = _scheduler(sampler=kind)
     K = None if kind == "ddpm" else 5
-    N = sched.process.steps
+    N = sched.process.num_timesteps
 
     def eps_fn(x, s):  # deterministic, depends on x and the project step
         return 0.7 * x + 0.02 * s.to(x.dtype)[:, None, None, None]
@@ -224,8 +224,8 @@ def test_scheduler_loop_reproduces_sampler_and_predicts_x0(kind):
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="sampler_kind must be None or one of"):
-        BlurDiffusionScheduler(**PROCESS, sampler_kind="euler")
+    with pytest.raises(ValueError, match="sampler must be None or one of"):
+        BlurDiffusionScheduler(**PROCESS, sampler="euler")
     with pytest.raises(ValueError, match="spacing must be"):
         BlurDiffusionScheduler(**PROCESS, spacing="random")
     with pytest.raises(ValueError, match="prediction_type"):
@@ -242,7 +242,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=f"include {STEPS - 1}"):
         sched.set_timesteps(timesteps=[10, 5, 0])
     with pytest.raises(ValueError, match="ddpm sampler .* runs only with all"):
-        BlurDiffusionScheduler.from_config(sched.config, sampler_kind="ddpm").set_timesteps(5)
+        BlurDiffusionScheduler.from_config(sched.config, sampler="ddpm").set_timesteps(5)
     sched.set_timesteps(5)
     with pytest.raises(ValueError, match="timestep 18 is not in this schedule"):
         sched.step(x, 18, x)
@@ -361,7 +361,7 @@ def test_identity_ddim_matches_ddim_scheduler():
     float64 rounding at v = 1e20 (the relative gap is O(1/(v Ā_N)) ≈ 3e-16). With no data
     statistics the reference is v = 1, which is a different sampler (asserted below)."""
     stats = dict(count=1, channel_mean=[0.0] * 3, channel_std=[1.0] * 3, spectral_power=[[1e20] * RES] * RES)
-    sched = BlurDiffusionScheduler(**DDPM_LIKE, sampler_kind="ddim", data_stats=stats)
+    sched = BlurDiffusionScheduler(**DDPM_LIKE, sampler="ddim", data_stats=stats)
     ddim = DDIMScheduler(**DIFFUSERS_BETAS, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     ddim.set_timesteps(10)  # 999, 899, …, 99, then ᾱ = 1: the project's kept steps 1000 … 100 and s_0 = 0
     sched.set_timesteps(timesteps=ddim.timesteps)
@@ -387,7 +387,7 @@ def test_identity_ddim_matches_ddim_scheduler():
     assert (ours - theirs).abs().max() <= 1e-12 * theirs.abs().max()
 
     flat = BlurDiffusionScheduler(
-        **DDPM_LIKE, sampler_kind="ddim", data_stats={**stats, "spectral_power": [[1.0] * RES] * RES}
+        **DDPM_LIKE, sampler="ddim", data_stats={**stats, "spectral_power": [[1.0] * RES] * RES}
     )
     flat.set_timesteps(timesteps=ddim.timesteps)
     assert (run(flat, x_T.double(), unet64) - theirs).abs().max() > 0.1 * theirs.abs().max()  # measured 0.98
@@ -412,7 +412,7 @@ def test_save_and_load_pretrained_round_trip(tmp_path, diffusers_log):
     """save_pretrained -> from_pretrained from a local folder: the same configs, the same weights
     (safetensors), bitwise the same samples with the same generator; without diffusers' advice to
     install accelerate on every load."""
-    sched = _scheduler(sampler_kind="ddim2m", spacing="logsnr")
+    sched = _scheduler(sampler="ddim2m", spacing="logsnr")
     pipe = _pipeline(BlurDiffusionUNet.from_unet(_project_unet(), model_output="eps_residual"), sched)
     pipe.save_pretrained(tmp_path)
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -514,11 +514,13 @@ def test_scheduler_config_holds_every_process_field():
     argument of the scheduler, a config must hold the paper's process's record (PROCESS_KEYS), and
     the process built from its config is the one it was given."""
     params = inspect.signature(BlurDiffusionScheduler.__init__).parameters
-    names = {"num_train_timesteps" if f.name == "steps" else f.name for f in dataclasses.fields(ProcessConfig)}
-    assert names <= set(params) and set(PROCESS_KEYS) == set(ProcessConfig().to_dict()) - {"steps"} | {
+    names = {"num_train_timesteps" if f.name == "num_timesteps" else f.name for f in dataclasses.fields(ProcessConfig)}
+    assert names <= set(params) and set(PROCESS_KEYS) == set(ProcessConfig().to_dict()) - {"num_timesteps"} | {
         "num_train_timesteps"
     }
-    config = ProcessConfig(resolution=(RES, RES + 4), basis="dct", sigma=0.3, f_max=0.2, steps=17, eig_floor=0.05)
+    config = ProcessConfig(
+        resolution=(RES, RES + 4), basis="dct", sigma=0.3, f_max=0.2, num_timesteps=17, eig_floor=0.05
+    )
     sched = BlurDiffusionScheduler.from_process(BlurDiffusion(config))
     assert sched.config.num_train_timesteps == 17 and process_config(sched.config) == config == sched.process.config
 
@@ -560,7 +562,7 @@ def test_from_checkpoint_samples_like_the_project(tmp_path, output):
         "optimizer": {},
         "config": {
             "preset": "toy",
-            "process": {**process_cfg, "steps": STEPS},
+            "process": {**process_cfg, "num_timesteps": STEPS},
             "unet": dict(vars(model.config)),
             "model_output": output,
             "train": {},
@@ -595,7 +597,7 @@ def test_import_without_diffusers_says_how_to_install(monkeypatch, module):
 def test_multistep_history_is_reset_by_set_timesteps():
     """The multistep kinds keep (x, ε) of the previous step; a new schedule starts without it, so
     two runs from the same start give the same samples."""
-    sched = _scheduler(sampler_kind="ancestral2m")
+    sched = _scheduler(sampler="ancestral2m")
     assert "ancestral2m" in MULTISTEP
 
     def run():
@@ -619,8 +621,8 @@ def test_every_family_round_trips_and_samples_like_the_project(tmp_path, family)
     that family, from_process gives the same config, and the pipeline samples bitwise like the
     project's sampler (the prior is the data's Gaussian, drawn from the same generator)."""
     cfg = {**PROCESS, "basis": "dct", **family}
-    sched = BlurDiffusionScheduler(**cfg, sampler_kind="ancestral2m")
-    sched = BlurDiffusionScheduler(**cfg, sampler_kind="ancestral2m", data_stats=_stats(sched.process))
+    sched = BlurDiffusionScheduler(**cfg, sampler="ancestral2m")
+    sched = BlurDiffusionScheduler(**cfg, sampler="ancestral2m", data_stats=_stats(sched.process))
     sched.save_pretrained(tmp_path)
     loaded = BlurDiffusionScheduler.from_pretrained(tmp_path)
     assert loaded.process.config == sched.process.config and loaded.process.family == family["family"]

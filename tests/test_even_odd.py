@@ -225,6 +225,6 @@ def test_a_checkpoint_from_before_the_halves_samples_the_same_images():
         # reproduce on an AMD EPYC (Zen 5) and not on an Intel Xeon (Emerald Rapids), whose draws
         # are other normals (the cause is not found yet; docs/design.md §2's noise law holds on both).
         got = process.sample(
-            net, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), kind="ddim", steps=8, guard=False
+            net, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), sampler="ddim", steps=8, guard=False
         )
         assert np.abs(got.numpy() - want["ddim"]).max() <= 1e-4

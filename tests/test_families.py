@@ -12,7 +12,7 @@ from independent import dct_basis, hoogeboom, rissanen
 
 from blurdiff import BlurDiffusion, ProcessConfig
 from blurdiff.gaussian_yardstick import exact_score, gaussian_distance, output_variance, power_law_spectrum
-from blurdiff.samplers import KINDS, Sampler
+from blurdiff.samplers import SAMPLERS, Sampler
 from blurdiff.statistics import DataStatistics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,7 +26,9 @@ FAMILY_ARGS = {
 @pytest.mark.parametrize("hw,N", [((16, 16), 1000), ((12, 20), 37)])
 def test_hoogeboom_tables_are_the_papers(hw, N):
     H, W = hw
-    p = BlurDiffusion(ProcessConfig(hw, steps=N, basis="dct", family="hoogeboom", blur_sigma_max=20.0, d_min=0.01))
+    p = BlurDiffusion(
+        ProcessConfig(hw, num_timesteps=N, basis="dct", family="hoogeboom", blur_sigma_max=20.0, d_min=0.01)
+    )
     a, s = hoogeboom(H, W, N, 20.0, 0.01)
     assert p.signal_scale.dtype == p.noise_std.dtype == torch.float64
     assert p.signal_scale.shape == p.noise_std.shape == (N + 1, H, W)
@@ -39,7 +41,7 @@ def test_hoogeboom_tables_are_the_papers(hw, N):
 def test_rissanen_tables_are_the_papers(hw, N):
     H, W = hw
     p = BlurDiffusion(
-        ProcessConfig(hw, steps=N, basis="dct", family="rissanen", blur_sigma_min=0.5, blur_sigma_max=24.0)
+        ProcessConfig(hw, num_timesteps=N, basis="dct", family="rissanen", blur_sigma_min=0.5, blur_sigma_max=24.0)
     )
     log_a, s = rissanen(H, W, N, 0.5, 24.0, 0.01)
     a = p.signal_scale.numpy()
@@ -58,7 +60,7 @@ def test_rissanen_tables_are_the_papers(hw, N):
 @pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
 def test_q_sample_is_a_x0_plus_s_eps_in_the_dct_basis(family):
     H, W, N = 8, 12, 50
-    p = BlurDiffusion(ProcessConfig((H, W), steps=N, **FAMILY_ARGS[family]), backend="reference")
+    p = BlurDiffusion(ProcessConfig((H, W), num_timesteps=N, **FAMILY_ARGS[family]), backend="reference")
     g = torch.Generator().manual_seed(0)
     x0, eps = (torch.randn(3, 2, H, W, generator=g, dtype=torch.float64) for _ in range(2))
     t = torch.tensor([1, 20, N])
@@ -97,7 +99,7 @@ def test_the_papers_process_is_unchanged():
 )
 def test_bad_family_values_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as e:
-        ProcessConfig(8, basis="dct", steps=10, **kwargs)
+        ProcessConfig(8, basis="dct", num_timesteps=10, **kwargs)
     assert "\n" not in str(e.value)
 
 
@@ -128,7 +130,7 @@ def test_prior_is_the_gaussian_of_the_data(family):
     included; the prior's samples have that variance."""
     p = _process(family)
     v = power_law_spectrum((RES, RES))
-    N = p.steps
+    N = p.num_timesteps
     want = p.signal_scale[N] ** 2 * v + p.noise_std[N] ** 2
     torch.testing.assert_close(p.prior_std(v) ** 2, want, rtol=1e-12, atol=0)
     p.data_stats = DataStatistics(1, [0.0] * 3, [0.5] * 3, v)
@@ -159,7 +161,7 @@ def test_every_sampler_converges_at_its_order(family):
     counts = [25, 50, 100, 200]
     orders = {}
     for kind in ("ancestral", "ancestral2m", "ddim", "ddim2m"):
-        at_n = output_variance(Sampler(p, p.steps, kind, reference_var=flat), v)
+        at_n = output_variance(Sampler(p, p.num_timesteps, kind, reference_var=flat), v)
         errors = []
         for K in counts:
             s = Sampler(p, K, kind, reference_var=flat)
@@ -174,12 +176,12 @@ def test_every_sampler_converges_at_its_order(family):
     assert ((output_variance(ddpm, v) / v - 1).abs() < 0.05).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SAMPLERS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_sampler_diverges_on_gaussian_data(family, kind):
     """Monte Carlo: each implemented sampler, driven by the exact score of Gaussian data, stays finite
     and gives the variance the yardstick predicts (each frequency within 5σ of 1536 draws)."""
-    p = _process(family, steps=100)
+    p = _process(family, num_timesteps=100)
     v = power_law_spectrum((RES, RES))
     p.data_stats = DataStatistics(1, [0.0] * 3, [0.5] * 3, v)
     s = Sampler(p, None if kind == "ddpm" else 10, kind)
@@ -204,7 +206,7 @@ def test_a_family_is_set_recorded_exported_and_sampled_like_its_checkpoint(tmp_p
     from blurdiff.export import export_run, load_export
     from blurdiff.settings import parse_settings
 
-    sets = ["process.family=rissanen", "process.basis=dct", "process.noise_sigma=0.02", "process.steps=20"]
+    sets = ["process.family=rissanen", "process.basis=dct", "process.noise_sigma=0.02", "process.num_timesteps=20"]
     process_cfg = dict(parse_settings(sets)["process"], resolution=16, blur_sigma_min=0.3, blur_sigma_max=4.0)
     assert process_cfg["family"] == "rissanen" and process_cfg["noise_sigma"] == 0.02
     process = BlurDiffusion(ProcessConfig(**process_cfg))
@@ -228,10 +230,10 @@ def test_a_family_is_set_recorded_exported_and_sampled_like_its_checkpoint(tmp_p
     for kind, steps in (("ddpm", None), ("ancestral2m", 5)):
         with torch.no_grad():
             a = got_process.sample(
-                got_model, (2, 3, 16, 16), torch.Generator().manual_seed(7), steps=steps, kind=kind, guard=False
+                got_model, (2, 3, 16, 16), torch.Generator().manual_seed(7), steps=steps, sampler=kind, guard=False
             )
             b = ref_process.sample(
-                ref_model, (2, 3, 16, 16), torch.Generator().manual_seed(7), steps=steps, kind=kind, guard=False
+                ref_model, (2, 3, 16, 16), torch.Generator().manual_seed(7), steps=steps, sampler=kind, guard=False
             )
         assert torch.equal(a, b), kind
     pytest.importorskip("diffusers")

@@ -40,7 +40,7 @@ def test_every_argument_in_every_layout(device, case):
 def test_q_sample_with_a_strided_or_expanded_t():
     """The issue's reports: a strided t gave other values than its contiguous copy, and an
     expanded t (stride 0, one element of storage) read past its storage and crashed."""
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20), backend="fused")
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20), backend="fused")
     g = torch.Generator().manual_seed(0)
     x, noise = torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 2, 8, 8, generator=g)
     t = torch.tensor([[1, 2], [5, 6], [19, 20]])[:, 0]
@@ -49,7 +49,7 @@ def test_q_sample_with_a_strided_or_expanded_t():
     x, noise = torch.randn(64, 2, 8, 8, generator=g), torch.randn(64, 2, 8, 8, generator=g)
     got = p.q_sample(x, t, noise)
     assert torch.equal(got, p.q_sample(x, t.contiguous(), noise))
-    ref = BlurDiffusion(ProcessConfig(resolution=8, steps=20), backend="reference").q_sample(x, t, noise)
+    ref = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20), backend="reference").q_sample(x, t, noise)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 

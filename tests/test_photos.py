@@ -169,7 +169,7 @@ def test_photos32_presets_differ_only_in_the_process():
             rows[0].warmup_steps,
             rows[0].grad_clip,
         )
-        assert p.process.resolution == (32, 32) and p.process.sigma == 0.4 and p.process.steps == 1000
+        assert p.process.resolution == (32, 32) and p.process.sigma == 0.4 and p.process.num_timesteps == 1000
         assert dataclasses.replace(p.process, blur_schedule="none", f_max=0.0) == dataclasses.replace(
             rows[0].process, blur_schedule="none", f_max=0.0
         )
@@ -300,7 +300,10 @@ def test_table1_fid_is_skipped_without_weights(tmp_path, table1):
 def test_table1_blur_at_other_resolutions(table1):
     """f(N) keeps the physical blur at any side ((side/64)^2 of the paper's), or is the paper's with --paper-blur."""
     args = table1.parse_args(["--out", "x", "--resolution", "16", "--process-steps", "20", "--fast-steps", "4"])
-    assert table1.process_overrides("photos32-quartic", args) == {"steps": 20, "f_max": pytest.approx(0.140625 / 16)}
+    assert table1.process_overrides("photos32-quartic", args) == {
+        "num_timesteps": 20,
+        "f_max": pytest.approx(0.140625 / 16),
+    }
     args = table1.parse_args(["--out", "x"])
     assert table1.process_overrides("photos32-log", args) == {}
     args = table1.parse_args(["--out", "x", "--paper-blur"])

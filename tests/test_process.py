@@ -141,7 +141,7 @@ def test_bad_inputs_name_the_argument():
 
 
 def test_training_loss_and_sampling_run():
-    proc = BlurDiffusion(ProcessConfig((8, 12), steps=20), backend="reference")
+    proc = BlurDiffusion(ProcessConfig((8, 12), num_timesteps=20), backend="reference")
     model = lambda x, t: 0.1 * x  # noqa: E731
     x0 = torch.rand(3, 3, 8, 12) * 2 - 1
     loss = proc.training_loss(model, x0, generator=torch.Generator().manual_seed(0))
@@ -168,26 +168,27 @@ def test_prior_has_the_forward_marginal_variance():
 def test_process_config_is_what_the_process_is():
     """One description of the process: resolution kept as (H, W) whatever form it came in (JSON
     gives lists), frozen (the tables are built from it), and its record in field order."""
-    config = ProcessConfig(resolution=[8, 12], steps=20)
+    config = ProcessConfig(resolution=[8, 12], num_timesteps=20)
     assert config.resolution == (8, 12) and ProcessConfig(resolution=8).resolution == (8, 8)
     assert ProcessConfig(**dataclasses.asdict(config)) == config
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.steps = 30
+        config.num_timesteps = 30
     # What checkpoints record: no family fields for the paper's process, a family's own otherwise.
     assert list(config.to_dict()) == [
-        "resolution", "basis", "sigma", "blur_schedule", "f_max", "noise_schedule", "steps", "direction", "eig_floor"
+        "resolution", "basis", "sigma", "blur_schedule", "f_max", "noise_schedule", "num_timesteps",
+        "direction", "eig_floor",
     ]  # fmt: skip
     hoogeboom = ProcessConfig(8, basis="dct", family="hoogeboom", noise_sigma=0.5)
     assert list(hoogeboom.to_dict())[-3:] == ["family", "blur_sigma_max", "d_min"]
     assert ProcessConfig(**hoogeboom.to_dict()) == dataclasses.replace(hoogeboom, noise_sigma=0.01)
     proc = BlurDiffusion(config, backend="reference")
-    assert proc.config is config and proc.resolution == (8, 12) and proc.steps == 20
+    assert proc.config is config and proc.resolution == (8, 12) and proc.num_timesteps == 20
     with pytest.raises(TypeError, match="takes a ProcessConfig"):
         BlurDiffusion(dict(resolution=8))
 
 
 def test_eps_model_gives_the_output_its_meaning():
-    proc = BlurDiffusion(ProcessConfig(8, steps=10), backend="reference")
+    proc = BlurDiffusion(ProcessConfig(8, num_timesteps=10), backend="reference")
     net = torch.nn.Conv2d(3, 3, 1)
     assert eps_model(net, proc, "eps") is net
     wrapped = eps_model(net, proc, "eps_residual")

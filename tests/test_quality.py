@@ -204,10 +204,10 @@ def test_sampler_warnings_point_at_the_callers_line():
     sampler (no data statistics; diverged samples) name this file, not a line inside blurdiff."""
     from blurdiff import BlurDiffusion, ProcessConfig
 
-    process = BlurDiffusion(ProcessConfig(resolution=8, steps=10))
+    process = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=10))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        process.sample(lambda x, t: torch.full_like(x, 50.0), (2, 3, 8, 8), steps=5, kind="ancestral")
+        process.sample(lambda x, t: torch.full_like(x, 50.0), (2, 3, 8, 8), steps=5, sampler="ancestral")
     kinds = {w.category for w in caught}
     assert kinds == {UserWarning, SamplesDivergedWarning}
     assert {w.filename for w in caught} == {__file__}

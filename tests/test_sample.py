@@ -273,7 +273,7 @@ def test_sample_to_folder_is_the_command_from_python(run, tmp_path):
         run=run, n=6, out=tmp_path / "py", batch_size=5, trajectory=True, quiet=True, on_plan=plans.append
     )
     assert {k: v[2] for k, v in stat(tmp_path / "py").items()} == {k: v[2] for k, v in stat(tmp_path / "cli").items()}
-    assert [(p.present, p.to_make, p.n, p.sampler, p.steps) for p in plans] == [(0, 6, 6, "ddpm", STEPS)]
+    assert [(p.present, p.to_make, p.n, p.sampler, p.num_timesteps) for p in plans] == [(0, 6, 6, "ddpm", STEPS)]
     assert report.plan is plans[0] and report.written == 6 and report.raw.count == 2 * 5 * RES * RES  # two full batches
     assert report.trajectory == (
         tmp_path / "py" / "figures" / "trajectory.png",
@@ -384,7 +384,7 @@ def test_forward_figure(tmp_path):
     with Image.open(out) as im:
         assert im.size[0] > 5 * 64 and im.size[1] > 6 * 64  # 5 columns, 2 images x 3 rows, cells >= 64 px
 
-    p = BlurDiffusion(ProcessConfig(**{**PROCESS, "steps": 1000}))
+    p = BlurDiffusion(ProcessConfig(**{**PROCESS, "num_timesteps": 1000}))
     x0 = torch.rand(2, 3, RES, RES) * 2 - 1
     noisy, c2f, f2c = forward_rows(x0, p, [0, 500, 1000])
     assert torch.equal(noisy[0], x0) and torch.equal(c2f[0], x0) and torch.equal(f2c[0], x0)

@@ -54,15 +54,15 @@ def test_spaced_steps():
 
 
 def test_explicit_steps():
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20))
     s = Sampler(p, [1, 20, 10, 5])
-    assert s.steps == (20, 10, 5, 1) and s.K == 4 and s.position(20) == 4 and s.position(1) == 1
+    assert s.timesteps == (20, 10, 5, 1) and s.K == 4 and s.position(20) == 4 and s.position(1) == 1
     with pytest.raises(ValueError, match="include 20"):
         Sampler(p, [19, 10])
     with pytest.raises(ValueError, match="repeated"):
         Sampler(p, [20, 10, 10])
-    with pytest.raises(ValueError, match="kind"):
-        Sampler(p, 5, kind="euler")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        Sampler(p, 5, sampler="euler")
     assert make_sampler(p, 5, "ddim") is make_sampler(p, 5, "ddim")  # cached per process
 
 
@@ -71,9 +71,9 @@ def test_explicit_steps():
 def test_full_sampler_equals_blurdiffusion(backend):
     if backend == "fused" and not blurdiff_ops.kernels_available("cpu"):
         pytest.skip("compiled CPU kernels not built")
-    p = BlurDiffusion(ProcessConfig(resolution=16, steps=20), backend=backend)
+    p = BlurDiffusion(ProcessConfig(resolution=16, num_timesteps=20), backend=backend)
     s = make_sampler(p, None, "ddpm")
-    assert s.steps == tuple(range(20, 0, -1))
+    assert s.timesteps == tuple(range(20, 0, -1))
     # The one copy of the Eq. 12 tables (reverse_step steps with this sampler): bit for bit the
     # formula on the process's float64 tables, stored in float32.
     tab = s.tables("cpu")
@@ -101,7 +101,7 @@ def test_full_sampler_equals_blurdiffusion(backend):
 
 
 def test_ddpm_runs_on_all_steps_only():
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20))
     with pytest.raises(ValueError, match="only with all 20 steps.*ancestral"):
         Sampler(p, 10, "ddpm")
     assert Sampler(p, list(range(1, 21)), "ddpm").K == 20
@@ -142,10 +142,10 @@ def _quadrature_coefficients(p, i, j, v, kind, n=20001):
 
 @pytest.mark.parametrize("kind", ["ancestral", "ddim"])
 def test_closed_forms_are_the_integrals(kind):
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=100))
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=100))
     v = _spectrum()
     s = Sampler(p, [100, 60, 30, 10, 3, 1], kind, reference_var=v)
-    asc = (0,) + tuple(reversed(s.steps))
+    asc = (0,) + tuple(reversed(s.timesteps))
     tab = s.tables64
     for k in range(1, s.K + 1):
         i, j = asc[k], asc[k - 1]
@@ -171,7 +171,7 @@ def test_coefficients_stay_bounded_where_abar_is_tiny():
 def test_reference_comes_from_the_data_statistics():
     from blurdiff.statistics import DataStatistics
 
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20))
     with pytest.warns(UserWarning, match="no data statistics"):
         flat = Sampler(p, 5, "ancestral")
     assert torch.equal(flat.reference_var, torch.ones(8, 8, dtype=torch.float64))
@@ -187,7 +187,7 @@ def test_reference_comes_from_the_data_statistics():
 def test_new_data_statistics_drop_what_was_built_on_the_old():
     from blurdiff.statistics import DataStatistics
 
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=20))
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20))
     p.data_stats = DataStatistics(100, [0.0] * 3, [0.5] * 3, _spectrum())
     s = make_sampler(p, 5, "ancestral")
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 20])
@@ -306,14 +306,14 @@ def test_spacings_keep_distinct_steps_with_both_ends(spacing):
         strided_steps(p, 10, "cosine")
 
 
-def test_defaults_per_kind():
-    p = BlurDiffusion(ProcessConfig(resolution=8, steps=100))
+def test_defaults_per_sampler():
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=100))
     p.data_stats = None
     with pytest.warns(UserWarning):
         s = make_sampler(p, 10)
-    assert s.kind == "ancestral2m" and s.spacing == DEFAULT_SPACING["ancestral2m"] == "quadratic"
-    assert s.steps == strided_steps(p, 10, "quadratic")
-    assert make_sampler(p).kind == "ddpm"
+    assert s.name == "ancestral2m" and s.spacing == DEFAULT_SPACING["ancestral2m"] == "quadratic"
+    assert s.timesteps == strided_steps(p, 10, "quadratic")
+    assert make_sampler(p).name == "ddpm"
 
 
 def _slope(counts, errors):

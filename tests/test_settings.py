@@ -19,9 +19,11 @@ def test_every_process_and_network_field_is_settable():
     from blurdiff.diffusion import BlurDiffusion, ProcessConfig
     from blurdiff.unet import UNetConfig
 
-    recorded = set(BlurDiffusion(ProcessConfig(resolution=RES, steps=10)).config.to_dict())  # lee: no family fields
+    recorded = set(
+        BlurDiffusion(ProcessConfig(resolution=RES, num_timesteps=10)).config.to_dict()
+    )  # lee: no family fields
     for family in ("hoogeboom", "rissanen"):
-        recorded |= set(ProcessConfig(resolution=RES, steps=10, basis="dct", family=family).to_dict())
+        recorded |= set(ProcessConfig(resolution=RES, num_timesteps=10, basis="dct", family=family).to_dict())
     assert set(field_types("process")) == recorded
     assert set(field_types("unet")) == set(UNetConfig.__dataclass_fields__)
 
@@ -45,9 +47,9 @@ def test_values_are_json_checked_against_the_field_type():
 
 def test_set_wins_over_the_config_file_and_a_sampler_section_is_kept_or_dropped(tmp_path):
     path = tmp_path / "sweep.json"
-    path.write_text(json.dumps({"process": {"f_max": 0.2, "steps": 50}, "sampler": {"steps": 25}}))
+    path.write_text(json.dumps({"process": {"f_max": 0.2, "num_timesteps": 50}, "sampler": {"steps": 25}}))
     got = parse_settings(["process.f_max=0.3"], path)
-    assert got == {"process": {"f_max": 0.3, "steps": 50}, "unet": {}}  # training: no sampler section
+    assert got == {"process": {"f_max": 0.3, "num_timesteps": 50}, "unet": {}}  # training: no sampler section
     got = parse_settings([], path, sections=("process", "unet", "sampler"))
     assert got["sampler"] == {"steps": 25}
 
@@ -59,7 +61,7 @@ def test_set_wins_over_the_config_file_and_a_sampler_section_is_kept_or_dropped(
             "process.fmax=0.3",
             "unknown key process.fmax (did you mean process.f_max?); valid process keys: process.basis",
         ),
-        ("process.steps=1.5", "process.steps must be an integer, got 1.5"),
+        ("process.num_timesteps=1.5", "process.num_timesteps must be an integer, got 1.5"),
         ("process.f_max=true", "process.f_max must be a number, got true"),
         ("process.basis=3", "process.basis must be a string, got 3"),
         ("unet.channel_mult=3", "unet.channel_mult must be a list of integers, got 3"),
@@ -124,12 +126,12 @@ def _train(data, out, *extra, final_check=False) -> int:
 def test_training_records_the_settings_and_resume_refuses_others(data, tmp_path, capsys):
     out = tmp_path / "run"
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"process": {"steps": 20, "f_max": 0.2}, "unet": {"model_channels": 32}}))
+    config.write_text(json.dumps({"process": {"num_timesteps": 20, "f_max": 0.2}, "unet": {"model_channels": 32}}))
     sets = ["--set", "process.resolution=8", "--set", "process.blur_schedule=log", "--set", "process.f_max=0.3"]
     assert _train(data, out, "--max-steps", "1", "--config", str(config), *sets) == 0
     saved = load_checkpoint(latest_checkpoint(out))["config"]
     assert json.loads(json.dumps(saved)) == json.loads((out / "config.json").read_text())
-    assert saved["process"]["steps"] == 20 and saved["process"]["blur_schedule"] == "log"
+    assert saved["process"]["num_timesteps"] == 20 and saved["process"]["blur_schedule"] == "log"
     assert saved["process"]["f_max"] == 0.3 and tuple(saved["process"]["resolution"]) == (8, 8)
     assert saved["unet"]["model_channels"] == 32 and saved["unet"]["image_size"] == 8
 
@@ -149,13 +151,13 @@ def test_training_records_the_settings_and_resume_refuses_others(data, tmp_path,
 
 def test_sampling_takes_a_sampler_section_and_checks_the_rest_against_the_run(data, tmp_path, capsys):
     run = tmp_path / "run"
-    sets = ["--set", "process.steps=20", "--set", "process.resolution=8", "--set", "unet.model_channels=32"]
+    sets = ["--set", "process.num_timesteps=20", "--set", "process.resolution=8", "--set", "unet.model_channels=32"]
     assert _train(data, run, "--max-steps", "1", *sets) == 0
     # The final check samples with all 20 steps when the process has fewer than its usual 50.
     assert _train(data, run, "--max-steps", "2", "--resume", final_check=True) == 0
     assert "EMA samples (ancestral, 20 steps)" in capsys.readouterr().out
     config = tmp_path / "experiment.json"  # what trained the run, and how to sample it
-    config.write_text(json.dumps({"process": {"steps": 20}, "sampler": {"kind": "ancestral", "steps": 5}}))
+    config.write_text(json.dumps({"process": {"num_timesteps": 20}, "sampler": {"name": "ancestral", "steps": 5}}))
     sample = ["sample", "--run", str(run), "--n", "2", "--batch-size", "2", "--device", "cpu", "--quiet"]
     capsys.readouterr()
     assert cli([*sample, "--out", str(tmp_path / "a"), "--config", str(config)]) == 0
@@ -168,10 +170,10 @@ def test_sampling_takes_a_sampler_section_and_checks_the_rest_against_the_run(da
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
     for extra, message in [
-        (["--set", "process.steps=30"], "process.steps=30 differs from the run's 20"),
+        (["--set", "process.num_timesteps=30"], "process.num_timesteps=30 differs from the run's 20"),
         (["--set", "unet.model_channels=64"], "unet.model_channels=64 differs from the run's 32"),
         (["--config", str(config), "--steps", "6"], "--steps 6 and sampler.steps=5 disagree"),
-        (["--set", "sampler.kind=euler"], "sampler kind must be one of"),
+        (["--set", "sampler.name=euler"], "sampler must be one of"),
         (["--set", "sampler.stpes=5"], "unknown key sampler.stpes (did you mean sampler.steps?)"),
     ]:
         assert cli([*sample, "--out", str(tmp_path / "c"), *extra]) == 2

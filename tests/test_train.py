@@ -562,7 +562,7 @@ def test_log_every_averages_a_window(toy_lmdb, tmp_path):
 
 
 def test_sample_grid_is_written(toy_lmdb, tmp_path):
-    run(opts(toy_lmdb, tmp_path, max_steps=2, sample_every=2, sample_n=4, process_overrides={"steps": 10}))
+    run(opts(toy_lmdb, tmp_path, max_steps=2, sample_every=2, sample_n=4, process_overrides={"num_timesteps": 10}))
     path = tmp_path / "samples" / "step-00000002.png"
     with Image.open(path) as img:
         assert img.size == (2 * (RES + 2) + 2,) * 2 and img.mode == "RGB"
@@ -648,16 +648,17 @@ def test_trainer_takes_a_process_network_and_data_set_of_ones_own(toy_lmdb, tmp_
     def parts_of_my_own():
         torch.manual_seed(0)
         return dict(
-            process=BlurDiffusion(ProcessConfig(resolution=RES, steps=50)), model=build_unet("tiny", image_size=RES)
+            process=BlurDiffusion(ProcessConfig(resolution=RES, num_timesteps=50)),
+            model=build_unet("tiny", image_size=RES),
         )
 
     mine = Trainer(plan_run(opts("noise", tmp_path / "mine", max_steps=2)), dataset=Noise(), **parts_of_my_own())
     mine.run_loop()
     mine.close()
     state = load_checkpoint(latest_checkpoint(tmp_path / "mine"))
-    assert state["config"]["process"]["steps"] == 50 and state["data_stats"]["count"] == 8
+    assert state["config"]["process"]["num_timesteps"] == 50 and state["data_stats"]["count"] == 8
     process, model = build_from_checkpoint(state)
-    assert process.steps == 50 and model.config == mine.model.config
+    assert process.num_timesteps == 50 and model.config == mine.model.config
     resumed = Trainer(
         plan_run(opts("noise", tmp_path / "mine", max_steps=3, resume=True)), dataset=Noise(), **parts_of_my_own()
     )
@@ -824,7 +825,7 @@ def test_torchrun_two_processes(toy_lmdb, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
 def test_cuda_training_amp_resume_and_samples(toy_lmdb, tmp_path, amp):
-    kw = dict(device="cuda", amp=amp, ckpt_every=2, sample_every=4, sample_n=4, process_overrides={"steps": 20})
+    kw = dict(device="cuda", amp=amp, ckpt_every=2, sample_every=4, sample_n=4, process_overrides={"num_timesteps": 20})
     trainer = run(opts(toy_lmdb, tmp_path, max_steps=4, **kw))
     assert trainer.device.type == "cuda" and (tmp_path / "samples" / "step-00000004.png").exists()
     state = torch.load(latest_checkpoint(tmp_path), map_location="cpu", weights_only=True)

@@ -8,7 +8,7 @@ import sys
 import blurdiff.sample_folder
 from blurdiff.cli import add_checkpoint_arguments, add_setting_arguments, seed_type
 from blurdiff.sample_folder import SamplingPlan, SamplingReport, sample_to_folder
-from blurdiff.samplers import KINDS, SPACINGS
+from blurdiff.samplers import SAMPLERS, SPACINGS
 from blurdiff.settings import SECTIONS, parse_settings
 
 HELP = "sample a trained run (or an export) into a folder of PNGs"
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=KINDS,
+        choices=SAMPLERS,
         default=None,
         help="ddpm: Eq. 12, the paper's (the default with all N steps; only with all N); ancestral2m: "
         "second-order reverse-SDE integrator (the default with --steps); ancestral: first-order; "
@@ -110,7 +110,7 @@ def _print_plan(plan: SamplingPlan) -> None:
     print(
         f"{plan.checkpoint}{' (export)' if plan.export else ''}: step {plan.checkpoint_step}, "
         f"{'EMA' if plan.ema else 'raw'} weights; "
-        f"{plan.sampler} sampler, {plan.steps}/{plan.process_steps} steps, batches of {plan.batch_size} on "
+        f"{plan.sampler} sampler, {plan.steps}/{plan.num_timesteps} steps, batches of {plan.batch_size} on "
         f"{plan.device}; {plan.present} of {plan.n} images present, {plan.to_make} to make"
     )
 
