@@ -1,29 +1,19 @@
-"""Image data sets (LSUN-format lmdb, image folders), read and written, and a resumable, sharded infinite loader.
+"""Image data sets (LSUN-format lmdb, image folders), a resumable sharded infinite loader, the lmdb
+writer (of the toy and photos data sets) and the exporter of a data set as numbered PNGs.
 
-Every data set returns float32 tensors ``[3, H, W]`` in ``[-1, 1]``. Images are resized to the
-target resolution *without cropping*, as the paper does for LSUN 64x64: the whole image is
-squashed to ``H x W`` (Pillow BICUBIC, which is antialiased when downscaling), after conversion
-to RGB. An optional random horizontal flip follows.
-
-    LMDBImageDataset(path, resolution, hflip=False)
-    ImageFolderDataset(path, resolution, hflip=False)
-    open_dataset(path, resolution, hflip=False)
-    infinite_loader(dataset, batch_size, seed=0, num_workers=0, rank=0, world_size=1,
-                    start_batch=0, pin_memory=False)
-    write_lmdb_records(tmp, n, record, per_image, commit_every)   # the lmdb writer (toy, photos)
-    export_lmdb_to_folder(src, out, limit=None, resolution=None)  # a data set -> numbered PNGs
-
-Indexing: ``ds[i]`` flips at random (torch's global RNG, which ``torch.manual_seed`` and
-DataLoader workers seed) when ``hflip=True``; ``ds[(i, flip)]`` applies an explicit flip
-decision, which is what :func:`infinite_loader` uses so that flips are a pure function of
-``(seed, epoch, index)`` and a resumed run sees exactly the same batches.
+Every data set returns float32 tensors ``[3, H, W]`` in ``[-1, 1]``: the image as RGB, squashed
+*without cropping* to the target resolution (Pillow BICUBIC, antialiased when downscaling), as the
+paper does for LSUN 64x64, then an optional random horizontal flip. ``ds[i]`` flips at random
+(torch's global RNG, which ``torch.manual_seed`` and DataLoader workers seed) when ``hflip=True``;
+``ds[(i, flip)]`` applies an explicit decision, which :func:`infinite_loader` uses so that flips
+are a pure function of ``(seed, epoch, index)`` and a resumed run sees exactly the same batches.
 
 Bad records: a record that cannot be decoded is skipped. ``ds[i]`` returns the next good record
 ``i+1, i+2, ...`` (wrapping around), so the data set never shrinks and its order stays
 deterministic; ``ds.bad_records`` counts the skips (in every process, DataLoader workers
 included), ``ds.bad_keys`` remembers the first few bad keys (of this process), and a warning is
 logged on ``logging.getLogger("blurdiff.data")`` the first time a key turns out bad in a process.
-If every record is bad, ``RuntimeError``.
+If every record is bad, :class:`UndecodableDataError`.
 """
 
 from __future__ import annotations
@@ -71,6 +61,7 @@ __all__ = [
     "encode_image",
     "webp_available",
     "write_lmdb_records",
+    "write_lmdb_data_set",
     "export_lmdb_to_folder",
 ]
 
@@ -114,13 +105,16 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 class _EncodedImageDataset(torch.utils.data.Dataset):
-    """Shared logic: resizing, flips, bad-record skipping and counting."""
+    """Shared logic: resizing, flips, bad-record skipping and counting. Subclasses define
+    ``__len__``, ``key(index)`` (a record's name in messages) and ``_open_image(index)``."""
 
     path: str
     kind = "data set"
 
     def __init__(self, path, resolution, hflip: bool = False):
         self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"data set path does not exist: {self.path}")
         self.resolution = _as_hw(resolution)
         self.hflip = bool(hflip)
         # A shared-memory counter, so skips in DataLoader workers are seen by the main process
@@ -129,6 +123,8 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         self._init_process_state()
 
     # -- per-process state -------------------------------------------------------------------
+    _PER_PROCESS = ("_bad_index", "_warned", "_warned_overflow", "bad_keys")  # not pickled
+
     def _init_process_state(self) -> None:
         self._bad_index: set[int] = set()
         self._warned: set[str] = set()
@@ -136,24 +132,11 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         self.bad_keys: list[str] = []
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        for k in ("_bad_index", "_warned", "_warned_overflow", "bad_keys"):
-            state.pop(k, None)
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in self._PER_PROCESS}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._init_process_state()
-
-    # -- subclass API ------------------------------------------------------------------------
-    def __len__(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def key(self, index: int) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _open_image(self, index: int) -> Image.Image:  # pragma: no cover - overridden
-        raise NotImplementedError
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -162,11 +145,19 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         return int(self._bad_counter.sum())
 
     def read_image(self, index: int) -> Image.Image:
-        """Record ``index`` decoded, RGB, resized to the resolution (native size if ``None``).
-
-        Raises whatever decoding raises; no skipping.
-        """
+        """Record ``index`` decoded, RGB, resized to the resolution (native size if ``None``);
+        raises whatever decoding raises (no skipping)."""
         return resize_no_crop(self._open_image(index), self.resolution)
+
+    def _read_or_skip(self, index: int) -> Image.Image | None:
+        """:meth:`read_image`, or None for a bad record (counted by :meth:`note_bad`)."""
+        try:
+            return self.read_image(index)
+        except BrokenLMDBError:
+            raise  # the file, not the record: every later read would fail too
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
+            self.note_bad(index, exc)
+            return None
 
     def note_bad(self, index: int, exc: BaseException | None = None) -> None:
         """Count one skip of record ``index``; warn the first time its key is bad (per process)."""
@@ -181,14 +172,8 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
             self.bad_keys.append(key)
         if len(self._warned) < _MAX_WARNED_KEYS:
             self._warned.add(key)
-            log.warning(
-                "%s %s: skipping undecodable record %d (key %r): %s",
-                self.kind,
-                self.path,
-                index,
-                key,
-                f"{type(exc).__name__}: {exc}" if exc is not None else "previously failed",
-            )
+            why = f"{type(exc).__name__}: {exc}" if exc is not None else "previously failed"
+            log.warning("%s %s: skipping undecodable record %d (key %r): %s", self.kind, self.path, index, key, why)
         elif not self._warned_overflow:
             self._warned_overflow = True
             log.warning("%s %s: too many bad records; further ones are counted but not logged", self.kind, self.path)
@@ -209,22 +194,14 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         return index, flip
 
     def __getitem__(self, item) -> torch.Tensor:
-        index, flip = self._parse_index(item)
+        j, flip = self._parse_index(item)
         n = len(self)
-        j = index
         for _ in range(n):
-            if j not in self._bad_index:
-                try:
-                    img = self.read_image(j)
-                except BrokenLMDBError:
-                    raise  # the file, not the record: every later read would fail too
-                except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
-                    self.note_bad(j, exc)
-                else:
-                    x = pil_to_tensor(img)
-                    return x.flip(-1).contiguous() if flip else x
-            else:
+            if j in self._bad_index:
                 self.note_bad(j)
+            elif (img := self._read_or_skip(j)) is not None:
+                x = pil_to_tensor(img)
+                return x.flip(-1).contiguous() if flip else x
             j = (j + 1) % n
         raise UndecodableDataError(f"every one of the {n} records of {self.kind} {self.path} is undecodable")
 
@@ -234,9 +211,7 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         )
 
 
-# --------------------------------------------------------------------------------------------
-# LMDB
-# --------------------------------------------------------------------------------------------
+# -- LMDB --------------------------------------------------------------------------------------
 
 
 # py-lmdb refuses to open the same environment (data file) twice in one process, and a handle
@@ -316,25 +291,24 @@ class LMDBImageDataset(_EncodedImageDataset):
     """An LSUN-format lmdb: keys are image ids, values encoded image bytes (webp, png, jpeg ...).
 
     ``path`` is the lmdb directory (holding ``data.mdb``) or the ``.mdb`` file itself. The
-    environment is opened read-only, ``lock=False``, ``readahead=False``, lazily in each process
-    (the pid is remembered and the environment reopened after a fork), so the data set is safe
-    with DataLoader workers. The keys are read once, at construction, into a compact bytes blob
-    plus an offset array (no per-key Python objects, so forked workers do not copy them).
-    Records are in key (byte) order.
+    environment is opened read-only, lazily in each process (and reopened after a fork), so the
+    data set is safe with DataLoader workers. The keys are read once, into a compact bytes blob
+    plus an offset array (no per-key Python objects for forked workers to copy), in key (byte) order.
     """
 
     kind = "lmdb"
+    _PER_PROCESS = _EncodedImageDataset._PER_PROCESS + ("_env", "_pid")
+
+    def _init_process_state(self) -> None:
+        super()._init_process_state()
+        self._env = self._pid = None
 
     def __init__(self, path, resolution, hflip: bool = False):
-        p = os.fspath(path)
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"data set path does not exist: {p}")
+        super().__init__(path, resolution, hflip)
+        p = self.path
         if os.path.isdir(p) and not os.path.isfile(os.path.join(p, "data.mdb")):
             raise FileNotFoundError(f"not an lmdb (no data.mdb in the directory): {p}")
-        super().__init__(p, resolution, hflip)
         self._subdir = os.path.isdir(p)
-        self._env = None
-        self._pid = None
         try:
             with self._acquire_env().begin(buffers=False) as txn:
                 keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
@@ -358,12 +332,6 @@ class LMDBImageDataset(_EncodedImageDataset):
             self._env, self._env_key = _acquire_env(self.path, self._subdir)
             self._pid = pid
         return self._env
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_env"] = None
-        state["_pid"] = None
-        return state
 
     def __len__(self) -> int:
         return len(self._key_offsets) - 1
@@ -392,8 +360,7 @@ class LMDBImageDataset(_EncodedImageDataset):
         """Release this process's environment handle (reopened on the next read)."""
         if self._env is not None and self._pid == os.getpid():
             _release_env(self._env_key)
-        self._env = None
-        self._pid = None
+        self._env = self._pid = None
 
     def __del__(self):
         try:
@@ -402,9 +369,7 @@ class LMDBImageDataset(_EncodedImageDataset):
             pass
 
 
-# --------------------------------------------------------------------------------------------
-# Image folder
-# --------------------------------------------------------------------------------------------
+# -- Image folder ------------------------------------------------------------------------------
 
 
 class ImageFolderDataset(_EncodedImageDataset):
@@ -414,12 +379,10 @@ class ImageFolderDataset(_EncodedImageDataset):
     kind = "image folder"
 
     def __init__(self, path, resolution, hflip: bool = False):
-        p = os.fspath(path)
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"data set path does not exist: {p}")
+        super().__init__(path, resolution, hflip)
+        p = self.path
         if not os.path.isdir(p):
             raise ValueError(f"not a directory of images: {p}")
-        super().__init__(p, resolution, hflip)
         files = list_images(p)
         if not files:
             raise ValueError(f"empty data set: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images under {p}")
@@ -449,15 +412,7 @@ def open_dataset(path, resolution, hflip: bool = False) -> _EncodedImageDataset:
     raise ValueError(f"not a data set (expected an lmdb directory, a .mdb file or an image folder): {p}")
 
 
-# --------------------------------------------------------------------------------------------
-# Deterministic, sharded, resumable infinite loading
-# --------------------------------------------------------------------------------------------
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int(seed) + int(epoch))  # DistributedSampler's convention
-    return g
+# -- Deterministic, sharded, resumable infinite loading ----------------------------------------
 
 
 def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> list[int]:
@@ -468,7 +423,8 @@ def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int 
     truncated to a multiple of ``world_size``, then ``[rank::world_size]``.
     """
     if shuffle:
-        perm = torch.randperm(n, generator=_epoch_generator(seed, epoch)).tolist()
+        g = torch.Generator().manual_seed(int(seed) + int(epoch))  # DistributedSampler's convention
+        perm = torch.randperm(n, generator=g).tolist()
     else:
         perm = list(range(n))
     total = (n // world_size) * world_size
@@ -549,9 +505,7 @@ class InfiniteLoader:
         self.dataset = dataset
         self.sampler = sampler
         self.next_batch = sampler.start_batch
-        kwargs = {}
-        if num_workers > 0 and prefetch_factor is not None:
-            kwargs["prefetch_factor"] = prefetch_factor
+        kwargs = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, **kwargs
         )
@@ -595,13 +549,10 @@ def infinite_loader(
 ) -> InfiniteLoader:
     """An endless iterator over batches ``[batch_size, 3, H, W]`` of ``dataset``.
 
-    Order: epoch ``e`` is ``randperm(len(dataset))`` from a generator seeded ``seed + e``
-    (exactly ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` with
-    ``set_epoch(e)``), truncated to a multiple of ``world_size`` and sharded ``[rank::world_size]``;
-    each rank's shard is cut into ``len(dataset) // world_size // batch_size`` full batches
-    (the remainder is dropped). Ranks therefore see disjoint samples within an epoch and the same
-    number of batches. If ``dataset.hflip`` is set (the data sets of this module), the flip of
-    each sample is also fixed by ``(seed, epoch, index)``, not by any process RNG.
+    Order: each rank's :func:`epoch_indices` of epoch ``e``, cut into :func:`batches_per_epoch`
+    full batches (the remainder is dropped), so ranks see disjoint samples within an epoch and the
+    same number of batches. If ``dataset.hflip`` is set (the data sets of this module), the flip
+    of each sample is also fixed by ``(seed, epoch, index)``, not by any process RNG.
 
     Resume contract: the stream of a rank is a pure function of
     ``(len(dataset), batch_size, seed, rank, world_size, shuffle)`` (not of ``num_workers``);
@@ -620,9 +571,7 @@ def infinite_loader(
     return InfiniteLoader(dataset, sampler, num_workers, pin_memory, prefetch_factor)
 
 
-# --------------------------------------------------------------------------------------------
-# Writing data sets: encoded images into an lmdb
-# --------------------------------------------------------------------------------------------
+# -- Writing data sets: encoded images into an lmdb --------------------------------------------
 
 _WEBP_WARNED = False
 
@@ -670,7 +619,19 @@ def write_lmdb_records(
     map_size = max(1 << 24, 2 * n * per_image + (1 << 20))
     env = lmdb.open(os.fsencode(tmp), map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
     try:
-        _write_records(env, n, record, commit_every, map_size)
+        step = max(1, int(commit_every))
+        for start in range(0, n, step):
+            records = [record(i) for i in range(start, min(n, start + step))]
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for k, v in records:
+                            txn.put(k, v)
+                    break
+                except lmdb.MapFullError:
+                    map_size *= 2
+                    env.set_mapsize(map_size)
+        env.sync(True)
     except lmdb.Error as e:
         # py-lmdb reports an OS error as lmdb.Error("what: <strerror>"), without its errno.
         # A short write to a full disk can come back as EIO (seen on a full tmpfs).
@@ -682,27 +643,18 @@ def write_lmdb_records(
         env.close()
 
 
-def _write_records(env, n: int, record, commit_every: int, map_size: int) -> None:
-    start = 0
-    while start < n:
-        stop = min(n, start + max(1, int(commit_every)))
-        records = [record(i) for i in range(start, stop)]
-        while True:
-            try:
-                with env.begin(write=True) as txn:
-                    for k, v in records:
-                        txn.put(k, v)
-                break
-            except lmdb.MapFullError:
-                map_size *= 2
-                env.set_mapsize(map_size)
-        start = stop
-    env.sync(True)
+def write_lmdb_data_set(out: str, n: int, record, per_image: int, commit_every: int, overwrite: bool, kind: str):
+    """:func:`write_lmdb_records` as a new data set at ``out``, by the rules of
+    :mod:`blurdiff.output_folders`: built in a hidden temporary folder beside ``out`` (``kind``
+    names it) and renamed into place when complete; an existing non-empty ``out`` is refused
+    (``FileExistsError``): an earlier data set (:class:`OutputExistsError`) unless
+    ``overwrite=True``, anything else always."""
+    check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
+    with new_output_folder(out, kind) as tmp:
+        write_lmdb_records(tmp, n, record, per_image, commit_every, shown_as=out)
 
 
-# --------------------------------------------------------------------------------------------
-# Export lmdb (or image folder) -> numbered PNGs
-# --------------------------------------------------------------------------------------------
+# -- Export lmdb (or image folder) -> numbered PNGs --------------------------------------------
 
 _EXPORT_NAME = re.compile(r"^\d{6,}\.png$")
 
@@ -713,11 +665,9 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
     Records are taken in key order (the reader's order). ``resolution`` (int or ``(H, W)``)
     resizes without cropping like the training reader; ``None`` keeps the native size.
     Undecodable records are skipped (not replaced), counted and logged, so the output is the set
-    of good images. ``limit`` caps the number written. The PNGs are written into a hidden
-    temporary folder that replaces ``out`` when complete. A non-empty ``out`` is refused
-    (``FileExistsError``): an earlier export (:class:`OutputExistsError`) unless
-    ``overwrite=True``, anything else always (see the module's notes).
-    Returns the number of PNGs written.
+    of good images. ``limit`` caps the number written. ``out`` is written and refused as
+    :func:`write_lmdb_data_set` says (an earlier export may be replaced). Returns the number of
+    PNGs written.
     """
     out = os.fspath(out)
     ds = open_dataset(src, resolution)  # raises FileNotFoundError / ValueError as documented
@@ -729,13 +679,9 @@ def export_lmdb_to_folder(src, out, limit: int | None = None, resolution=None, *
         for i in range(len(ds)):
             if limit is not None and written >= int(limit):
                 break
-            try:
-                img = ds.read_image(i)
-            except BrokenLMDBError:
-                raise  # the file, not the record: every later read would fail too
-            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
+            img = ds._read_or_skip(i)
+            if img is None:
                 bad += 1
-                ds.note_bad(i, exc)
                 continue
             name = f"{written:06d}.png"
             _save_png(img, os.path.join(tmp, name), os.path.join(out, name))

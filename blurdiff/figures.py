@@ -91,34 +91,26 @@ def forward_figure(
             f"opens without a warning; use a smaller --scale (or fewer --columns or --n)"
         )
     noisy, c2f, f2c = forward_rows(x0, process, times, seed, normalize)
-    rows = [
-        r
-        for b in range(B)
-        for r in ((f"#{b} x_t", noisy[:, b]), (f"#{b} mean c2f", c2f[:, b]), (f"#{b} mean f2c", f2c[:, b]))
-    ]
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     label_font = font()
     if title:
         draw.text((left, 4), title, fill="black", font=label_font)
     for c, t in enumerate(times):
-        x = left + pad + c * (cw + pad)
-        label = f"t={t}"
+        label, x = f"t={t}", left + pad + c * (cw + pad)
         draw.text(
             (x + (cw - draw.textlength(label, font=label_font)) / 2, top - 16), label, fill="black", font=label_font
         )
     y = top + pad
-    for r, (label, frames) in enumerate(rows):
-        if r and r % 3 == 0:
+    for b in range(B):
+        if b:
             y += 6  # a gap between images
-        draw.text((4, y + ch / 2 - 7), label, fill="black", font=label_font)
-        arr = to_uint8(frames)  # [T, H, W, C]
-        for c in range(len(times)):
-            cell = Image.fromarray(arr[c][..., 0] if arr.shape[-1] == 1 else arr[c]).convert("RGB")
-            if s > 1:
-                cell = cell.resize((cw, ch), Image.NEAREST)
-            img.paste(cell, (left + pad + c * (cw + pad), y))
-        y += ch + pad
+        for name, frames in (("x_t", noisy), ("mean c2f", c2f), ("mean f2c", f2c)):
+            draw.text((4, y + ch / 2 - 7), f"#{b} {name}", fill="black", font=label_font)
+            for c, arr in enumerate(to_uint8(frames[:, b])):  # [H, W, C] at each time
+                cell = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+                img.paste(cell.resize((cw, ch), Image.NEAREST) if s > 1 else cell, (left + pad + c * (cw + pad), y))
+            y += ch + pad
     return img
 
 
@@ -144,9 +136,7 @@ def forward_process_figure(
             f"figures forward shows the paper's process in its two directions; preset {preset} is of the "
             f"{process.family} family (scripts/head_to_head.py draws every family's forward process)"
         )
-    ds = open_dataset(data, process.resolution)
-    if len(ds) == 0:
-        raise ValueError(f"{data} holds no images")
+    ds = open_dataset(data, process.resolution)  # never empty: an empty data set is refused
     if not 0 <= start < len(ds):
         raise ValueError(f"--start {start} is outside the data set's {len(ds)} images")
     idx = range(start, min(start + n, len(ds)))

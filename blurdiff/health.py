@@ -87,20 +87,16 @@ class TrainingHealth:
         return statistics.median(w[1] for w in healthy), statistics.median(w[2] for w in healthy)
 
     def _judge(self, step: int, loss: float, grad: float) -> HealthEvent | None:
+        event = None
         if self.in_spike is not None:
             ref_loss = self.in_spike["reference_loss"]
             if loss <= self.recover_factor * ref_loss:
                 self.in_spike["recovered_at"] = step
                 self.spikes.append(self.in_spike)
                 self.in_spike = None
-                self.windows.append([step, loss, grad, True])
-                return HealthEvent(
-                    "recovered", step, f"loss back to {loss:.4g} (reference {ref_loss:.4g}) at step {step}"
-                )
-            self.windows.append([step, loss, grad, False])
-            return None
-        ref = self._reference()
-        if ref is not None:
+                msg = f"loss back to {loss:.4g} (reference {ref_loss:.4g}) at step {step}"
+                event = HealthEvent("recovered", step, msg)
+        elif (ref := self._reference()) is not None:
             ref_loss, ref_grad = ref
             why = []
             if loss > self.loss_factor * ref_loss:
@@ -109,18 +105,11 @@ class TrainingHealth:
                 why.append(f"mean gradient norm {grad:.3g} is {grad / ref_grad:.1f}x the {ref_grad:.3g} before")
             if why:
                 start = step - self.window + 1
-                self.in_spike = {
-                    "start": start,
-                    "step": step,
-                    "loss": loss,
-                    "grad_norm": grad,
-                    "reference_loss": ref_loss,
-                    "reference_grad_norm": ref_grad,
-                }
-                self.windows.append([step, loss, grad, False])
-                return HealthEvent("spike", step, f"loss spike in steps {start}-{step}: " + "; ".join(why))
-        self.windows.append([step, loss, grad, True])
-        return None
+                self.in_spike = {"start": start, "step": step, "loss": loss, "grad_norm": grad}
+                self.in_spike.update(reference_loss=ref_loss, reference_grad_norm=ref_grad)
+                event = HealthEvent("spike", step, f"loss spike in steps {start}-{step}: " + "; ".join(why))
+        self.windows.append([step, loss, grad, self.in_spike is None])
+        return event
 
     # ------------------------------------------------------------------ verdict
     @property

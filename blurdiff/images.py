@@ -129,15 +129,10 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
     once, so a link back up the tree (a loop) adds nothing; a file reached by two paths (a link
     to it, a hard link) is listed once, under the first of its paths.
     """
-    root = os.fspath(folder)
-    found = sorted((rel, file_identity(e.stat(), e.path)) for rel, e in _image_entries(root, recursive))
-    seen: set[tuple] = set()
-    files = []
-    for rel, ident in found:
-        if ident not in seen:
-            seen.add(ident)
-            files.append(rel)
-    return files
+    first: dict[tuple, str] = {}  # file -> its first path, in path order
+    for rel, e in sorted(_image_entries(os.fspath(folder), recursive), key=lambda found: found[0]):
+        first.setdefault(file_identity(e.stat(), e.path), rel)
+    return list(first.values())
 
 
 def list_image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:

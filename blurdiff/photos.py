@@ -1,55 +1,28 @@
-"""A natural-image data set from a package registry: random crops of scikit-image's photographs.
+"""A natural-image data set: random crops of the colour photographs scikit-image ships in its wheel.
 
-``blurdiff data photos --out DIR --n N --size S --seed SEED [--split train|heldout]`` writes an
-LSUN-format lmdb (keys: 40-hex ascii ids, values: lossless WEBP; the format of ``blurdiff data
-toy``, read by :class:`blurdiff.data.LMDBImageDataset`) of ``N`` random crops of the nine colour
-photographs that scikit-image ships inside its wheel (``skimage/data/``):
+``blurdiff data photos`` writes them as an LSUN-format lmdb, the format of ``blurdiff data toy``
+(keys: 40-hex ascii ids, values: lossless WEBP). Nothing is downloaded: the nine photographs of
+:data:`PHOTOS` are read from the installed package (``skimage/data/``) and decoded with Pillow.
+scikit-image is an optional extra (:data:`INSTALL_HINT`); without it, or when a photograph is
+missing from it, :class:`PhotosUnavailableError` (an ``ImportError``) or ``FileNotFoundError``
+says what to install.
 
-    astronaut.png, chelsea.png, coffee.png, hubble_deep_field.jpg, ihc.png,
-    motorcycle_left.png, motorcycle_right.png, retina.jpg, rocket.jpg
+Crop ``i`` of a split with a seed is drawn from ``numpy.random.default_rng([seed, split, i])``, so
+it is the same whatever ``n`` is: a photograph, uniformly among the nine; a square side,
+log-uniform between ``lo = min(max(S, m/10), m/2)`` and ``m/2`` source pixels (``m`` the
+photograph's shorter side: never upsampled, as far as the photograph allows, and a factor of five
+in scale); a position, uniform among the squares of that side wholly inside the split's region;
+a horizontal flip with probability 1/2; then a resize to ``S x S`` (Pillow BICUBIC, of the cropped
+pixels only). The same seed gives the same bytes with the same Pillow (which decodes the three
+JPEGs and resamples).
 
-Nothing is downloaded: the files are read from the installed package (``importlib.resources``)
-and decoded with Pillow. scikit-image is an optional extra (``pip install "blurdiff[photos]"``
-or ``pip install scikit-image``); without it, or when a photograph is missing from it, the
-functions here raise :class:`PhotosUnavailableError` (an ``ImportError``) or
-``FileNotFoundError`` saying what to install.
-
-Every crop (image ``i`` of a split with a seed, drawn from ``numpy.random.default_rng([seed,
-split, i])``, so image ``i`` is the same whatever ``n`` is):
-
-1. a photograph, uniformly among the nine;
-2. a square side, log-uniform between ``lo = min(max(S, m/10), m/2)`` and ``m/2`` source pixels
-   (``m`` the photograph's shorter side): from a tenth of the photograph (never upsampled, as far
-   as the photograph allows) to half of it, so the set spans a factor of five in scale;
-3. a position, uniform among the squares of that side that lie wholly inside the split's region
-   of the photograph (below);
-4. a horizontal flip with probability 1/2;
-
-then resized to ``S x S`` (Pillow BICUBIC, antialiased, applied to the cropped pixels only). The
-same seed gives the same crops everywhere, and the same bytes with the same Pillow (which decodes the
-three JPEGs and resamples).
-
-**Held-out split: disjoint regions of the same photographs.** Each photograph is cut into four
-quadrants (at ``H // 2``, ``W // 2``); one of them (:data:`PHOTOS` names which) is held out.
-``--split heldout`` crops lie wholly inside the held-out quadrant, ``--split train`` crops never
-touch it, so no source pixel is in both splits and a model that memorises training crops is not
-rewarded. Regions rather than whole photographs, because with nine very different photographs
-(a cat, a nebula field, a retina, stained tissue ...) holding out two of them would measure
-the shift between photographs, not sample quality: a perfect model of the training crops would
-score far from held-out crops of other photographs, and far above the held-out set's own noise
-floor. With regions, both splits mix the same nine photographs in the same proportions at the
-same scales. The two motorcycle photographs are a stereo pair (the same scene, shifted by a few
-tens of pixels), so they hold out the same quadrant: the scene held out of one is not in the
-training region of the other (up to a strip as wide as the disparity along the quadrant's edge).
-
-Public functions:
-
-    make_photos_lmdb(out, n, size, seed=0, split="train", overwrite=False) -> str
-    photo_crop(i, size, seed=0, split="train") -> uint8 [S, S, 3]
-    crop_spec(i, size, seed=0, split="train") -> Crop (photograph, box, flip)
-    heldout_region(name, height, width) -> (top, bottom, left, right)
-    photo_key(i, seed=0, split="train") -> str
-    load_photos() -> {name: uint8 [H, W, 3]}
+Held-out split: one quadrant of each photograph (:data:`PHOTOS` names which, cut at ``H // 2``,
+``W // 2``); ``heldout`` crops lie wholly inside it, ``train`` crops never touch it, so no source
+pixel is in both splits. Regions rather than whole photographs: the nine differ so much (a cat, a
+nebula field, a retina, stained tissue ...) that holding two out would measure the shift between
+photographs, not sample quality; with regions both splits mix the same photographs in the same
+proportions at the same scales. The two motorcycle photographs are a stereo pair (a shift of a few
+tens of pixels), so they hold out the same quadrant.
 """
 
 from __future__ import annotations
@@ -65,8 +38,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from blurdiff.data import encode_image, lmdb_value_format, write_lmdb_records
-from blurdiff.output_folders import check_replaceable, new_output_folder
+from blurdiff.data import encode_image, lmdb_value_format, write_lmdb_data_set
 
 log = logging.getLogger("blurdiff.data")
 
@@ -119,11 +91,6 @@ class Crop(NamedTuple):
     left: int
     side: int
     flip: bool
-
-
-# --------------------------------------------------------------------------------------------
-# The photographs
-# --------------------------------------------------------------------------------------------
 
 
 def _skimage_data():
@@ -193,16 +160,11 @@ def _check_split(split: str) -> int:
     return SPLITS.index(split)
 
 
-def _side_range(size: int, m: int) -> tuple[int, int]:
-    hi = max(1, int(MAX_FRACTION * m))
-    lo = min(max(int(size), int(round(MIN_FRACTION * m))), hi)
-    return lo, hi
-
-
 def _draw_crop(rng: np.random.Generator, size: int, split: str, shapes: dict[str, tuple[int, int]]) -> Crop:
     name = PHOTOS[int(rng.integers(len(PHOTOS)))][0]
     H, W = shapes[name]
-    lo, hi = _side_range(size, min(H, W))
+    hi = max(1, int(MAX_FRACTION * min(H, W)))
+    lo = min(max(int(size), int(round(MIN_FRACTION * min(H, W)))), hi)
     side = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))))) if hi > lo else lo
     side = min(max(side, lo), hi)
     flip = bool(rng.random() < 0.5)
@@ -250,20 +212,14 @@ def _render(photo: np.ndarray, crop: Crop, size: int) -> np.ndarray:
 
 def photo_crop(i: int, size: int, seed: int = 0, split: str = "train") -> np.ndarray:
     """Image ``i`` of the split with ``seed``: uint8 ``[size, size, 3]``, independent of ``n``."""
-    size = _check_size(size)
     crop = crop_spec(i, size, seed, split)
-    return _render(load_photos()[crop.photo], crop, size)
+    return _render(load_photos()[crop.photo], crop, int(size))
 
 
 def photo_key(i: int, seed: int = 0, split: str = "train") -> str:
     """The LSUN-style 40-hex id of image ``i``: ``sha1(f"photos-{split}-{seed}-{i}")``."""
     _check_split(split)
     return hashlib.sha1(f"photos-{split}-{seed}-{i}".encode("ascii")).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Writing the lmdb
-# --------------------------------------------------------------------------------------------
 
 
 def make_photos_lmdb(
@@ -279,10 +235,8 @@ def make_photos_lmdb(
 ) -> str:
     """Write ``n`` crops of ``size x size`` of the ``split`` as an LSUN-format lmdb at ``out``.
 
-    The output-folder rules of :func:`blurdiff.toy_data.make_toy_lmdb`: the lmdb is built in a
-    hidden temporary folder beside ``out`` (marked as blurdiff's) and renamed into place when
-    complete; an existing non-empty ``out`` is refused unless it is a data set blurdiff wrote and
-    ``overwrite=True``. :class:`PhotosUnavailableError` without scikit-image. Returns ``out``.
+    ``out`` is written and refused as :func:`blurdiff.data.write_lmdb_data_set` says.
+    :class:`PhotosUnavailableError` without scikit-image. Returns ``out``.
     """
     out = os.fspath(out).rstrip("/\\") or os.fspath(out)
     n = int(n)
@@ -293,13 +247,11 @@ def make_photos_lmdb(
     photos = load_photos()  # before touching the output: a missing package fails first
     shapes = {name: a.shape[:2] for name, a in photos.items()}
     fmt = lmdb_value_format(fmt)
-    check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
 
     def record(i: int) -> tuple[bytes, bytes]:
         crop = _draw_crop(_rng(i, seed, split), size, split, shapes)
         return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
 
-    with new_output_folder(out, "photos-lmdb") as tmp:
-        write_lmdb_records(tmp, n, record, size * size * 3 + 4096, commit_every, shown_as=os.fspath(out))
+    write_lmdb_data_set(out, n, record, size * size * 3 + 4096, commit_every, overwrite, "photos-lmdb")
     log.info("wrote %d photo crops (%s split, %dx%d, %s, seed %d) to %s", n, split, size, size, fmt, seed, out)
     return out

@@ -52,8 +52,8 @@ class DataStatistics:
         """Plain data for a checkpoint (loads with ``weights_only=True``)."""
         return {
             "count": self.count,
-            "channel_mean": list(self.channel_mean),
-            "channel_std": list(self.channel_std),
+            "channel_mean": [float(v) for v in self.channel_mean],
+            "channel_std": [float(v) for v in self.channel_std],
             "spectral_power": self.spectral_power.to(torch.float64).cpu(),
         }
 
@@ -61,12 +61,8 @@ class DataStatistics:
         """:meth:`to_state` as JSON data: the spectral power as nested lists of Python floats,
         whose repr round-trips float64 exactly (exports, diffusers configs); :meth:`from_state`
         reads it back."""
-        return {
-            "count": int(self.count),
-            "channel_mean": [float(v) for v in self.channel_mean],
-            "channel_std": [float(v) for v in self.channel_std],
-            "spectral_power": self.spectral_power.to(torch.float64).cpu().tolist(),
-        }
+        state = self.to_state()
+        return {**state, "count": int(self.count), "spectral_power": state["spectral_power"].tolist()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None, resolution) -> DataStatistics | None:
@@ -83,18 +79,14 @@ class DataStatistics:
         # What the samplers and the divergence guard compute with: a NaN std would switch the guard off.
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"the checkpoint's data statistics: count must be an integer of at least 1, not {count!r}")
-        values = stats.channel_mean + stats.channel_std
-        if (
-            not stats.channel_mean
-            or len(stats.channel_std) != len(stats.channel_mean)
-            or not all(map(math.isfinite, values))
-        ):
+        mean, std = stats.channel_mean, stats.channel_std
+        if not mean or len(std) != len(mean) or not all(map(math.isfinite, mean + std)):
             raise ValueError(
                 f"the checkpoint's data statistics: channel_mean and channel_std must be finite numbers, one per "
-                f"channel, not {stats.channel_mean!r:.60} and {stats.channel_std!r:.60}"
+                f"channel, not {mean!r:.60} and {std!r:.60}"
             )
-        if min(stats.channel_std) < 0:
-            raise ValueError(f"the checkpoint's data statistics: channel_std must not be negative: {stats.channel_std}")
+        if min(std) < 0:
+            raise ValueError(f"the checkpoint's data statistics: channel_std must not be negative: {std}")
         if tuple(power.shape) != tuple(resolution) or not torch.isfinite(power).all() or (power < 0).any():
             raise ValueError(
                 f"the checkpoint's spectral power is {tuple(power.shape)}, not finite and non-negative "
@@ -113,10 +105,7 @@ def estimate_data_statistics(process, batches: Iterable[torch.Tensor]) -> DataSt
         x_bar = blurdiff_ops.reference.to_spectral(x, tab["U_h"], tab["U_w"])
         p = x_bar.pow(2).sum(dim=(0, 1))
         s, sq = x.sum(dim=(0, 2, 3)), x.pow(2).sum(dim=(0, 2, 3))
-        if power is None:
-            power, total, total_sq = p, s, sq
-        else:
-            power, total, total_sq = power + p, total + s, total_sq + sq
+        power, total, total_sq = (p, s, sq) if power is None else (power + p, total + s, total_sq + sq)
         count += x.shape[0]
     if not count:
         raise ValueError("no images to measure the data statistics on")

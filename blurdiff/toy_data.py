@@ -1,4 +1,4 @@
-"""A synthetic data set with natural-image statistics.
+"""A synthetic data set with natural-image statistics: ``blurdiff data toy``.
 
 The toy images follow the *dead-leaves* model (Matheron; Lee, Mumford & Huang 2001): opaque discs
 of random colour fall on the image plane one after the other and occlude what lies beneath.
@@ -10,20 +10,6 @@ which is what a coarse-to-fine (blur) diffusion has to learn to synthesise.
 Every image is rendered from its own ``numpy.random.default_rng([seed, i])`` stream, so image ``i``
 is the same whatever ``n`` is. Images are written as an LSUN-format lmdb (keys: 40-hex ascii ids,
 values: WEBP bytes) that :class:`blurdiff.data.LMDBImageDataset` reads like the real release.
-
-Output folders: every folder these functions create carries a marker file (:data:`MARKER`), is
-built under a fresh hidden temporary name beside ``out`` and renamed into place when complete.
-An existing ``out`` is only ever replaced when it carries the marker, holds nothing but what
-these functions write there, and ``overwrite=True``; anything else is refused, so a folder of
-the user's (``--out .``) is never deleted.
-
-Public functions (wired to ``blurdiff data toy`` / ``blurdiff data export`` by the CLI):
-
-    make_toy_lmdb(out, n, size, seed=0, overwrite=False) -> str
-    export_lmdb_to_folder(src, out, limit=None, resolution=None, overwrite=False) -> int
-    render_dead_leaves(size, rng, ...) -> uint8 [size, size, 3]
-    toy_image(i, size, seed=0) -> uint8 [size, size, 3]
-    toy_key(i, seed=0) -> str
 """
 
 from __future__ import annotations
@@ -34,8 +20,7 @@ import os
 
 import numpy as np
 
-from blurdiff.data import encode_image, lmdb_value_format, write_lmdb_records
-from blurdiff.output_folders import check_replaceable, new_output_folder
+from blurdiff.data import encode_image, lmdb_value_format, write_lmdb_data_set
 
 log = logging.getLogger("blurdiff.data")
 
@@ -47,9 +32,11 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------
+def _hw(size) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    return hw  # type: ignore[return-value]
 
 
 def _sample_radii(rng: np.random.Generator, k: int, rmin: float, rmax: float, alpha: float) -> np.ndarray:
@@ -63,11 +50,8 @@ def _sample_radii(rng: np.random.Generator, k: int, rmin: float, rmax: float, al
 
 
 def _sample_colours(rng: np.random.Generator, k: int) -> np.ndarray:
-    """``k`` RGB colours in [0, 1]: a uniform luminance plus a moderate chroma offset.
-
-    Fully independent uniform RGB channels look garish; natural colours are strongly
-    correlated across channels, which this mimics.
-    """
+    """``k`` RGB colours in [0, 1]: a uniform luminance plus a moderate chroma offset (natural
+    colours are strongly correlated across channels; independent uniform ones look garish)."""
     lum = rng.random((k, 1))
     chroma = rng.normal(0.0, 0.18, size=(k, 3))
     return np.clip(lum + chroma, 0.0, 1.0)
@@ -92,12 +76,7 @@ def render_dead_leaves(
     (a disc of radius ``r`` touches the image with probability ~ ``(H+2r)(W+2r)``).
     ``supersample`` renders at that factor and box-averages (anti-aliasing; 1 turns it off).
     """
-    if isinstance(size, int):
-        h_out, w_out = size, size
-    else:
-        h_out, w_out = (int(s) for s in size)
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
+    h_out, w_out = _hw(size)
     s_min = min(h_out, w_out)
     rmin = max(1.0, s_min / 64.0) if rmin is None else float(rmin)
     rmax = max(rmin, s_min / 2.0) if rmax is None else float(rmax)
@@ -161,11 +140,6 @@ def toy_key(i: int, seed: int = 0) -> str:
     return hashlib.sha1(f"{seed}-{i}".encode("ascii")).hexdigest()
 
 
-# --------------------------------------------------------------------------------------------
-# Writing the toy lmdb
-# --------------------------------------------------------------------------------------------
-
-
 def make_toy_lmdb(
     out,
     n: int,
@@ -181,33 +155,18 @@ def make_toy_lmdb(
 
     ``out`` becomes a directory holding ``data.mdb``/``lock.mdb``; keys are the 40-hex ascii ids
     :func:`toy_key`, values WEBP bytes (lossless; PNG, with a warning, when Pillow has no WEBP).
-    The lmdb is built in a hidden temporary folder beside ``out`` and renamed into place when
-    complete, so an interrupted run never leaves a half-written ``out``. An existing non-empty
-    ``out`` is refused (``FileExistsError``): an earlier toy lmdb (:class:`OutputExistsError`)
-    unless ``overwrite=True``, anything else always (see the module's notes). Returns ``out``.
+    ``out`` is written and refused as :func:`blurdiff.data.write_lmdb_data_set` says. Returns ``out``.
     """
     out = os.fspath(out).rstrip("/\\") or os.fspath(out)
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if isinstance(size, int):
-        hw = (size, size)
-    else:
-        hw = tuple(int(s) for s in size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    hw = _hw(size)
     fmt = lmdb_value_format(fmt)
-    check_replaceable(out, overwrite, lambda name: name in ("data.mdb", "lock.mdb"), "a data set")
-    with new_output_folder(out, "toy-lmdb") as tmp:
-        _write_toy_lmdb(tmp, out, n, hw, seed, fmt, commit_every, render_kwargs)
-    log.info("wrote %d toy images (%dx%d, %s, seed %d) to %s", n, hw[0], hw[1], fmt, seed, out)
-    return out
 
-
-def _write_toy_lmdb(
-    tmp: str, out: str, n: int, hw: tuple[int, int], seed: int, fmt: str, commit_every: int, render_kwargs: dict
-) -> None:
     def record(i: int) -> tuple[bytes, bytes]:
         return toy_key(i, seed).encode("ascii"), encode_image(toy_image(i, hw, seed, **render_kwargs), fmt)
 
-    write_lmdb_records(tmp, n, record, hw[0] * hw[1] * 3 + 4096, commit_every, shown_as=out)
+    write_lmdb_data_set(out, n, record, hw[0] * hw[1] * 3 + 4096, commit_every, overwrite, "toy-lmdb")
+    log.info("wrote %d toy images (%dx%d, %s, seed %d) to %s", n, hw[0], hw[1], fmt, seed, out)
+    return out

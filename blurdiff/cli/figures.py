@@ -29,19 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fwd.add_argument("--scale", type=int, default=None, help="pixel upscaling (default: cells of at least 64 px)")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.figure == "forward":
-        out = blurdiff.figures.forward_process_figure(
-            args.data,
-            args.out,
-            args.preset,
-            n=args.n,
-            start=args.start,
-            columns=args.columns,
-            seed=args.seed,
-            normalize=args.normalize,
-            scale=args.scale,
-        )
-        print(f"wrote {out}")
-        return 0
-    raise ValueError(f"unknown figure {args.figure!r}")  # pragma: no cover - argparse checks
+def run(args: argparse.Namespace) -> int:  # "forward", the one figure
+    out = blurdiff.figures.forward_process_figure(
+        args.data,
+        args.out,
+        args.preset,
+        n=args.n,
+        start=args.start,
+        columns=args.columns,
+        seed=args.seed,
+        normalize=args.normalize,
+        scale=args.scale,
+    )
+    print(f"wrote {out}")
+    return 0
