@@ -18,6 +18,7 @@ If every record is bad, :class:`UndecodableDataError`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -236,23 +237,14 @@ def _acquire_env(path: str, subdir: bool):
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
         if entry is not None and entry[1] != pid:
-            try:
+            with contextlib.suppress(Exception):
                 entry[0].close()  # the inherited copy; unmaps in this process only
-            except Exception:  # noqa: BLE001
-                pass
             entry = None
         if entry is None:
             check_lmdb_file(data_file)
-            try:
-                env = lmdb.open(  # as bytes: py-lmdb encodes a str as strict UTF-8, which some paths are not
-                    os.fsencode(path),
-                    subdir=subdir,
-                    readonly=True,
-                    lock=False,
-                    readahead=False,
-                    meminit=False,
-                    max_readers=2048,
-                )
+            flags = dict(subdir=subdir, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048)
+            try:  # the path as bytes: py-lmdb encodes a str as strict UTF-8, which some paths are not
+                env = lmdb.open(os.fsencode(path), **flags)
             except lmdb.Error as e:
                 raise _broken(data_file, e) from e
             entry = _ENVS[key] = [env, pid, 0]
@@ -363,10 +355,8 @@ class LMDBImageDataset(_EncodedImageDataset):
         self._env = self._pid = None
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown, half-built object
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown, half-built object
-            pass
 
 
 # -- Image folder ------------------------------------------------------------------------------
@@ -433,9 +423,8 @@ def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int 
 
 def epoch_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Per-index horizontal-flip decisions (bool ``[n]``) of ``epoch``; the same on every rank."""
-    g = torch.Generator()
-    g.manual_seed(((int(seed) + int(epoch)) ^ 0x5DEECE66D) & 0x7FFFFFFFFFFFFFFF)  # not the permutation's stream
-    return torch.rand(n, generator=g) < 0.5
+    seed = ((int(seed) + int(epoch)) ^ 0x5DEECE66D) & 0x7FFFFFFFFFFFFFFF  # not the permutation's stream
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
 
 
 def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import io
 import logging
 import math
@@ -95,8 +96,6 @@ class Crop(NamedTuple):
 
 def _skimage_data():
     """The ``skimage/data`` folder of the installed package (a ``Traversable``)."""
-    import importlib.resources
-
     try:
         import skimage  # noqa: F401 - only to say clearly when it is missing
     except ImportError as e:
