@@ -43,28 +43,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """
     if img.mode == "RGB":
         return img
-    if img.mode in _GREY16_MODES:
-        arr = np.asarray(img).astype(np.float64) / 257.0
+    if img.mode in _GREY16_MODES or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr * _float_grey_scale(arr) if img.mode == "F" else arr / 257.0
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        img = _float_grey_to_l(img)
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
 
 
-def _float_grey_to_l(img: Image.Image) -> Image.Image:
+def _float_grey_scale(arr: np.ndarray) -> float:
     # Pillow's own conversion clips to [0, 255], which turns the usual [0, 1] float image black.
     # Float images carry no range, so it is taken from the values: [0, 1] is the convention of
     # float image libraries, [0, 255] what Pillow assumes; anything else would be a guess.
-    arr = np.asarray(img, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise ValueError("a floating-point image with NaN or inf values")
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if lo < 0.0 or hi > 255.0:
         raise ValueError(f"a floating-point image with values in [{lo:g}, {hi:g}], neither [0, 1] nor [0, 255]")
-    scale = 255.0 if hi <= 1.0 else 1.0
-    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
+    return 255.0 if hi <= 1.0 else 1.0
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -159,9 +159,9 @@ def _check_split(split: str) -> int:
     return SPLITS.index(split)
 
 
-def _draw_crop(rng: np.random.Generator, size: int, split: str, shapes: dict[str, tuple[int, int]]) -> Crop:
+def _draw_crop(rng: np.random.Generator, size: int, split: str, photos: dict[str, np.ndarray]) -> Crop:
     name = PHOTOS[int(rng.integers(len(PHOTOS)))][0]
-    H, W = shapes[name]
+    H, W = photos[name].shape[:2]
     hi = max(1, int(MAX_FRACTION * min(H, W)))
     lo = min(max(int(size), int(round(MIN_FRACTION * min(H, W)))), hi)
     side = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))))) if hi > lo else lo
@@ -196,8 +196,8 @@ def _check_size(size) -> int:
 
 def crop_spec(i: int, size: int, seed: int = 0, split: str = "train") -> Crop:
     """Where image ``i`` of the split with ``seed`` is cut from (see the module's notes)."""
-    shapes = {name: a.shape[:2] for name, a in load_photos().items()}
-    return _draw_crop(_rng(i, seed, split), _check_size(size), split, shapes)
+    photos = load_photos()
+    return _draw_crop(_rng(i, seed, split), _check_size(size), split, photos)
 
 
 def _render(photo: np.ndarray, crop: Crop, size: int) -> np.ndarray:
@@ -244,11 +244,10 @@ def make_photos_lmdb(
     size = _check_size(size)
     _check_split(split)
     photos = load_photos()  # before touching the output: a missing package fails first
-    shapes = {name: a.shape[:2] for name, a in photos.items()}
     fmt = lmdb_value_format(fmt)
 
     def record(i: int) -> tuple[bytes, bytes]:
-        crop = _draw_crop(_rng(i, seed, split), size, split, shapes)
+        crop = _draw_crop(_rng(i, seed, split), size, split, photos)
         return photo_key(i, seed, split).encode("ascii"), encode_image(_render(photos[crop.photo], crop, size), fmt)
 
     write_lmdb_data_set(out, n, record, size * size * 3 + 4096, commit_every, overwrite, "photos-lmdb")
