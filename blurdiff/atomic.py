@@ -1,15 +1,9 @@
-"""Files written atomically (a temporary file beside the target, renamed over it when complete),
-and the hash that identifies a file's content (:func:`file_sha256`).
+"""Files written atomically, and the hash that identifies a file's content (:func:`file_sha256`).
 
-A crash at any moment leaves the old file or the complete new one, never a torn one. The
-temporary is ``.NAME.tmp-PID``: hidden, never a final name, and found by :func:`remove_stale`
-when a killed process left it behind.
-
-Only a regular file (or nothing) is ever replaced: a symlink is written through (the file it
-points to is replaced, the link stays), and a directory, device, FIFO or socket at the path, or at
-the end of its symlinks, is refused with :class:`NotARegularFileError` before anything is written.
-The new file keeps the mode of the file it replaces, and a file new to the path gets what ``open``
-would give it (0666 less the umask), whatever mode the writer gave its temporary.
+A file is written as a temporary ``.NAME.tmp-PID`` beside it (hidden, found by :func:`remove_stale`
+when a killed process left it behind) and renamed over it when complete: a crash leaves the old
+file or the complete new one. Only a regular file (or nothing) is replaced (:func:`writable_target`);
+the new file keeps the mode of the file it replaces, or gets what ``open`` would give a new one.
 """
 
 from __future__ import annotations
@@ -37,9 +31,9 @@ class NotARegularFileError(FileExistsError):
 
 
 def writable_target(path: str | os.PathLike) -> Path:
-    """The file that writing ``path`` replaces: ``path`` itself, or where its symlinks lead.
-    ``NotARegularFileError`` when that exists and is not a regular file (the message names
-    ``path``, the link's target, and what it is)."""
+    """The file that writing ``path`` replaces: ``path`` itself, or where its symlinks lead (the link
+    stays). ``NotARegularFileError`` when that exists and is not a regular file (a directory, a
+    device, a FIFO, a socket: the message names ``path``, the link's target, and what it is)."""
     path = Path(path)
     try:
         st = os.stat(path)  # follows symlinks: what the link leads to decides
@@ -58,9 +52,8 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
     """``with atomic_path(p) as tmp: write tmp`` puts the file at ``p`` only if the block succeeds.
 
     ``durable``: fsync the file and the folder too, so the new file survives a power cut (for
-    checkpoints and statistics that took long to make). ``NotARegularFileError``, before the
-    block runs, when ``path`` is neither a regular file nor missing (see :func:`writable_target`).
-    """
+    checkpoints and statistics that took long to make). ``NotARegularFileError`` (see
+    :func:`writable_target`) before the block runs."""
     path = writable_target(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -1,8 +1,5 @@
-"""The device a command runs on: ``--device`` as given, else CUDA when there is a GPU.
-
-Checked before a command writes anything: a device torch cannot use here (``meta``, a type this
-build or machine lacks, a GPU index past the last) is a ValueError that names the devices that are
-available; so is a batch whose images alone would not fit in the device's memory."""
+"""The device a command runs on (:func:`resolve_device`), and whether what it needs fits in the
+device's memory (:func:`check_fits`), checked before a command writes anything."""
 
 from __future__ import annotations
 

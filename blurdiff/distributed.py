@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from blurdiff.devices import resolve_device
 
@@ -111,6 +112,4 @@ def data_parallel(model: torch.nn.Module, device: torch.device, world_size: int)
     averages the gradients over the ranks) when ``world_size > 1``; else ``model`` itself."""
     if world_size <= 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

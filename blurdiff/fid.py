@@ -1,41 +1,18 @@
 """Fréchet Inception Distance, computed the way pytorch-fid computes it, without scipy.
 
-Protocol. The blur-diffusion paper (Lee et al., 2022) reports **FID-10K at 64x64**: 10,000
-generated 64x64 samples against the real 64x64 images, with the FID Inception-v3 of
-pytorch-fid (:mod:`blurdiff.inception`; its published weights, pool3 2048-d features). The
-command line therefore uses ``limit=10000`` (``DEFAULT_LIMIT``) by default (``blurdiff fid``). FIDs computed on
-fewer images are biased upwards and are not comparable with the paper's numbers.
-
-Pipeline (as in pytorch-fid's ``fid_score``): every image file in a folder (the extensions
-and the reader of the training data, :mod:`blurdiff.data`; its top level only, sorted by name:
-sub-folders such as a sample run's ``figures/`` are not images of the set) is read with Pillow,
-converted to 8-bit RGB (16-bit images scaled, not clipped) and scaled to ``[0, 1]``; the
-network resizes it to 299x299 (bilinear) and maps it to ``[-1, 1]``; the mean and covariance
-(``np.cov``, float64) of the 2048-d features are the statistics, and
-
-    FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
-
-The trace of the matrix square root is computed without scipy as
-``sum(sqrt(eigvalsh(sqrt(S1) S2 sqrt(S1))))``: ``sqrt(S1) S2 sqrt(S1)`` is symmetric positive
-semi-definite and similar to ``S1 S2``, so its eigenvalues are those of ``S1 S2``.
-
-With ``limit``, a folder of more than ``limit`` images contributes ``limit`` of them, taken
-evenly spaced over the sorted file list (deterministic, and not just the first classes of a
-class-sorted tree). The statistics of the *real* set are cached in ``cache_dir`` (default
-``~/.cache/blurdiff/fid``) under a hash of the chosen files (relative names, sizes, mtimes),
-the image resolution (of the first file), the network input resolution and the weights
-file's sha256; a changed, added or removed file gives a new key.
-
-What a number rests on. :func:`fid_report` returns the FID with the number of images behind
-each side (for an ``.npz``, the ``count`` it stores, if any; a cache hit keeps the count) and
-the weights' sha256. A folder with fewer images than ``limit`` silently gives FID-N instead of
-FID-10K; :meth:`FIDReport.warnings` says so, and ``blurdiff fid`` prints it. The weights file
-must be the published one (sha256 beginning ``6726825d``, checked even on a cache hit) unless
-``allow_other_weights=True``; the report then says the number is not comparable.
+The paper (Lee et al., 2022) reports **FID-10K at 64x64**, hence ``DEFAULT_LIMIT``; FIDs of fewer
+images are biased upwards and not comparable with it. As in pytorch-fid's ``fid_score``, the
+images of a folder (its top level, sorted by name, read as :func:`blurdiff.images.read_image`
+reads them) go through the FID Inception-v3 (:mod:`blurdiff.inception`), and the mean and
+covariance (float64) of their pool3 features are its statistics. With ``limit``, a larger folder
+contributes ``limit`` images evenly spaced over its sorted files. The real set's statistics are
+cached under a hash of its chosen files (names, sizes, mtimes), the resolutions and the weights'
+sha256. :func:`fid_report` returns the FID with what it rests on (:class:`FIDReport`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -174,10 +151,6 @@ def compute_activations(
     return np.concatenate(feats, axis=0)
 
 
-def _statistics(act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.mean(act, axis=0), np.cov(act, rowvar=False)
-
-
 # --------------------------------------------------------------------------- statistics files
 
 
@@ -225,13 +198,9 @@ def load_statistics_with_count(path: str | os.PathLike) -> tuple[np.ndarray, np.
         except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:  # a damaged member
             raise ValueError(f"{path} is not a readable .npz of FID statistics ({exc})") from exc
     mu, sigma = _check_stats(mu, sigma, "")
-    return mu, sigma, None if count is None else _check_count(count, path)
-
-
-def _check_count(count: np.ndarray, path: Path) -> int:
-    if count.shape != () or count.dtype.kind not in "iu" or int(count) < 0:
+    if count is not None and (count.shape != () or count.dtype.kind not in "iu" or int(count) < 0):
         raise ValueError(f"{path}: its 'count' must be the number of images (a non-negative integer), got {count!r}")
-    return int(count)
+    return mu, sigma, None if count is None else int(count)
 
 
 def _is_npz(path: str | os.PathLike) -> bool:
@@ -255,7 +224,14 @@ def activation_statistics(
     """
     if _is_npz(folder_or_npz):
         return load_statistics(folder_or_npz)
-    path = Path(folder_or_npz)
+    files = _image_files(Path(folder_or_npz), limit)
+    if model is None:
+        raise ValueError("a model is needed to compute statistics from images")
+    return _folder_statistics(files, model, batch_size, device)
+
+
+def _image_files(path: Path, limit: int | None) -> list[Path]:
+    """The images of the folder ``path`` that FID takes (at least 2: a covariance needs them)."""
     if not path.is_dir():
         raise FileNotFoundError(f"neither a folder of images nor an .npz of statistics: {path}")
     files = list_image_files(path, limit)
@@ -264,19 +240,15 @@ def activation_statistics(
             f"{path} holds {len(files)} image(s) ({'/'.join(IMAGE_EXTENSIONS)}); FID needs at "
             f"least 2 (and 10,000 for the paper's FID-10K)"
         )
-    if model is None:
-        raise ValueError("a model is needed to compute statistics from images")
+    return files
+
+
+def _folder_statistics(files: Sequence[Path], model, batch_size: int, device) -> tuple[np.ndarray, np.ndarray, int]:
     act = compute_activations(files, model, batch_size, device)
-    mu, sigma = _statistics(act)
-    return mu, sigma, len(files)
+    return np.mean(act, axis=0), np.cov(act, rowvar=False), len(files)
 
 
 # --------------------------------------------------------------------------- caching + FID
-
-
-def _image_size(path: Path) -> list[int]:
-    with Image.open(path) as img:
-        return list(img.size)
 
 
 def _cache_key(folder: Path, files: Sequence[Path], image_size: list[int], weights_id: str) -> str:
@@ -305,12 +277,11 @@ def _cached_real_statistics(
     limit: int | None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(mu, sigma, count)`` of the real folder, from the cache when it holds them."""
-    files = list_image_files(real, limit)
-    if len(files) < 2:
-        raise ValueError(f"{real} holds {len(files)} image(s); FID needs at least 2")
+    files = _image_files(real, limit)
     # The first image is opened before the weights are hashed and checked, so a folder of
     # non-images is reported as such rather than as a weights problem.
-    image_size = _image_size(files[0])
+    with Image.open(files[0]) as img:
+        image_size = list(img.size)
     key = _cache_key(real, files, image_size, weights_id())
     cache_file = cache_dir / f"{real.name or 'real'}-{key[:32]}.npz"
     if cache_file.is_file():
@@ -323,7 +294,7 @@ def _cached_real_statistics(
             # one without it (or with another) is damaged and recomputed like an unreadable one.
             if count == len(files):
                 return mu, sigma, count
-    mu, sigma, count = activation_statistics(real, model_factory(), batch_size, device, limit)
+    mu, sigma, count = _folder_statistics(files, model_factory(), batch_size, device)
     save_statistics(cache_file, mu, sigma, count)
     return mu, sigma, count
 
@@ -418,21 +389,17 @@ def fid_report(
 
     need_model = real.is_dir() or fake.is_dir()
     weights_path = resolve_weights_path(weights) if need_model else None
-    sha256: list[str] = []
-    model: list[FIDInceptionV3] = []
 
+    @functools.cache
     def weights_id() -> str:
         # Checked once, when first needed (the real set's cache key, or the network): a cache
         # hit must not let unpublished weights through either.
-        if not sha256:
-            sha256.append(check_weights_file(weights_path, allow_other_weights))
-        return sha256[0]
+        return check_weights_file(weights_path, allow_other_weights)
 
+    @functools.cache
     def model_factory() -> FIDInceptionV3:
-        if not model:
-            weights_id()
-            model.append(load_fid_inception(weights_path, device=device, allow_other_weights=allow_other_weights))
-        return model[0]
+        weights_id()
+        return load_fid_inception(weights_path, device=device, allow_other_weights=allow_other_weights)
 
     if real.is_dir():
         mu1, sigma1, real_count = _cached_real_statistics(

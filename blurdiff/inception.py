@@ -1,33 +1,15 @@
-"""The FID Inception-v3 network (pool3 features), written without torchvision.
+"""The FID Inception-v3 network (pool3 features) of ``pytorch-fid``, written without torchvision.
 
-This is the network that ``pytorch-fid`` (mseitzer/pytorch-fid) uses to compute FID: the
-TensorFlow ``inception-2015-12-05`` graph ported to PyTorch. It differs from torchvision's
-ImageNet Inception-v3 in its weights, in having 1008 output classes, and in three patches to
-the pooling branches that reproduce TensorFlow's behaviour:
+It is the TensorFlow ``inception-2015-12-05`` graph ported to PyTorch: torchvision's Inception-v3
+with 1008 classes, other weights, and TensorFlow's pooling: the average pools of ``Mixed_5b..5d``,
+``Mixed_6b..6e`` and ``Mixed_7b`` do not count the zero padding, and ``Mixed_7c`` max-pools. Module
+and parameter names are torchvision's ``Inception3(aux_logits=False, num_classes=1008)``, so the
+published ``pt_inception-2015-12-05-6726825d.pth`` loads with ``strict=True``; ``fc`` is only
+there for that. Input handling is pytorch-fid's (see :class:`FIDInceptionV3`).
 
-* the average-pool branches of the A, C and first E blocks (``Mixed_5b..5d``, ``Mixed_6b..6e``,
-  ``Mixed_7b``) do not count the zero padding (``count_include_pad=False``);
-* the pool branch of the last E block (``Mixed_7c``) uses max pooling instead of average
-  pooling.
-
-The module and parameter names follow torchvision's ``Inception3`` built with
-``aux_logits=False, num_classes=1008`` (``Conv2d_1a_3x3.conv.weight``,
-``Mixed_7c.branch3x3dbl_3b.bn.running_var``, ``fc.weight`` ...), so the published weights file
-``pt_inception-2015-12-05-6726825d.pth`` loads with ``strict=True``.
-
-Input handling is pytorch-fid's: images in ``[0, 1]`` are resized to 299x299 (bilinear,
-``align_corners=False``), scaled to ``[-1, 1]``, and the output is the 2048-d average pool
-("pool3") after ``Mixed_7c``. ``fc`` is kept only so the state dict matches; it is not applied.
-
-Weights are never downloaded: :func:`load_fid_inception` reads a given file or the torch hub
-cache and raises :class:`FileNotFoundError` saying where to get the file otherwise, and
-:class:`InceptionWeightsError` naming the file when it is not these weights.
-
-Only the published file gives FIDs comparable with published ones, so its sha256 is checked:
-the first 8 hex digits must be ``6726825d`` (the torch hub hash prefix in the file's name, which
-``torch.hub`` checks the same way when pytorch-fid downloads it). Another file (other weights of
-the same architecture, a damaged download) raises :class:`UnpublishedWeightsError` unless the
-caller passes ``allow_other_weights=True``.
+Weights are never downloaded (:func:`load_fid_inception`), and only the published file gives FIDs
+comparable with published ones: its sha256 must begin ``6726825d`` (the torch hub prefix in its
+name) unless ``allow_other_weights=True``.
 """
 
 from __future__ import annotations
@@ -71,19 +53,12 @@ FID_NUM_CLASSES = 1008
 
 
 class InceptionWeightsError(ValueError, RuntimeError):
-    """The weights file is not the FID Inception's (another file, a truncated download ...).
-
-    Both a ``ValueError`` (a bad ``weights`` argument) and a ``RuntimeError`` (what a strict
-    ``load_state_dict`` raised before this type existed), so callers of either kind still work.
-    """
+    """The weights file is not the FID Inception's (another file, a truncated download ...): a
+    ``ValueError`` (a bad ``weights`` argument) that is also what a strict ``load_state_dict`` raises."""
 
 
 class UnpublishedWeightsError(InceptionWeightsError):
-    """The weights file's sha256 is not the published file's (``6726825d...``).
-
-    Its FIDs would not be comparable with published ones; ``allow_other_weights=True``
-    (``--allow-other-weights``) uses it anyway.
-    """
+    """The weights file's sha256 is not the published file's; ``allow_other_weights=True`` uses it anyway."""
 
 
 class BasicConv2d(nn.Module):
@@ -109,14 +84,11 @@ class InceptionA(nn.Module):
     def __init__(self, in_channels: int, pool_features: int) -> None:
         super().__init__()
         self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
-
         self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
         self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-
         self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
         self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-
         self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -133,7 +105,6 @@ class InceptionB(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
-
         self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
         self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
@@ -152,17 +123,14 @@ class InceptionC(nn.Module):
         super().__init__()
         c7 = channels_7x7
         self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
-
         self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
         self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
         self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
-
         self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
         self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
         self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
         self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
         self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-
         self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -184,7 +152,6 @@ class InceptionD(nn.Module):
         super().__init__()
         self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
         self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-
         self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
         self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
         self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
@@ -213,27 +180,21 @@ class InceptionE(nn.Module):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
         self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
-
         self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
         self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
         self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-
         self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
         self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
         self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
         self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-
         self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
         b1 = self.branch1x1(x)
-
         b3 = self.branch3x3_1(x)
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-
         bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-
         if self.pool == "avg":
             pooled = _tf_avg_pool(x)
         else:
@@ -327,30 +288,20 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILENAME
 
 
-def _missing_weights_message(looked_at: list[Path]) -> str:
-    places = "\n".join(f"  - {p}" for p in looked_at)
-    return (
-        f"FID Inception weights not found: expected the file {FID_WEIGHTS_FILENAME!r}.\n"
-        f"Looked at:\n{places}\n"
-        f"This library never downloads it. Get it from the pytorch-fid release:\n"
-        f"  {FID_WEIGHTS_URL}\n"
-        f"and either put it at {default_weights_path()} (the torch hub cache, where pytorch-fid "
-        f"also keeps it) or pass its path explicitly (weights=... / --inception-weights)."
-    )
-
-
 def resolve_weights_path(weights: str | os.PathLike | None = None) -> Path:
     """The weights file to use (``weights`` or the hub cache), or :class:`FileNotFoundError`."""
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_dir():
-            path = path / FID_WEIGHTS_FILENAME
-        looked_at = [path]
-    else:
-        path = default_weights_path()
-        looked_at = [path]
+    path = default_weights_path() if weights is None else Path(weights).expanduser()
+    if weights is not None and path.is_dir():
+        path = path / FID_WEIGHTS_FILENAME
     if not path.is_file():
-        raise FileNotFoundError(_missing_weights_message(looked_at))
+        raise FileNotFoundError(
+            f"FID Inception weights not found: expected the file {FID_WEIGHTS_FILENAME!r}.\n"
+            f"Looked at:\n  - {path}\n"
+            f"This library never downloads it. Get it from the pytorch-fid release:\n"
+            f"  {FID_WEIGHTS_URL}\n"
+            f"and either put it at {default_weights_path()} (the torch hub cache, where pytorch-fid "
+            f"also keeps it) or pass its path explicitly (weights=... / --inception-weights)."
+        )
     return path
 
 
@@ -471,13 +422,8 @@ def load_fid_inception(
 def random_fid_inception(
     seed: int = 0, device: str | torch.device = "cpu", input_resolution: int = FID_INPUT_RESOLUTION
 ) -> FIDInceptionV3:
-    """The same architecture with random weights, for plumbing tests only (not for FID numbers).
-
-    ``input_resolution`` below 299 (e.g. 75) makes the forward pass ~16x cheaper for tests.
-
-    Convolutions get He-normal weights and the batch norms random (but sane) affine parameters
-    and running statistics, so the 2048-d features are finite, varied and input-dependent.
-    """
+    """The same architecture with random weights (He-normal convolutions, sane batch norms), for
+    plumbing tests only; ``input_resolution`` 75 makes the forward pass ~16x cheaper."""
     gen = torch.Generator().manual_seed(seed)
     model = FIDInceptionV3(input_resolution=input_resolution)
     with torch.no_grad():

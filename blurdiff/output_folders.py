@@ -1,10 +1,6 @@
-"""Output folders that blurdiff replaces only when it wrote them: the data commands' lmdbs and PNG
-folders, and exports.
-
-A folder is built as a hidden sibling, marked from the start (:data:`MARKER`), and renamed into
-place whole (:func:`new_output_folder`); an existing one is replaced only when it is marked as
-blurdiff's, holds nothing else, and the caller passed ``overwrite`` (:func:`check_replaceable`).
-"""
+"""Output folders that blurdiff replaces only when it wrote them (:func:`check_replaceable`): the
+data commands' lmdbs and PNG folders, and exports, each built whole beside its place and renamed
+into it (:func:`new_output_folder`)."""
 
 from __future__ import annotations
 

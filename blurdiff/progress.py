@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class Progress:
@@ -78,17 +74,6 @@ class Progress:
             if self._tty:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-
-
-def progress(
-    iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True
-) -> Iterator[T]:
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)  # type: ignore[arg-type]
-    with Progress(total, desc, unit, enabled) as bar:
-        for item in iterable:
-            yield item
-            bar.update(1)
 
 
 def _fmt(v) -> str:

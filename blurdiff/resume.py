@@ -1,11 +1,7 @@
 """Resuming a training run: the run folder's checks, the checkpoint a run goes on from (one choice
-for every rank), whether it is the same run, and the random streams and data position it brings back.
-
-A checkpoint's ``rng`` holds the trainer's generator of t and noise (one stream, the same on every
-rank), every rank's global torch RNG (dropout) and the device type they belong to; its ``data``
-the loader's position (see :func:`blurdiff.data.infinite_loader`). Restored on the same device
-type and number of processes, a resumed run ends bitwise where an uninterrupted run would.
-"""
+for every rank), whether it is the same run, and the random streams and data position it brings
+back (:func:`rng_states`, :func:`resume_batch`): restored on the same device type and number of
+processes, a resumed run ends bitwise where an uninterrupted run would."""
 
 from __future__ import annotations
 
@@ -88,7 +84,6 @@ def checkpoint_to_resume(run_dir: Path, resume: bool, rank: int = 0, world_size:
 def newest_readable(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint of ``run_dir`` that loads and that a trainer can go on from, and its
     state; the ones tried before it are set aside (see ``blurdiff.checkpoint.load_newest_readable``)."""
-
     found = load_newest_readable(run_dir, validate=check_resumable)
     if found is None:
         raise ValueError(f"--resume: the checkpoints in {checkpoint_dir(run_dir)} vanished while resuming")
@@ -96,12 +91,10 @@ def newest_readable(run_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def check_resumable(path: Path, state: dict[str, Any]) -> None:
-    """ValueError naming ``path`` unless a trainer can go on from everything ``state`` holds: the
-    weights (on networks without memory), the optimizer state (Adam's, one moment of each
-    parameter's shape, usable hyperparameters), the step (that of the file's name), the random
-    streams, the data position, the health monitor and the data statistics. Checked before the run
-    relies on any of it, so that a checkpoint that fails is set aside like an unreadable one and an
-    older one is tried (:func:`blurdiff.checkpoint.load_newest_readable`)."""
+    """ValueError naming ``path`` unless a trainer can go on from everything ``state`` holds (weights,
+    Adam's state, the step of the file's name, random streams, data position, health monitor, data
+    statistics): so that a checkpoint that fails is set aside like an unreadable one and an older
+    one is tried (:func:`blurdiff.checkpoint.load_newest_readable`)."""
     model = networks_of(state, path)["model"]
     if not isinstance(state["config"].get("train"), dict):
         raise ValueError(f"{path}: the checkpoint's config lacks the run's training options")
@@ -218,10 +211,7 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], run_dir: Path)
 def config_diff(saved, wanted) -> str | None:
     """None when two plain-data configs agree (blind to tuple-vs-list), else what differs."""
 
-    def plain(x):
-        return json.loads(json.dumps(x, default=str))
-
-    saved, wanted = plain(saved), plain(wanted)
+    saved, wanted = (json.loads(json.dumps(x, default=str)) for x in (saved, wanted))
     if saved == wanted:
         return None
     if isinstance(saved, dict) and isinstance(wanted, dict):

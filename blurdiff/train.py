@@ -76,9 +76,7 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
-# ------------------------------------------------------------------------------------------------
-# What a trainer trains, built from the options
-# ------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- What a trainer trains
 
 
 class RunPlan(NamedTuple):
@@ -151,14 +149,12 @@ def build_trainer(
 
 
 def _data_statistics(process: BlurDiffusion, dataset, checkpoint: dict[str, Any] | None = None) -> DataStatistics:
-    """What the samplers take as their Gaussian reference, and the guard as the data's scale:
-    measured once, then carried by every checkpoint."""
+    """What the samplers take as their Gaussian reference, and the guard as the data's scale: the
+    checkpoint's, else measured on the first ``DEFAULT_IMAGES`` of a fixed permutation of ``dataset``,
+    unflipped (then carried by every checkpoint)."""
     saved = DataStatistics.from_state(checkpoint.get("data_stats"), process.resolution) if checkpoint else None
-    return saved or _measure_data_statistics(process, dataset)
-
-
-def _measure_data_statistics(process: BlurDiffusion, dataset) -> DataStatistics:
-    """The statistics of the first ``DEFAULT_IMAGES`` of a fixed permutation of ``dataset``, unflipped."""
+    if saved:
+        return saved
 
     def unflipped(i: int) -> torch.Tensor:  # blurdiff.data's data sets take (index, flip)
         return dataset[(i, False)] if hasattr(dataset, "hflip") else dataset[i]
@@ -168,9 +164,7 @@ def _measure_data_statistics(process: BlurDiffusion, dataset) -> DataStatistics:
     return estimate_data_statistics(process, batches)
 
 
-# ------------------------------------------------------------------------------------------------
-# The trainer
-# ------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- The trainer
 
 
 class _Autocast(torch.nn.Module):
@@ -182,10 +176,13 @@ class _Autocast(torch.nn.Module):
         self.net, self.dtype = net, dtype
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.dtype is None:
+        with _autocast(x_t.device.type, self.dtype):
             return self.net(x_t, t)
-        with torch.autocast(x_t.device.type, dtype=self.dtype):
-            return self.net(x_t, t)
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None):
+    """Mixed precision ``dtype`` on ``device_type`` within the block (None: none)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
 class Trainer:
@@ -195,25 +192,13 @@ class Trainer:
     >>> trainer = build_trainer(TrainOptions(data="data/toy", preset="toy", out="runs/toy", max_steps=1000))
     >>> trainer.run_loop()
 
-    It receives its parts: the ``plan`` of the run (:func:`plan_run`: the resolved options, the
-    preset, the device and the checkpoint to resume, None for a new run), and
-
-    - ``process``: a :class:`BlurDiffusion`; its ``data_stats`` are kept when set, else taken from
-      the checkpoint or measured on ``dataset``;
-    - ``model``: the ε-network ``model(x_t, t)``, with a ``config`` dataclass like the UNet's
-      (``blurdiff.unet.UNetConfig``: checkpoints record it and samplers rebuild the network from it);
-      moved to the device;
-    - ``dataset``: a map-style data set of ``[C, H, W]`` images in [-1, 1] at the process's
-      resolution (e.g. ``blurdiff.data.open_dataset``'s), read through a resumable loader;
-
-    :func:`build_parts` builds the last three from the plan's options, or they are one's own:
-    ``Trainer(plan_run(options), process=..., model=..., dataset=...)``. The options give the
-    rest: the run folder (``out``), the optimisation, checkpoints, logs and samples; the preset
-    the meaning of the network's output. A resumed run must have the same preset, process and
-    network.
-
-    ``rank``/``world_size`` describe a started process group (see :func:`train`); the model is
-    wrapped in ``DistributedDataParallel`` when ``world_size > 1``.
+    ``plan`` is the run's :func:`plan_run` (resolved options, preset, device, checkpoint to resume);
+    the parts come from :func:`build_parts`, or are one's own: ``process`` (a :class:`BlurDiffusion`;
+    without ``data_stats`` it gets the checkpoint's, or ones measured on ``dataset``), ``model`` (the
+    ε-network ``model(x_t, t)`` with a ``config`` dataclass like ``UNetConfig``, which checkpoints
+    record and samplers rebuild from) and ``dataset`` (map-style, ``[C, H, W]`` images in [-1, 1] at
+    the process's resolution). A resumed run must have the same preset, process and network.
+    ``rank``/``world_size`` describe a started process group (see :func:`train`).
     """
 
     def __init__(
@@ -267,7 +252,7 @@ class Trainer:
         self.health = TrainingHealth.from_state(health.get("monitor"), window=opts.health_window)
         self.last_good: str | None = health.get("last_good")  # newest checkpoint saved while healthy
         self.verdict: tuple[bool, str] | None = None  # set by health_report()
-        self.metrics = MetricsLog(self.metrics_path, enabled=self.is_main)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
         if state is not None:
             start_batch = self._load_state(state)
         self._last_saved = self.step if state is not None else None
@@ -300,15 +285,8 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        restore_rng_states(
-            state.get("rng") or {},
-            self.generator,
-            self.device,
-            self.rank,
-            self.world_size,
-            self.options.seed,
-            self.step,
-        )
+        rng = state.get("rng") or {}
+        restore_rng_states(rng, self.generator, self.device, self.rank, self.world_size, self.options.seed, self.step)
         return resume_batch(
             state.get("data") or {}, self.step, self.num_images, self.batch_size, self.world_size, warn=self.is_main
         )
@@ -320,16 +298,7 @@ class Trainer:
         write_text_atomic(self.run_dir / "config.json", json.dumps(self.config, indent=2, default=str) + "\n")
         self.metrics.truncate(self.step)
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
     # ------------------------------------------------------------------ training
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def _draw_t_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t and ε of this rank's samples, cut from draws for the whole global batch.
 
@@ -461,7 +430,7 @@ class Trainer:
         H, W = self.process.resolution
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), _autocast(self.device.type, self.amp_dtype):
             x = self.process.sample(
                 self.ema_eps,
                 shape,
@@ -503,7 +472,7 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
 
         def ema_eps(x, t):
-            with self._autocast():
+            with _autocast(self.device.type, self.amp_dtype):
                 return self.ema_eps(x, t)
 
         images = self.process.sample(ema_eps, shape, generator=generator, device=self.device)
@@ -555,9 +524,7 @@ class Trainer:
         self.loader.close()
 
 
-# ------------------------------------------------------------------------------------------------
-# Entry points
-# ------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Entry points
 
 
 def _check_batch_fits(options: TrainOptions, device: torch.device) -> None:

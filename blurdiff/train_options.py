@@ -24,19 +24,10 @@ __all__ = ["AMP_DTYPES", "LR_SCHEDULES", "TrainOptions"]
 # when resuming, else from the preset (or the default here), so that `--resume` alone continues
 # a run exactly as it was started.
 _FROM_PRESET = object()
-_TRAJECTORY_DEFAULTS: dict[str, Any] = dict(
-    batch_size=_FROM_PRESET,
-    lr=_FROM_PRESET,
-    ema_decay=_FROM_PRESET,
-    warmup_steps=_FROM_PRESET,
-    grad_clip=_FROM_PRESET,
-    lr_schedule=_FROM_PRESET,
-    amp="none",
-    seed=0,
-    resolution=None,
-    process_overrides={},
-    unet_overrides={},
-)
+_TRAJECTORY_DEFAULTS: dict[str, Any] = {
+    **dict.fromkeys(("batch_size", "lr", "ema_decay", "warmup_steps", "grad_clip", "lr_schedule"), _FROM_PRESET),
+    **dict(amp="none", seed=0, resolution=None, process_overrides={}, unet_overrides={}),
+}
 
 
 @dataclass

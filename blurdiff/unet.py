@@ -13,8 +13,6 @@ Shape of the network, top to bottom::
             --> ResBlock, Attention, ResBlock                          (middle)
             --> [concat skip, ResBlock (+Attention)] x (num_res_blocks+1), Upsample per level
             --> GroupNorm, SiLU, zero conv --> eps_pred
-
-Entry points: ``build_unet(preset, **overrides)``, ``UNET_PRESETS``, ``UNetConfig``, ``UNet``.
 """
 
 from __future__ import annotations
@@ -41,9 +39,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Configuration
 
 GROUPS = 32  # GroupNorm groups, fixed as in guided-diffusion
 
@@ -179,14 +175,11 @@ def check_fits_memory(config: UNetConfig, device: torch.device | str = "cpu") ->
 
 
 def check_weights(config, weights, source, what: str = "weights") -> UNet:
-    """The check of network weights, however they come in (a checkpoint's ``model``/``ema``, an
-    export's or a diffusers folder's safetensors): ``config`` (the UNetConfig fields) describes a
-    network, and ``weights`` is its state dict: the same names and shapes, floating point, finite.
-
-    Done on the meta device, so a config that asks for more than the weights hold is refused before
-    anything of its size is allocated. Returns that network holding the weights (assigned, not
-    copied); ValueError naming ``source`` (the file) and what is wrong.
-    """
+    """The network ``config`` (the UNetConfig fields) describes, holding ``weights`` (assigned, not
+    copied), which must be its state dict: the same names and shapes, floating point, finite; else a
+    ValueError naming ``source`` (the file). For weights however they come in (a checkpoint, an
+    export, a diffusers folder). Built on the meta device: a config asking for more than the weights
+    hold is refused before anything of its size is allocated."""
     try:
         unet_config = UNetConfig(**config)
     except (TypeError, ValueError) as e:  # not a mapping, unknown or missing fields, bad values
@@ -210,24 +203,21 @@ def check_weights(config, weights, source, what: str = "weights") -> UNet:
             f"{unfit}: {len(shapes)} of {len(expected)} tensors have another shape (first {k}: "
             f"{list(weights[k].shape)}, the network's {list(expected[k].shape)})"
         )
-    for kind, bad in (
-        ("floating point", [k for k, t in weights.items() if not t.is_floating_point()]),
-        ("finite", [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]),
-    ):
-        if bad:
-            extra = f": {weights[bad[0]].dtype}" if kind == "floating point" else ""
-            nan = "NaN or inf in " if kind == "finite" else ""
-            counted = f"{nan}{len(bad)} of {len(weights)} tensors, first {bad[0]}{extra}"
-            raise ValueError(f"{source}: the {what} are not {kind} ({counted})")
+    bad = [k for k, t in weights.items() if not t.is_floating_point()]
+    if bad:
+        counted = f"{len(bad)} of {len(weights)} tensors, first {bad[0]}: {weights[bad[0]].dtype}"
+        raise ValueError(f"{source}: the {what} are not floating point ({counted})")
+    bad = [k for k, t in weights.items() if not torch.isfinite(t).all()]
+    if bad:
+        counted = f"NaN or inf in {len(bad)} of {len(weights)} tensors, first {bad[0]}"
+        raise ValueError(f"{source}: the {what} are not finite ({counted})")
     # A plain dict: load_state_dict(assign=True) marks the state dict's _metadata, and any later
     # load of it (the trainer's, into its real network) would then assign instead of copy.
     network.load_state_dict(dict(weights), assign=True)
     return network
 
 
-# --------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Building blocks
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -265,10 +255,7 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class TimestepBlock(nn.Module):
-    """A block whose forward also takes the timestep embedding."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    """A block whose forward also takes the timestep embedding: ``forward(x, emb)``."""
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -285,10 +272,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, use_conv: bool):
         super().__init__()
-        if use_conv:
-            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-        else:
-            self.op = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -331,9 +315,7 @@ class ResBlock(TimestepBlock):
         self.use_checkpoint = use_checkpoint
 
         self.in_layers = nn.Sequential(
-            normalization(channels),
-            nn.SiLU(),
-            nn.Conv2d(channels, out_channels, 3, padding=1),
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
 
         # Resampling sits between the norm/activation and the conv, on both paths, so the
@@ -347,8 +329,7 @@ class ResBlock(TimestepBlock):
             self.h_upd = self.x_upd = nn.Identity()
 
         self.emb_layers = nn.Sequential(
-            nn.SiLU(),
-            nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
         self.out_layers = nn.Sequential(
             normalization(out_channels),
@@ -357,10 +338,7 @@ class ResBlock(TimestepBlock):
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
 
-        if out_channels == channels:
-            self.skip_connection = nn.Identity()
-        else:
-            self.skip_connection = nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.use_checkpoint and torch.is_grad_enabled():
@@ -417,9 +395,7 @@ class AttentionBlock(nn.Module):
         return (x.reshape(b, c, -1) + self.proj_out(h)).reshape(b, c, *spatial)
 
 
-# --------------------------------------------------------------------------------------------
-# The network
-# --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- The network
 
 
 class UNet(nn.Module):
@@ -450,11 +426,7 @@ class UNet(nn.Module):
         def attention(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, _head_count(ch, cfg), use_checkpoint=cfg.use_checkpoint)
 
-        self.time_embed = nn.Sequential(
-            nn.Linear(mc, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         # Encoder.  skip_chans records the width of every activation the decoder will
         # concatenate back, one per input block, in order.
@@ -496,9 +468,7 @@ class UNet(nn.Module):
         assert not skip_chans and ch == first_ch
 
         self.out = nn.Sequential(
-            normalization(ch),
-            nn.SiLU(),
-            zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
         )
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:

@@ -1,13 +1,8 @@
-"""Fused spectral-blur operators for blur diffusion.
+"""Fused spectral-blur operators for blur diffusion (the contract: docs/design.md §2).
 
-``to_spectral``, ``from_spectral`` and ``spectral_lincomb`` (docs/design.md §2) run on compiled
-C++/CUDA kernels when the extension is built, else on ``blurdiff_ops.reference`` (plain
-PyTorch, also the oracle in tests), with one warning that says why.
-
-Also public, for code built on the ops: ``table_dtype_for(data_dtype)`` (the dtype of the bases
-and coefficient tables for data of that dtype), ``kernels_available(device_type)`` and
-``unavailable_reason(device_type)`` (why the kernels for a device type are not loaded) and
-``build_info()`` (how the loaded extension was built).
+``to_spectral``, ``from_spectral`` and ``spectral_lincomb`` run on compiled C++/CUDA kernels when
+the extension is built, else on ``blurdiff_ops.reference`` (plain PyTorch, also the oracle in
+tests), with one warning that says why.
 """
 
 from blurdiff_ops import reference

@@ -39,13 +39,7 @@ _warned: set[str] = set()
 
 def kernels_available(device_type: str = "cpu") -> bool:
     """Whether the compiled kernels for ``device_type`` ("cpu" or "cuda") are loaded."""
-    if _C is None:
-        return False
-    if device_type == "cpu":
-        return True
-    if device_type == "cuda":
-        return bool(_C.with_cuda)
-    return False
+    return _C is not None and (device_type == "cpu" or (device_type == "cuda" and bool(_C.with_cuda)))
 
 
 def unavailable_reason(device_type: str) -> str:
@@ -61,12 +55,8 @@ def unavailable_reason(device_type: str) -> str:
 
 
 def build_info() -> dict[str, object]:
-    """How the loaded extension was built (public as ``blurdiff_ops.build_info``): ``torch_version``
-    (the torch it was compiled against), ``cuda`` (it has CUDA kernels), ``openmp`` (its CPU
-    kernels were compiled with OpenMP, without which at::parallel_for runs them on one thread) and
-    ``cpu_avx512`` (on this CPU, the CPU kernels' products run on their own AVX-512 code rather
-    than the BLAS; ``BLURDIFF_NO_AVX512=1`` at start-up turns it off); ``{}`` when no
-    extension is loaded (``unavailable_reason`` says why)."""
+    """How the loaded extension was built (public as ``blurdiff_ops.build_info``, see docs/design.md
+    §2): ``torch_version``, ``cuda``, ``openmp``, ``cpu_avx512``; ``{}`` when none is loaded."""
     if _C is None:
         return {}
     return {

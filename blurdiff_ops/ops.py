@@ -1,22 +1,15 @@
 """Typed wrappers over ``torch.ops.blurdiff_ops``, each with its fake and autograd registrations.
 
-Each public function calls the compiled op after checking its arguments (``_checks``, the
-very checks of the reference, so both backends accept and reject the same inputs with the same
-messages), or ``blurdiff_ops.reference``, which checks them itself, when no kernels are loaded
-for the data's device (warning once why).
+A wrapper checks its arguments (``_checks``: the reference's own checks, so both backends accept
+and reject the same inputs with the same messages) and calls the compiled op, or
+``blurdiff_ops.reference`` (warning once why) when no kernels are loaded for the data's device.
 
-Beside each wrapper, at module level, its op's registrations (they need the compiled ops, so
-they run when the extension loaded):
-
-- a fake (meta) kernel for torch.compile and meta tensors, which runs the same checks (so
-  tracing a wrong call fails with the eager message rather than deep inside a compiled graph)
-  and returns an empty output;
-- an autograd formula. Every op here is linear in its differentiable inputs, and the adjoint of
-  each is again one of them, so backward is a compiled op too: ``to_spectral`` and
-  ``from_spectral`` are each other's adjoint; the gradient of ``spectral_lincomb`` with respect
-  to ``inputs[k]`` is ``from_spectral(coefs[k, t] ⊙ to_spectral(grad))``: one transform of
-  ``grad`` feeds all K, which is the op ``spectral_lincomb_backward``; its own gradient is a
-  ``spectral_lincomb``.
+The registrations, made when the extension loaded: a fake kernel for torch.compile and meta
+tensors, which runs the same checks (a wrong call fails with the eager message, not deep inside a
+compiled graph); and an autograd formula. Every op is linear in its differentiable inputs and its
+adjoint is again one of them: ``to_spectral`` and ``from_spectral`` are each other's; the gradient
+of ``spectral_lincomb`` with respect to every ``inputs[k]``, ``from_spectral(coefs[k, t] ⊙
+to_spectral(grad))``, is the op ``spectral_lincomb_backward``, whose gradient is a ``spectral_lincomb``.
 """
 
 from __future__ import annotations
@@ -103,25 +96,20 @@ def _transform_setup(op: str):
     return setup
 
 
-def _to_spectral_backward(ctx, grad):
-    U_h, U_w = ctx.saved_tensors
-    return torch.ops.blurdiff_ops.from_spectral.default(grad, U_h, U_w), None, None
+def _transform_backward(adjoint: str):
+    def backward(ctx, grad):
+        U_h, U_w = ctx.saved_tensors
+        return getattr(torch.ops.blurdiff_ops, adjoint).default(grad, U_h, U_w), None, None
 
-
-def _from_spectral_backward(ctx, grad):
-    U_h, U_w = ctx.saved_tensors
-    return torch.ops.blurdiff_ops.to_spectral.default(grad, U_h, U_w), None, None
+    return backward
 
 
 if _REGISTER:
-    torch.library.register_fake("blurdiff_ops::to_spectral", _transform_fake("to_spectral"))
-    torch.library.register_autograd(
-        "blurdiff_ops::to_spectral", _to_spectral_backward, setup_context=_transform_setup("to_spectral")
-    )
-    torch.library.register_fake("blurdiff_ops::from_spectral", _transform_fake("from_spectral"))
-    torch.library.register_autograd(
-        "blurdiff_ops::from_spectral", _from_spectral_backward, setup_context=_transform_setup("from_spectral")
-    )
+    for _op, _adjoint in (("to_spectral", "from_spectral"), ("from_spectral", "to_spectral")):
+        torch.library.register_fake(f"blurdiff_ops::{_op}", _transform_fake(_op))
+        torch.library.register_autograd(
+            f"blurdiff_ops::{_op}", _transform_backward(_adjoint), setup_context=_transform_setup(_op)
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+import torch
+from PIL import UnidentifiedImageError
+
 from blurdiff.images import UndecodableDataError
 from blurdiff.inception import InceptionWeightsError
 from blurdiff.output_folders import OutputExistsError
@@ -137,8 +140,6 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 def _user_error_message(e: Exception) -> str | None:
     """The one-line message for an error caused by the input or the machine; ``None`` for the rest."""
-    from PIL import UnidentifiedImageError
-
     if isinstance(e, OutputExistsError):
         return e.hint("--" + e.option.replace("_", "-"))  # the library's own hint says overwrite=True
     if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
@@ -166,8 +167,6 @@ def _user_error_message(e: Exception) -> str | None:
 
 def _is_out_of_memory(e: Exception) -> bool:
     """An allocation the device's memory could not satisfy (torch's CUDA or CPU allocator, Python's)."""
-    import torch
-
     if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         return True
     # The CPU allocator raises a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory: ..."
