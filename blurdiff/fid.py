@@ -111,11 +111,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def _same_size_runs(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
-    """uint8 HWC arrays -> float ``[b, 3, H, W]`` batches in [0, 1], one per run of equal sizes.
-
-    pytorch-fid stacks a batch (so needs equal sizes); here images of different sizes are
-    simply fed in separate batches, the network resizing each to 299 as it would alone.
-    """
+    """uint8 HWC arrays -> float ``[b, 3, H, W]`` batches in [0, 1], one per run of equal sizes (the
+    network resizes each image to 299 as it would alone; pytorch-fid needs equal sizes)."""
     runs: list[list[torch.Tensor]] = []
     for a in arrays:
         t = torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
@@ -214,14 +211,9 @@ def activation_statistics(
     device: str | torch.device = "cpu",
     limit: int | None = None,
 ):
-    """Statistics of a set of images.
-
-    For an ``.npz`` (arrays ``mu``, ``sigma``), returns ``(mu, sigma)`` (``model`` is unused and
-    may be ``None``; :func:`load_statistics_with_count` gives its count too). For a folder,
-    computes the features of its images (see :func:`blurdiff.images.list_image_files` for which, and ``limit``)
-    and returns ``(mu, sigma, count)``. A folder with fewer than 2 images raises ``ValueError``
-    (no covariance).
-    """
+    """Statistics of a set of images: ``(mu, sigma)`` of an ``.npz`` (``model`` unused, may be
+    ``None``), or ``(mu, sigma, count)`` of a folder's images (:func:`blurdiff.images.list_image_files`,
+    and ``limit``); ``ValueError`` for a folder of fewer than 2 images (no covariance)."""
     if _is_npz(folder_or_npz):
         return load_statistics(folder_or_npz)
     files = _image_files(Path(folder_or_npz), limit)
@@ -372,13 +364,11 @@ def fid_report(
     """FID between ``real`` and ``fake`` (each a folder of images or an ``.npz`` of statistics),
     with the image counts and the weights it rests on (:class:`FIDReport`).
 
-    The statistics of a ``real`` folder are cached in ``cache_dir`` (default
-    ``~/.cache/blurdiff/fid``); ``fake`` is always recomputed. ``weights`` is the pytorch-fid
-    weights file (default: the torch hub cache; never downloaded, ``FileNotFoundError`` says
-    where to get it; it is needed even on a cache hit, since its sha256 is part of the cache
-    key). Its sha256 must be the published file's (``UnpublishedWeightsError`` otherwise)
-    unless ``allow_other_weights``. ``limit`` caps the images taken from each folder (evenly
-    spaced). Prints nothing; :meth:`FIDReport.warnings` says what makes the number incomparable.
+    A ``real`` folder's statistics are cached in ``cache_dir`` (default ``~/.cache/blurdiff/fid``);
+    ``fake`` is always recomputed. ``weights``: the pytorch-fid weights file (default: the torch hub
+    cache; needed even on a cache hit, its sha256 is part of the key), checked as
+    :func:`blurdiff.inception.check_weights_file` does. ``limit`` caps the images of each folder.
+    Prints nothing; :meth:`FIDReport.warnings` says what makes the number incomparable.
     """
     device = resolve_device(device)
     real, fake = Path(real).expanduser(), Path(fake).expanduser()

@@ -207,18 +207,13 @@ class FIDInceptionV3(nn.Module):
     """pytorch-fid's FID Inception-v3; ``forward`` maps ``[B, 3, H, W]`` in [0, 1] to ``[B, 2048]``.
 
     Args:
-        resize_input: bilinearly resize to 299x299 first (``align_corners=False``), as
-            pytorch-fid does.
-        normalize_input: map ``[0, 1]`` to ``[-1, 1]`` (``2 x - 1``), as pytorch-fid does.
-        input_resolution: the size resized to; 299 for FID. Any other value (at least 75, the
-            smallest input the network takes) is only for fast plumbing tests.
+        resize_input: bilinearly resize to 299x299 first (``align_corners=False``), as pytorch-fid.
+        normalize_input: map ``[0, 1]`` to ``[-1, 1]`` (``2 x - 1``), as pytorch-fid.
+        input_resolution: the size resized to; 299 for FID, other values (at least 75) for tests.
     """
 
     def __init__(
-        self,
-        resize_input: bool = True,
-        normalize_input: bool = True,
-        input_resolution: int = FID_INPUT_RESOLUTION,
+        self, resize_input: bool = True, normalize_input: bool = True, input_resolution: int = FID_INPUT_RESOLUTION
     ) -> None:
         super().__init__()
         if input_resolution < 75:
@@ -251,10 +246,7 @@ class FIDInceptionV3(nn.Module):
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(x.shape)}")
         if self.resize_input:
             x = F.interpolate(
-                x,
-                size=(self.input_resolution, self.input_resolution),
-                mode="bilinear",
-                align_corners=False,
+                x, size=(self.input_resolution, self.input_resolution), mode="bilinear", align_corners=False
             )
         if self.normalize_input:
             x = 2 * x - 1
@@ -311,12 +303,8 @@ def is_published_weights(sha256: str) -> bool:
 
 
 def check_weights_file(path: str | os.PathLike, allow_other_weights: bool = False) -> str:
-    """The sha256 of the weights file at ``path``; :class:`UnpublishedWeightsError` if it is not
-    the published file, unless ``allow_other_weights``.
-
-    The hash is remembered per path, size and modification time (:func:`blurdiff.atomic.file_sha256`),
-    so checking the same file again costs nothing.
-    """
+    """The sha256 of the weights file at ``path`` (remembered: :func:`blurdiff.atomic.file_sha256`);
+    :class:`UnpublishedWeightsError` if it is not the published file, unless ``allow_other_weights``."""
     path = Path(path)
     sha256 = file_sha256(path)
     if not allow_other_weights and not is_published_weights(sha256):
@@ -404,11 +392,10 @@ def load_fid_inception(
             published file's (its FIDs are not comparable with published ones).
 
     Raises:
-        FileNotFoundError: the file is not there (the message says where to get it and where
-            to put it). Nothing is ever downloaded.
-        InceptionWeightsError: the file is not these weights (unreadable, other keys or shapes).
-        UnpublishedWeightsError: (an ``InceptionWeightsError``) the file loads, but its sha256
-            is not the published file's, and ``allow_other_weights`` is false.
+        FileNotFoundError: the file is not there (the message says where to get it); nothing is
+            ever downloaded.
+        InceptionWeightsError: the file is not these weights (unreadable, other keys or shapes);
+            :class:`UnpublishedWeightsError` when it loads but is not the published file.
     """
     path = resolve_weights_path(weights)
     model = FIDInceptionV3()

@@ -19,10 +19,8 @@ MARKER = ".blurdiff-output"
 
 
 class OutputExistsError(FileExistsError):
-    """``path`` holds an earlier output of blurdiff, which ``option=True`` would replace.
-
-    :meth:`hint` words the fix for another caller (the CLI: ``--overwrite``).
-    """
+    """``path`` holds an earlier output of blurdiff, which ``option=True`` would replace; :meth:`hint`
+    words the fix for another caller (the CLI: ``--overwrite``)."""
 
     def __init__(self, path, what: str, option: str = "overwrite"):
         self.path, self.what, self.option = os.fspath(path), what, option
@@ -79,10 +77,9 @@ def check_replaceable(
 def new_output_folder(out: str, kind: str) -> Iterator[str]:
     """``with new_output_folder(out, kind) as tmp:`` fill ``tmp``; it becomes ``out`` if the block succeeds.
 
-    ``tmp`` is a new hidden sibling (never an existing folder, so no folder of the user's is
-    reused or deleted), marked from the start. An existing ``out`` (checked by
-    :func:`check_replaceable` beforehand) is moved aside first and deleted last, so a failure
-    at any point leaves the old ``out`` or the complete new one.
+    ``tmp`` is a new hidden sibling (no folder of the user's is reused or deleted), marked from the
+    start. An existing ``out`` (:func:`check_replaceable` first) is moved aside first and deleted
+    last: a failure at any point leaves the old ``out`` or the complete new one.
     """
     out = os.path.abspath(out)
     parent, name = os.path.split(out)

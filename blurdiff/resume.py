@@ -15,13 +15,7 @@ from typing import Any
 
 import torch
 
-from blurdiff.checkpoint import (
-    checkpoint_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    load_newest_readable,
-    networks_of,
-)
+from blurdiff.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, load_newest_readable, networks_of
 from blurdiff.distributed import broadcast_from_main, gather_from_ranks
 from blurdiff.health import TrainingHealth
 from blurdiff.run_folder import check_run_folder, check_writable
@@ -42,12 +36,8 @@ __all__ = [
 
 def checkpoint_to_resume(run_dir: Path, resume: bool, rank: int = 0, world_size: int = 1) -> dict[str, Any] | None:
     """The checkpoint a run in ``run_dir`` goes on from, or None for a new run (a collective call
-    when ``world_size > 1``).
-
-    First the folder: not a file, not someone else's (``check_run_folder``), writable by rank 0;
-    then a folder with checkpoints is refused unless ``resume``, and with ``resume`` the newest
-    checkpoint that loads and fits the run is taken (older ones are tried past one that does not).
-    """
+    when ``world_size > 1``). The folder must not be a file nor someone else's, and be writable; one
+    with checkpoints is refused unless ``resume``, which takes the newest that loads and fits."""
     is_main = rank == 0
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} exists and is not a folder")
@@ -124,25 +114,20 @@ def _check_optimizer(saved: Any, params: list[torch.nn.Parameter]) -> None:
         raise ValueError(f"the optimizer state does not fit the network: {e}") from e
     for group in saved["param_groups"]:
         betas = group.get("betas")
-        if not (
-            isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_real(b, 0, 1, high_open=True) for b in betas)
-        ):
+        pair = isinstance(betas, (tuple, list)) and len(betas) == 2
+        if not (pair and all(_nonnegative(b) and b < 1 for b in betas)):
             raise ValueError(f"the optimizer's Adam betas must be two numbers in [0, 1), not {betas!r}")
-        for key, low in (("lr", 0.0), ("eps", 0.0), ("weight_decay", 0.0)):
-            if not _real(group.get(key), low, math.inf):
+        for key in ("lr", "eps", "weight_decay"):
+            if not _nonnegative(group.get(key)):
                 raise ValueError(
-                    f"the optimizer's {key} must be a finite number of at least {low}, not {group.get(key)!r}"
+                    f"the optimizer's {key} must be a finite number of at least 0.0, not {group.get(key)!r}"
                 )
     for index, moments in saved["state"].items():
         shape = params[index].shape
         for key in ("exp_avg", "exp_avg_sq"):
             t = moments.get(key)
-            if (
-                not isinstance(t, torch.Tensor)
-                or t.shape != shape
-                or not t.is_floating_point()
-                or not torch.isfinite(t).all()
-            ):
+            fits = isinstance(t, torch.Tensor) and t.shape == shape and t.is_floating_point()
+            if not (fits and torch.isfinite(t).all()):
                 got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(
                     f"the optimizer state does not fit the network: parameter {index}'s {key} must be a finite "
@@ -150,9 +135,9 @@ def _check_optimizer(saved: Any, params: list[torch.nn.Parameter]) -> None:
                 )
 
 
-def _real(value: Any, low: float, high: float, high_open: bool = False) -> bool:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return ok and low <= value and (value < high if high_open else value <= high)
+def _nonnegative(value: Any) -> bool:
+    """A finite int or float of at least 0 (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _check_rng(rng: Any) -> None:
@@ -223,10 +208,7 @@ def config_diff(saved, wanted) -> str | None:
 def rng_states(generator: torch.Generator, device: torch.device, world_size: int) -> dict[str, Any]:
     """A checkpoint's ``rng``: ``generator`` (t and noise) and every rank's global RNG (dropout),
     gathered into every rank's copy (a collective call when ``world_size > 1``)."""
-    mine = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
+    mine = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
     return {
         "device_type": device.type,
         "train_generator": generator.get_state(),

@@ -74,12 +74,10 @@ class RunInUseError(RuntimeError):
 @contextlib.contextmanager
 def run_lock(run_dir) -> Iterator[None]:
     """Hold the run folder's lock for the block, or raise :class:`RunInUseError` naming the
-    process that holds it: two trainings in one folder would interleave their checkpoints and
-    metrics.jsonl, and each resume would start from the other's state.
+    process that holds it: two trainings in one folder would interleave their checkpoints and logs.
 
-    The lock is an ``flock`` on ``RUN/.train.lock``, which the OS drops when the holding process
-    ends, however it ends: a crash or a kill leaves no stale lock. Unlocked where the lock cannot
-    be had for other reasons (no fcntl on Windows, a file system without flock, a folder that is
+    An ``flock`` on ``RUN/.train.lock``, which the OS drops however the holder ends (no stale lock).
+    Unlocked where the lock cannot be had (no fcntl, a file system without flock, a folder that is
     not a run's or cannot be made: the checks that follow say what is wrong with it).
     """
     fd = _acquire(Path(run_dir))

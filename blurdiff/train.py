@@ -99,12 +99,9 @@ class TrainingParts(NamedTuple):
 def plan_run(
     options: TrainOptions, rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
 ) -> RunPlan:
-    """The run folder's checks, the checkpoint to resume (:func:`blurdiff.resume.checkpoint_to_resume`:
-    a run with checkpoints is refused unless ``options.resume``) and the options with every unset
-    trajectory option filled (from that checkpoint, else the preset or the defaults), checked.
-
-    A collective call when ``world_size > 1`` (the ranks agree on the checkpoint).
-    """
+    """The run folder's checks, the checkpoint to resume (:func:`blurdiff.resume.checkpoint_to_resume`)
+    and the options with every unset trajectory option filled (from that checkpoint, else the preset
+    or the defaults), checked. A collective call when ``world_size > 1``."""
     preset = get_preset(options.preset)  # unknown preset: a clear error before anything else
     device = torch.device(device) if device is not None else device_for_rank(options.device, rank, world_size)
     checkpoint = checkpoint_to_resume(Path(options.out), options.resume, rank, world_size)
@@ -300,11 +297,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _draw_t_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t and ε of this rank's samples, cut from draws for the whole global batch.
-
-        Rank ``r`` holds samples ``r, r + G, r + 2G, ...`` of the global batch (the loader's
-        sharding), so it keeps ``[r::G]`` of the global draws.
-        """
+        """t and ε of this rank's samples, cut from draws for the whole global batch: rank ``r`` holds
+        samples ``r, r + G, ...`` of it (the loader's sharding), so it keeps ``[r::G]`` of the draws."""
         G = self.world_size
         t = torch.randint(
             1, self.process.num_timesteps + 1, (x0.shape[0] * G,), generator=self.generator, device=self.device
@@ -325,10 +319,8 @@ class Trainer:
 
     def run_step(self, x0: torch.Tensor) -> tuple[float, float]:
         """One optimizer step on the batch ``x0``; returns (loss averaged over ranks, grad norm).
-
-        Raises :class:`NonFiniteLossError` before touching the weights if either is NaN/inf
-        (with fp16, inf gradients are the GradScaler's business, not an error).
-        """
+        :class:`NonFiniteLossError` before touching the weights if either is NaN/inf (with fp16, inf
+        gradients are the GradScaler's business)."""
         self.optimizer.zero_grad(set_to_none=True)
         t, noise = self._draw_t_noise(x0)
         loss = self.process.training_loss(self.train_eps, x0, t=t, noise=noise)
@@ -528,9 +520,8 @@ class Trainer:
 
 
 def _check_batch_fits(options: TrainOptions, device: torch.device) -> None:
-    """A batch whose images and the network's first feature maps alone exceed the device's memory
-    is refused (:func:`blurdiff.devices.check_batch_fits`) from the options of a new run, before
-    its folder is made. Unknown names are left to the checks that follow."""
+    """Refuse a new run's batch whose images and first feature maps alone exceed the device's memory
+    (:func:`blurdiff.devices.check_batch_fits`); unknown names are left to the checks that follow."""
     preset = get_preset(options.preset)
     if preset.unet not in UNET_PRESETS:
         return
@@ -548,10 +539,8 @@ def _check_batch_fits(options: TrainOptions, device: torch.device) -> None:
 
 
 def train(options: TrainOptions) -> Trainer:
-    """Run a whole training (under torchrun: one rank of it) and return the trainer.
-
-    Reads RANK/WORLD_SIZE/LOCAL_RANK and starts the process group when ``WORLD_SIZE > 1``.
-    """
+    """Run a whole training (under torchrun: one rank of it, the process group started from
+    RANK/WORLD_SIZE/LOCAL_RANK) and return the trainer."""
     # What can be checked without the run folder, before anything is written there (the lock
     # file, config.json): the device, and the options given (unset ones are the preset's here;
     # on --resume the run's are checked again once its checkpoint is read).

@@ -34,9 +34,9 @@ _TRAJECTORY_DEFAULTS: dict[str, Any] = {
 class TrainOptions:
     """What ``blurdiff train`` takes; the Python API takes the same (and the two override dicts).
 
-    ``batch_size`` is per process. ``process_overrides``/``unet_overrides`` change
-    ``BlurDiffusion``/``UNetConfig`` fields of the preset (e.g. ``{"num_timesteps": 50}``) for experiments
-    and tests; ``resolution`` sets both the process resolution and the UNet's ``image_size``.
+    ``batch_size`` is per process. ``process_overrides``/``unet_overrides`` change fields of the
+    preset's process and UNet (e.g. ``{"num_timesteps": 50}``); ``resolution`` sets both the process
+    resolution and the UNet's ``image_size``.
     """
 
     data: str

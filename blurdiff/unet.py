@@ -1,10 +1,8 @@
 """The ADM UNet (Dhariwal & Nichol, 2021) that predicts the noise ``eps`` in blur diffusion.
 
-The network follows ``UNetModel`` of openai/guided-diffusion, restricted to what the paper
-(Lee et al., 2022, Appendix B) uses: 2-D images, no class conditioning, a timestep embedding
-added inside every residual block.  Module names mirror guided-diffusion's (``input_blocks``,
-``middle_block``, ``output_blocks``, ``out``, ``in_layers``, ``qkv``, ...), so the state-dict
-layout of a guided-diffusion model with the same settings has the same keys and shapes.
+``UNetModel`` of openai/guided-diffusion, restricted to what the paper uses (2-D images, no
+class conditioning), with its module names, so a guided-diffusion model with the same settings has
+the same state-dict keys and shapes.
 
 Shape of the network, top to bottom::
 
@@ -63,11 +61,9 @@ class UNetConfig:
     """Everything needed to rebuild a UNet; ``dataclasses.asdict`` of it goes in checkpoints.
 
     ``attention_ds`` lists *downsample rates* (1 = full resolution, 2 = half, ...), not pixel
-    sizes, so the same config works for any input size.  guided-diffusion's
-    ``attention_resolutions="16,8"`` at ``image_size=64`` is ``attention_ds=(4, 8)``.
-
-    ``image_size`` is the resolution the preset is meant for (trainers and samplers read it);
-    the network itself accepts any ``H, W`` divisible by ``2 ** (len(channel_mult) - 1)``.
+    sizes: guided-diffusion's ``attention_resolutions="16,8"`` at 64x64 is ``attention_ds=(4, 8)``.
+    ``image_size`` is the resolution the preset is meant for (trainers and samplers read it); the
+    network accepts any ``H, W`` divisible by ``size_multiple``.
     """
 
     image_size: int = 64

@@ -1,10 +1,9 @@
 """Argument checks of the ops, written once: the reference ops, the compiled-op wrappers and the
 compiled ops' fake kernels (``traced``: under torch.compile, on fake tensors) all run these.
 
-Both backends must reject exactly the same inputs with the same messages. A public call is
-checked once: the wrappers check before the compiled op, and leave the checks to the reference
-on the fallback path. The C++ ops repeat the cheap structural checks (they can be called
-directly through ``torch.ops``), but the messages users normally see are these.
+Both backends reject the same inputs with the same messages, and a public call is checked once
+(by the wrapper before the compiled op, by the reference on the fallback path). The C++ ops repeat
+the cheap structural checks for direct ``torch.ops`` calls; the messages users see are these.
 
 Tables (``coefs``, ``U_h``, ``U_w``, ``noise_coef``) must not require grad while grad mode is
 on: the ops are not differentiable with respect to them, and a gradient that silently stops
@@ -22,11 +21,8 @@ _DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def table_dtype_for(data_dtype: torch.dtype) -> torch.dtype:
     """The dtype of ``U_h``, ``U_w``, ``coefs`` and ``noise_coef`` for data of ``data_dtype``, which
-    is also the dtype the ops compute in (public as ``blurdiff_ops.table_dtype_for``).
-
-    Tables are kept in the accumulation dtype (float32, or float64 for float64 data): half
-    precision eigenvectors would cost more accuracy than the half precision data itself.
-    """
+    the ops compute in: float32, or float64 for float64 data (half precision eigenvectors would
+    cost more accuracy than the half precision data itself)."""
     return torch.float64 if data_dtype == torch.float64 else torch.float32
 
 
@@ -100,13 +96,9 @@ def check_lincomb(
     check_t_range: bool = True,
     traced: bool = False,
 ) -> None:
-    """Checks for ``spectral_lincomb`` (docs/design.md §2).
-
-    ``check_t_range`` reads ``t`` back to the host; callers that built ``t`` themselves (the
-    diffusion object, inside a sampling loop) may skip that synchronisation. A ``t`` on the meta
-    device has no values, so its range is never checked. ``traced``: as in
-    :func:`check_transform`.
-    """
+    """Checks for ``spectral_lincomb`` (docs/design.md §2). ``check_t_range`` reads ``t`` back to
+    the host (never for a ``t`` on the meta device); callers that built ``t`` themselves may skip
+    that synchronisation. ``traced``: as in :func:`check_transform`."""
     op = "spectral_lincomb"
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (list, tuple)):
         _fail(op, f"inputs must be a list of [B, C, H, W] tensors, got {type(inputs).__name__}")
@@ -195,7 +187,4 @@ def check_generator(generator: torch.Generator | None, device: torch.device) -> 
     if not isinstance(generator, torch.Generator):
         _fail("spectral_lincomb", f"generator must be a torch.Generator, got {type(generator).__name__}")
     if generator.device.type != device.type:
-        _fail(
-            "spectral_lincomb",
-            f"generator is for {generator.device.type} but the inputs are on {device.type}",
-        )
+        _fail("spectral_lincomb", f"generator is for {generator.device.type} but the inputs are on {device.type}")

@@ -25,17 +25,13 @@ def _from_spectral(x_bar: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) ->
 
 
 def to_spectral(x: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
-    """``U_h^T · x · U_w`` over the last two dims.
-
-    Accepts and rejects the same arguments as ``blurdiff_ops.to_spectral``: ``U_h`` and ``U_w``
-    are constants, so a ValueError while grad mode is on if they require grad.
-    """
+    """``U_h^T · x · U_w`` over the last two dims; arguments as ``blurdiff_ops.to_spectral``'s."""
     check_transform("to_spectral", x, U_h, U_w)
     return _to_spectral(x.to(table_dtype_for(x.dtype)), U_h, U_w).to(x.dtype)
 
 
 def from_spectral(x_bar: torch.Tensor, U_h: torch.Tensor, U_w: torch.Tensor) -> torch.Tensor:
-    """``U_h · x̄ · U_w^T`` over the last two dims; arguments as ``to_spectral``."""
+    """``U_h · x̄ · U_w^T`` over the last two dims; arguments as ``blurdiff_ops.from_spectral``'s."""
     check_transform("from_spectral", x_bar, U_h, U_w)
     return _from_spectral(x_bar.to(table_dtype_for(x_bar.dtype)), U_h, U_w).to(x_bar.dtype)
 
@@ -53,11 +49,8 @@ def spectral_lincomb(
     """``from_spectral(Σ_k coefs[k, t] ⊙ to_spectral(inputs[k]) + noise_coef[t] ⊙ z̄)``.
 
     ``z̄`` is ``to_spectral(noise)`` when ``noise`` is given, else standard normals drawn in the
-    spectral domain from ``generator`` (the same law, since the basis is orthogonal).
-
-    Accepts and rejects the same arguments as ``blurdiff_ops.spectral_lincomb``: ``coefs``,
-    ``U_h``, ``U_w`` and ``noise_coef`` are constants, so a ValueError while grad mode is on if
-    one requires grad.
+    spectral domain from ``generator`` (the same law, since the basis is orthogonal). Arguments as
+    ``blurdiff_ops.spectral_lincomb``'s.
     """
     check_lincomb(inputs, coefs, t, U_h, U_w, noise_coef, noise)
     check_generator(generator, inputs[0].device)

@@ -19,11 +19,9 @@ HELP = "train a blur-diffusion model"
 DESCRIPTION = blurdiff.train.__doc__
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    presets = ", ".join(sorted(PRESETS))
-    p = parser
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="LSUN-format lmdb (folder with data.mdb) or a folder of images")
-    p.add_argument("--preset", required=True, help=f"experiment preset: {presets}")
+    p.add_argument("--preset", required=True, help=f"experiment preset: {', '.join(sorted(PRESETS))}")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, samples, config.json)")
     p.add_argument("--max-steps", type=int, required=True, help="train until this many optimizer steps in all")
     p.add_argument(
