@@ -142,3 +142,20 @@ def test_project_imports_at_the_top():
 def test_the_allow_list_is_current():
     _, inner = _graph()
     assert set(ALLOWED_INSIDE_FUNCTIONS) <= {(m, t) for m, t, _ in inner}, "remove the entries no longer needed"
+
+
+def _imported_test_modules(source: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return {name for name in names if name.startswith("test_")}
+
+
+def test_no_test_module_imports_another():
+    tests = ROOT / "tests"
+    found = {p.name: _imported_test_modules(p.read_text()) for p in sorted(tests.glob("test_*.py"))}
+    assert {name: mods for name, mods in found.items() if mods} == {}, "share it through conftest.py or helpers.py"
+    assert _imported_test_modules("import test_a\nfrom test_b.x import y\nfrom helpers import z") == {"test_a", "test_b"}
