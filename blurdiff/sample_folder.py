@@ -43,8 +43,8 @@ deviation 3× the data's) a warning names the checkpoint and the sampler.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -86,7 +86,7 @@ def batch_seed(seed: int, first: int, batch_size: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Source:
+class SampleSource:
     """The weights being sampled and what ``DIR/sample.json`` records of them."""
 
     path: Path  # the checkpoint file, or the export folder
@@ -106,7 +106,7 @@ def _check_preset(path, trained: str | None, preset: str | None) -> None:
             raise ValueError(f"{path} was trained with preset {trained!r}, not --preset {preset!r}")
 
 
-def _load(run, ckpt, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> _Source:
+def _load(run, ckpt, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> SampleSource:
     """The checkpoint's weights and process, with clear errors for every wrong input."""
     ema = True if ema is None else ema
     path = resolve_checkpoint(run, ckpt)
@@ -118,17 +118,14 @@ def _load(run, ckpt, preset: str | None, ema: bool | None, backend: str, device:
     which = "ema" if ema else "model"
     if not isinstance(state.get(which), dict) or not state[which]:
         raise ValueError(f"{path} holds no {which} weights" + (" (try --no-ema)" if ema else ""))
-    try:
-        process, model = build_from_checkpoint(
-            state, use_ema=ema, device=device, backend=backend, source=path
-        )  # NaN or inf weights: a ValueError naming the file
-        process.ops(device)  # backend='fused' without kernels fails here, not mid-run
+    try:  # NaN or inf weights: a ValueError naming the file
+        process, model = build_from_checkpoint(state, use_ema=ema, device=device, backend=backend, source=path)
     except (RuntimeError, TypeError, KeyError) as e:
         raise ValueError(f"{path}: cannot build the model it describes: {e}") from e
-    return _Source(path, int(state["step"]), file_sha256(path), config.get("preset"), ema, False, process, model)
+    return SampleSource(path, int(state["step"]), file_sha256(path), config.get("preset"), ema, False, process, model)
 
 
-def _load_export(folder, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> _Source:
+def _load_export(folder, preset: str | None, ema: bool | None, backend: str, device: torch.device) -> SampleSource:
     """An export's weights and process (blurdiff.export), recorded in ``sample.json`` as its
     source checkpoint's: the same weights, the same images."""
     info = export_info(folder)
@@ -142,13 +139,22 @@ def _load_export(folder, preset: str | None, ema: bool | None, backend: str, dev
             + " or export the other weights"
         )
     process, model = load_export(path, device=device, backend=backend)
-    try:
-        process.ops(device)  # backend='fused' without kernels fails here, not mid-run
-    except RuntimeError as e:
-        raise ValueError(f"{path}: cannot build the model it describes: {e}") from e
-    return _Source(
+    return SampleSource(
         path, info["checkpoint_step"], info["checkpoint_sha256"], info["preset"], info["ema"], True, process, model
     )
+
+
+def load_source(run, ckpt, export, preset: str | None, ema: bool | None, backend: str, device) -> SampleSource:
+    """Where the network comes from: the export ``export``, else the checkpoint ``run``/``ckpt`` name."""
+    if export is not None:
+        source = _load_export(export, preset, ema, backend, device)
+    else:
+        source = _load(run, ckpt, preset, ema, backend, device)
+    try:
+        source.process.ops(device)  # backend='fused' without kernels fails here, not mid-run
+    except RuntimeError as e:
+        raise ValueError(f"{source.path}: cannot build the model it describes: {e}") from e
+    return source
 
 
 def _from_settings(section: dict, name: str, given):
@@ -161,13 +167,9 @@ def _from_settings(section: dict, name: str, given):
     return section[name]
 
 
-def _resolved_backend(process, device: torch.device) -> str:
-    return "reference" if process.ops(device) is blurdiff_ops.reference else "fused"
-
-
 def _check_settings(out: Path, settings: dict) -> bool:
     """Check that ``DIR/sample.json`` agrees with ``settings``; True when the folder has no binding
-    ledger yet, and the caller writes one (:func:`_write_settings`) once its first batch is made.
+    ledger yet, and the caller writes one once its first batch is made.
 
     A ledger binds only while the folder holds an image: one left by a run that made none (it failed
     on its first batch, or was killed before) records nothing and is replaced, with the statistics
@@ -193,13 +195,8 @@ def _check_settings(out: Path, settings: dict) -> bool:
         )
     if path.is_file():  # a ledger of no images: its statistics describe no image either
         for name in (RAW_STATS_FILE, STATS_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
+            (out / name).unlink(missing_ok=True)
     return True
-
-
-def _write_settings(out: Path, settings: dict) -> None:
-    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 class _Trajectory:
@@ -211,8 +208,7 @@ class _Trajectory:
         n = max(1, min(frames - 1, len(steps)))
         picks = sorted({round(k * (len(steps) - 1) / max(n - 1, 1)) for k in range(n)})
         self.at = {steps[k] for k in picks}
-        self.x: list[torch.Tensor] = []
-        self.x0: list[torch.Tensor] = []
+        self.x, self.x0 = [], []  # x_s and x̂_0 of the rows at each step in ``at``
 
     def __call__(self, step: int, x: torch.Tensor, eps: torch.Tensor) -> None:
         if step in self.at:
@@ -289,41 +285,123 @@ class _RawStats:
     def total(self, batches) -> tuple[SampleStats, int]:
         """The merged statistics of ``batches`` and how many of them have none (made by a version
         that did not record them)."""
-        merged, unknown = SampleStats(), 0
-        for b in batches:
-            if b in self.batches:
-                merged = merged.merge(self.batches[b])
-            else:
-                unknown += 1
-        return merged, unknown
+        known = [self.batches[b] for b in batches if b in self.batches]
+        return functools.reduce(SampleStats.merge, known, SampleStats()), len(batches) - len(known)
 
 
-def _summarize_raw_stats(raw: _RawStats, batches, out: Path, ckpt: Path, integrator, data_std: float | None):
-    """The raw statistics of the folder's batches (None when none are recorded), how many batches
-    have none, and why they look diverged; written to ``DIR/stats.json`` (read by ``blurdiff eval``)."""
-    stats, unknown = raw.total(batches)
-    if not stats.count:
-        return None, unknown, []
-    reasons = divergence_reasons(stats, data_std)
-    write_text_atomic(
-        out / STATS_FILE,
-        json.dumps(
-            {
-                "checkpoint": str(ckpt),
-                "sampler": integrator.name,
-                "steps": integrator.K,
-                "batches_unknown": unknown,
-                "raw": stats.to_dict(),
-                "summary": stats.summary(),
-                "data_std": data_std,
-                "diverged": bool(reasons),
-                "reasons": reasons,
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-    return stats, unknown, reasons
+class SampleLedger:
+    """The resumable ledger of the folder ``out`` of images ``0 … n-1`` (the module docstring):
+    ``sample.json`` checked on opening, the complete images, each batch's seed and raw statistics."""
+
+    def __init__(self, out, n: int, source: SampleSource, integrator, seed: int, batch_size: int, device):
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.n, self.seed, self.batch_size, self.device = out, n, seed, batch_size, device
+        self.settings = {
+            "format": _FORMAT,
+            # An export records its source checkpoint: its images are that checkpoint's, and a
+            # folder begun from one is continued from the other.
+            "checkpoint_sha256": source.sha256,
+            "checkpoint_step": source.step,
+            "preset": source.preset,
+            "ema": source.ema,
+            "sampler": integrator.name,
+            "steps": integrator.K,
+            "spacing": integrator.spacing,
+            "seed": seed,
+            "batch_size": batch_size,
+            "backend": "reference" if source.process.ops(device) is blurdiff_ops.reference else "fused",
+            "device": device.type,
+            "resolution": list(source.process.resolution),
+        }
+        # Written once the first batch is made, just before its images: a run that made none (a
+        # device or a batch that fails) leaves no ledger to bind the folder.
+        self.pending = _check_settings(out, self.settings)
+        remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
+        remove_stale(out, "*.npz")
+        self.complete = _complete_images(out, n)  # one listing of the folder, not n look-ups
+        self.raw = _RawStats(out / RAW_STATS_FILE)
+        self.num_batches = -(-n // batch_size)
+
+    def todo(self) -> list[int]:
+        """The batches that miss an image."""
+        B = self.batch_size
+        per_batch = collections.Counter(i // B for i in self.complete)
+        full = {b for b, k in per_batch.items() if k == min(B, self.n - b * B)}
+        return [b for b in range(self.num_batches) if b not in full]
+
+    def save(self, b: int, x: torch.Tensor) -> int:
+        """Record batch ``b`` (``x``: all ``batch_size`` images); returns how many PNGs it wrote."""
+        if self.pending:
+            write_text_atomic(self.out / SETTINGS_FILE, json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+            self.pending = False
+        self.raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics
+        first = b * self.batch_size
+        to_write = [i for i in range(first, min(first + self.batch_size, self.n)) if i not in self.complete]
+        for i in to_write:
+            save_png(x[i - first], self.out / image_name(i))
+        self.complete.update(to_write)
+        return len(to_write)
+
+    def summarize(self, ckpt: Path, integrator, data_std: float | None):
+        """The raw statistics of the folder's batches (None when none are recorded), how many batches
+        have none, and why they look diverged; written to ``DIR/stats.json`` (read by ``blurdiff eval``)."""
+        stats, unknown = self.raw.total(range(self.num_batches))
+        if not stats.count:
+            return None, unknown, []
+        reasons = divergence_reasons(stats, data_std)
+        summary = {
+            "checkpoint": str(ckpt),
+            "sampler": integrator.name,
+            "steps": integrator.K,
+            "batches_unknown": unknown,
+            "raw": stats.to_dict(),
+            "summary": stats.summary(),
+            "data_std": data_std,
+            "diverged": bool(reasons),
+            "reasons": reasons,
+        }
+        write_text_atomic(self.out / STATS_FILE, json.dumps(summary, indent=2) + "\n")
+        return stats, unknown, reasons
+
+
+def sample_into(ledger: SampleLedger, integrator, model, *, trajectory=None, quiet=False, on_batch=None):
+    """The loop: every batch of ``ledger`` that misses an image, sampled by ``integrator`` and saved,
+    then ``on_batch(b, images written)``. ``trajectory`` (rows, frames): batch 0's figures too,
+    sampling it again if complete (the same images). Returns the number of images written and the
+    trajectory figures' paths (None without ``trajectory``)."""
+    todo = ledger.todo()
+    rows, frames = trajectory or (0, 0)
+    if rows and 0 not in todo:  # batch 0 again (the same images), only for its trajectory
+        todo.insert(0, 0)
+    shape = (ledger.batch_size, model.config.in_channels, *integrator.process.resolution)
+    written, trajectory_paths = 0, None
+    with Progress(ledger.n - len(ledger.complete), "sampling", unit="img", enabled=not quiet) as bar:
+        for n_batch, b in enumerate(todo):
+            record = _Trajectory(integrator, min(rows, ledger.batch_size), frames) if rows and b == 0 else None
+
+            def callback(step, x, eps, record=record, n_batch=n_batch):
+                if record is not None:
+                    record(step, x, eps)
+                bar.update(
+                    0,
+                    batch=f"{n_batch + 1}/{len(todo)}",
+                    step=f"{integrator.K - integrator.position(step) + 1}/{integrator.K}",
+                )
+
+            gen = torch.Generator(device=ledger.device)
+            gen.manual_seed(batch_seed(ledger.seed, b * ledger.batch_size, ledger.batch_size))
+            x = integrator.sample(model, shape, generator=gen, device=ledger.device, callback=callback, guard=False)
+            k = ledger.save(b, x)
+            if record is not None:
+                trajectory_paths = record.save(ledger.out / FIGURES, x)
+            written += k
+            bar.update(k)
+            if on_batch is not None:
+                on_batch(b, k)
+    return written, trajectory_paths
 
 
 # ------------------------------------------------------------------------------------- sampling
@@ -418,77 +496,35 @@ def sample_to_folder(
         for name, given in (("steps", steps), ("name", sampler), ("spacing", spacing))
     )
     device = resolve_device(device)
-    if export is not None:
-        source = _load_export(export, preset, ema, backend, device)
-    else:
-        source = _load(run, ckpt, preset, ema, backend, device)
-    path, process, model, ema = source.path, source.process, source.model, source.ema
+    source = load_source(run, ckpt, export, preset, ema, backend, device)
+    path, process, model = source.path, source.process, source.model
     check_against_run(
         settings, {"process": process.config.to_dict(), "unet": dataclasses.asdict(model.config)}, str(path)
     )
     with warnings.catch_warnings(record=True) as caught:  # advice for the caller, not a Python warning
         warnings.simplefilter("always")
         integrator = make_sampler(process, steps, sampler, spacing)
-    B = batch_size
-    shape = (B, model.config.in_channels, *process.resolution)
 
     # At least the batch's images and the network's first feature maps are held at once: a batch
     # size that cannot fit is refused before the folder is touched.
-    check_batch_fits(device, B, (model.config.in_channels + model.config.model_channels) * shape[-2] * shape[-1])
+    H, W = process.resolution
+    check_batch_fits(device, batch_size, (model.config.in_channels + model.config.model_channels) * H * W)
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    ledger = {
-        "format": _FORMAT,
-        # An export records its source checkpoint: its images are that checkpoint's, and a
-        # folder begun from one is continued from the other.
-        "checkpoint_sha256": source.sha256,
-        "checkpoint_step": source.step,
-        "preset": source.preset,
-        "ema": ema,
-        "sampler": integrator.name,
-        "steps": integrator.K,
-        "spacing": integrator.spacing,
-        "seed": seed,
-        "batch_size": B,
-        "backend": _resolved_backend(process, device),
-        "device": device.type,
-        "resolution": list(process.resolution),
-    }
-    # Written once the first batch is made, just before its images: a run that made none (a device
-    # or a batch that fails) leaves no ledger to bind the folder.
-    ledger_pending = _check_settings(out, ledger)
-    remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
-    remove_stale(out, "*.npz")
-
-    num_batches = -(-n // B)
-    # One listing of the folder, not n look-ups: --n 1000000000 starts at once.
-    complete = _complete_images(out, n)
-
-    def missing(b: int) -> list[int]:
-        return [i for i in range(b * B, min((b + 1) * B, n)) if i not in complete]
-
-    per_batch = collections.Counter(i // B for i in complete)
-    full = {b for b, k in per_batch.items() if k == min(B, n - b * B)}  # batches with every image
-    redo_first = bool(trajectory) and 0 in full  # batch 0 again (the same images), only for its trajectory
-    todo = (b for b in range(num_batches) if b not in full or (b == 0 and redo_first))
-    todo_count = num_batches - len(full) + redo_first
-    total = n - len(complete)
+    ledger = SampleLedger(out, n, source, integrator, seed, batch_size, device)
+    out = ledger.out
     plan = SamplingPlan(
         checkpoint=path,
         checkpoint_step=source.step,
-        ema=ema,
+        ema=source.ema,
         sampler=integrator.name,
         steps=integrator.K,
         num_timesteps=process.num_timesteps,
         spacing=integrator.spacing,
-        batch_size=B,
+        batch_size=batch_size,
         device=device,
         n=n,
-        present=len(complete),
-        to_make=total,
+        present=len(ledger.complete),
+        to_make=n - len(ledger.complete),
         advice=tuple(str(w.message) for w in caught),
         export=source.export,
     )
@@ -496,44 +532,11 @@ def sample_to_folder(
         on_plan(plan)
 
     t0 = time.perf_counter()
-    written = 0
-    trajectory_paths = None
-    raw = _RawStats(out / RAW_STATS_FILE)
-    with Progress(total, "sampling", unit="img", enabled=not quiet) as bar:
-        for n_batch, b in enumerate(todo):
-            first = b * B
-            gen = torch.Generator(device=device)
-            gen.manual_seed(batch_seed(seed, first, B))
-            record = (
-                _Trajectory(integrator, min(trajectory_samples, B), trajectory_frames)
-                if trajectory and b == 0
-                else None
-            )
-
-            def callback(step, x, eps, record=record, n_batch=n_batch):
-                if record is not None:
-                    record(step, x, eps)
-                bar.update(
-                    0,
-                    batch=f"{n_batch + 1}/{todo_count}",
-                    step=f"{integrator.K - integrator.position(step) + 1}/{integrator.K}",
-                )
-
-            x = integrator.sample(model, shape, generator=gen, device=device, callback=callback, guard=False)
-            if ledger_pending:
-                _write_settings(out, ledger)
-                ledger_pending = False
-            raw.record(b, SampleStats.of(x))  # before the PNGs: a batch with images has its statistics
-            to_write = missing(b)
-            for i in to_write:
-                save_png(x[i - first], out / image_name(i))
-            if record is not None:
-                trajectory_paths = record.save(out / FIGURES, x)
-            written += len(to_write)
-            bar.update(len(to_write))
+    rows_frames = (trajectory_samples, trajectory_frames) if trajectory else None
+    written, trajectory_paths = sample_into(ledger, integrator, model, trajectory=rows_frames, quiet=quiet)
     seconds = time.perf_counter() - t0
     data_std = process.data_stats.std if process.data_stats is not None else None
-    stats, unknown, reasons = _summarize_raw_stats(raw, range(num_batches), out, path, integrator, data_std)
+    stats, unknown, reasons = ledger.summarize(path, integrator, data_std)
     grid_path = None
     if grid:
         (out / FIGURES).mkdir(exist_ok=True)

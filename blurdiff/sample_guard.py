@@ -11,7 +11,7 @@ or quality code, so that the samplers, the folder writer and the yardstick all i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -125,16 +125,7 @@ class SampleStats:
         return self.beyond_1_5 / self.values if self.values else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "total": list(self.total),
-            "total_sq": list(self.total_sq),
-            "outside_1": self.outside_1,
-            "beyond_1_5": self.beyond_1_5,
-            "nonfinite": self.nonfinite,
-            "min": self.min,
-            "max": self.max,
-        }
+        return asdict(self)
 
     def summary(self) -> dict[str, Any]:
         """What a reader wants to see (JSON-able; no infinities)."""
