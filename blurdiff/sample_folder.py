@@ -232,7 +232,7 @@ def _upscale(frames: list[torch.Tensor]) -> list[torch.Tensor]:
     return [f.repeat_interleave(s, -2).repeat_interleave(s, -1) for f in frames]
 
 
-def _complete_images(out: Path, n: int) -> set[int]:
+def complete_images(out: Path, n: int) -> set[int]:
     """The indices below ``n`` of the complete PNGs in ``out`` (:func:`image_name`'s names)."""
     found = set()
     for name in os.listdir(out) if out.is_dir() else []:
@@ -321,7 +321,7 @@ class SampleLedger:
         self.pending = _check_settings(out, self.settings)
         remove_stale(out, "*.png")  # leftovers of an interrupted write: never final names
         remove_stale(out, "*.npz")
-        self.complete = _complete_images(out, n)  # one listing of the folder, not n look-ups
+        self.complete = complete_images(out, n)  # one listing of the folder, not n look-ups
         self.raw = _RawStats(out / RAW_STATS_FILE)
         self.num_batches = -(-n // batch_size)
 

@@ -3,9 +3,10 @@
     python scripts/sampler_table.py --run RUN --data HELDOUT [--ckpt FILE] [--kinds ddpm ancestral ddim]
         [--steps 10 25 50 100 250 1000] [--n 256] [--seeds 0 1 2] [--json table.json]
 
-For every (kind, K, seed): samples ``--n`` images in memory (no PNG rounding; EMA weights), times
-them, and scores them against ``2n`` held-out data images (blurdiff.quality.evaluate: the data's
-own noise floor beside every number). Prints a Markdown table, one row per (kind, K) with the
+For every (kind, K, seed): samples ``--n`` images in memory (no PNG rounding; EMA weights; full
+batches of ``--batch-size`` seeded as ``blurdiff sample --seed`` seeds them), times them, and
+scores them against ``2n`` held-out data images (blurdiff.quality.evaluate: the data's own noise
+floor beside every number). Prints a Markdown table, one row per (kind, K) with the
 mean over seeds (± std when several). ``ddpm`` (Eq. 12) is the paper's small-step sampler: it runs
 only with all N steps; every other kind uses its default spacing of the K steps
 (blurdiff.samplers.DEFAULT_SPACING).
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 from blurdiff.atomic import write_text_atomic
-from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.quality import evaluate, load_data_images
+from blurdiff.sample_folder import batch_seed, load_source
 from blurdiff.sample_guard import SampleStats
 from blurdiff.samplers import SAMPLERS, make_sampler
 from blurdiff.statistics import DEFAULT_IMAGES, estimate_data_statistics
@@ -52,17 +53,16 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    path = resolve_checkpoint(args.run, args.ckpt)
-    state = load_checkpoint(path)
-    process, model = build_from_checkpoint(state, source=path)
+    source = load_source(args.run, args.ckpt, None, None, None, "auto", torch.device("cpu"))
+    path, process, model = source.path, source.process, source.model
     if process.data_stats is None and args.train_data:
         process.data_stats = estimate_data_statistics(
             process, load_data_images(args.train_data, process.resolution, DEFAULT_IMAGES, exact=False).split(64)
         )
     data = load_data_images(args.data, process.resolution, 2 * args.n)
-    shape = (3, *process.resolution)
+    shape, B = (3, *process.resolution), args.batch_size
     print(
-        f"{path} (step {state['step']}), {args.n} samples per cell, seeds {args.seeds}, "
+        f"{path} (step {source.step}), {args.n} samples per cell, seeds {args.seeds}, "
         f"{torch.get_num_threads()} threads, against {2 * args.n} images of {args.data}\n"
     )
     rows, floor = [], None
@@ -80,14 +80,13 @@ def main() -> None:
                 continue
             cells = []
             for seed in args.seeds:
-                g = torch.Generator().manual_seed(seed)
                 start, parts, raw = time.perf_counter(), [], SampleStats()
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the guard's warnings: the table says it
                     sampler = make_sampler(process, K, kind)
-                    for first in range(0, args.n, args.batch_size):
-                        b = min(args.batch_size, args.n - first)
-                        x = sampler.sample(model, (b, *shape), generator=g, guard=False)
+                    for first in range(0, args.n, B):  # full batches (the last one's tail dropped)
+                        g = torch.Generator().manual_seed(batch_seed(seed, first, B))
+                        x = sampler.sample(model, (B, *shape), generator=g, guard=False)[: args.n - first]
                         raw = raw.merge(SampleStats.of(x))
                         parts.append(x)
                 seconds = (time.perf_counter() - start) / args.n
@@ -108,7 +107,7 @@ def main() -> None:
             rows.append(row)
             print(_line(row), flush=True)
             if args.json:  # after every cell: an interrupted table resumes
-                table = {"checkpoint": str(path), "step": state["step"], "n": args.n, "seeds": args.seeds}
+                table = {"checkpoint": str(path), "step": source.step, "n": args.n, "seeds": args.seeds}
                 write_text_atomic(args.json, json.dumps(dict(table, floor=floor, rows=rows), indent=2))
     print("\ndata noise floor: " + ", ".join(f"{k} {v:.4g}" for k, v in floor.items()))
 

@@ -26,10 +26,11 @@ Writes, in DIR: ``table.md`` (mean ± std over seeds per setting and sampler: SW
 error, sample std, verdicts, FID), ``results.json`` (every number), ``figure.png`` (sample grids side
 by side per setting and sampler, the radial power spectra of the samples against the held-out
 data's), and the work: ``data/`` (the two lmdbs), ``runs/SETTING-seedS/`` (training runs),
-``results/SETTING-seedS/SAMPLER/`` (samples in chunks, ``score.json``), ``plan.json``.
+``results/SETTING-seedS/SAMPLER/`` (the samples: a folder of ``blurdiff sample``'s PNGs and ledger,
+blurdiff/sample_folder.py; ``score.json``), ``plan.json``.
 
 Resumable: run the same command again after an interruption. Trainings resume from their newest
-checkpoint (``--resume``), sample chunks and scores already made are kept (each is keyed by the
+checkpoint (``--resume``), sample batches and scores already made are kept (each is keyed by the
 checkpoint it comes from), and finished work is not redone. ``--seeds``/``--settings`` may change
 between calls (runs are added); every other option must stay the same (``plan.json``).
 
@@ -55,14 +56,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import shutil
 import sys
 import time
-import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,14 +70,15 @@ import numpy as np
 import torch
 
 from blurdiff.atomic import atomic_path, write_text_atomic
-from blurdiff.checkpoint import build_from_checkpoint, latest_checkpoint, load_newest_readable
+from blurdiff.checkpoint import latest_checkpoint, load_newest_readable
 from blurdiff.diffusion import BlurDiffusion, ProcessConfig
-from blurdiff.images import grid, save_png, upscale_factor
+from blurdiff.images import font, grid, load_images, save_png, upscale_factor
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
 from blurdiff.quality import evaluate, load_data_images
 from blurdiff.run_folder import RunInUseError
-from blurdiff.sample_guard import SampleStats
+from blurdiff.sample_folder import SampleLedger, complete_images, image_name, load_source, sample_into
+from blurdiff.sample_guard import SETTINGS_FILE, SampleStats
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX
 from blurdiff.spectrum import plot_spectra, radial_power_spectrum
@@ -114,7 +114,7 @@ _PLAN_KEYS = (
     "n",
     "sample_batch",
     "fast_steps",
-    "process_steps",
+    "num_timesteps",
     "train_images",
     "heldout_images",
     "data_seed",
@@ -148,7 +148,7 @@ def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __
     p.add_argument("--sample-batch", type=int, default=32, help="images per sampling pass (fixes the noise drawn)")
     p.add_argument("--fast-steps", type=int, default=50, help="steps K of the few-step sampler")
     p.add_argument(
-        "--process-steps",
+        "--num-timesteps",
         type=int,
         default=None,
         help="the process's N (default: the preset's 1000; smaller only for tests)",
@@ -178,9 +178,9 @@ def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __
         p.error("--n must be at least 16 (the yardstick's minimum)")
     if args.heldout_images < 2 * args.n:
         p.error(f"--heldout-images must be at least 2n = {2 * args.n} (a reference set and a noise-floor set)")
-    N = args.process_steps or get_preset(first_preset(args)).process.num_timesteps
+    N = args.num_timesteps or get_preset(first_preset(args)).process.num_timesteps
     if N < 2:
-        p.error("--process-steps must be at least 2")
+        p.error("--num-timesteps must be at least 2")
     if not 1 <= args.fast_steps < N:
         p.error(f"--fast-steps must lie in 1 … {N - 1} (below the process's N = {N})")
     for name in ("steps", "sample_batch", "train_images", "ckpt_every"):
@@ -265,8 +265,8 @@ def process_overrides(preset_name: str, args) -> dict[str, Any]:
     or the paper's unscaled."""
     preset = get_preset(preset_name)
     out: dict[str, Any] = {}
-    if args.process_steps is not None and args.process_steps != preset.process.num_timesteps:
-        out["num_timesteps"] = args.process_steps
+    if args.num_timesteps is not None and args.num_timesteps != preset.process.num_timesteps:
+        out["num_timesteps"] = args.num_timesteps
     if not args.experiment.scale_blur or preset.process.family != "lee":
         return out
     paper = PAPER_F_MAX[preset.process.blur_schedule]
@@ -381,12 +381,8 @@ def work_left(runs: list[Run], args, N: int, data_left: int) -> dict[str, float]
             continue  # diverged in training: nothing to sample
         for sampler in SAMPLERS:
             K = N if sampler == "eq12" else args.fast_steps
-            done = _chunks_done(run, sampler, args)
-            samples += K * sum(
-                min(args.sample_batch, args.n - b * args.sample_batch)
-                for b in range(_num_chunks(args))
-                if b not in done
-            )
+            done = _images_done(run, sampler)
+            samples += K * args.sample_batch * len({i // args.sample_batch for i in range(args.n) if i not in done})
             scores += 0 if _read_json(run.sampler_dir(sampler) / "score.json") else 1
     return {"train_step": steps, "sample_image_step": samples, "score": scores, "data_image": data_left}
 
@@ -448,7 +444,7 @@ def ensure_data(out: Path, args, clock: Clock) -> tuple[Path, Path]:
 
 # ------------------------------------------------------------------------------------------------ training
 def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
-    N = args.process_steps or get_preset(run.preset).process.num_timesteps
+    N = args.num_timesteps or get_preset(run.preset).process.num_timesteps
     options = TrainOptions(
         data=str(train_data),
         preset=run.preset,
@@ -486,26 +482,13 @@ def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def _num_chunks(args) -> int:
-    return -(-args.n // args.sample_batch)
-
-
-def _chunk_file(run: Run, sampler: str, b: int) -> Path:
-    return run.sampler_dir(sampler) / f"chunk-{b:03d}.pt"
-
-
-def _chunks_done(run: Run, sampler: str, args) -> set:
-    meta = _read_json(run.sampler_dir(sampler) / "meta.json")
-    train = run.trained()
-    if not meta or not train or meta.get("checkpoint_step") != train.get("step"):
+def _images_done(run: Run, sampler: str) -> set[int]:
+    """The complete images of the run's sample folder, if they come from its final checkpoint."""
+    folder = run.sampler_dir(sampler)
+    settings, train = _read_json(folder / SETTINGS_FILE), run.trained()
+    if not settings or not train or settings.get("checkpoint_step") != train.get("step"):
         return set()
-    return {b for b in range(_num_chunks(args)) if _chunk_file(run, sampler, b).is_file()}
-
-
-def chunk_seed(seed: int, sampler: str, chunk: int) -> int:
-    """The same noise for every setting of a seed (common random numbers: differences are the models')."""
-    digest = hashlib.sha256(f"table1:{seed}:{sampler}:{chunk}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return complete_images(folder, run.args.n)
 
 
 def load_run(run: Run):
@@ -513,8 +496,7 @@ def load_run(run: Run):
     if found is None:
         raise FileNotFoundError(f"{run.run_dir} has no checkpoint to sample")
     path, state = found
-    process, model = build_from_checkpoint(state, source=path)
-    return path, state, process, model
+    return state, load_source(None, path, None, None, None, "auto", torch.device("cpu"))
 
 
 def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
@@ -527,7 +509,8 @@ def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
     """
     import blurdiff_ops
 
-    path, state, process, model = loaded
+    state, source = loaded
+    process, model = source.process, source.model
     file = run.results / "diagnostics.json"
     key = {"checkpoint_step": int(state["step"]), "checksum": state.get("checksum"), "n": args.n}
     cached = _read_json(file)
@@ -551,54 +534,40 @@ def make_run_sampler(process, sampler: str, args):
     return make_sampler(process) if sampler == "eq12" else make_sampler(process, args.fast_steps)
 
 
-def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report) -> torch.Tensor:
-    """The run's ``n`` samples with one sampler, in chunks cached as they are made."""
-    path, state, process, model = loaded
-    sampler = make_run_sampler(process, sampler_name, args)
+def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report):
+    """The run's ``n`` samples with one sampler (a folder of blurdiff.sample_folder's ledger: batches
+    kept as they are made; the same noise for every setting of a seed), their raw statistics and
+    what they were made with."""
+    state, source = loaded
+    sampler = make_run_sampler(source.process, sampler_name, args)
     folder = run.sampler_dir(sampler_name)
-    meta = {
-        "checkpoint": path.name,
-        "checkpoint_step": int(state["step"]),
-        "checksum": state.get("checksum"),
-        "kind": sampler.name,
-        "K": sampler.K,
-        "spacing": sampler.spacing,
-        "N": process.num_timesteps,
-        "n": args.n,
-        "batch": args.sample_batch,
-        "seed": run.seed,
-    }
-    old = _read_json(folder / "meta.json")
-    if old != meta:
-        if folder.exists():
-            shutil.rmtree(folder)  # samples of another checkpoint or sampler: made again
-        _write_json(folder / "meta.json", meta)
-    H, W = process.resolution
-    parts = []
-    for b in range(_num_chunks(args)):
-        file = _chunk_file(run, sampler_name, b)
-        if not file.is_file():
-            size = min(args.sample_batch, args.n - b * args.sample_batch)
-            g = torch.Generator().manual_seed(chunk_seed(run.seed, sampler_name, b))
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the guard's verdict is in the table
-                x = sampler.sample(model, (size, 3, H, W), generator=g, guard=False, progress=not args.quiet)
-            clock.record("sample_image_step", time.perf_counter() - t0, size * sampler.K)
-            with atomic_path(file, durable=True) as tmp:
-                torch.save({"x": x.float().cpu()}, tmp)
-            report(
-                f"sampled {run.name} {sampler_name} ({sampler.name}, {sampler.K} steps) chunk {b + 1}/"
-                f"{_num_chunks(args)}: {size} images in {hms(time.perf_counter() - t0)}"
-            )
-        parts.append(torch.load(file, weights_only=True)["x"])
-    return torch.cat(parts)
+    cpu = torch.device("cpu")
+    try:
+        ledger = SampleLedger(folder, args.n, source, sampler, run.seed, args.sample_batch, cpu)
+    except ValueError:  # samples of another checkpoint or sampler: made again
+        shutil.rmtree(folder)
+        ledger = SampleLedger(folder, args.n, source, sampler, run.seed, args.sample_batch, cpu)
+    t0 = [time.perf_counter()]
+
+    def on_batch(b: int, written: int) -> None:
+        seconds, t0[0] = time.perf_counter() - t0[0], time.perf_counter()
+        clock.record("sample_image_step", seconds, args.sample_batch * sampler.K)
+        report(
+            f"sampled {run.name} {sampler_name} ({sampler.name}, {sampler.K} steps) batch {b + 1}/"
+            f"{ledger.num_batches}: {written} images in {hms(seconds)}"
+        )
+
+    sample_into(ledger, sampler, source.model, quiet=args.quiet, on_batch=on_batch)
+    images = load_images([folder / image_name(i) for i in range(args.n)], folder).float()
+    raw, _ = ledger.raw.total(range(ledger.num_batches))
+    return images, raw, {**ledger.settings, "n": args.n}
 
 
 def score(
     run: Run,
     sampler_name: str,
     samples: torch.Tensor,
+    raw: SampleStats,
     heldout: torch.Tensor,
     meta: dict[str, Any],
     args,
@@ -613,11 +582,11 @@ def score(
         result = cached
     else:
         t0 = time.perf_counter()
-        report = evaluate(samples, heldout[: 2 * args.n], raw_stats=SampleStats.of(samples), seed=args.eval_seed)
+        report = evaluate(samples, heldout[: 2 * args.n], raw_stats=raw, seed=args.eval_seed)
         clock.record("score", time.perf_counter() - t0, 1)
         result = {"meta": meta, "report": report, "fid": None}
     if fid.available:
-        result["fid"] = fid.of(samples, run.sampler_dir(sampler_name) / "png")
+        result["fid"] = fid.of(run.sampler_dir(sampler_name))
     _write_json(file, result)
     return result
 
@@ -649,19 +618,15 @@ class Fid:
             f"{self.weights}; on so few samples it is biased upwards (not comparable with FID-10K)"
         )
 
-    def of(self, samples: torch.Tensor, folder: Path) -> float | None:
-        """FID of ``samples`` (written as PNGs to ``folder``); None, and FID off from here on with the
-        reason in the note, when the weights turn out unusable."""
+    def of(self, folder: Path) -> float | None:
+        """FID of the PNGs in ``folder``; None, and FID off from here on with the reason in the note,
+        when the weights turn out unusable."""
         from blurdiff.data import export_lmdb_to_folder
         from blurdiff.fid import fid_report
         from blurdiff.inception import InceptionWeightsError
 
         if not self.real.is_dir():
             export_lmdb_to_folder(self.heldout_dir, self.real)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, x in enumerate(samples):
-            if not (folder / f"{i:06d}.png").is_file():
-                save_png(x, folder / f"{i:06d}.png")
         try:
             return float(fid_report(self.real, folder, weights=self.weights, device="cpu", cache_dir=self.cache).fid)
         except (InceptionWeightsError, OSError, ValueError) as e:
@@ -751,7 +716,7 @@ def write_table(
                 verdicts += f" ({len(unhealthy)} flagged unhealthy in training: see runs/*/metrics.jsonl)"
 
             lines.append(
-                f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} ({meta['kind']}, {meta['K']} steps) | "
+                f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} ({meta['sampler']}, {meta['steps']} steps) | "
                 f"{_stats([x['swd_avg']['samples'] for x in m])} | "
                 f"{_stats([x['spectrum_error']['samples'] for x in m])} | "
                 f"{_stats([x['spectrum_error_high']['samples'] for x in m])} | "
@@ -815,15 +780,15 @@ def process_text(process: ProcessConfig) -> str:
 
 
 def wall_clock(out: Path) -> float | None:
-    """Seconds from the plan to the newest sample chunk: the whole experiment, over all its calls.
+    """Seconds from the plan to the newest sample image: the whole experiment, over all its calls.
 
-    Both files are written once (a finished chunk is never redone), so a later call that only
-    scores does not stretch it; pauses between calls count.
+    Both files are written once (a sample is never made again), so a later call that only scores
+    does not stretch it; pauses between calls count.
     """
-    chunks = list((out / "results").glob("*/*/chunk-*.pt"))
-    if not chunks or not (out / PLAN).is_file():
+    images = list((out / "results").glob("*/*/[0-9]*.png"))
+    if not images or not (out / PLAN).is_file():
         return None
-    return max(p.stat().st_mtime for p in chunks) - (out / PLAN).stat().st_mtime
+    return max(p.stat().st_mtime for p in images) - (out / PLAN).stat().st_mtime
 
 
 def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> dict[str, Any]:
@@ -840,22 +805,23 @@ def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid
         report = evaluate(images, heldout[: 2 * args.n], seed=args.eval_seed)
         result = {"meta": meta, "report": report, "fid": None}
     if fid.available:
-        result["fid"] = fid.of(images, out / "results" / "train_reference_png")
+        folder = out / "results" / "train_reference_png"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, x in enumerate(images):
+            if not (folder / image_name(i)).is_file():
+                save_png(x, folder / image_name(i))
+        result["fid"] = fid.of(folder)
     _write_json(file, result)
     return result
 
 
 # ------------------------------------------------------------------------------------------------ figure
 def _label(img, text: str, width: int):
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    try:
-        font = ImageFont.load_default(size=12)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
     canvas = Image.new("RGB", (max(width, img.width), img.height + 20), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 3), text, fill="black", font=font)
+    draw.text((4, 3), text, fill="black", font=font(12))
     canvas.paste(img, (0, 20))
     return canvas
 
@@ -938,7 +904,7 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    N = args.process_steps or get_preset(first_preset(args)).process.num_timesteps
+    N = args.num_timesteps or get_preset(first_preset(args)).process.num_timesteps
     runs = [Run(out, setting, seed, args) for setting in args.settings for seed in args.seeds]
     clock = Clock()
 
@@ -1005,13 +971,12 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
         for sampler in SAMPLERS:
             score_file = run.sampler_dir(sampler) / "score.json"
             cached = _read_json(score_file)
-            fresh = len(_chunks_done(run, sampler, args)) < _num_chunks(args)
+            fresh = len(_images_done(run, sampler)) < args.n
             if loaded is None:
                 loaded = load_run(run)
                 gains[(run.setting, run.seed)] = dc_gain(run, loaded, heldout, args)
-            x = sample_run(run, sampler, loaded, args, clock, progress)
-            meta = _read_json(run.sampler_dir(sampler) / "meta.json")
-            result = score(run, sampler, x, heldout, meta, args, clock, fid)
+            x, raw, meta = sample_run(run, sampler, loaded, args, clock, progress)
+            result = score(run, sampler, x, raw, heldout, meta, args, clock, fid)
             results[(run.setting, run.seed, sampler)] = result
             samples[(run.setting, run.seed, sampler)] = x
             tasks_done[0] += 1

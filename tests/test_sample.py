@@ -7,6 +7,7 @@ Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a t
 import contextlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import blurdiff.sample_folder as sample_mod
 from blurdiff.checkpoint import checkpoint_path, save_checkpoint
 from blurdiff.images import upscale_factor
 
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops (see conftest.one_torch_thread)
 
 
@@ -460,3 +462,39 @@ def test_a_huge_n_plans_from_one_listing_of_the_folder(run, tmp_path, monkeypatc
     # The images already there are kept, and the batch that lacks one is made again.
     report = sample_mod.sample_to_folder(run=run, n=5, out=out, batch_size=2, quiet=True)
     assert report.written == 2 and report.plan.present == 3
+
+
+# scripts/sampler_table.py: every kind at several K, sampled in memory in blurdiff sample's batches
+def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of, monkeypatch, capsys):
+    import blurdiff.samplers as samplers
+
+    spec = importlib.util.spec_from_file_location("sampler_table", ROOT / "scripts" / "sampler_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "table.json"
+    argv = ["--run", run, "--data", toy_lmdb_of(32, RES, seed=1), "--kinds", "ddpm", "ddim", "--steps", 4, STEPS]
+    argv += ["--n", 16, "--seeds", 0, 1, "--batch-size", 8, "--json", out]
+    monkeypatch.setattr(sys, "argv", ["sampler_table.py", *map(str, argv)])
+    script.main()
+    table = json.loads(out.read_text())
+    assert [(r["kind"], r["K"]) for r in table["rows"]] == [("ddpm", STEPS), ("ddim", 4), ("ddim", STEPS)]
+    assert (table["step"], table["n"], table["seeds"]) == (100, 16, [0, 1])
+    assert set(table["floor"]) == {"swd_avg", "spectrum_error", "channel_std_error"}
+    for row in table["rows"]:
+        assert all(len(row[k]) == 2 for k in ("swd_avg", "spectrum_error", "channel_std_error", "std", "verdicts"))
+    printed = capsys.readouterr().out
+    assert "| ddim | 4 |" in printed and "data noise floor: swd_avg" in printed
+    # A cell's samples are blurdiff sample's with that seed and batch size, before the PNG rounding.
+    report = sample_mod.sample_to_folder(
+        run=run, n=16, out=tmp_path / "s", sampler="ddim", steps=4, seed=1, batch_size=8, device="cpu", quiet=True
+    )
+    assert table["rows"][1]["std"][1] == pytest.approx(report.raw.summary()["overall_std"], abs=1e-6)
+
+    # Again: every cell is read back from the JSON, nothing is sampled.
+    def refuse(*a, **k):
+        raise AssertionError("a finished cell sampled again")
+
+    monkeypatch.setattr(samplers.Sampler, "sample", refuse)
+    script.main()
+    assert json.loads(out.read_text()) == table
+    assert "| ddim | 4 |" in capsys.readouterr().out
