@@ -23,7 +23,7 @@ Each part works in ``DIR/toy`` or ``DIR/photos`` (its own ``table.md``, ``figure
 family's forward process on the same held-out image (x_t and its noise-free mean a_t ⊙ x_0 at
 t = 0, N/8, N/4, N/2, 3N/4, N), above each part's sample grids and radial spectra.
 
-Options not listed above (``--n``, ``--fast-steps``, ``--process-steps``, ``--train-images``,
+Options not listed above (``--n``, ``--fast-steps``, ``--num-timesteps``, ``--train-images``,
 ``--heldout-images``, ``--ckpt-every``, ``--threads``, ``--quiet``, ``--no-fid``, ``--settings``, ...)
 go to both parts (``python scripts/table1.py --help``); ``--photos-n`` sets the photos' ``--n``.
 
@@ -106,7 +106,7 @@ def estimate(parts: dict[str, argparse.Namespace]) -> float:
     for part, a in parts.items():
         clock = table1.Clock()
         table1.benchmark(a, clock)
-        N = a.process_steps or get_preset(table1.first_preset(a)).process.num_timesteps
+        N = a.num_timesteps or get_preset(table1.first_preset(a)).process.num_timesteps
         runs = [table1.Run(Path(a.out), s, seed, a) for s in a.settings for seed in a.seeds]
         data_left = sum(
             n

@@ -1,14 +1,14 @@
-"""Every sampler kind at several step counts on one trained run, scored with the quality yardstick.
+"""Every sampler at several step counts on one trained run, scored with the quality yardstick.
 
-    python scripts/sampler_table.py --run RUN --data HELDOUT [--ckpt FILE] [--kinds ddpm ancestral ddim]
+    python scripts/sampler_table.py --run RUN --data HELDOUT [--ckpt FILE] [--samplers ddpm ancestral ddim]
         [--steps 10 25 50 100 250 1000] [--n 256] [--seeds 0 1 2] [--json table.json]
 
-For every (kind, K, seed): samples ``--n`` images in memory (no PNG rounding; EMA weights; full
+For every (sampler, K, seed): samples ``--n`` images in memory (no PNG rounding; EMA weights; full
 batches of ``--batch-size`` seeded as ``blurdiff sample --seed`` seeds them), times them, and
 scores them against ``2n`` held-out data images (blurdiff.quality.evaluate: the data's own noise
-floor beside every number). Prints a Markdown table, one row per (kind, K) with the
+floor beside every number). Prints a Markdown table, one row per (sampler, K) with the
 mean over seeds (± std when several). ``ddpm`` (Eq. 12) is the paper's small-step sampler: it runs
-only with all N steps; every other kind uses its default spacing of the K steps
+only with all N steps; every other sampler uses its default spacing of the K steps
 (blurdiff.samplers.DEFAULT_SPACING).
 """
 
@@ -38,9 +38,9 @@ def main() -> None:
     p.add_argument("--run", required=True, help="run folder (its newest checkpoint unless --ckpt)")
     p.add_argument("--ckpt", default=None, help="checkpoint file")
     p.add_argument("--data", required=True, help="held-out data (lmdb or image folder), at least 2n images")
-    p.add_argument("--kinds", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250, 1000])
-    p.add_argument("--n", type=int, default=256, help="samples per (kind, K, seed)")
+    p.add_argument("--n", type=int, default=256, help="samples per (sampler, K, seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
@@ -74,16 +74,18 @@ def main() -> None:
     print(_HEADER)
     for row in rows:
         print(_line(row))
-    for kind in args.kinds:
+    for name in args.samplers:
         for K in args.steps:
-            if (kind == "ddpm" and K != process.num_timesteps) or any((r["kind"], r["K"]) == (kind, K) for r in rows):
+            if (name == "ddpm" and K != process.num_timesteps) or any(
+                (r["sampler"], r["K"]) == (name, K) for r in rows
+            ):
                 continue
             cells = []
             for seed in args.seeds:
                 start, parts, raw = time.perf_counter(), [], SampleStats()
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the guard's warnings: the table says it
-                    sampler = make_sampler(process, K, kind)
+                    sampler = make_sampler(process, K, name)
                     for first in range(0, args.n, B):  # full batches (the last one's tail dropped)
                         g = torch.Generator().manual_seed(batch_seed(seed, first, B))
                         x = sampler.sample(model, (B, *shape), generator=g, guard=False)[: args.n - first]
@@ -94,7 +96,7 @@ def main() -> None:
                 floor = {k: report["metrics"][k]["floor"] for k in COLUMNS}
                 cells.append((seconds, report))
             row = {
-                "kind": kind,
+                "sampler": name,
                 "K": K,
                 "spacing": sampler.spacing,
                 "seconds_per_image": float(np.mean([c[0] for c in cells])),
@@ -126,7 +128,7 @@ _HEADER = (
 
 def _line(row) -> str:
     return (
-        f"| {row['kind']} | {row['K']} | {_fmt(row['swd_avg'])} | {_fmt(row['spectrum_error'])} | "
+        f"| {row['sampler']} | {row['K']} | {_fmt(row['swd_avg'])} | {_fmt(row['spectrum_error'])} | "
         f"{_fmt(row['channel_std_error'])} | {_fmt(row['std'])} | {_fmt([100 * v for v in row['beyond_1_5']])}% | "
         f"{' '.join(row['verdicts'])} | {row['seconds_per_image']:.3f} |"
     )

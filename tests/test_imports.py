@@ -158,4 +158,7 @@ def test_no_test_module_imports_another():
     tests = ROOT / "tests"
     found = {p.name: _imported_test_modules(p.read_text()) for p in sorted(tests.glob("test_*.py"))}
     assert {name: mods for name, mods in found.items() if mods} == {}, "share it through conftest.py or helpers.py"
-    assert _imported_test_modules("import test_a\nfrom test_b.x import y\nfrom helpers import z") == {"test_a", "test_b"}
+    assert _imported_test_modules("import test_a\nfrom test_b.x import y\nfrom helpers import z") == {
+        "test_a",
+        "test_b",
+    }

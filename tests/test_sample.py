@@ -464,7 +464,7 @@ def test_a_huge_n_plans_from_one_listing_of_the_folder(run, tmp_path, monkeypatc
     assert report.written == 2 and report.plan.present == 3
 
 
-# scripts/sampler_table.py: every kind at several K, sampled in memory in blurdiff sample's batches
+# scripts/sampler_table.py: every sampler at several K, sampled in memory in blurdiff sample's batches
 def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of, monkeypatch, capsys):
     import blurdiff.samplers as samplers
 
@@ -472,12 +472,12 @@ def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of,
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "table.json"
-    argv = ["--run", run, "--data", toy_lmdb_of(32, RES, seed=1), "--kinds", "ddpm", "ddim", "--steps", 4, STEPS]
+    argv = ["--run", run, "--data", toy_lmdb_of(32, RES, seed=1), "--samplers", "ddpm", "ddim", "--steps", 4, STEPS]
     argv += ["--n", 16, "--seeds", 0, 1, "--batch-size", 8, "--json", out]
     monkeypatch.setattr(sys, "argv", ["sampler_table.py", *map(str, argv)])
     script.main()
     table = json.loads(out.read_text())
-    assert [(r["kind"], r["K"]) for r in table["rows"]] == [("ddpm", STEPS), ("ddim", 4), ("ddim", STEPS)]
+    assert [(r["sampler"], r["K"]) for r in table["rows"]] == [("ddpm", STEPS), ("ddim", 4), ("ddim", STEPS)]
     assert (table["step"], table["n"], table["seeds"]) == (100, 16, [0, 1])
     assert set(table["floor"]) == {"swd_avg", "spectrum_error", "channel_std_error"}
     for row in table["rows"]:
