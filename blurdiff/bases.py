@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from blurdiff.families import heat_frequencies
 from blurdiff.schedules import int_arg, real_arg
 
 BASES = ("gaussian", "dct", "identity")
@@ -103,10 +104,7 @@ def make_basis(name: str, H: int, W: int, sigma: float = 0.4, eig_floor: float =
     elif name == "dct":
         # to_spectral(x) = C_h x C_w^T, so U = C^T.
         U_h, U_w = dct_matrix(H).T.contiguous(), dct_matrix(W).T.contiguous()
-        a = torch.arange(H, dtype=torch.float64)[:, None]
-        b = torch.arange(W, dtype=torch.float64)[None, :]
-        D = torch.exp(-(sigma**2) / 2 * ((math.pi * a / H) ** 2 + (math.pi * b / W) ** 2))
-        D = D.clamp(min=eig_floor, max=1.0)
+        D = torch.exp(-(sigma**2) / 2 * heat_frequencies(H, W)).clamp(min=eig_floor, max=1.0)
     elif name == "identity":
         U_h = torch.eye(H, dtype=torch.float64)
         U_w = torch.eye(W, dtype=torch.float64)

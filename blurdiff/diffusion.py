@@ -1,13 +1,9 @@
 """``BlurDiffusion``: the forward process, training loss, the reference score; sampling.
 
-docs/design.md §1. Every operator of the process is diagonal in the basis ``U``, so each one is a
-single ``blurdiff_ops.spectral_lincomb`` over per-frequency tables ``[N+1, H, W]`` indexed by
-the step. The tables are built once in float64 (in log space, so ``Ā_i`` keeps its relative
-precision when it is tiny) and cached per device in the working dtype (:class:`TableCache`).
-
-The process noises (``q_sample``, ``prior_sample``) and scores (``training_loss``,
-``reference_eps``); the samplers of :mod:`blurdiff.samplers` step. ``reverse_step`` and ``sample``
-are the ``ddpm`` sampler's (Eq. 12 on all N steps): one implementation of the step.
+docs/design.md §1: every operator is one ``blurdiff_ops.spectral_lincomb`` over per-frequency tables
+``[N+1, H, W]``, built once in float64 (in log space, so a tiny ``Ā_i`` keeps its relative precision)
+and cached per device (:class:`TableCache`). The samplers (:mod:`blurdiff.samplers`) step:
+``reverse_step`` and ``sample`` are the ``ddpm`` sampler's (design.md §4).
 """
 
 from __future__ import annotations
@@ -153,10 +149,7 @@ class BlurDiffusion:
         self.log_A, self.log_A_bar = log_A, log_A_bar
         self.A, self.A_bar = A, A_bar
         self.one_minus_A, self.one_minus_A_bar = one_minus_A, one_minus_A_bar
-        if family == "lee":
-            q_coefs = torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()])
-        else:
-            q_coefs = torch.stack([log_a.exp(), s])
+        q_coefs = torch.stack([A_bar.sqrt(), one_minus_A_bar.sqrt()] if family == "lee" else [log_a.exp(), s])
 
         # x̂_0 ≈ U (x̄_t - √(1-Ā) ε̄) / √Ā (regularised, X0_REG), for pictures of what the model believes.
         x0_gain = A_bar.sqrt() / (A_bar + X0_REG * one_minus_A_bar)
@@ -258,7 +251,8 @@ class BlurDiffusion:
             )
         return blurdiff_ops
 
-    def _check_t(self, t: torch.Tensor, x: torch.Tensor) -> None:
+    def _check(self, t: torch.Tensor, x: torch.Tensor, x_name: str = "x", **like: torch.Tensor | None) -> None:
+        """``t`` ``[B]`` and ``x`` ``[B, C, H, W]`` fit this process; each of ``like`` is None or has ``x``'s shape."""
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.shape != (x.shape[0],):
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"t must be an int64 tensor of shape [B={x.shape[0]}], got {got}")
@@ -274,12 +268,10 @@ class BlurDiffusion:
             lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 1 or hi > self.num_timesteps:
                 raise ValueError(f"t must lie in 1 … {self.num_timesteps}, got values in [{lo}, {hi}]")
-
-    @staticmethod
-    def _check_like(name: str, value: torch.Tensor | None, ref_name: str, ref: torch.Tensor) -> None:
-        if value is not None and (not isinstance(value, torch.Tensor) or value.shape != ref.shape):
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {got}")
+        for name, value in like.items():
+            if value is not None and (not isinstance(value, torch.Tensor) or value.shape != x.shape):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {got}")
 
     def lincomb(
         self,
@@ -308,8 +300,7 @@ class BlurDiffusion:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``x_t = U √Ā_t U^T x_0 + U √(1-Ā_t) U^T ε`` (Eq. 4); ε drawn when not given."""
-        self._check_t(t, x0)
-        self._check_like("noise", noise, "x0", x0)
+        self._check(t, x0, "x0", noise=noise)
         return self._q_sample(x0, t, noise, generator)
 
     def _q_sample(self, x0, t, noise=None, generator=None):
@@ -330,16 +321,13 @@ class BlurDiffusion:
         """One step ``x_t → x_{t-1}`` of Eq. 12; ``noise`` is pixel-space ``z`` (drawn when not
         given). The ``ddpm`` sampler's step (:meth:`blurdiff.samplers.Sampler.step`), whose
         positions are the steps themselves."""
-        self._check_t(t, x_t)
-        self._check_like("eps_pred", eps_pred, "x_t", x_t)
-        self._check_like("noise", noise, "x_t", x_t)
+        self._check(t, x_t, "x_t", eps_pred=eps_pred, noise=noise)
         return make_sampler(self, None, "ddpm").step(x_t, eps_pred, t, noise, generator)
 
     def predict_x0(self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoised estimate ``x̂_0 = U (x̄_t - √(1-Ā_t) ε̄) / √Ā_t``, regularised (``X0_REG``)
         where the signal-to-noise ratio is tiny, so it stays finite for every schedule."""
-        self._check_t(t, x_t)
-        self._check_like("eps_pred", eps_pred, "x_t", x_t)
+        self._check(t, x_t, "x_t", eps_pred=eps_pred)
         return self.lincomb([x_t, eps_pred], t, self.tables(x_t.device, x_t.dtype)["x0_coefs"])
 
     def prior_sample(
@@ -355,7 +343,7 @@ class BlurDiffusion:
         device = torch.device(device) if device is not None else torch.device("cpu")
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         t = torch.full((shape[0],), self.num_timesteps, dtype=torch.int64, device=device)
-        self._check_t(t, z)
+        self._check(t, z)
         if self.family == "lee":
             return self.lincomb([z], t, self.tables(z.device, z.dtype)["q_coefs"][1:2])
         v = self.prior_reference() if reference_var is None else reference_var
@@ -377,7 +365,7 @@ class BlurDiffusion:
         if t is None:
             t = torch.randint(1, self.num_timesteps + 1, (B,), generator=generator, device=x0.device)
         else:
-            self._check_t(t, x0)
+            self._check(t, x0)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self._q_sample(x0, t, noise)
@@ -416,13 +404,9 @@ MODEL_OUTPUTS = ("eps", "eps_residual")
 
 class ReferenceResidual(torch.nn.Module):
     """``ε_θ(x_t, t) = ε̄_ref(x_t, t) + net(x_t, t)``: the network only learns what the data has
-    beyond a Gaussian of its own spectrum (:meth:`BlurDiffusion.reference_eps`).
-
-    At initialisation (the UNet's last layer is zero) this is the Gaussian-optimal predictor, so
-    every frequency, the mean brightness (DC) included, passes through with the right gain from
-    the first step: photographs, whose DC power is 8x the toy data's, otherwise gave samples of
-    saturated colour until the network had learnt that gain (README, Table 1 in miniature). The
-    wrapped ``net`` keeps its own state dict; this module adds no parameters.
+    beyond a Gaussian of its own spectrum (:meth:`BlurDiffusion.reference_eps`). At initialisation
+    (the UNet's last layer is zero) every frequency, the mean brightness included, has the right gain
+    (why: README, Table 1 in miniature). ``net`` keeps its own state dict; this adds no parameters.
     """
 
     def __init__(self, net: torch.nn.Module, process: BlurDiffusion):

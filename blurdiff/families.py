@@ -1,16 +1,9 @@
 """The coarse-to-fine process families beside the paper's: their per-frequency tables, float64.
 
-Every family is ``x̄_t = a_t ⊙ x̄_0 + s_t ⊙ ε̄`` per frequency of a basis, for steps ``t = 0 … N``
-with ``a_0 = 1``, ``s_0 = 0`` (step 0 is the data). docs/design.md §1 gives the formulas and
-where they come from. ``lee`` (the paper's, ``a = √Ā``, ``s = √(1-Ā)``) is built by
-:class:`blurdiff.diffusion.BlurDiffusion` from its schedules; the two here run in the DCT basis:
-
-- ``hoogeboom`` (Hoogeboom & Salimans 2022, *Blurring Diffusion Models*): a blur that dissipates
-  heat for ``τ_t = σ_B(t)²/2`` on top of a cosine log-SNR schedule, ``t = i/N``;
-- ``rissanen`` (Rissanen, Heinonen & Solin, ICLR 2023, *Generative Modelling With Inverse Heat
-  Dissipation*): heat dissipation on a log-spaced blur schedule with a small constant noise.
-
-The signal scale is returned as its logarithm: ``rissanen``'s ``a`` underflows float64
+Every family is ``x̄_t = a_t ⊙ x̄_0 + s_t ⊙ ε̄`` per frequency, ``t = 0 … N``, ``a_0 = 1``, ``s_0 = 0``;
+docs/design.md §1 ("Process families") gives the formulas and their papers. ``lee`` (the paper's) is
+built by :class:`blurdiff.diffusion.BlurDiffusion` from its schedules; ``hoogeboom`` and ``rissanen``
+run in the DCT basis. ``a`` is returned as its logarithm: rissanen's underflows float64
 (``exp(-5685)`` at the finest frequency of a 32×32 image), its log does not.
 """
 
@@ -51,10 +44,8 @@ def check_family_args(family: str, blur_sigma_max, d_min, blur_sigma_min, noise_
 
 
 def hoogeboom_tables(H: int, W: int, N: int, blur_sigma_max: float, d_min: float):
-    """``(log a, s)``, each ``[N+1, H, W]``: ``a_t = α_t [(1 - d_min) exp(-λ τ_t) + d_min]``,
-    ``τ_t = σ_B(t)²/2``, ``σ_B(t) = σ_B,max sin²(π t/2)``, ``s_t = σ_t``, with ``α_t² = sigmoid(γ_t)``,
-    ``σ_t² = sigmoid(-γ_t)`` and the cosine log-SNR ``γ_t = -2 log tan(c t + b)``,
-    ``b = atan(e^-5)``, ``c = atan(e^5) - b`` (γ from 10 to -10), at ``t = i/N``; row 0 the data."""
+    """``(log a, s)``, each ``[N+1, H, W]``, of Hoogeboom & Salimans' process (docs/design.md §1:
+    ``a_t = α_t [(1 - d_min) exp(-λ τ_t) + d_min]``, ``s_t = σ_t``, cosine log-SNR); row 0 the data."""
     N = int_arg("num_timesteps", N, 1)
     t = torch.arange(N + 1, dtype=torch.float64) / N
     b = math.atan(math.exp(-5.0))
@@ -71,9 +62,8 @@ def hoogeboom_tables(H: int, W: int, N: int, blur_sigma_max: float, d_min: float
 
 
 def rissanen_tables(H: int, W: int, N: int, blur_sigma_min: float, blur_sigma_max: float, noise_sigma: float):
-    """``(log a, s)``, each ``[N+1, H, W]``: ``a_k = exp(-λ σ_B,k²/2)`` with
-    ``σ_B,k = exp(linspace(log σ_B,min, log σ_B,max, N))`` for ``k = 1 … N``, ``s_k = σ``; row 0
-    the data (``σ_B,0 = 0``, no noise)."""
+    """``(log a, s)``, each ``[N+1, H, W]``, of Rissanen et al.'s process (docs/design.md §1:
+    ``a_k = exp(-λ σ_B,k²/2)``, log-spaced ``σ_B,k``, ``s_k = σ``); row 0 the data (no blur, no noise)."""
     N = int_arg("num_timesteps", N, 1)
     blur = torch.zeros(N + 1, dtype=torch.float64)
     blur[1:] = torch.exp(torch.linspace(math.log(blur_sigma_min), math.log(blur_sigma_max), N, dtype=torch.float64))

@@ -1,12 +1,8 @@
 """The exact yardstick of sampler error: Gaussian data diagonal in the basis, no network, no Monte Carlo.
 
-If the data is ``x̄_0 ~ N(0, diag(v))`` in the process's basis, the optimal ε-predictor is linear,
-``ε̄* = σ x̄ / s²`` with ``s² = Ā v + 1 - Ā``, and every sampler step is linear in its inputs and
-the fresh noise per frequency. So the distribution a sampler produces is Gaussian, diagonal in
-the basis, with a variance per frequency that :func:`output_variance` computes in float64 from
-the sampler's own tables. :func:`gaussian_distance` compares it with ``v``: the 2-Wasserstein
-distance and the KL divergence, per frequency band and in total. This separates a sampler's
-discretisation error from a network's error (docs/sampling.md §9).
+With data ``x̄_0 ~ N(0, diag(v))`` and the exact (linear) score, a sampler's output is Gaussian and
+diagonal in the basis: :func:`output_variance` computes its variance from the sampler's own tables,
+:func:`gaussian_distance` compares it with ``v`` (docs/sampling.md §9).
 """
 
 from __future__ import annotations
@@ -55,13 +51,9 @@ def exact_score(process, v: torch.Tensor):
 
 def output_variance(sampler, v: torch.Tensor) -> torch.Tensor:
     """The exact variance per frequency of what ``sampler`` produces from Gaussian data of power
-    ``v`` with the exact score (float64 ``[H, W]``).
-
-    A step is ``x̄_j = c_0 x̄_i + c_1 ε̄*_i (+ c_2 ε̄*_prev + c_3 x̄_prev) + τ z̄`` with
-    ``ε̄* = e x̄``: the state (x̄_i, x̄_prev) has a 2×2 covariance per frequency, propagated exactly
-    from the sampler's prior (``N(0, 1 - Ā_N)`` for the paper's process, the data's Gaussian as the
-    sampler's reference implies it for the other families: ``BlurDiffusion.prior_std``).
-    """
+    ``v`` with the exact score (float64 ``[H, W]``). A step is ``x̄_j = c_0 x̄_i + c_1 ε̄*_i
+    (+ c_2 ε̄*_prev + c_3 x̄_prev) + τ z̄`` with ``ε̄* = e x̄``: the 2×2 covariance of (x̄_i, x̄_prev)
+    is propagated exactly from the sampler's prior (``BlurDiffusion.prior_std``)."""
     p = sampler.process
     tab = sampler.tables64
     c, tau = tab["step_coefs"], tab["step_noise"]
@@ -82,13 +74,8 @@ def output_variance(sampler, v: torch.Tensor) -> torch.Tensor:
 
 def _bands(resolution) -> torch.Tensor:
     H, W = resolution
-    r = (
-        torch.sqrt(
-            (torch.arange(H, dtype=torch.float64)[:, None] / H) ** 2
-            + (torch.arange(W, dtype=torch.float64)[None, :] / W) ** 2
-        )
-        / 2**0.5
-    )
+    i, j = torch.arange(H, dtype=torch.float64)[:, None] / H, torch.arange(W, dtype=torch.float64)[None, :] / W
+    r = torch.sqrt(i**2 + j**2) / 2**0.5
     return (r * BANDS).clamp(max=BANDS - 1).long()
 
 
@@ -99,25 +86,14 @@ def gaussian_distance(var: torch.Tensor, v: torch.Tensor) -> dict[str, object]:
     w2_sq = (var.sqrt() - v.sqrt()) ** 2
     ratio = var / v
     kl = 0.5 * (ratio - 1 - torch.log(ratio))
+
+    def summary(m) -> dict[str, float]:
+        values = (w2_sq[m].sum().sqrt(), kl[m].sum(), ratio[m].min(), ratio[m].max())
+        return dict(zip(("w2", "kl", "var_ratio_min", "var_ratio_max"), map(float, values)))
+
     band = _bands(tuple(v.shape))
-    per_band: list[dict[str, float]] = []
-    for b in range(BANDS):
-        m = band == b
-        per_band.append(
-            {
-                "w2": float(w2_sq[m].sum().sqrt()),
-                "kl": float(kl[m].sum()),
-                "var_ratio_min": float(ratio[m].min()),
-                "var_ratio_max": float(ratio[m].max()),
-            }
-        )
-    return {
-        "w2": float(w2_sq.sum().sqrt()),
-        "kl": float(kl.sum()),
-        "bands": per_band,
-        "var_ratio_min": float(ratio.min()),
-        "var_ratio_max": float(ratio.max()),
-    }
+    total = summary(...)  # every frequency; the bands go between the sums and the ratios
+    return {"w2": total.pop("w2"), "kl": total.pop("kl"), "bands": [summary(band == b) for b in range(BANDS)], **total}
 
 
 def evaluate_samplers(

@@ -39,6 +39,11 @@ class ExperimentPreset:
     model_output: str = "eps"
 
 
+#: The training recipe of the ``tiny`` network, on the toy data and on the photographs alike.
+_TINY_TRAIN = dict(
+    unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)), lr=5e-4, ema_decay=0.999, warmup_steps=200
+)
+
 PRESETS: dict[str, ExperimentPreset] = {
     # Table 1: f(N) = 0.14 quartic (the paper's best), 0.6 log, and no blur (DDPM in the basis).
     "lsun64-quartic": ExperimentPreset(
@@ -51,11 +56,7 @@ PRESETS: dict[str, ExperimentPreset] = {
         "toy",
         replace(_LSUN64, resolution=16, blur_schedule="quartic", f_max=(0.15 / 0.4) ** 2),
         "tiny",
-        unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)),
-        lr=5e-4,
-        batch_size=16,
-        ema_decay=0.999,
-        warmup_steps=200,
+        **_TINY_TRAIN,
         lr_schedule="cosine",
     ),
 }
@@ -63,16 +64,8 @@ PRESETS: dict[str, ExperimentPreset] = {
 # Table 1 in miniature (scripts/table1.py) at 32x32 on `blurdiff data photos`: the toy's network and
 # optimiser for all three rows, the `eps_residual` output, the same physical blur as at 64x64 (the
 # kernel kept, f(N) divided by 4). Why: docs/presets.md.
-_PHOTOS32 = replace(_LSUN64, resolution=32, sigma=0.4, eig_floor=0.03)
-_PHOTOS32_TRAIN = dict(
-    unet_overrides=dict(model_channels=64, channel_mult=(1, 1, 2)),
-    lr=5e-4,
-    batch_size=16,
-    ema_decay=0.999,
-    warmup_steps=200,
-    grad_clip=1.0,
-    model_output="eps_residual",
-)
+_PHOTOS32 = replace(_LSUN64, resolution=32)
+_PHOTOS32_TRAIN = dict(_TINY_TRAIN, model_output="eps_residual")
 PRESETS.update(
     {
         f"photos32-{row}": ExperimentPreset(

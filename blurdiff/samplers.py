@@ -1,28 +1,9 @@
 """Sampling on all N steps or a strided subset: Eq. 12 (``ddpm``) and two exponential integrators.
 
-docs/sampling.md derives everything here; docs/design.md §1 fixes the notation. In short: keep the
-steps ``N = s_K > … > s_1 ≥ 1`` and put ``s_0 = 0`` (the data). Between kept steps ``i = s_k``
-and ``j = s_{k-1}`` the forward process is again diagonal in the basis,
-
-    x̄_i = √a ⊙ x̄_j + √(1 - a) ⊙ ε̄,        a = Ā_i / Ā_j   (per frequency),
-
-and every reverse step is, per frequency,
-
-    x̄_j = c_x[k] ⊙ x̄_i + c_ε[k] ⊙ ε̄_θ(x_i, i) + σ[k] ⊙ z̄
-
-with tables indexed by the *position* ``k`` in the strided sequence (row 0 unused):
-
-- ``ddpm``: the paper's Eq. 12, ``c_x = 2 - √A_i``, ``c_ε = -(1 - A_i)/√(1 - Ā_i)``, ``σ² = 1 - A_i``
-  (0 at the last step); a small-step formula, so only with all N steps. The one implementation of
-  the step: :meth:`BlurDiffusion.reverse_step` is this sampler's :meth:`Sampler.step`.
-- ``ancestral`` (reverse SDE) and ``ddim`` (deterministic, probability-flow ODE): exponential
-  integrators whose linear part includes the exact score of a Gaussian *reference* with the
-  data's power ``v`` per frequency (the run's :class:`blurdiff.statistics.DataStatistics`); the
-  network only corrects the residual ``r = ε̄_θ - σ x̄/s²``, ``s² = Ā v + 1 - Ā``. Exact for
-  Gaussian data of spectrum ``v`` at any K, and with bounded coefficients where Ā is tiny (the
-  old ``1/√a`` of DDIM amplified the network's error 3× per step at K = 50 under blur).
-
-Each step is one ``spectral_lincomb`` beside the network.
+docs/sampling.md derives everything here (§1 the kept steps ``N = s_K > … > s_1 ≥ 1``, ``s_0 = 0``;
+§2 ``ddpm``; §4–§6 the integrators around a Gaussian reference of the data's power ``v``; §8 the
+tables, indexed by the *position* ``k`` in the strided sequence, row 0 unused); docs/design.md §4
+lists the samplers. Each step is one ``spectral_lincomb`` beside the network.
 
     sampler = make_sampler(process, steps=50, sampler="ancestral")   # or steps=None (all N), or a list
     x0 = sampler.sample(model, (16, 3, 64, 64), generator=g, device="cuda")
@@ -41,18 +22,8 @@ from blurdiff.schedules import int_arg
 from blurdiff.tables import TableCache
 from blurdiff.warn import warn_at_caller
 
-__all__ = [
-    "DEFAULT_SPACING",
-    "SAMPLERS",
-    "MULTISTEP",
-    "SPACINGS",
-    "STOCHASTIC",
-    "Sampler",
-    "default_sampler",
-    "make_sampler",
-    "spaced_steps",
-    "strided_steps",
-]
+__all__ = ["DEFAULT_SPACING", "SAMPLERS", "MULTISTEP", "SPACINGS", "STOCHASTIC", "Sampler"]
+__all__ += ["default_sampler", "make_sampler", "spaced_steps", "strided_steps"]
 
 SAMPLERS = ("ddpm", "ancestral", "ddim", "ancestral2m", "ddim2m")
 STOCHASTIC = ("ddpm", "ancestral", "ancestral2m")  # the samplers that draw noise
@@ -93,10 +64,9 @@ def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, .
     data), or ``logsnr`` (uniform in the log signal-to-noise ratio of the frequency with the median
     blur eigenvalue; for a process without blur, of every frequency)."""
     N, K = process.num_timesteps, int(count)
+    uniform = spaced_steps(N, count)  # checks that 1 <= K <= N
     if spacing == "uniform" or K == 1:
-        return spaced_steps(N, K)
-    if not 1 <= K <= N:
-        raise ValueError(f"the number of sampling steps must lie in 1 … {N} (the process's steps), got {count}")
+        return uniform
     frac = torch.linspace(0, 1, K, dtype=torch.float64)
     if spacing == "quadratic":
         values = (1 + (N - 1) * frac**2).tolist()
@@ -121,13 +91,11 @@ def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
     N = process.num_timesteps
     if steps is None:
         return tuple(range(N, 0, -1))
-    if isinstance(steps, bool):
-        raise ValueError(f"steps must be None, a count or a list of steps, got {steps!r}")
-    if isinstance(steps, int):
+    if isinstance(steps, int) and not isinstance(steps, bool):
         return strided_steps(process, steps, spacing)
     if isinstance(steps, torch.Tensor):
         steps = steps.tolist()
-    if not isinstance(steps, Sequence) or isinstance(steps, str):
+    if not isinstance(steps, Sequence) or isinstance(steps, str):  # a bool too
         raise ValueError(f"steps must be None, a count or a list of steps, got {steps!r}")
     seq = [int_arg("each of steps", s, 1) for s in steps]
     if not seq:
@@ -153,16 +121,9 @@ def _segment(process, i: int, j: int):
 
 
 def _reference_segment(process, i: int, j: int, v: torch.Tensor, stochastic: bool):
-    """The pieces of one step ``i → j`` of the exponential integrators (docs/sampling.md §4–§6),
-    per frequency, float64: ``(m, τ, h, W h, σ_i/s_i²)``.
-
-    With ρ = Ā, σ² = 1 - ρ and s² = ρ v + σ² (the variance of x̄_t when x̄_0 has power ``v``), both
-    integrators are ``x̄_j = m x̄_i - W ∫ r dθ + τ z̄`` over the angle θ = atan2(√(vρ), σ), where
-    r = ε̄_θ - σ x̄/s² is the network's residual against the reference's exact ε̄ (0 for Gaussian
-    data of spectrum v). ``h = θ_j - θ_i`` (from one atan of a difference written without
-    cancellation), and W is s_j (ODE, weighted by √w) or 2 s_j²/√(v ρ_j) (SDE), so that
-    ``W h`` stays finite where ρ_j underflows.
-    """
+    """The pieces of one step ``i → j`` of the exponential integrators, per frequency, float64:
+    ``(m, τ, h, W h, σ_i/s_i², θ_i)`` of ``x̄_j = m x̄_i - W ∫ r dθ + τ z̄`` (docs/sampling.md §4–§6;
+    ``W h`` is computed as one product so that it stays finite where ρ_j underflows)."""
     a, one_minus_a = _segment(process, i, j)
     rho_i, rho_j = process.A_bar[i], process.A_bar[j]
     sig2_i, sig2_j = process.one_minus_A_bar[i], process.one_minus_A_bar[j]
@@ -193,11 +154,8 @@ _GAUSS_NODES, _GAUSS_WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legen
 
 
 def _extrapolation_weight(theta_p, theta_i, theta_j, h):
-    """``b`` in ``∫_{θ_i}^{θ_j} r dθ ≈ h r_i + h b (r_i - r_p)`` for r linear in λ = 2 ln tan θ - ln v
-    (the log signal-to-noise ratio) through (λ_p, r_p) and (λ_i, r_i):
-    ``b = ∫ (λ - λ_i) dθ / (h (λ_i - λ_p))``, by Gauss–Legendre quadrature per frequency. Where the
-    ratio is tiny, increments in λ are about equal for even steps, so b stays near ½ instead of the
-    ½ e^{Δλ/2} of an extrapolation in θ, which amplified the network's noise."""
+    """``b`` in ``∫_{θ_i}^{θ_j} r dθ ≈ h r_i + h b (r_i - r_p)`` for r linear in the log-SNR
+    λ = 2 ln tan θ - ln v, by Gauss–Legendre quadrature per frequency (docs/sampling.md §6)."""
     nodes = _GAUSS_NODES.to(theta_i)[:, None, None]
     theta = theta_i + (theta_j - theta_i) * (nodes + 1) / 2
     log_tan_i = torch.log(torch.tan(theta_i))
@@ -211,8 +169,7 @@ def _extrapolation_weight(theta_p, theta_i, theta_j, h):
 
 
 def _eq12_tables(process) -> dict[str, torch.Tensor]:
-    """The ``ddpm`` tables on all N steps (position k is step i = k), Eq. 12 / App. F:
-    ``x̄_{i-1} = (2 - √A_i) x̄_i - (1-A_i)/√(1-Ā_i) ε̄ + √(1-A_i) z̄``, no noise at the last step."""
+    """The ``ddpm`` tables on all N steps (position k is step i = k): Eq. 12, docs/design.md §1."""
     A, one_minus_A = process.A, process.one_minus_A
     step_eps = torch.zeros_like(A)
     step_eps[1:] = -one_minus_A[1:] / process.one_minus_A_bar[1:].sqrt()
@@ -224,10 +181,8 @@ def _eq12_tables(process) -> dict[str, torch.Tensor]:
 
 
 def _on_the_process(process, steps: tuple[int, ...], coefs: torch.Tensor, sigma: torch.Tensor | None):
-    """The step tables of the variance-preserving ``ȳ = x̄/c`` (``c = process.scale``, per step and
-    frequency) as tables of ``x̄`` itself: ``x̄_j = c_j ȳ_j``, so every coefficient of the step
-    ``i → j`` gains ``c_j`` and a coefficient on a state ``x̄_i`` (``x̄_prev``) loses ``c_i`` (``c_prev``).
-    Unchanged for the paper's process (``c = 1``)."""
+    """The step tables of the variance-preserving ``ȳ = x̄/c`` (``c = process.scale``) as tables of
+    ``x̄`` itself (docs/sampling.md §8, "The other process families"); unchanged for the paper's process."""
     if process.scale is not None:
         asc = (0,) + tuple(reversed(steps))
         c = process.scale
@@ -283,14 +238,8 @@ def default_sampler(K: int, N: int) -> str:
     return "ddpm" if K == N else "ancestral2m"
 
 
-#: The spacing of the K kept steps that measured best for each sampler (docs/sampling.md §9).
-DEFAULT_SPACING = {
-    "ddpm": "uniform",
-    "ancestral": "uniform",
-    "ddim": "uniform",
-    "ancestral2m": "quadratic",
-    "ddim2m": "quadratic",
-}
+#: The spacing of the K kept steps that measured best for each sampler (docs/sampling.md §7).
+DEFAULT_SPACING = {name: "quadratic" if name in MULTISTEP else "uniform" for name in SAMPLERS}
 
 
 def _resolve(process, steps, sampler: str | None, spacing: str | None) -> tuple[tuple[int, ...], str, str]:
@@ -339,12 +288,8 @@ def _resolve_reference(process, name: str, reference_var: torch.Tensor | None) -
 
 class Sampler:
     """The reverse process of one ``sampler`` (its :attr:`name`, one of :data:`SAMPLERS`) on the kept
-    timesteps :attr:`timesteps` (descending, K of the process's N).
-
-    Tables are built once in float64 and cached per (device, dtype) (:class:`TableCache`); each
-    step is one ``spectral_lincomb`` of ``[x_i, ε_θ]`` (plus noise drawn in the spectral domain),
-    :meth:`step`, and :meth:`sample` is the loop of it from the prior.
-    """
+    timesteps :attr:`timesteps` (descending, K of the process's N): :meth:`step`, one
+    ``spectral_lincomb``, and :meth:`sample`, the loop of it from the prior."""
 
     def __init__(
         self,
@@ -359,8 +304,7 @@ class Sampler:
         self.K = len(self.timesteps)
         name = self.name
         if name == "ddpm" and self.K != process.num_timesteps:
-            # Its 2 - √a and 1 - a are first-order in the step: strided, it over-disperses the
-            # fine frequencies (10x their power at K = 100 with a trained network, docs/sampling.md).
+            # First-order in the step: strided, it over-disperses the fine frequencies (docs/sampling.md §2).
             raise ValueError(
                 f"the ddpm sampler (Eq. 12) is the paper's small-step formula and runs only with all "
                 f"{process.num_timesteps} steps, not {self.K}; with fewer steps use 'ancestral' (stochastic) "
@@ -424,21 +368,13 @@ class Sampler:
         may be None, at the first step ``k = K``).
         """
         tab = self.tables(x.device, x.dtype)
+        inputs = [x, eps]
+        if self.name in MULTISTEP:
+            x_prev, eps_prev = prev if prev is not None else (x, eps)  # coefficients 0 at the first step
+            inputs += [eps_prev, x_prev]
         noise_coef = tab["step_noise"]
-        return self.process.lincomb(
-            self._inputs(x, eps, prev),
-            self._as_index(k, x),
-            tab["step_coefs"],
-            noise_coef,
-            noise if noise_coef is not None else None,
-            generator,
-        )
-
-    def _inputs(self, x, eps, prev) -> list[torch.Tensor]:
-        if self.name not in MULTISTEP:
-            return [x, eps]
-        x_prev, eps_prev = prev if prev is not None else (x, eps)  # coefficients 0 at the first step
-        return [x, eps, eps_prev, x_prev]
+        noise = noise if noise_coef is not None else None
+        return self.process.lincomb(inputs, self._as_index(k, x), tab["step_coefs"], noise_coef, noise, generator)
 
     @torch.no_grad()
     def sample(
@@ -453,12 +389,7 @@ class Sampler:
         guard: bool = True,
     ) -> torch.Tensor:
         """Sample from the prior ``x_N`` down the kept steps; returns ``x_0`` (not clamped).
-
-        ``callback(step, x_step, eps_pred)`` is called before each step, as in
-        :meth:`BlurDiffusion.sample` (``step`` is the original step number ``s_k``). With ``guard``,
-        the statistics of the result are checked and a
-        :class:`blurdiff.sample_guard.SamplesDivergedWarning` is issued when they show divergence.
-        """
+        ``callback`` and ``guard``: as in :meth:`BlurDiffusion.sample` (``callback``'s step is ``s_k``)."""
         proc = self.process
         x = proc.prior_sample(shape, generator, device, dtype, self.reference_var)
         desc = f"sampling ({self.name}, {self.K}/{proc.num_timesteps} steps)"
@@ -482,10 +413,7 @@ def make_sampler(
     """The sampler of ``process`` on ``steps`` (None: all N; an int K: K placed by ``spacing``; or
     a list), with the process's data statistics as the Gaussian reference of the integrators;
     ``sampler`` None is :func:`default_sampler`, ``spacing`` None :data:`DEFAULT_SPACING` of it.
-
-    Samplers are kept on the process until its data statistics change
-    (``BlurDiffusion.data_stats_cache``), so their device tables are built once.
-    """
+    Kept on the process until its data statistics change (``BlurDiffusion.data_stats_cache``)."""
     cache = process.data_stats_cache
     # The arguments as given find the sampler without resolving the steps again (a tuple of N
     # steps per call of BlurDiffusion.reverse_step); only plain ones (a list is not hashable).

@@ -50,10 +50,8 @@ def int_arg(name: str, value, low: int) -> int:
 
 
 def check_tables_fit(count: int, N: int, H: int, W: int) -> None:
-    """Refuse, before anything is allocated, ``count`` float64 tables ``[N + 1, H, W]`` that do
-    not fit in this machine's physical memory. A configuration (a checkpoint's, say) can ask for
-    any size; a clear error here beats a failed allocation or the OOM killer minutes later.
-    Where the physical memory is not known (no ``os.sysconf``), nothing is checked."""
+    """Refuse, before anything is allocated, ``count`` float64 tables ``[N + 1, H, W]`` that do not fit
+    in this machine's physical memory (a checkpoint can ask for any size); unchecked where it is unknown."""
     need = count * 8 * (N + 1) * H * W
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,9 +1,5 @@
-"""Per-frequency tables: computed once in float64, handed out per (device, table dtype).
-
-The process (:class:`blurdiff.diffusion.BlurDiffusion`: its forward tables, the tables of
-``reference_eps``) and every sampler (:class:`blurdiff.samplers.Sampler`: its step tables) keep
-their tables in one :class:`TableCache` each.
-"""
+"""Per-frequency tables (the process's and each sampler's): computed once in float64, handed out
+per (device, table dtype)."""
 
 from __future__ import annotations
 
@@ -32,13 +28,9 @@ class TableCache:
         """The tables on ``device`` in the table dtype for data of ``dtype``."""
         key = (torch.device(device), table_dtype_for(dtype))
         if key not in self._on:
-            self._on[key] = {name: _convert(table, *key) for name, table in self.float64.items()}
+            device, dtype = key
+            self._on[key] = {
+                name: None if t is None else t.to(device, dtype if t.is_floating_point() else t.dtype).contiguous()
+                for name, t in self.float64.items()
+            }
         return self._on[key]
-
-
-def _convert(table: Table, device: torch.device, dtype: torch.dtype) -> Table:
-    if table is None:
-        return None
-    if not table.is_floating_point():
-        dtype = table.dtype
-    return table.to(device=device, dtype=dtype).contiguous()
