@@ -1,8 +1,7 @@
 """Separable orthogonal bases ``U = U_h ⊗ U_w`` and their per-frequency eigenvalues ``D``.
 
 docs/design.md §1: ``to_spectral(x) = U_h^T x U_w``. Frequencies are ordered from the largest
-eigenvalue (the coarsest) to the smallest, so index ``(0, 0)`` is the image mean-like mode.
-Everything here is float64; the diffusion object casts to its working dtype.
+eigenvalue (the coarsest, index ``(0, 0)``) to the smallest. Everything here is float64.
 """
 
 from __future__ import annotations

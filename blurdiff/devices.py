@@ -27,9 +27,8 @@ def available_devices() -> list[str]:
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``name`` as a device (None: ``cuda`` when available, else ``cpu``), with a clear one-line
-    ValueError, naming the devices available here, for a name that is not a device or one that
-    cannot be used here (``meta``, ``xpu`` without one, CUDA on a machine without it ...)."""
+    """``name`` as a device (None: ``cuda`` when available, else ``cpu``); a one-line ValueError naming
+    the devices available here for a name that is not a device or cannot be used here (``meta`` ...)."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     available = f"available here: {', '.join(available_devices())}"
@@ -67,9 +66,8 @@ def _memory_bytes(device: torch.device) -> int | None:
 def check_batch_fits(
     device: torch.device, batch_size: int, values_per_image: int, option: str = "--batch-size"
 ) -> None:
-    """A ValueError when ``batch_size`` images of ``values_per_image`` float32 values each (a lower
-    bound on what one batch holds at once) exceed the memory of ``device``: refused before anything
-    is written or allocated, where the allocator would fail (or the OOM killer strike) mid-run."""
+    """A ValueError when ``batch_size`` images of ``values_per_image`` float32 values each (a lower bound
+    on one batch) exceed the memory of ``device``: refused before anything is written or allocated."""
     check_fits(device, batch_size * values_per_image * 4, f"{option} {batch_size}: one batch", f"a smaller {option}")
 
 

@@ -69,9 +69,8 @@ class ProcessConfig:
         int_arg("num_timesteps", self.num_timesteps, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain data that checkpoints, run configs and exports record: every field but the
-        families', and those of its own family only. The paper's process records none, so its
-        records are those of the versions before the families."""
+        """What checkpoints, run configs and exports record: every field but the families', and those of
+        its own family only (the paper's process records none, as before the families existed)."""
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ALL_FAMILY_FIELDS}
         if self.family != "lee":
             record.update(family=self.family, **{name: getattr(self, name) for name in _FAMILY_FIELDS[self.family]})
@@ -96,10 +95,8 @@ def current_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class BlurDiffusion:
-    """Blur diffusion in the eigenbasis of a Gaussian blur (or DCT, or identity = DDPM).
-
-    ``t`` is always an int64 tensor ``[B]`` of steps in ``1 … N``.
-    """
+    """Blur diffusion in the eigenbasis of a Gaussian blur (or DCT, or identity = DDPM); ``t`` is
+    always an int64 tensor ``[B]`` of steps in ``1 … N``."""
 
     def __init__(self, config: ProcessConfig = ProcessConfig(), backend: str = "auto"):
         if not isinstance(config, ProcessConfig):
@@ -157,9 +154,8 @@ class BlurDiffusion:
 
         self._tables = TableCache({"U_h": b.U_h, "U_w": b.U_w, "q_coefs": q_coefs, "x0_coefs": x0_coefs})
         self._data_stats = None
-        #: What is built on the data statistics, emptied whenever they change (the ``data_stats``
-        #: setter): the samplers of :func:`blurdiff.samplers.make_sampler` (a cycle the garbage
-        #: collector frees with the process) and the tables of :meth:`reference_eps`.
+        #: What is built on the data statistics (the samplers of ``make_sampler``, a cycle the garbage
+        #: collector frees with the process, and :meth:`reference_eps`'s tables), emptied when they change.
         self.data_stats_cache: dict = {}
 
     # ---------------------------------------------------------------- data statistics
@@ -236,8 +232,7 @@ class BlurDiffusion:
     # ---------------------------------------------------------------- tables and backends
     def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """The process tables (``U_h``, ``U_w``, ``q_coefs``, ``x0_coefs``) on ``device`` in the table
-        dtype for data of ``dtype``. The reverse step's are the ``ddpm`` sampler's
-        (``make_sampler(process).tables(device, dtype)``)."""
+        dtype for data of ``dtype`` (the reverse step's are the ``ddpm`` sampler's)."""
         return self._tables.on(device, dtype)
 
     def ops(self, device: torch.device):
@@ -386,13 +381,10 @@ class BlurDiffusion:
         guard: bool = True,
         spacing: str | None = None,
     ) -> torch.Tensor:
-        """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps``
-        (a count K, placed by ``spacing``, or a list) with ``sampler``, one of
-        :mod:`blurdiff.samplers` (default: ``ancestral2m`` when K < N).
-
+        """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps`` (a count
+        K, placed by ``spacing``, or a list) with ``sampler`` (:func:`blurdiff.samplers.make_sampler`).
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
-        warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`).
-        """
+        warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`)."""
         return make_sampler(self, steps, sampler, spacing).sample(
             model, shape, generator, device, dtype, progress, callback, guard
         )

@@ -1,8 +1,5 @@
-"""Experiment presets: the paper's three rows of Table 1, and a toy that trains on a laptop CPU.
-
-A preset fixes the process (a :class:`~blurdiff.diffusion.ProcessConfig`), the network (a ``build_unet`` preset
-and overrides) and the optimisation defaults; command-line options override the latter.
-"""
+"""Experiment presets (docs/presets.md): the process (a :class:`~blurdiff.diffusion.ProcessConfig`), the
+network (a ``build_unet`` preset and overrides) and the optimisation defaults, which options override."""
 
 from __future__ import annotations
 

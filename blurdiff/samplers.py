@@ -31,11 +31,8 @@ MULTISTEP = ("ancestral2m", "ddim2m")  # second order: the previous step's predi
 
 
 def spaced_steps(num_steps: int, count: int) -> tuple[int, ...]:
-    """``count`` steps of ``1 … num_steps`` evenly spaced, both ends included, descending.
-
-    ``s_k = round(1 + (k - 1)(N - 1)/(K - 1))`` for ``k = 1 … K``; ``K = N`` gives every step,
-    ``K = 1`` the single step ``N``. Distinct for every ``K ≤ N`` (the spacing is at least 1).
-    """
+    """``count`` steps of ``1 … num_steps`` evenly spaced, both ends included, descending
+    (docs/sampling.md §1); distinct for every ``K ≤ N`` (the spacing is at least 1)."""
     N, K = int(num_steps), int(count)
     if not 1 <= K <= N:
         raise ValueError(f"the number of sampling steps must lie in 1 … {N} (the process's steps), got {count}")
@@ -60,9 +57,7 @@ def _distinct_ascending(values: Sequence[float], N: int) -> list[int]:
 
 def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, ...]:
     """``count`` of the process's steps ``1 … N``, descending, both ends included, placed by
-    ``spacing``: ``uniform`` in t (:func:`spaced_steps`), ``quadratic`` (t ∝ k², denser near the
-    data), or ``logsnr`` (uniform in the log signal-to-noise ratio of the frequency with the median
-    blur eigenvalue; for a process without blur, of every frequency)."""
+    ``spacing`` (:data:`SPACINGS`, docs/sampling.md §7)."""
     N, K = process.num_timesteps, int(count)
     uniform = spaced_steps(N, count)  # checks that 1 <= K <= N
     if spacing == "uniform" or K == 1:
@@ -339,8 +334,7 @@ class Sampler:
 
     @property
     def tables64(self) -> dict[str, torch.Tensor | None]:
-        """The same tables as built, in float64 on the CPU (for exact analysis:
-        :func:`blurdiff.gaussian_yardstick.output_variance`)."""
+        """The same tables as built, in float64 on the CPU (for exact analysis)."""
         return self._tables.float64
 
     # ------------------------------------------------------------------ steps
@@ -361,12 +355,9 @@ class Sampler:
         generator: torch.Generator | None = None,
         prev: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One step from ``x_{s_k}`` to ``x_{s_{k-1}}`` (``k``: position, int or int64 ``[B]``).
-
-        ``noise`` is pixel-space ``z`` (drawn from ``generator`` when not given); the deterministic
-        kinds ignore it. The multistep kinds take ``prev = (x_{s_{k+1}}, ε_θ there)`` (unused, and
-        may be None, at the first step ``k = K``).
-        """
+        """One step from ``x_{s_k}`` to ``x_{s_{k-1}}`` (``k``: position, int or int64 ``[B]``). ``noise``
+        is pixel-space ``z`` (drawn from ``generator`` when not given; the deterministic kinds ignore it).
+        The multistep kinds take ``prev = (x_{s_{k+1}}, ε_θ there)`` (may be None at the first step ``k = K``)."""
         tab = self.tables(x.device, x.dtype)
         inputs = [x, eps]
         if self.name in MULTISTEP:

@@ -25,8 +25,7 @@ F_MAX_LIMIT = 1000.0
 
 def real_arg(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
     """``value`` as a float; a ValueError naming ``name`` unless it is a finite real number in
-    ``[low, high]`` (``(low, high]`` with ``low_open``). NaN compares false with every bound, so
-    range checks alone let it through."""
+    ``[low, high]`` (``(low, high]`` with ``low_open``); NaN, which range checks alone let through, too."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < low or (low_open and value == low) or value > high:
