@@ -1,15 +1,6 @@
-"""Checkpoints: written atomically, loaded without running code, and turned back into models.
-
-A checkpoint is a ``torch.save`` dict with at least ``step``, ``model``, ``ema``, ``optimizer``
-and ``config``; ``config`` holds plain data only::
-
-    {"preset": "toy",
-     "process": {...ProcessConfig.to_dict()...},
-     "unet": {...dataclasses.asdict(UNetConfig)...},
-     "train": {...the run's training options...}}
-
-Everything in it loads with ``torch.load(weights_only=True)``: opening a file someone sent you
-must not run code. Files are ``RUN/checkpoints/ckpt-{step:08d}.pt``.
+"""Checkpoints (docs/design.md §2), ``RUN/checkpoints/ckpt-{step:08d}.pt``: written atomically,
+loaded with ``torch.load(weights_only=True)`` (opening a file someone sent you must not run code, so
+``config`` holds plain data only), and turned back into a process and network.
 
 Every checkpoint written by :func:`save_checkpoint` also holds ``checksum``, a SHA-256 of the rest
 of its content (:func:`content_checksum`), which :func:`load_checkpoint` verifies: bytes flipped
@@ -245,11 +236,10 @@ def build_from_config(
     what: str = "weights",
     stats_source=None,
 ) -> tuple[BlurDiffusion, torch.nn.Module]:
-    """The process and network of a checkpoint's ``config`` with the network ``weights`` (a state
-    dict) and the ``data_stats`` of :meth:`DataStatistics.to_state`: what
-    :func:`build_from_checkpoint` builds, shared with exports (blurdiff.export) so that both give
-    the same pair (``stats_source``: the file of the statistics, when not ``source``). The
-    weights are checked against the config on the meta device first
+    """What :func:`build_from_checkpoint` builds, from a checkpoint's ``config``, the network
+    ``weights`` (a state dict) and the ``data_stats`` of :meth:`DataStatistics.to_state`; shared
+    with exports (blurdiff.export), so both give the same pair. ``stats_source``: the file of the
+    statistics, when not ``source``. The weights are checked on the meta device first
     (:func:`blurdiff.unet.check_weights`: ValueError naming ``source``), so nothing of a size the
     weights do not have is allocated."""
     process = BlurDiffusion(ProcessConfig(**config["process"]), backend)

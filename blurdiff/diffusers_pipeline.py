@@ -1,19 +1,11 @@
-"""Blur-diffusion sampling as a diffusers pipeline (the optional extra ``pip install "blurdiff[diffusers]"``).
+"""Blur-diffusion sampling as a diffusers pipeline (the optional extra ``pip install "blurdiff[diffusers]"``;
+README "diffusers").
 
-:class:`BlurDiffusionPipeline` pairs a network with a
-:class:`blurdiff.diffusers_scheduler.BlurDiffusionScheduler` and samples the way the project's
-``Sampler.sample`` does: from the scheduler's prior ``U √(1-Ā_N) Uᵀ z`` (not ``randn``), one
-``scheduler.step`` per kept timestep. With the same generator it gives the project's samples bit
-for bit.
-
-The network is either a diffusers model whose timesteps are diffusers' (``UNet2DModel`` trained with
-``scheduler.add_noise``), or the project's ADM UNet in :class:`BlurDiffusionUNet`, a
-``ModelMixin``/``ConfigMixin`` wrapper, so that ``save_pretrained``/``from_pretrained`` store and
-rebuild it like any diffusers model (``config.json`` plus safetensors weights) from a local folder.
-
-    pipe = BlurDiffusionPipeline.from_checkpoint("runs/toy/checkpoints/ckpt-00020000.pt")
-    images = pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images
-    pipe.save_pretrained("blur-toy")      # later: BlurDiffusionPipeline.from_pretrained("blur-toy")
+:class:`BlurDiffusionPipeline` pairs a network (a diffusers model that takes diffusers timesteps, or
+the project's UNet in :class:`BlurDiffusionUNet`, which ``save_pretrained``/``from_pretrained`` store
+like any diffusers model) with a :class:`blurdiff.diffusers_scheduler.BlurDiffusionScheduler`, and
+samples as ``Sampler.sample`` does: from the scheduler's prior, one ``scheduler.step`` per kept
+timestep. With the same generator it gives the project's samples bit for bit.
 """
 
 from __future__ import annotations
@@ -31,10 +23,10 @@ from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, Model
 from diffusers.configuration_utils import register_to_config  # isort: skip
 from diffusers.utils import BaseOutput, is_accelerate_available  # isort: skip
 from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME  # isort: skip
-from safetensors.torch import load_file  # isort: skip
 
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from blurdiff.diffusion import MODEL_OUTPUTS, eps_model
+from blurdiff.export import load_safetensors
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.unet import UNet, UNetConfig, check_weights
@@ -75,13 +67,11 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
     ``forward(sample, timestep)`` takes the diffusers timestep ``t_d``, as every diffusers model
     does, and calls the UNet at the project step ``s = t_d + 1`` it was trained on.
 
-    Why the process is an argument of ``forward`` and not part of this model: an ``eps_residual``
-    network predicts ε_θ = ε̄_ref(x_t, t) + net(x_t, t), where ε̄_ref
-    (:meth:`blurdiff.diffusion.BlurDiffusion.reference_eps`) depends on the process and the training
-    data's statistics, which the scheduler's config already holds. Keeping one copy there (the
-    pipeline passes ``process=scheduler.process``) means the saved model is weights and
-    architecture only, and the two can never disagree; calling an ``eps_residual`` model without
-    the process is a ValueError rather than a silently wrong ε.
+    The process is an argument of ``forward``, not part of this model: an ``eps_residual`` network
+    adds ε̄_ref (:meth:`blurdiff.diffusion.BlurDiffusion.reference_eps`), which depends on the process
+    and the data's statistics that the scheduler's config already holds. One copy there keeps the
+    saved model weights and architecture only, and the two can never disagree; without the process,
+    an ``eps_residual`` model is a ValueError rather than a silently wrong ε.
     """
 
     @register_to_config
@@ -106,22 +96,8 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
         super().__init__()
         if model_output not in MODEL_OUTPUTS:
             raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}")
-        unet_config = UNetConfig(
-            image_size=image_size,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            model_channels=model_channels,
-            num_res_blocks=num_res_blocks,
-            channel_mult=channel_mult,
-            attention_ds=attention_ds,
-            num_heads=num_heads,
-            num_head_channels=num_head_channels,
-            dropout=dropout,
-            use_scale_shift_norm=use_scale_shift_norm,
-            resblock_updown=resblock_updown,
-            conv_resample=conv_resample,
-            use_checkpoint=use_checkpoint,
-        )
+        # register_to_config has filled self.config with the arguments
+        unet_config = UNetConfig(**{f.name: self.config[f.name] for f in dataclasses.fields(UNetConfig)})
         # JSON has no tuples: store what loads back equal.
         self.register_to_config(
             channel_mult=list(unet_config.channel_mult),
@@ -178,11 +154,7 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
 def _check_pretrained_weights(folder: Path, variant: str | None) -> None:
     """ValueError naming the file when ``folder``'s weights are not a state dict of the network its
     ``config.json`` describes. A folder without safetensors weights is left to diffusers' own errors."""
-    name = (
-        SAFETENSORS_WEIGHTS_NAME
-        if not variant
-        else SAFETENSORS_WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors")
-    )
+    name = SAFETENSORS_WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors" if variant else ".safetensors")
     weights_path, config_path = folder / name, folder / CONFIG_NAME
     if not weights_path.is_file() or not config_path.is_file():
         return
@@ -192,12 +164,7 @@ def _check_pretrained_weights(folder: Path, variant: str | None) -> None:
         raise ValueError(f"{config_path} is not valid JSON ({e})") from e
     if not isinstance(config, dict):
         raise ValueError(f"{config_path} is not a JSON object")
-    try:
-        weights = load_file(str(weights_path))
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001 - safetensors' own error for a malformed file
-        raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from e
+    weights = load_safetensors(weights_path)
     fields = {f.name for f in dataclasses.fields(UNetConfig)}
     # ModelMixin keeps the UNet's state dict under "net."; anything else is unexpected.
     own = {k.removeprefix("net."): t for k, t in weights.items()}

@@ -1,28 +1,13 @@
-"""The blur-diffusion process as a diffusers scheduler (the optional extra ``pip install "blurdiff[diffusers]"``).
+"""The blur-diffusion process as a diffusers scheduler (the optional extra ``pip install "blurdiff[diffusers]"``;
+README "diffusers").
 
 :class:`BlurDiffusionScheduler` wraps a :class:`blurdiff.diffusion.BlurDiffusion` and one sampler of
-:mod:`blurdiff.samplers`, so that diffusers-style code (``add_noise`` in a training loop,
-``set_timesteps``/``step`` in a sampling loop, ``save_pretrained``/``from_pretrained``) drives the
-project's own process and steps, not an isotropic DDPM.
-
-**Timestep numbering.** diffusers counts training timesteps ``0 … N-1``; the project (docs/design.md
-§1) counts steps ``1 … N``, with step 0 the data itself. The two are one apart::
-
-    t_d = s - 1        (diffusers timestep t_d, project step s)
-
-so ``scheduler.timesteps == [s - 1 for s in sampler.timesteps]`` and ``add_noise(x0, noise, t_d)`` is
-``process.q_sample(x0, t_d + 1, noise)``. Both directions are :func:`to_project_step` and
-:func:`to_diffusers_timestep`; a network trained by the project (which sees ``s``) is called with
-``s`` by :class:`blurdiff.diffusers_pipeline.BlurDiffusionUNet`, a diffusers network trained with
-``add_noise`` sees ``t_d``.
-
-**The prior is not isotropic.** Sampling starts from ``x_N = U √(1-Ā_N) Uᵀ z``, whose variance differs
-per frequency under blur; ``init_noise_sigma`` is 1.0 only because diffusers requires the attribute.
-Start from :meth:`BlurDiffusionScheduler.prior_sample`, never from ``randn * init_noise_sigma``.
-
-For the same reason ``_compatibles`` is empty and :meth:`BlurDiffusionScheduler.from_config` refuses
-another scheduler's configuration: an isotropic scheduler built from this config (or this one from
-theirs) would run a different process without saying so.
+:mod:`blurdiff.samplers`, so that diffusers-style code (``add_noise``, ``set_timesteps``/``step``,
+``save_pretrained``/``from_pretrained``) drives the project's own process and steps, not an
+isotropic DDPM. diffusers counts timesteps ``0 … N-1``, the project (docs/design.md §1) steps
+``1 … N``: ``t_d = s - 1`` (:func:`to_project_step`, :func:`to_diffusers_timestep`). The prior is not
+isotropic: start from :meth:`BlurDiffusionScheduler.prior_sample`, never ``randn * init_noise_sigma``;
+for the same reason no other scheduler's config is taken (:meth:`BlurDiffusionScheduler.from_config`).
 """
 
 from __future__ import annotations
@@ -109,16 +94,12 @@ class BlurDiffusionSchedulerOutput(BaseOutput):
 class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     """The blur-diffusion process (docs/design.md §1) and one of its samplers (§4), in diffusers' shape.
 
-    The config holds the process's arguments (``num_train_timesteps`` is the process's ``num_timesteps``),
-    the sampler (``sampler``: None picks the project's default for K, ``ddpm`` at K = N,
-    ``ancestral2m`` below; ``spacing``: None picks the sampler's default), and the training data's
-    statistics (``data_stats``, plain JSON data), which the integrators use as their Gaussian
-    reference: everything needed to rebuild the same process and sampler from
-    ``scheduler_config.json``.
-
-    Each :meth:`step` is one ``Sampler.step`` of the project; the multistep kinds' previous
-    ``(x, ε)`` is kept here between calls and dropped by :meth:`set_timesteps`. Timesteps are in
-    diffusers numbering, ``t_d = s - 1`` (module docstring).
+    The config holds the process's arguments (``num_train_timesteps`` is its ``num_timesteps``), the
+    sampler (``sampler``, ``spacing``: None picks the project's defaults) and the training data's
+    statistics (``data_stats``, the integrators' Gaussian reference): everything needed to rebuild
+    the same process and sampler from ``scheduler_config.json``. Each :meth:`step` is one
+    ``Sampler.step``; the multistep kinds' previous ``(x, ε)`` is kept between calls and dropped
+    by :meth:`set_timesteps`. Timesteps are in diffusers numbering, ``t_d = s - 1``.
     """
 
     _compatibles: list[str] = []  # no isotropic scheduler runs this process
@@ -215,18 +196,10 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
         N = self.config.num_train_timesteps
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("give num_inference_steps or timesteps, not both")
-        if timesteps is not None:
-            steps = self._project_steps(timesteps)
-        elif num_inference_steps is None:
-            steps = None
-        else:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-                raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
-            if not 1 <= num_inference_steps <= N:
-                raise ValueError(
-                    f"num_inference_steps must lie in 1 … {N} (num_train_timesteps), got {num_inference_steps}"
-                )
-            steps = num_inference_steps
+        K = num_inference_steps
+        if K is not None and (isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= N):
+            raise ValueError(f"num_inference_steps must lie in 1 … {N} (num_train_timesteps) as an integer, got {K!r}")
+        steps = self._project_steps(timesteps) if timesteps is not None else K
         self.sampler = make_sampler(self.process, steps, self.config.sampler, self.config.spacing)
         self.num_inference_steps = self.sampler.K
         self.timesteps = torch.tensor([to_diffusers_timestep(s) for s in self.sampler.timesteps], dtype=torch.int64)
@@ -263,29 +236,29 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """``x_t = U √Ā_t Uᵀ x_0 + U √(1-Ā_t) Uᵀ ε`` at diffusers timesteps ``t_d`` (int, or int
         tensor ``[B]`` or scalar): one fused ``process.q_sample`` at ``s = t_d + 1``."""
-        t = self._batch_timesteps(timesteps, original_samples, "timesteps")
+        t = self._batch_timesteps(timesteps, original_samples)
         return self.process.q_sample(original_samples, to_project_step(t), noise)
 
-    def _batch_timesteps(self, timesteps, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _batch_timesteps(self, timesteps, x: torch.Tensor) -> torch.Tensor:
         """``timesteps`` as int64 ``[B]`` on the device of ``x``, checked in diffusers numbering."""
         N, B = self.config.num_train_timesteps, x.shape[0]
         if isinstance(timesteps, torch.Tensor):
             if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
-                raise ValueError(f"{name} must be integers (diffusers numbering 0 … {N - 1}), got {timesteps.dtype}")
+                raise ValueError(f"timesteps must be integers (diffusers numbering 0 … {N - 1}), got {timesteps.dtype}")
             t = timesteps.to(device=x.device, dtype=torch.int64)
             if t.dim() == 0:
                 t = t.expand(B)
             if t.shape != (B,):
-                raise ValueError(f"{name} must be a scalar or of shape [B={B}], got {tuple(timesteps.shape)}")
+                raise ValueError(f"timesteps must be a scalar or of shape [B={B}], got {tuple(timesteps.shape)}")
         elif isinstance(timesteps, int) and not isinstance(timesteps, bool):
             t = torch.full((B,), timesteps, dtype=torch.int64, device=x.device)
         else:
-            raise ValueError(f"{name} must be an int or an integer tensor, got {type(timesteps).__name__}")
+            raise ValueError(f"timesteps must be an int or an integer tensor, got {type(timesteps).__name__}")
         if t.numel():
             lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 0 or hi > N - 1:
                 raise ValueError(
-                    f"{name} must lie in 0 … {N - 1} (diffusers numbering, project step = t + 1), "
+                    f"timesteps must lie in 0 … {N - 1} (diffusers numbering, project step = t + 1), "
                     f"got values in [{lo}, {hi}]"
                 )
         return t

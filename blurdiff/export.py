@@ -1,36 +1,17 @@
-"""Export a trained run's network for use elsewhere: ``blurdiff export --run RUN --out DIR``.
+"""``blurdiff export``: a trained run's network in files any tool reads (README "Exported weights").
 
-A checkpoint is a ``torch.save`` dict with the optimizer, both sets of weights, the training
-health history and the training options: everything a resumed run needs, and hundreds of MB
-more than sampling does. An export holds only what sampling needs, in files any tool reads::
+The ``blurdiff`` format is ``DIR/model.safetensors``, the EMA (``--no-ema``: the raw) weights exactly
+as the checkpoint holds them, and ``DIR/config.json`` (:func:`_write_blurdiff`): the process, the
+network, the data statistics (JSON writes a float64 as its shortest round-tripping decimal: they
+come back bit for bit) and the source checkpoint's step and SHA-256. :func:`load_export` rebuilds the
+pair with the code :func:`blurdiff.checkpoint.build_from_checkpoint` uses
+(:func:`~blurdiff.checkpoint.build_from_config`), so ``blurdiff sample --export DIR`` makes the
+images of ``blurdiff sample --run RUN`` bit for bit.
 
-    DIR/model.safetensors   the network's weights (EMA by default, ``--no-ema`` the raw ones),
-                            exactly as the checkpoint holds them (dtype, shape, bytes)
-    DIR/config.json         {"format": "blurdiff-export", "format_version": 1,
-                             "weights": "ema" | "model", "weights_sha256": of model.safetensors,
-                             "preset", "process" (BlurDiffusion's keywords), "unet" (UNetConfig),
-                             "model_output", "checkpoint" (the source's file name),
-                             "checkpoint_step", "checkpoint_sha256",
-                             "data_stats": null or {"count", "channel_mean", "channel_std",
-                                                    "spectral_power": [[float64, ...], ...]}}
-
-JSON writes a float64 as its shortest round-tripping decimal, so the data statistics come back
-bit for bit. :func:`load_export` rebuilds the process and the network that
-:func:`blurdiff.checkpoint.build_from_checkpoint` builds from the source checkpoint (the same
-code: :func:`~blurdiff.checkpoint.build_from_config`), so ``blurdiff sample --export DIR`` makes
-the same images, bit for bit, as ``blurdiff sample --run RUN`` (with ``--no-ema`` for an export
-of the raw weights).
-
-Each file is written atomically (a temporary renamed into place), the weights first: a folder
-with a ``config.json`` of an export is complete, and ``weights_sha256`` catches weights that do
-not belong to it (an ``--overwrite`` interrupted between the two renames). Only an empty folder
-or an earlier export (with ``--overwrite``) is written into.
-
-``--format diffusers`` writes instead what ``BlurDiffusionPipeline.save_pretrained`` writes
-(blurdiff/diffusers_pipeline.py, the optional extra ``blurdiff[diffusers]``): ``model_index.json``,
-``unet/`` (config and safetensors weights), ``scheduler/``; the folder is built beside ``DIR`` and
-renamed into place whole. ``BlurDiffusionPipeline.from_pretrained(DIR)`` loads it; ``blurdiff
-sample --export`` reads the ``blurdiff`` format only. More formats: :data:`FORMATS`.
+Each file is written atomically, the weights first: a folder with an export's ``config.json`` is
+complete, and ``weights_sha256`` catches weights that do not belong to it (an ``--overwrite``
+interrupted between the two renames). Only an empty folder or an earlier export (with
+``--overwrite``) is written into. The other formats: :data:`FORMATS`.
 """
 
 from __future__ import annotations
@@ -43,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch  # called through the module: tests simulate a full disk by patching save_file
 import torch
 
 from blurdiff.atomic import atomic_path, file_sha256, remove_stale, safetensors_os_errors, write_text_atomic
@@ -130,23 +112,20 @@ def _export_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool, ov
         if made:  # a failed write (a full disk) leaves no half-made export behind
             for name in _OURS:
                 (out / name).unlink(missing_ok=True)
-            remove_stale(out, WEIGHTS_FILE)
-            remove_stale(out, CONFIG_FILE)
+                remove_stale(out, name)
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
 
 
 def _write_blurdiff(state: dict[str, Any], path: Path, out: Path, ema: bool) -> list[Path]:
-    from safetensors.torch import save_file
-
-    remove_stale(out, WEIGHTS_FILE)
-    remove_stale(out, CONFIG_FILE)
+    for name in _OURS:
+        remove_stale(out, name)
     which = "ema" if ema else "model"
     weights = {k: t.detach().to("cpu").contiguous() for k, t in state[which].items()}
     weights_path, config_path = out / WEIGHTS_FILE, out / CONFIG_FILE
     with atomic_path(weights_path, durable=True) as tmp, safetensors_os_errors(weights_path):
-        save_file(weights, str(tmp), metadata={"format": FORMAT_NAME, "weights": which})
+        safetensors.torch.save_file(weights, str(tmp), metadata={"format": FORMAT_NAME, "weights": which})
     config = state["config"]
     data_stats = state.get("data_stats")
     document = {
@@ -216,9 +195,7 @@ def is_export(folder: str | os.PathLike) -> bool:
     except (OSError, ValueError, AttributeError):  # absent, unreadable, not JSON, not an object
         pass
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+        with safetensors.safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
             return (f.metadata() or {}).get("format") == FORMAT_NAME
     except Exception:  # noqa: BLE001 - absent or not a safetensors file: not ours
         return False
@@ -280,16 +257,9 @@ def load_export(
     config = read_export_config(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     weights = _read_weights(weights_path, config["weights_sha256"])
-    stats = config.get("data_stats")
     try:
         return build_from_config(
-            {k: config[k] for k in ("process", "unet", "model_output")},
-            weights,
-            stats,
-            device,
-            backend,
-            weights_path,
-            stats_source=config_path,
+            config, weights, config.get("data_stats"), device, backend, weights_path, stats_source=config_path
         )
     except (TypeError, KeyError, ValueError) as e:  # a process field, the data statistics
         message = str(e) if str(folder) in str(e) else f"{config_path}: {e}"
@@ -297,8 +267,6 @@ def load_export(
 
 
 def _read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise ValueError(f"{path} is missing: the export is incomplete; export the run again")
     if file_sha256(path) != sha256:
@@ -306,8 +274,14 @@ def _read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
             f"{path} does not match the weights_sha256 of its {CONFIG_FILE} (damaged, replaced, or an "
             f"interrupted --overwrite); export the run again"
         )
+    return load_safetensors(path)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path``, on the CPU: a ValueError naming it for a
+    malformed file (an OSError, which says nothing about the file, passes)."""
     try:
-        return load_file(str(path), device="cpu")
+        return safetensors.torch.load_file(str(path), device="cpu")
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors' own error for a malformed file

@@ -1,19 +1,12 @@
-"""The quality yardstick: how far samples are from the data, beside how far the data is from itself.
+"""The quality yardstick (docs/design.md §5): samples against data, beside the data's own noise floor.
 
-Nothing here needs downloaded weights. :func:`evaluate` compares a set of samples with a set of
-data images and reports, for each number, the same number for a second, disjoint set of data
-images of the same size (the *noise floor*: what a perfect generator would score):
-
-- multi-scale sliced Wasserstein distance (SWD) on Laplacian-pyramid patches, per level and
-  averaged (Karras et al. 2018, "Progressive Growing of GANs", Table 1; reported ×10³ as there);
-- the radial power-spectrum error of :mod:`blurdiff.spectrum` (mean |log10 power ratio|), over all
-  frequencies but DC and over the upper half;
-- per-channel mean and standard deviation;
-- the fraction of values outside [-1, 1] (and beyond ±1.5) before any clamp, when the raw
-  values are known (see :class:`blurdiff.sample_guard.SampleStats`).
-
-The verdict calls a sample set diverged by the sample guard's rule (blurdiff/sample_guard.py).
-:func:`evaluate_folder` is ``blurdiff eval``: a folder of samples against a data set.
+:func:`evaluate` reports each number for the samples against a reference set of data images beside
+the same number for a second, disjoint data set as large (what a perfect generator scores):
+multi-scale sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al. 2018,
+"Progressive Growing of GANs", Table 1; ×10³ as there), the radial spectrum error of
+:mod:`blurdiff.spectrum` (all frequencies but DC, and the upper half), per-channel mean and std,
+and the raw out-of-range fractions (:class:`blurdiff.sample_guard.SampleStats`). Nothing here
+needs downloaded weights. :func:`evaluate_folder` is ``blurdiff eval``.
 """
 
 from __future__ import annotations
@@ -66,8 +59,7 @@ def _blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     """5×5 binomial filter per channel, mirrored edges (Karras et al.'s pyramid filter)."""
     C = x.shape[1]
     k = (torch.outer(_BINOMIAL, _BINOMIAL) * gain).to(x)
-    pad = min(2, x.shape[-1] - 1, x.shape[-2] - 1)
-    x = F.pad(x, (2, 2, 2, 2), mode="reflect") if pad == 2 else F.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect" if min(x.shape[-2:]) > 2 else "replicate")  # reflect needs sides of 3+
     return F.conv2d(x, k.expand(C, 1, 5, 5), groups=C)
 
 
@@ -122,6 +114,14 @@ def _patches(level: torch.Tensor, per_image: int, size: int, generator: torch.Ge
     return patches.permute(0, 1, 4, 2, 3).reshape(N * P, C, size * size)
 
 
+def _check_shapes(sets: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
+    for s in sets:
+        if s.shape != reference.shape:
+            raise ValueError(
+                f"every set must match the reference's shape {tuple(reference.shape)}, got {tuple(s.shape)}"
+            )
+
+
 def sliced_wasserstein(
     sets: Sequence[torch.Tensor],
     reference: torch.Tensor,
@@ -134,11 +134,7 @@ def sliced_wasserstein(
 
     The same directions serve every set, so their distances compare.
     """
-    for s in sets:
-        if s.shape != reference.shape:
-            raise ValueError(
-                f"sliced_wasserstein needs sets of the reference's shape {tuple(reference.shape)}, got {tuple(s.shape)}"
-            )
+    _check_shapes(sets, reference)
     totals = np.zeros(len(sets))
     for _ in range(repeats):
         dirs = torch.randn(reference.shape[1], directions, generator=generator, dtype=torch.float64)
@@ -170,11 +166,7 @@ def multiscale_swd(
     the projection directions are drawn once per level and shared by every set, so their numbers
     compare. Returns ``[{"size": (h, w), "values": [swd of each set]}, ...]``, finest first.
     """
-    for s in sets:
-        if s.shape != reference.shape:
-            raise ValueError(
-                f"every set must match the reference's shape {tuple(reference.shape)}, got {tuple(s.shape)}"
-            )
+    _check_shapes(sets, reference)
     pyramids = [laplacian_pyramid(s, min_size) for s in sets]
     out = []
     for level, ref in enumerate(laplacian_pyramid(reference, min_size)):
@@ -299,15 +291,11 @@ def _verdict(metrics, raw_stats: SampleStats, data_std: float):
     for name, slack in weighed.items():
         m = metrics[name]
         ratio = m["samples"] / (m["floor"] + slack)
-        if ratio > POOR_FACTOR:
-            worst = "poor"
+        if ratio > GOOD_FACTOR:
+            factor = POOR_FACTOR if ratio > POOR_FACTOR else GOOD_FACTOR
+            worst = "poor" if worst == "poor" or factor == POOR_FACTOR else "fair"
             reasons.append(
-                f"{name} {m['samples']:.3g} is more than {POOR_FACTOR:g}× the floor ({m['floor']:.3g} + {slack:g})"
-            )
-        elif ratio > GOOD_FACTOR:
-            worst = "poor" if worst == "poor" else "fair"
-            reasons.append(
-                f"{name} {m['samples']:.3g} is more than {GOOD_FACTOR:g}× the floor ({m['floor']:.3g} + {slack:g})"
+                f"{name} {m['samples']:.3g} is more than {factor:g}× the floor ({m['floor']:.3g} + {slack:g})"
             )
     return worst, reasons
 
@@ -337,15 +325,8 @@ def format_report(report: dict[str, Any]) -> str:
     fmt = lambda v: "(" + ", ".join(f"{x:+.3f}" for x in v) + ")"  # noqa: E731
     lines.append(f"channel means: samples {fmt(ch['samples']['mean'])}, data {fmt(ch['reference']['mean'])}")
     lines.append(f"channel stds:  samples {fmt(ch['samples']['std'])}, data {fmt(ch['reference']['std'])}")
-    verdict = report["verdict"]
-    lines.append(
-        f"verdict: {verdict}"
-        + (
-            ": " + "; ".join(report["reasons"])
-            if report["reasons"]
-            else " (every number within a few times the data's own noise floor)"
-        )
-    )
+    reasons = "; ".join(report["reasons"]) or "(every number within a few times the data's own noise floor)"
+    lines.append(f"verdict: {report['verdict']}{': ' if report['reasons'] else ' '}{reasons}")
     return "\n".join(lines)
 
 
@@ -370,14 +351,13 @@ def load_data_images(path, resolution, count: int, seed: int = 0, exact: bool = 
 
 
 def evaluate_folder(samples, data, n: int | None = None, seed: int = 0) -> tuple[dict[str, Any], Path | None]:
-    """The yardstick of a folder of samples (``blurdiff sample --out``) against a data set (lmdb or
-    image folder; held-out images, not the training set, to not reward memorisation).
+    """``blurdiff eval``: the yardstick of a folder of samples against a data set (lmdb or image
+    folder; held-out images, not the training set, to not reward memorisation).
 
     ``n`` images per set: by default all the samples, at most half the data set; when given, the
     folder must hold ``n`` images and the data set ``2n``. The out-of-range fractions use the raw
-    values before the clamp that ``blurdiff sample`` recorded in the folder's ``stats.json``, else
-    those of the PNGs. Returns the report of :func:`evaluate`, with the two paths added as
-    ``samples`` and ``data``, and the ``stats.json`` whose raw values it used (None: none).
+    values of the folder's ``stats.json`` (``blurdiff sample``), else those of the PNGs. Returns the
+    report of :func:`evaluate` with ``samples`` and ``data`` added, and the ``stats.json`` used (or None).
     """
     samples_dir = Path(samples)
     if not samples_dir.is_dir():

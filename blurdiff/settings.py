@@ -1,21 +1,6 @@
-"""Process and network fields set from the command line: ``--set SECTION.FIELD=VALUE`` and ``--config FILE``.
-
-A sweep changes a field without editing code::
-
-    blurdiff train ... --set process.f_max=0.3 --set unet.model_channels=96
-    blurdiff train ... --config sweep/f03.json     # {"process": {"f_max": 0.3}, "unet": {...}}
-
-Sections: ``process`` (:class:`blurdiff.diffusion.ProcessConfig`'s fields) and ``unet``
-(:class:`blurdiff.unet.UNetConfig`'s fields). ``blurdiff sample`` takes the same options and checks
-them against the run it samples: a network samples correctly only under the process it was trained
-with, so a value other than the run's is an error there, not an override.
-A ``--config`` file may also hold a ``sampler`` section (``name``, ``steps``, ``spacing``), which
-``blurdiff sample`` uses and ``blurdiff train`` ignores, so one file can describe an experiment.
-
-Values are JSON (``0.3``, ``96``, ``[1, 2, 2]``, ``true``); a value that is not JSON is a string
-(``process.blur_schedule=log``). Each is checked against the field's type; ``--set`` wins over
-``--config``. Unknown keys and ill-typed values get an error that lists the valid keys or says the
-type wanted.
+"""``--set SECTION.FIELD=VALUE`` and ``--config FILE``: process, network and sampler fields set
+from the command line, parsed and checked against the fields' annotated types (docs/design.md §2
+"Settings"; README "Command line").
 """
 
 from __future__ import annotations
@@ -77,9 +62,11 @@ def parse_settings(
             raise ValueError(f"--set {text!r}: the key needs a section ({', '.join(sections)}), e.g. process.{key}")
         out.setdefault(section, {})
         try:
-            value = _parse_value(raw.strip())
+            value = json_loads(raw.strip())
         except JSONTooDeepError as e:
             raise ValueError(f"--set {section}.{name}: the value is {e}") from None
+        except json.JSONDecodeError:
+            value = raw.strip()  # a bare word: a string
         out[section][name] = _checked(section, name, value, sections, "--set")
     return out
 
@@ -98,7 +85,7 @@ def check_against_run(settings: Settings, run_config: dict[str, Any], source: st
                 value = (value, value)  # the config records (H, W)
             if not _same(have, value):
                 raise ValueError(
-                    f"{section}.{name}={json.dumps(_plain(value))} differs from the run's {json.dumps(_plain(have))} "
+                    f"{section}.{name}={json.dumps(value)} differs from the run's {json.dumps(have)} "
                     f"({source}): a network samples correctly only under the process and network it was trained "
                     f"with; train a run with --set {section}.{name}=... instead"
                 )
@@ -119,15 +106,6 @@ def _read_config(path: Path) -> dict[str, dict[str, Any]]:
     if unknown:
         raise ValueError(f"--config {path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
     return data
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return json_loads(raw)
-    except JSONTooDeepError:
-        raise
-    except json.JSONDecodeError:
-        return raw  # a bare word: a string
 
 
 def _checked(section: str, name: str, value: Any, sections, where: str) -> Any:
@@ -168,23 +146,12 @@ def _coerce(value: Any, hint: Any) -> Any:
         if len(args) != len(value):
             raise TypeError
         return tuple(_coerce(v, a) for v, a in zip(value, args))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    raise TypeError
+    # bool is an int to Python, not to a config
+    if hint not in (bool, int, float, str) or isinstance(value, bool) != (hint is bool):
+        raise TypeError
+    if not isinstance(value, (int, float) if hint is float else hint):
+        raise TypeError
+    return float(value) if hint is float else value
 
 
 _NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers")}
@@ -213,10 +180,3 @@ def _same(a: Any, b: Any) -> bool:
         both_numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
         return both_numbers and math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
     return a == b
-
-
-def _plain(x: Any) -> Any:
-    """JSON-comparable: tuples as lists (configs come back from checkpoints with either)."""
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
