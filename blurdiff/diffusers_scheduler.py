@@ -236,18 +236,12 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """``x_t = U √Ā_t Uᵀ x_0 + U √(1-Ā_t) Uᵀ ε`` at diffusers timesteps ``t_d`` (int, or int
         tensor ``[B]`` or scalar): one fused ``process.q_sample`` at ``s = t_d + 1``."""
-        t = self._batch_timesteps(timesteps, original_samples)
-        return self.process.q_sample(original_samples, to_project_step(t), noise)
-
-    def _batch_timesteps(self, timesteps, x: torch.Tensor) -> torch.Tensor:
-        """``timesteps`` as int64 ``[B]`` on the device of ``x``, checked in diffusers numbering."""
-        N, B = self.config.num_train_timesteps, x.shape[0]
+        x, N, B = original_samples, self.config.num_train_timesteps, original_samples.shape[0]
         if isinstance(timesteps, torch.Tensor):
             if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
                 raise ValueError(f"timesteps must be integers (diffusers numbering 0 … {N - 1}), got {timesteps.dtype}")
             t = timesteps.to(device=x.device, dtype=torch.int64)
-            if t.dim() == 0:
-                t = t.expand(B)
+            t = t.expand(B) if t.dim() == 0 else t
             if t.shape != (B,):
                 raise ValueError(f"timesteps must be a scalar or of shape [B={B}], got {tuple(timesteps.shape)}")
         elif isinstance(timesteps, int) and not isinstance(timesteps, bool):
@@ -261,7 +255,7 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
                     f"timesteps must lie in 0 … {N - 1} (diffusers numbering, project step = t + 1), "
                     f"got values in [{lo}, {hi}]"
                 )
-        return t
+        return self.process.q_sample(x, to_project_step(t), noise)
 
     # ------------------------------------------------------------------ one step
     def step(

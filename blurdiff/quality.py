@@ -247,10 +247,8 @@ def evaluate(
     levels = multiscale_swd([samples, floor], reference, patches_per_image=patches_per_image, seed=seed)
     for lv in levels:
         metrics[f"swd_{lv['size'][0]}x{lv['size'][1]}"] = {"samples": lv["values"][0], "floor": lv["values"][1]}
-    metrics["swd_avg"] = {
-        "samples": float(np.mean([lv["values"][0] for lv in levels])),
-        "floor": float(np.mean([lv["values"][1] for lv in levels])),
-    }
+    avg = [float(np.mean([lv["values"][i] for lv in levels])) for i in (0, 1)]
+    metrics["swd_avg"] = {"samples": avg[0], "floor": avg[1]}
     spec_s, spec_f = _spectrum_errors(samples, reference), _spectrum_errors(floor, reference)
     metrics["spectrum_error"] = {"samples": spec_s["all"], "floor": spec_f["all"]}
     metrics["spectrum_error_high"] = {"samples": spec_s["high"], "floor": spec_f["high"]}
@@ -262,8 +260,7 @@ def evaluate(
     metrics["outside_1"] = {"samples": raw_stats.outside_fraction, "floor": 0.0}
     metrics["beyond_1_5"] = {"samples": raw_stats.beyond_1_5_fraction, "floor": 0.0}
 
-    data_std = float(reference.std())
-    verdict, reasons = _verdict(metrics, raw_stats, data_std)
+    verdict, reasons = _verdict(metrics, raw_stats, float(reference.std()))
     return {
         "n": n,
         "shape": list(samples.shape[1:]),
