@@ -312,7 +312,7 @@ class Sampler:
         if bad:  # NaN images, written as black PNGs, otherwise
             raise ValueError(
                 f"the {name} sampler's {bad[0]} on {self.K} steps is not finite for this process "
-                f"({', '.join(f'{k}={v!r}' for k, v in process.config.items())})"
+                f"({', '.join(f'{k}={v!r}' for k, v in process.config.to_dict().items())})"
             )
         tables["timesteps"] = torch.tensor((0,) + tuple(reversed(self.timesteps)), dtype=torch.int64)
         self._tables = TableCache(tables)

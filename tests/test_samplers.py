@@ -306,6 +306,12 @@ def test_spacings_keep_distinct_steps_with_both_ends(spacing):
         strided_steps(p, 10, "cosine")
 
 
+def test_tables_that_overflow_are_refused_naming_the_process():
+    p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=20))
+    with pytest.raises(ValueError, match=r"step_coefs on 5 steps is not finite for this process \(resolution=\(8, 8\)"):
+        Sampler(p, 5, "ancestral", reference_var=torch.full((8, 8), 1e308, dtype=torch.float64))
+
+
 def test_defaults_per_sampler():
     p = BlurDiffusion(ProcessConfig(resolution=8, num_timesteps=100))
     p.data_stats = None
