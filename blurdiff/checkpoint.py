@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
 from blurdiff.atomic import atomic_path
@@ -130,6 +131,17 @@ def load_checkpoint(path, map_location="cpu") -> dict[str, Any]:
     if isinstance(state["config"], dict) and isinstance(state["config"].get("process"), dict):
         state["config"]["process"] = current_record(state["config"]["process"])
     return state
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path``, on the CPU: a ValueError naming it for a
+    malformed file (an OSError, which says nothing about the file, passes)."""
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors' own error for a malformed file
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
 
 
 def _load_failure(e: Exception, path: Path) -> str:

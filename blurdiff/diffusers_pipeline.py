@@ -24,9 +24,8 @@ from diffusers.configuration_utils import register_to_config  # isort: skip
 from diffusers.utils import BaseOutput, is_accelerate_available  # isort: skip
 from diffusers.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME  # isort: skip
 
-from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, load_safetensors, resolve_checkpoint
 from blurdiff.diffusion import MODEL_OUTPUTS, eps_model
-from blurdiff.export import load_safetensors
 from blurdiff.safe_json import loads as json_loads
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.unet import UNet, UNetConfig, check_weights

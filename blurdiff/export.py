@@ -28,7 +28,7 @@ import safetensors.torch  # called through the module: tests simulate a full dis
 import torch
 
 from blurdiff.atomic import atomic_path, file_sha256, remove_stale, safetensors_os_errors, write_text_atomic
-from blurdiff.checkpoint import build_from_config, load_checkpoint, networks_of, resolve_checkpoint
+from blurdiff.checkpoint import build_from_config, load_checkpoint, load_safetensors, networks_of, resolve_checkpoint
 from blurdiff.diffusion import current_record
 from blurdiff.output_folders import check_replaceable, new_output_folder
 from blurdiff.safe_json import loads as json_loads
@@ -275,17 +275,6 @@ def _read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
             f"interrupted --overwrite); export the run again"
         )
     return load_safetensors(path)
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors file ``path``, on the CPU: a ValueError naming it for a
-    malformed file (an OSError, which says nothing about the file, passes)."""
-    try:
-        return safetensors.torch.load_file(str(path), device="cpu")
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001 - safetensors' own error for a malformed file
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
 
 
 def export_info(folder: str | os.PathLike) -> dict[str, Any]:
