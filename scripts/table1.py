@@ -3,59 +3,33 @@
     python scripts/table1.py --out DIR [--seeds 0 1 2] [--steps 1000] [--resolution 32] [--n 32]
         [--settings quartic log noblur] [--paper-blur] [--threads T] [--estimate-only]
 
-The paper's Table 1 (Lee et al. 2022) compares three processes with one network: quartic blur with
-f(N) = 0.14, log blur with f(N) = 0.6, and no blur (DDPM in the blur's basis). Here each is trained
-from the presets ``photos32-quartic``, ``photos32-log`` and ``photos32-noblur`` (blurdiff/presets.py:
-one network, one optimiser recipe; f(N) scaled to the same physical blur at 32x32, or the paper's
-numbers unscaled with ``--paper-blur``) on ``blurdiff data photos`` crops, for every seed in
-``--seeds`` (the seed of the weights, t, noise and the data order: the three settings of a seed see
-the same batches), for ``--steps`` optimizer steps each. Every run is then sampled twice from its EMA
-weights, ``--n`` images each, with the same noise for every setting of a seed:
+Trains the presets ``photos32-quartic``, ``photos32-log``, ``photos32-noblur`` for every seed, samples
+each run with Eq. 12 (all N steps) and with ``ancestral2m`` (``--fast-steps``), and scores it against
+held-out crops (``blurdiff.quality.evaluate``; FID when the Inception weights are present): the README's
+"Natural images, and Table 1 in miniature", docs/presets.md (photos32). Also per run, ``dc_gain``: the
+network's gain on the mean frequency at t = N, about 1 when right (below 1/2 Eq. 12 blows brightness up).
 
-- the paper's Eq. 12 on all N = 1000 steps (``make_sampler(process)``, kind ``ddpm``), and
-- the default few-step sampler (``make_sampler(process, 50)``: ``ancestral2m``, 50 steps),
+Writes, in DIR: ``table.md`` (mean ± std over seeds per setting and sampler), ``results.json`` (every
+number), ``figure.png`` (sample grids per setting and sampler, radial power spectra against the
+held-out data's), and the work: ``data/`` (the two lmdbs), ``runs/SETTING-seedS/`` (training runs),
+``results/SETTING-seedS/SAMPLER/`` (a folder of ``blurdiff sample``'s PNGs and ledger; ``score.json``),
+``plan.json``.
 
-and scored with the quality yardstick (``blurdiff.quality.evaluate``) against crops of the held-out
-split (one quadrant of every photograph, never seen in training), beside the held-out data's own
-noise floor; also scored: training crops against held-out ones (what a perfect model of the training
-split scores). With the standard Inception weights present (``blurdiff.fid`` finds them; otherwise
-FID is skipped, and the script says so), FID of the samples against all held-out crops too (on
-``--n`` images: biased upwards, not comparable with the paper's FID-10K).
-
-Writes, in DIR: ``table.md`` (mean ± std over seeds per setting and sampler: SWD average, spectrum
-error, sample std, verdicts, FID), ``results.json`` (every number), ``figure.png`` (sample grids side
-by side per setting and sampler, the radial power spectra of the samples against the held-out
-data's), and the work: ``data/`` (the two lmdbs), ``runs/SETTING-seedS/`` (training runs),
-``results/SETTING-seedS/SAMPLER/`` (the samples: a folder of ``blurdiff sample``'s PNGs and ledger,
-blurdiff/sample_folder.py; ``score.json``), ``plan.json``.
-
-Resumable: run the same command again after an interruption. Trainings resume from their newest
-checkpoint (``--resume``), sample batches and scores already made are kept (each is keyed by the
-checkpoint it comes from), and finished work is not redone. ``--seeds``/``--settings`` may change
-between calls (runs are added); every other option must stay the same (``plan.json``).
-
-Calls on disjoint runs (``--seeds``/``--settings``) may work in one DIR at the same time, to use more
-cores than one process's threads do: a run that another call is training is skipped (its run folder's
-lock), and any call scores it once it is done. A final call with every seed and setting writes the
-whole table and the figure from what is there.
-
-Time: before working, the script times a few training steps and sampling passes of the network
-on this machine and prints its estimate of the whole experiment and of what is left, then the
-progress and an updated ETA after every task. ``--estimate-only`` prints the estimate and stops.
-With the defaults (3 settings x 3 seeds, 1000 steps, 32 images per sampler) about 2 h 10 min on two
-idle cores: 9 min of training and 5.5 min of sampling per run (measured against the `toy` preset's
-step on the same machine, whose idle two-core rate is known).
-
-Also reported per run (``dc_gain``): the network's gain on the mean frequency at t = N, which should
-be about 1. Natural images vary a lot in brightness, the small network learns to pass that
-frequency through slowly, and below a gain of 1/2 Eq. 12 blows the brightness up (saturated colour
-fields); on 16x16 trials the gain was still 0.67 after 1400 steps (docs/presets.md, photos32).
+Resumable: run the same command again. Trainings resume from their newest checkpoint, sample
+batches and scores already made are kept (keyed by the checkpoint they come from), finished work is
+not redone. ``--seeds``/``--settings`` may change between calls; every other option must stay the
+same (``plan.json``). Calls on disjoint runs may work in one DIR at the same time (a run another call
+trains is skipped, its run folder locked); a final call with every seed and setting writes the whole
+table and figure. Before working it times the network here and prints an estimate, then progress
+and an ETA after every task; ``--estimate-only`` prints the estimate and stops. The defaults take
+about 2 h 10 min on two idle cores (per run: 9 min of training, 5.5 min of sampling).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -68,11 +42,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
+import blurdiff_ops
 from blurdiff.atomic import atomic_path, write_text_atomic
 from blurdiff.checkpoint import latest_checkpoint, load_newest_readable
+from blurdiff.data import export_lmdb_to_folder
 from blurdiff.diffusion import BlurDiffusion, ProcessConfig
+from blurdiff.fid import fid_report
 from blurdiff.images import font, grid, load_images, save_png, upscale_factor
+from blurdiff.inception import InceptionWeightsError, default_weights_path, resolve_weights_path
 from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
 from blurdiff.quality import evaluate, load_data_images
@@ -105,60 +84,38 @@ class Experiment:
 SETTINGS = {"quartic": "photos32-quartic", "log": "photos32-log", "noblur": "photos32-noblur"}
 TABLE1 = Experiment("Table 1 in miniature: photo crops", SETTINGS)
 SAMPLERS = ("eq12", "fast")
+_SAMPLER_LABEL = {"eq12": "Eq. 12", "fast": "few-step"}
+_METRICS = ("swd_avg", "spectrum_error", "spectrum_error_high")
 PLAN = "plan.json"
 _FORMAT = 1
 # Plan fields that must stay the same between calls on one DIR (seeds and settings may change).
 _PLAN_KEYS = (
-    "resolution",
-    "steps",
-    "n",
-    "sample_batch",
-    "fast_steps",
-    "num_timesteps",
-    "train_images",
-    "heldout_images",
-    "data_seed",
-    "eval_seed",
-    "paper_blur",
-    "ckpt_every",
-)
+    "resolution steps n sample_batch fast_steps num_timesteps train_images heldout_images data_seed eval_seed "
+    "paper_blur ckpt_every"
+).split()
 TRAIN_OVERHEAD = 1.1  # data loading, EMA, checkpoints, logging beside the timed steps (measured: ~1.05-1.1)
 
 
-# ------------------------------------------------------------------------------------------------ options
 def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __doc__) -> argparse.Namespace:
+    res = experiment.resolution
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="experiment folder (made if absent; resumed if it holds plan.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (= data order seeds)")
-    p.add_argument(
-        "--settings",
-        nargs="+",
-        choices=sorted(experiment.rows),
-        default=list(experiment.rows),
-        help="rows of the table to run",
-    )
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per training run")
-    p.add_argument(
-        "--resolution",
-        type=int,
-        default=experiment.resolution,
-        help=f"image side (the presets are {experiment.resolution}; others for tests)",
-    )
-    p.add_argument("--n", type=int, default=32, help="images sampled per run and sampler (at least 16)")
-    p.add_argument("--sample-batch", type=int, default=32, help="images per sampling pass (fixes the noise drawn)")
-    p.add_argument("--fast-steps", type=int, default=50, help="steps K of the few-step sampler")
-    p.add_argument(
-        "--num-timesteps",
-        type=int,
-        default=None,
-        help="the process's N (default: the preset's 1000; smaller only for tests)",
-    )
-    p.add_argument("--train-images", type=int, default=20000, help="crops in the training lmdb")
-    p.add_argument("--heldout-images", type=int, default=1024, help="crops in the held-out lmdb (at least 2n)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the photo crops")
-    p.add_argument(
-        "--eval-seed", type=int, default=0, help="seed of the yardstick (data subsets, patches, projections)"
-    )
+    rows = experiment.rows
+    p.add_argument("--settings", nargs="+", choices=sorted(rows), default=list(rows), help="rows of the table to run")
+    for flag, default, text in (
+        ("--steps", 1000, "optimizer steps per training run"),
+        ("--resolution", res, f"image side (the presets are {res}; others for tests)"),
+        ("--n", 32, "images sampled per run and sampler (at least 16)"),
+        ("--sample-batch", 32, "images per sampling pass (fixes the noise drawn)"),
+        ("--fast-steps", 50, "steps K of the few-step sampler"),
+        ("--num-timesteps", None, "the process's N (default: the preset's 1000; smaller only for tests)"),
+        ("--train-images", 20000, "crops in the training lmdb"),
+        ("--heldout-images", 1024, "crops in the held-out lmdb (at least 2n)"),
+        ("--data-seed", 0, "seed of the photo crops"),
+        ("--eval-seed", 0, "seed of the yardstick (data subsets, patches, projections)"),
+    ):
+        p.add_argument(flag, type=int, default=default, help=text)
     p.add_argument(
         "--paper-blur",
         action="store_true",
@@ -166,9 +123,7 @@ def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __
     )
     p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every K training steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument(
-        "--fid-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)"
-    )
+    p.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)")
     p.add_argument("--no-fid", action="store_true", help="skip FID even when the weights are present")
     p.add_argument("--estimate-only", action="store_true", help="time the network here, print the estimate and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
@@ -178,7 +133,7 @@ def parse_args(argv=None, experiment: Experiment = TABLE1, description: str = __
         p.error("--n must be at least 16 (the yardstick's minimum)")
     if args.heldout_images < 2 * args.n:
         p.error(f"--heldout-images must be at least 2n = {2 * args.n} (a reference set and a noise-floor set)")
-    N = args.num_timesteps or get_preset(first_preset(args)).process.num_timesteps
+    N = num_timesteps(args)
     if N < 2:
         p.error("--num-timesteps must be at least 2")
     if not 1 <= args.fast_steps < N:
@@ -196,14 +151,17 @@ def first_preset(args) -> str:
     return next(iter(args.experiment.rows.values()))
 
 
+def num_timesteps(args) -> int:
+    return args.num_timesteps or get_preset(first_preset(args)).process.num_timesteps
+
+
 def plan_of(args) -> dict[str, Any]:
     return {"format": _FORMAT, **{k: getattr(args, k) for k in _PLAN_KEYS}}
 
 
 def check_plan(out: Path, args) -> None:
     """Write DIR/plan.json, or check that the one there agrees; refuse a foreign non-empty DIR."""
-    path = out / PLAN
-    plan = plan_of(args)
+    path, plan = out / PLAN, plan_of(args)
     if path.is_file():
         old = json.loads(path.read_text())
         diff = [f"{k}: {old.get(k)!r} there, {plan[k]!r} now" for k in plan if old.get(k) != plan[k]]
@@ -222,27 +180,29 @@ def check_plan(out: Path, args) -> None:
     write_text_atomic(path, json.dumps(plan, indent=2) + "\n")
 
 
-# ------------------------------------------------------------------------------------------------ runs
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 class Run:
-    """One training run (setting, seed) and where its work lives."""
+    """One training run (setting, seed) and where its work lives (``results / SAMPLER``: its samples)."""
 
     def __init__(self, out: Path, setting: str, seed: int, args):
-        self.setting, self.seed = setting, seed
-        self.name = f"{setting}-seed{seed}"
-        self.preset = args.experiment.rows[setting]
-        self.run_dir = out / "runs" / self.name
-        self.results = out / "results" / self.name
-        self.args = args
-
-    @property
-    def train_file(self) -> Path:
-        return self.results / "train.json"
-
-    def process_overrides(self) -> dict[str, Any]:
-        return process_overrides(self.preset, self.args)
+        self.setting, self.seed, self.args = setting, seed, args
+        self.name, self.preset = f"{setting}-seed{seed}", args.experiment.rows[setting]
+        self.run_dir, self.results = out / "runs" / self.name, out / "results" / self.name
+        self.train_file = self.results / "train.json"
 
     def process(self) -> ProcessConfig:
-        return dataclasses.replace(get_preset(self.preset).process, **self.process_overrides())
+        return dataclasses.replace(get_preset(self.preset).process, **process_overrides(self.preset, self.args))
 
     def trained(self) -> dict[str, Any] | None:
         """train.json when the run is finished (at --steps), else None."""
@@ -255,8 +215,12 @@ class Run:
         ckpt = latest_checkpoint(self.run_dir)
         return min(int(ckpt.stem.split("-")[1]), self.args.steps) if ckpt is not None else 0
 
-    def sampler_dir(self, sampler: str) -> Path:
-        return self.results / sampler
+    def images_done(self, sampler: str) -> set[int]:
+        """The complete images of a sample folder, if they come from the final checkpoint."""
+        settings, train = _read_json(self.results / sampler / SETTINGS_FILE), self.trained()
+        if not settings or not train or settings.get("checkpoint_step") != train.get("step"):
+            return set()
+        return complete_images(self.results / sampler, self.args.n)
 
 
 def process_overrides(preset_name: str, args) -> dict[str, Any]:
@@ -276,56 +240,41 @@ def process_overrides(preset_name: str, args) -> dict[str, Any]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, (np.ndarray, torch.Tensor)):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON-able: {type(o).__name__}")
-
-
-# ------------------------------------------------------------------------------------------------ timing
 class Clock:
-    """Seconds per unit of each kind of work: a short benchmark first, then what the work measures."""
+    """Seconds per unit of each kind of work (``rate``): the benchmark's, then the mean the work measures."""
 
     def __init__(self):
         self.rate: dict[str, float] = {}
-        self.measured: dict[str, list[float]] = {}  # kind -> [seconds, units]
+        self.measured: dict[str, tuple[float, float]] = {}  # kind -> (seconds, units) so far
         self.start = time.perf_counter()
 
-    def seconds(self, kind: str, units: float) -> float:
-        return self.rate.get(kind, 0.0) * units
-
     def record(self, kind: str, seconds: float, units: float) -> None:
-        if units <= 0:
-            return
-        total = self.measured.setdefault(kind, [0.0, 0.0])
-        total[0] += seconds
-        total[1] += units
-        self.rate[kind] = total[0] / total[1]
+        total = self.measured.get(kind, (0.0, 0.0))
+        self.measured[kind] = (total[0] + seconds, total[1] + units)
+        self.rate[kind] = self.measured[kind][0] / self.measured[kind][1]
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
 
+def estimate(clock: Clock, units: dict[str, float]) -> float:
+    """Seconds of the work ``units`` (kind -> units) at the clock's rates."""
+    return sum(clock.rate.get(kind, 0.0) * u for kind, u in units.items())
+
+
 def hms(seconds: float) -> str:
     s = int(round(max(seconds, 0)))
     return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _seconds_per_call(fn, warmup: int = 0, repeats: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
 
 
 def benchmark(args, clock: Clock) -> None:
@@ -347,28 +296,15 @@ def benchmark(args, clock: Clock) -> None:
         opt.step()
         torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1e-3)
 
-    for _ in range(2):
-        train_step()
-    t0, k = time.perf_counter(), 5
-    for _ in range(k):
-        train_step()
-    clock.rate["train_step"] = TRAIN_OVERHEAD * (time.perf_counter() - t0) / k
-
+    clock.rate["train_step"] = TRAIN_OVERHEAD * _seconds_per_call(train_step, warmup=2, repeats=5)
     model.eval()
     b = min(args.sample_batch, args.n)
     xs = torch.randn(b, 3, res, res)
     t = torch.full((b,), process.num_timesteps // 2, dtype=torch.int64)
     with torch.no_grad():
-        model(xs, t)
-        t0, k = time.perf_counter(), 3
-        for _ in range(k):
-            model(xs, t)
-    clock.rate["sample_image_step"] = (time.perf_counter() - t0) / (k * b)
-
+        clock.rate["sample_image_step"] = _seconds_per_call(lambda: model(xs, t), warmup=1, repeats=3) / b
     data = torch.rand(2 * args.n, 3, res, res) * 2 - 1
-    t0 = time.perf_counter()
-    evaluate(data[: args.n].clone(), data, seed=0)
-    clock.rate["score"] = time.perf_counter() - t0
+    clock.rate["score"] = _seconds_per_call(lambda: evaluate(data[: args.n].clone(), data, seed=0))
     clock.rate["data_image"] = 2.5e-3  # measured: ~2.5 ms per crop (decode once, crop, resize, webp)
 
 
@@ -381,14 +317,10 @@ def work_left(runs: list[Run], args, N: int, data_left: int) -> dict[str, float]
             continue  # diverged in training: nothing to sample
         for sampler in SAMPLERS:
             K = N if sampler == "eq12" else args.fast_steps
-            done = _images_done(run, sampler)
+            done = run.images_done(sampler)
             samples += K * args.sample_batch * len({i // args.sample_batch for i in range(args.n) if i not in done})
-            scores += 0 if _read_json(run.sampler_dir(sampler) / "score.json") else 1
+            scores += 0 if _read_json(run.results / sampler / "score.json") else 1
     return {"train_step": steps, "sample_image_step": samples, "score": scores, "data_image": data_left}
-
-
-def estimate(clock: Clock, units: dict[str, float]) -> float:
-    return sum(clock.seconds(kind, u) for kind, u in units.items())
 
 
 def full_work(args, runs: list[Run], N: int) -> dict[str, float]:
@@ -402,49 +334,39 @@ def full_work(args, runs: list[Run], N: int) -> dict[str, float]:
 
 
 def print_estimate(clock: Clock, args, runs: list[Run], N: int, left: dict[str, float]) -> None:
-    per_run_train = clock.seconds("train_step", args.steps)
-    per_run_sample = clock.seconds("sample_image_step", (N + args.fast_steps) * args.n)
-    full = full_work(args, runs, N)
+    rate = clock.rate
     print(
         f"timing on this machine ({torch.get_num_threads()} torch threads): a training step "
-        f"{1e3 * clock.rate['train_step']:.0f} ms (batch {get_preset(first_preset(args)).batch_size}), a sampling "
-        f"step {1e3 * clock.rate['sample_image_step'] * args.n:.0f} ms ({args.n} images), a scoring "
-        f"{clock.rate['score']:.1f} s"
-    )
-    print(
-        f"estimate per run: training {hms(per_run_train)} ({args.steps} steps), sampling {hms(per_run_sample)} "
-        f"(Eq. 12: {N} steps, fast: {args.fast_steps} steps, {args.n} images each)"
-    )
-    print(
-        f"estimate of the whole experiment ({len(runs)} runs): {hms(estimate(clock, full))}; "
+        f"{1e3 * rate['train_step']:.0f} ms (batch {get_preset(first_preset(args)).batch_size}), a sampling "
+        f"step {1e3 * rate['sample_image_step'] * args.n:.0f} ms ({args.n} images), a scoring "
+        f"{rate['score']:.1f} s\n"
+        f"estimate per run: training {hms(rate['train_step'] * args.steps)} ({args.steps} steps), sampling "
+        f"{hms(rate['sample_image_step'] * (N + args.fast_steps) * args.n)} "
+        f"(Eq. 12: {N} steps, fast: {args.fast_steps} steps, {args.n} images each)\n"
+        f"estimate of the whole experiment ({len(runs)} runs): {hms(estimate(clock, full_work(args, runs, N)))}; "
         f"left to do: {hms(estimate(clock, left))}",
         flush=True,
     )
 
 
-# ------------------------------------------------------------------------------------------------ data
 def ensure_data(out: Path, args, clock: Clock) -> tuple[Path, Path]:
-    train_dir, heldout_dir = out / "data" / "train", out / "data" / "heldout"
+    train_dir, heldout_dir, res = out / "data" / "train", out / "data" / "heldout", args.resolution
     for path, n, split in ((train_dir, args.train_images, "train"), (heldout_dir, args.heldout_images, "heldout")):
         if (path / "data.mdb").is_file():
             continue  # written atomically: present means complete
         t0 = time.perf_counter()
         if args.experiment.data == "toy":  # held-out: the images of another seed
-            make_toy_lmdb(path, n, args.resolution, seed=2 * args.data_seed + (split == "heldout"))
+            make_toy_lmdb(path, n, res, seed=2 * args.data_seed + (split == "heldout"))
         else:
-            make_photos_lmdb(path, n, args.resolution, seed=args.data_seed, split=split)
-        clock.record("data_image", time.perf_counter() - t0, n)
-        print(
-            f"data: wrote {n} {split} images of {args.resolution}x{args.resolution} to {path} "
-            f"({time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
+            make_photos_lmdb(path, n, res, seed=args.data_seed, split=split)
+        seconds = time.perf_counter() - t0
+        clock.record("data_image", seconds, n)
+        print(f"data: wrote {n} {split} images of {res}x{res} to {path} ({seconds:.0f} s)", flush=True)
     return train_dir, heldout_dir
 
 
-# ------------------------------------------------------------------------------------------------ training
 def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
-    N = args.num_timesteps or get_preset(run.preset).process.num_timesteps
+    preset = get_preset(run.preset)
     options = TrainOptions(
         data=str(train_data),
         preset=run.preset,
@@ -452,13 +374,13 @@ def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
         max_steps=args.steps,
         resume=True,
         seed=run.seed,
-        resolution=args.resolution if args.resolution != get_preset(run.preset).process.resolution[0] else None,
-        process_overrides=run.process_overrides(),
+        resolution=args.resolution if args.resolution != preset.process.resolution[0] else None,
+        process_overrides=process_overrides(run.preset, args),
         ckpt_every=args.ckpt_every,
         keep=2,
         sample_every=0,
         log_every=50,
-        final_check=N >= 50,
+        final_check=(args.num_timesteps or preset.process.num_timesteps) >= 50,
         device="cpu",
         progress=not args.quiet,
     )
@@ -474,21 +396,11 @@ def train_run(run: Run, train_data: Path, args) -> dict[str, Any]:
         seconds=time.perf_counter() - t0,
         steps_this_call=args.steps - start_step,
         preset=run.preset,
-        process_overrides=run.process_overrides(),
+        process_overrides=process_overrides(run.preset, args),
         seed=run.seed,
     )
     _write_json(run.train_file, info)
     return info
-
-
-# ------------------------------------------------------------------------------------------------ sampling
-def _images_done(run: Run, sampler: str) -> set[int]:
-    """The complete images of the run's sample folder, if they come from its final checkpoint."""
-    folder = run.sampler_dir(sampler)
-    settings, train = _read_json(folder / SETTINGS_FILE), run.trained()
-    if not settings or not train or settings.get("checkpoint_step") != train.get("step"):
-        return set()
-    return complete_images(folder, run.args.n)
 
 
 def load_run(run: Run):
@@ -507,8 +419,6 @@ def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
     that frequency's variance near 1/(2 (gain - 1/2)) at large t and lets it grow without bound
     below 1/2: brightness blown up, saturated colour fields (see the photos32 presets' notes).
     """
-    import blurdiff_ops
-
     state, source = loaded
     process, model = source.process, source.model
     file = run.results / "diagnostics.json"
@@ -530,17 +440,13 @@ def dc_gain(run: Run, loaded, heldout: torch.Tensor, args) -> float:
     return gain
 
 
-def make_run_sampler(process, sampler: str, args):
-    return make_sampler(process) if sampler == "eq12" else make_sampler(process, args.fast_steps)
-
-
 def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report):
     """The run's ``n`` samples with one sampler (a folder of blurdiff.sample_folder's ledger: batches
     kept as they are made; the same noise for every setting of a seed), their raw statistics and
     what they were made with."""
     state, source = loaded
-    sampler = make_run_sampler(source.process, sampler_name, args)
-    folder = run.sampler_dir(sampler_name)
+    sampler = make_sampler(source.process) if sampler_name == "eq12" else make_sampler(source.process, args.fast_steps)
+    folder = run.results / sampler_name
     cpu = torch.device("cpu")
     try:
         ledger = SampleLedger(folder, args.n, source, sampler, run.seed, args.sample_batch, cpu)
@@ -563,44 +469,53 @@ def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report):
     return images, raw, {**ledger.settings, "n": args.n}
 
 
-def score(
-    run: Run,
-    sampler_name: str,
-    samples: torch.Tensor,
-    raw: SampleStats,
-    heldout: torch.Tensor,
-    meta: dict[str, Any],
-    args,
-    clock: Clock,
-    fid: Fid,
-) -> dict[str, Any]:
-    file = run.sampler_dir(sampler_name) / "score.json"
-    cached = _read_json(file)
-    if cached and cached.get("meta") == meta and (cached.get("fid") is not None or not fid.available):
-        return cached
-    if cached and cached.get("meta") == meta:
-        result = cached
-    else:
-        t0 = time.perf_counter()
-        report = evaluate(samples, heldout[: 2 * args.n], raw_stats=raw, seed=args.eval_seed)
-        clock.record("score", time.perf_counter() - t0, 1)
-        result = {"meta": meta, "report": report, "fid": None}
+def cached_score(file: Path, meta: dict[str, Any], fid: Fid, folder: Path, make_report) -> dict[str, Any]:
+    """The score in ``file`` when it is of ``meta`` (with its FID, where FID can be had); else made
+    (``make_report()``: the yardstick's report) or given the FID of the PNGs in ``folder``, and kept."""
+    result = _read_json(file)
+    if not result or result.get("meta") != meta:
+        result = {"meta": meta, "report": make_report(), "fid": None}
+    elif result.get("fid") is not None or not fid.available:
+        return result
     if fid.available:
-        result["fid"] = fid.of(run.sampler_dir(sampler_name))
+        result["fid"] = fid.of(folder)
     _write_json(file, result)
     return result
+
+
+def score(run: Run, sampler: str, samples, raw: SampleStats, heldout, meta, args, clock: Clock, fid: Fid):
+    """The run's samples with one sampler scored (its ``score.json``), timed on the clock."""
+
+    def report() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = evaluate(samples, heldout[: 2 * args.n], raw_stats=raw, seed=args.eval_seed)
+        clock.record("score", time.perf_counter() - t0, 1)
+        return result
+
+    return cached_score(run.results / sampler / "score.json", meta, fid, run.results / sampler, report)
+
+
+def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> dict[str, Any]:
+    """Training crops scored against held-out crops: what a perfect model of the training split scores."""
+    images = load_data_images(train_dir, args.resolution, args.n, seed=args.eval_seed + 1)
+    folder = out / "results" / "train_reference_png"
+    if fid.available:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, x in enumerate(images):
+            if not (folder / image_name(i)).is_file():
+                save_png(x, folder / image_name(i))
+    meta = {"n": args.n, "eval_seed": args.eval_seed}
+    report = functools.partial(evaluate, images, heldout[: 2 * args.n], seed=args.eval_seed)
+    return cached_score(out / "results" / "train_reference.json", meta, fid, folder, report)
 
 
 class Fid:
     """FID against every held-out crop, when the standard Inception weights are here; else skipped."""
 
     def __init__(self, out: Path, heldout_dir: Path, args):
-        self.available, self.note = False, ""
+        self.available, self.note = False, "FID skipped (--no-fid)"
         if args.no_fid:
-            self.note = "FID skipped (--no-fid)"
             return
-        from blurdiff.inception import default_weights_path, resolve_weights_path
-
         try:
             self.weights = resolve_weights_path(args.fid_weights)
         except FileNotFoundError:
@@ -611,8 +526,7 @@ class Fid:
             )
             return
         self.available = True
-        self.real = out / "data" / "heldout_png"
-        self.heldout_dir, self.cache = heldout_dir, out / "fid_cache"
+        self.real, self.heldout_dir, self.cache = out / "data" / "heldout_png", heldout_dir, out / "fid_cache"
         self.note = (
             f"FID: {args.n} samples against all {args.heldout_images} held-out crops, Inception weights "
             f"{self.weights}; on so few samples it is biased upwards (not comparable with FID-10K)"
@@ -621,10 +535,6 @@ class Fid:
     def of(self, folder: Path) -> float | None:
         """FID of the PNGs in ``folder``; None, and FID off from here on with the reason in the note,
         when the weights turn out unusable."""
-        from blurdiff.data import export_lmdb_to_folder
-        from blurdiff.fid import fid_report
-        from blurdiff.inception import InceptionWeightsError
-
         if not self.real.is_dir():
             export_lmdb_to_folder(self.heldout_dir, self.real)
         try:
@@ -636,7 +546,6 @@ class Fid:
             return None
 
 
-# ------------------------------------------------------------------------------------------------ table
 def _stats(values: list[float]) -> str:
     v = [x for x in values if x is not None and math.isfinite(x)]
     if not v:
@@ -646,112 +555,86 @@ def _stats(values: list[float]) -> str:
     return f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}"
 
 
-_SAMPLER_LABEL = {"eq12": "Eq. 12", "fast": "few-step"}
+def _row(*cells: str) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
 
 
-def write_table(
-    out: Path,
-    args,
-    runs: list[Run],
-    results: dict[tuple[str, int, str], dict[str, Any]],
-    reference: dict[str, Any] | None,
-    fid: Fid,
-    N: int,
-    clock: Clock,
-    data_std: float,
-    gains: dict[tuple[str, int], float],
-) -> Path:
-    lines = [f"# {args.experiment.title} at {args.resolution}x{args.resolution}", ""]
+def _score_cells(scores: list[dict[str, Any]], note: str = "") -> list[str]:
+    """The table's cells of the scores of one row (one per seed): the metrics, std, verdicts + note, FID."""
+    m = [c["report"]["metrics"] for c in scores]
+    return [
+        *(_stats([x[k]["samples"] for x in m]) for k in _METRICS),
+        _stats([c["report"]["raw"]["overall_std"] for c in scores]),
+        " ".join(c["report"]["verdict"] for c in scores) + note,
+        _stats([c.get("fid") for c in scores]),
+    ]
+
+
+def write_table(out: Path, args, runs: list[Run], results, reference, fid: Fid, N: int, clock, data_std, gains) -> Path:
+    """DIR/table.md from ``results`` ((setting, seed, sampler) -> score), the training crops'
+    ``reference`` score (or None), and ``gains`` ((setting, seed) -> dc_gain)."""
     preset = get_preset(first_preset(args))
-    net = dict(preset.unet_overrides)
-    lines.append(
+    held_out = (
+        "toy images (another seed than training's; "
+        if args.experiment.data == "toy"
+        else "crops (a quadrant of every photograph that training never sees; "
+    )
+    lines = [
+        f"# {args.experiment.title} at {args.resolution}x{args.resolution}",
+        "",
         f"{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}) per setting; {args.steps} optimizer "
-        f"steps of batch {preset.batch_size} each (`tiny` UNet, {net}; Adam {preset.lr:g}, warm-up "
-        f"{preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}, {preset.lr_schedule} "
+        f"steps of batch {preset.batch_size} each (`tiny` UNet, {dict(preset.unet_overrides)}; Adam {preset.lr:g}, "
+        f"warm-up {preset.warmup_steps}, clip {preset.grad_clip:g}, EMA {preset.ema_decay:g}, {preset.lr_schedule} "
         f"learning rate, network output `{preset.model_output}`); {args.train_images} training images. Each run "
-        f"sampled from its EMA weights, {args.n} images per sampler, the same noise "
-        f"for every setting of a seed; scored with `blurdiff.quality.evaluate` against {2 * args.n} of "
-        f"{args.heldout_images} held-out "
-        + (
-            "toy images (another seed than training's; "
-            if args.experiment.data == "toy"
-            else "crops (a quadrant of every photograph that training never sees; "
-        )
-        + f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
+        f"sampled from its EMA weights, {args.n} images per sampler, the same noise for every setting of a seed; "
+        f"scored with `blurdiff.quality.evaluate` against {2 * args.n} of {args.heldout_images} held-out {held_out}"
+        f"the first {args.n} as reference, the next {args.n} as the noise floor). Mean ± std over seeds "
         f"(sample std); verdicts per seed. SWD ×1e3 (averaged over the Laplacian levels); spectrum "
         f"error: mean |log10| power ratio over all frequencies but DC; std: of the raw samples, "
-        f"channels pooled. N = {N}."
-    )
-    lines.append("")
-    lines.append(fid.note + ".")
-    lines.append("")
-    lines.append(
-        "| setting | process | sampler | SWD avg | spectrum error | spectrum error, upper half | std | verdicts | FID |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+        f"channels pooled. N = {N}.",
+        "",
+        fid.note + ".",
+        "",
+        "| setting | process | sampler | SWD avg | spectrum error | spectrum error, upper half | std | verdicts "
+        "| FID |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     floor = None
     for setting in args.settings:
         setting_runs = [r for r in runs if r.setting == setting]
         f_text = process_text(setting_runs[0].process())
+        trained = [r.trained() or {} for r in setting_runs]
+        failed = sum(bool(t.get("failed")) for t in trained)
+        unhealthy = sum(t.get("healthy") is False and not t.get("failed") for t in trained)
         for sampler in SAMPLERS:
-            cells = [results.get((setting, r.seed, sampler)) for r in setting_runs]
-            done = [c for c in cells if c is not None]
-            failed = [r for r in setting_runs if (r.trained() or {}).get("failed")]
+            done = [results[k] for r in setting_runs if (k := (setting, r.seed, sampler)) in results]
             if not done:
                 label = "training diverged" if failed else "not done yet"
-                lines.append(f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} | {label} | | | | | |")
+                lines.append(_row(setting, f_text, _SAMPLER_LABEL[sampler], label, "", "", "", "", ""))
                 continue
-            meta = done[0]["meta"]
-            m = [c["report"]["metrics"] for c in done]
             floor = done[0]["report"]["metrics"]
-            unhealthy = [
-                r
-                for r in setting_runs
-                if (r.trained() or {}).get("healthy") is False and not (r.trained() or {}).get("failed")
-            ]
-            verdicts = " ".join(c["report"]["verdict"] for c in done)
-            if failed:
-                verdicts += f" ({len(failed)} diverged in training)"
+            note = f" ({failed} diverged in training)" if failed else ""
             if unhealthy:
-                verdicts += f" ({len(unhealthy)} flagged unhealthy in training: see runs/*/metrics.jsonl)"
-
-            lines.append(
-                f"| {setting} | {f_text} | {_SAMPLER_LABEL[sampler]} ({meta['sampler']}, {meta['steps']} steps) | "
-                f"{_stats([x['swd_avg']['samples'] for x in m])} | "
-                f"{_stats([x['spectrum_error']['samples'] for x in m])} | "
-                f"{_stats([x['spectrum_error_high']['samples'] for x in m])} | "
-                f"{_stats([c['report']['raw']['overall_std'] for c in done])} | {verdicts} | "
-                f"{_stats([c.get('fid') for c in done])} |"
-            )
+                note += f" ({unhealthy} flagged unhealthy in training: see runs/*/metrics.jsonl)"
+            meta = done[0]["meta"]
+            sampler_text = f"{_SAMPLER_LABEL[sampler]} ({meta['sampler']}, {meta['steps']} steps)"
+            lines.append(_row(setting, f_text, sampler_text, *_score_cells(done, note)))
     if floor is None and reference is not None:
         floor = reference["report"]["metrics"]
     if floor is not None:
-        lines.append(
-            f"| held-out data (noise floor) | | | {floor['swd_avg']['floor']:.3g} | "
-            f"{floor['spectrum_error']['floor']:.3g} | {floor['spectrum_error_high']['floor']:.3g} | "
-            f"{data_std:.3g} | | |"
-        )
+        cells = (f"{floor[k]['floor']:.3g}" for k in _METRICS)
+        lines.append(_row("held-out data (noise floor)", "", "", *cells, f"{data_std:.3g}", "", ""))
     if reference is not None:
-        m = reference["report"]["metrics"]
-        lines.append(
-            f"| training crops (a perfect model of the training split) | | | {m['swd_avg']['samples']:.3g} | "
-            f"{m['spectrum_error']['samples']:.3g} | {m['spectrum_error_high']['samples']:.3g} | "
-            f"{reference['report']['raw']['overall_std']:.3g} | {reference['report']['verdict']} | "
-            f"{_stats([reference.get('fid')])} |"
-        )
+        lines.append(_row("training crops (a perfect model of the training split)", "", "", *_score_cells([reference])))
     lines.append("")
     if gains:
-        lines.append(
+        per_setting = {s: [gains[(s, seed)] for seed in args.seeds if (s, seed) in gains] for s in args.settings}
+        text = "; ".join(f"{s} {_stats(g)}" for s, g in per_setting.items() if g)
+        lines += [
             "The networks' gain on the mean frequency at t = N (about 1 is right; below 1/2 Eq. 12 blows the "
-            "images' brightness up; `dc_gain` in scripts/table1.py): "
-            + "; ".join(
-                f"{setting} {_stats([gains[(setting, s)] for s in args.seeds if (setting, s) in gains])}"
-                for setting in args.settings
-                if any((setting, s) in gains for s in args.seeds)
-            )
-            + "."
-        )
-        lines.append("")
+            f"images' brightness up; `dc_gain` in scripts/table1.py): {text}.",
+            "",
+        ]
     train_seconds = [(r.trained() or {}).get("seconds") for r in runs]
     span = wall_clock(out)
     lines.append(
@@ -770,7 +653,7 @@ def process_text(process: ProcessConfig) -> str:
     paper's f(N) where it differs), the family's own fields for the others."""
     if process.family != "lee":
         own = ("blur_sigma_min", "blur_sigma_max", "d_min", "noise_sigma")
-        fields = {k: v for k, v in process.to_dict().items() if k in own}  # the family's own fields
+        fields = {k: v for k, v in process.to_dict().items() if k in own}
         return f"{process.family}: " + ", ".join(f"{k} {v:g}" for k, v in fields.items())
     f_max = float(process.f_max)
     if f_max == 0:
@@ -780,112 +663,53 @@ def process_text(process: ProcessConfig) -> str:
 
 
 def wall_clock(out: Path) -> float | None:
-    """Seconds from the plan to the newest sample image: the whole experiment, over all its calls.
-
-    Both files are written once (a sample is never made again), so a later call that only scores
-    does not stretch it; pauses between calls count.
-    """
+    """Seconds from the plan to the newest sample image: the whole experiment over all its calls,
+    pauses between them included (both files are written once: a call that only scores adds nothing)."""
     images = list((out / "results").glob("*/*/[0-9]*.png"))
     if not images or not (out / PLAN).is_file():
         return None
     return max(p.stat().st_mtime for p in images) - (out / PLAN).stat().st_mtime
 
 
-def reference_score(out: Path, train_dir: Path, heldout: torch.Tensor, args, fid: Fid) -> dict[str, Any]:
-    """Training crops scored against held-out crops: what a perfect model of the training split scores."""
-    file = out / "results" / "train_reference.json"
-    meta = {"n": args.n, "eval_seed": args.eval_seed}
-    cached = _read_json(file)
-    if cached and cached.get("meta") == meta and (cached.get("fid") is not None or not fid.available):
-        return cached
-    images = load_data_images(train_dir, args.resolution, args.n, seed=args.eval_seed + 1)
-    if cached and cached.get("meta") == meta:
-        result = cached
-    else:
-        report = evaluate(images, heldout[: 2 * args.n], seed=args.eval_seed)
-        result = {"meta": meta, "report": report, "fid": None}
-    if fid.available:
-        folder = out / "results" / "train_reference_png"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, x in enumerate(images):
-            if not (folder / image_name(i)).is_file():
-                save_png(x, folder / image_name(i))
-        result["fid"] = fid.of(folder)
-    _write_json(file, result)
-    return result
-
-
-# ------------------------------------------------------------------------------------------------ figure
 def _label(img, text: str, width: int):
-    from PIL import Image, ImageDraw
-
     canvas = Image.new("RGB", (max(width, img.width), img.height + 20), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 3), text, fill="black", font=font(12))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill="black", font=font(12))
     canvas.paste(img, (0, 20))
     return canvas
 
 
-def write_figure(
-    out: Path,
-    args,
-    runs: list[Run],
-    samples: dict[tuple[str, int, str], torch.Tensor],
-    heldout: torch.Tensor,
-    train_images: torch.Tensor | None,
-) -> Path | None:
+def write_figure(out: Path, args, samples: dict, heldout: torch.Tensor, train_images: torch.Tensor) -> Path | None:
     """Sample grids (rows: samplers; columns: data, then each setting; the first seed's samples) and
     the radial power spectra of every setting and sampler (all seeds pooled) against the held-out data's."""
-    from PIL import Image
-
-    res = args.resolution
-    cells = min(args.n, 36)
-    nrow = int(math.ceil(math.sqrt(cells)))
-    s = upscale_factor(res)
+    cells, s = min(args.n, 36), upscale_factor(args.resolution)
 
     def panel(images: torch.Tensor, text: str):
         x = images[:cells].float().clamp(-1, 1).repeat_interleave(s, -2).repeat_interleave(s, -1)
-        img = Image.fromarray(grid(x, nrow))
+        img = Image.fromarray(grid(x, int(math.ceil(math.sqrt(cells)))))
         return _label(img, text, img.width)
 
-    columns = [
-        [panel(heldout, "held-out data"), panel(train_images, "training crops") if train_images is not None else None]
-    ]
+    columns = [[panel(heldout, "held-out data"), panel(train_images, "training crops")]]
     curves = {"held-out data": radial_power_spectrum(heldout)}
     for setting in args.settings:
-        col = []
+        columns.append([])
         for sampler in SAMPLERS:
-            pooled = [
-                samples[(setting, r.seed, sampler)]
-                for r in runs
-                if r.setting == setting and (setting, r.seed, sampler) in samples
-            ]
-            if not pooled:
-                col.append(None)
-                continue
-            first = pooled[0]
-            col.append(panel(first, f"{setting}, {_SAMPLER_LABEL[sampler]}"))
-            curves[f"{setting}, {_SAMPLER_LABEL[sampler]}"] = radial_power_spectrum(torch.cat(pooled).clamp(-1, 1))
-        columns.append(col)
+            pooled = [samples[k] for seed in args.seeds if (k := (setting, seed, sampler)) in samples]
+            name = f"{setting}, {_SAMPLER_LABEL[sampler]}"
+            columns[-1].append(panel(pooled[0], name) if pooled else None)
+            if pooled:
+                curves[name] = radial_power_spectrum(torch.cat(pooled).clamp(-1, 1))
     if len(curves) == 1:
         return None
-    cell_w = max(p.width for col in columns for p in col if p is not None)
-    cell_h = max(p.height for col in columns for p in col if p is not None)
-    gap = 10
+    panels = [p for col in columns for p in col if p is not None]
+    cell_w, cell_h, gap = max(p.width for p in panels), max(p.height for p in panels), 10
     grid_w = len(columns) * (cell_w + gap) + gap
-    plot_h = 420
     tmp = out / ".spectra.tmp.png"
-    plot_spectra(
-        curves,
-        tmp,
-        size=(max(grid_w, 720), plot_h),
-        title="radial power spectrum: samples (seeds pooled, clamped) against held-out data",
-    )
+    title = "radial power spectrum: samples (seeds pooled, clamped) against held-out data"
+    plot_spectra(curves, tmp, size=(max(grid_w, 720), 420), title=title)
     plot = Image.open(tmp)
     plot.load()
     tmp.unlink()
-    width = max(grid_w, plot.width)
-    canvas = Image.new("RGB", (width, 2 * (cell_h + gap) + gap + plot.height), "white")
+    canvas = Image.new("RGB", (max(grid_w, plot.width), 2 * (cell_h + gap) + gap + plot.height), "white")
     for c, col in enumerate(columns):
         for r, p in enumerate(col):
             if p is not None:
@@ -897,14 +721,13 @@ def write_figure(
     return path
 
 
-# ------------------------------------------------------------------------------------------------ main
 def main(argv=None, experiment: Experiment = TABLE1) -> int:
     args = parse_args(argv, experiment)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    N = args.num_timesteps or get_preset(first_preset(args)).process.num_timesteps
+    N = num_timesteps(args)
     runs = [Run(out, setting, seed, args) for setting in args.settings for seed in args.seeds]
     clock = Clock()
 
@@ -914,12 +737,8 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
         return 0
 
     check_plan(out, args)
-    data_left = sum(
-        n
-        for n, d in ((args.train_images, "train"), (args.heldout_images, "heldout"))
-        if not (out / "data" / d / "data.mdb").is_file()
-    )
-    left = work_left(runs, args, N, data_left)
+    data = {"train": args.train_images, "heldout": args.heldout_images}
+    left = work_left(runs, args, N, sum(n for d, n in data.items() if not (out / "data" / d / "data.mdb").is_file()))
     if any(v for k, v in left.items() if k != "score"):
         benchmark(args, clock)
         print_estimate(clock, args, runs, N, left)
@@ -927,13 +746,13 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
         print("table1: every training and sample is done; scoring what is missing and writing the table", flush=True)
 
     tasks_total = len(runs) * (1 + len(SAMPLERS))
-    tasks_done = [0]
+    tasks_done = 0
 
     def progress(what: str) -> None:
         remaining = estimate(clock, work_left(runs, args, N, 0))
         eta = datetime.now() + timedelta(seconds=remaining)
         print(
-            f"[{tasks_done[0]}/{tasks_total}] {what}; elapsed {hms(clock.elapsed)}, left ≈ {hms(remaining)} "
+            f"[{tasks_done}/{tasks_total}] {what}; elapsed {hms(clock.elapsed)}, left ≈ {hms(remaining)} "
             f"(ETA {eta:%H:%M})",
             flush=True,
         )
@@ -950,75 +769,50 @@ def main(argv=None, experiment: Experiment = TABLE1) -> int:
     samples: dict[tuple[str, int, str], torch.Tensor] = {}
     for run in runs:
         info = run.trained()
+        tasks_done += 1
         if info is None:
             before = run.steps_done()
             try:
                 info = train_run(run, train_dir, args)
             except RunInUseError as e:  # another call trains it now: go on with the rest, it will be scored later
-                tasks_done[0] += 1 + len(SAMPLERS)
+                tasks_done += len(SAMPLERS)
                 progress(f"skipped {run.name}: {e}")
                 continue
             clock.record("train_step", info["seconds"], max(info["step"] - before, 1))
-            tasks_done[0] += 1
             state = "FAILED: " + info["failed"] if info.get("failed") else info["verdict"]
             progress(f"trained {run.name} to step {info['step']} in {hms(info['seconds'])} ({state})")
-        else:
-            tasks_done[0] += 1
         if info.get("failed"):
-            tasks_done[0] += len(SAMPLERS)
+            tasks_done += len(SAMPLERS)
             continue
-        loaded = None
+        loaded = load_run(run)
+        gains[(run.setting, run.seed)] = dc_gain(run, loaded, heldout, args)
         for sampler in SAMPLERS:
-            score_file = run.sampler_dir(sampler) / "score.json"
-            cached = _read_json(score_file)
-            fresh = len(_images_done(run, sampler)) < args.n
-            if loaded is None:
-                loaded = load_run(run)
-                gains[(run.setting, run.seed)] = dc_gain(run, loaded, heldout, args)
-            x, raw, meta = sample_run(run, sampler, loaded, args, clock, progress)
-            result = score(run, sampler, x, raw, heldout, meta, args, clock, fid)
-            results[(run.setting, run.seed, sampler)] = result
-            samples[(run.setting, run.seed, sampler)] = x
-            tasks_done[0] += 1
-            if fresh or cached is None:
-                r = result["report"]
+            fresh = len(run.images_done(sampler)) < args.n or _read_json(run.results / sampler / "score.json") is None
+            key = (run.setting, run.seed, sampler)
+            samples[key], raw, meta = sample_run(run, sampler, loaded, args, clock, progress)
+            results[key] = score(run, sampler, samples[key], raw, heldout, meta, args, clock, fid)
+            tasks_done += 1
+            if fresh:
+                r = results[key]["report"]
                 progress(
                     f"{run.name} {sampler}: SWD {r['metrics']['swd_avg']['samples']:.3g} (floor "
                     f"{r['metrics']['swd_avg']['floor']:.3g}), spectrum error "
                     f"{r['metrics']['spectrum_error']['samples']:.3g}, std {r['raw']['overall_std']:.3g}, "
                     f"{r['verdict']}"
                 )
-        write_table(
-            out, args, runs, results, reference, fid, N, clock, data_std, gains
-        )  # a partial table after every run
+        write_table(out, args, runs, results, reference, fid, N, clock, data_std, gains)  # after every run
 
     train_images = load_data_images(train_dir, args.resolution, min(args.n, 36), seed=args.eval_seed + 1)
     table = write_table(out, args, runs, results, reference, fid, N, clock, data_std, gains)
-    figure = write_figure(out, args, runs, samples, heldout, train_images)
-    _write_json(
-        out / "results.json",
-        {
-            "plan": plan_of(args),
-            "seeds": args.seeds,
-            "settings": args.settings,
-            "fid_note": fid.note,
-            "runs": {
-                r.name: {
-                    "train": r.trained(),
-                    "dc_gain": gains.get((r.setting, r.seed)),
-                    **{s: results.get((r.setting, r.seed, s)) for s in SAMPLERS},
-                }
-                for r in runs
-            },
-            "train_reference": reference,
-        },
-    )
+    figure = write_figure(out, args, samples, heldout, train_images)
+    runs_json = {r.name: {"train": r.trained(), "dc_gain": gains.get((r.setting, r.seed))} for r in runs}
+    for r in runs:  # then each sampler's score
+        runs_json[r.name].update({s: results.get((r.setting, r.seed, s)) for s in SAMPLERS})
+    summary = {"plan": plan_of(args), "seeds": args.seeds, "settings": args.settings, "fid_note": fid.note}
+    _write_json(out / "results.json", {**summary, "runs": runs_json, "train_reference": reference})
     print(table.read_text())
-    print(
-        f"table: {table}\nfigure: {figure}\nresults: {out / 'results.json'}\ntotal time of this call: "
-        f"{hms(clock.elapsed)}",
-        flush=True,
-    )
+    print(f"table: {table}\nfigure: {figure}\nresults: {out / 'results.json'}", flush=True)
+    print(f"total time of this call: {hms(clock.elapsed)}", flush=True)
     return 0
 
 
