@@ -177,6 +177,8 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
                     f"blur process. Build the scheduler from the process's arguments ({cls.__name__}(...) "
                     f"or {cls.__name__}.from_process(process)) instead"
                 )
+            # blurdiff 0.1 saved the sampler as sampler_kind, which diffusers would drop unread.
+            config = {("sampler" if k == "sampler_kind" else k): v for k, v in config.items()}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def __len__(self) -> int:

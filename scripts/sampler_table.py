@@ -69,7 +69,9 @@ def main() -> None:
     if args.json and os.path.exists(args.json):  # resume: the cells already measured are kept
         with open(args.json) as f:
             done = json.load(f)
-        if done["checkpoint"] == str(path) and done["n"] == args.n and done["seeds"] == args.seeds:
+        # batch_size: the noise's batches (a table without it drew its noise otherwise, before 0.2)
+        same = {"checkpoint": str(path), "n": args.n, "seeds": args.seeds, "batch_size": B}
+        if all(done.get(k) == v for k, v in same.items()):
             rows, floor = done["rows"], done["floor"]
     print(_HEADER)
     for row in rows:
@@ -109,7 +111,13 @@ def main() -> None:
             rows.append(row)
             print(_line(row), flush=True)
             if args.json:  # after every cell: an interrupted table resumes
-                table = {"checkpoint": str(path), "step": source.step, "n": args.n, "seeds": args.seeds}
+                table = {
+                    "checkpoint": str(path),
+                    "step": source.step,
+                    "n": args.n,
+                    "seeds": args.seeds,
+                    "batch_size": B,
+                }
                 write_text_atomic(args.json, json.dumps(dict(table, floor=floor, rows=rows), indent=2))
     print("\ndata noise floor: " + ", ".join(f"{k} {v:.4g}" for k, v in floor.items()))
 

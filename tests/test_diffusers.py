@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import logging
 import math
 import re
@@ -507,6 +508,19 @@ def test_scheduler_config_round_trips_float64_exactly(tmp_path):
     again = BlurDiffusionScheduler.from_process(sched.process, spacing=None)
     assert _public(again.config) == _public(sched.config)
     assert data_stats_to_config(again.process.data_stats) == sched.config.data_stats
+
+
+def test_a_scheduler_config_of_blurdiff_0_1_keeps_its_sampler(tmp_path):
+    """0.1 saved the sampler as ``sampler_kind``; diffusers would drop that key with a log line."""
+    BlurDiffusionScheduler(**PROCESS, sampler="ddim").save_pretrained(tmp_path)
+    path = tmp_path / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["sampler_kind"] = config.pop("sampler")
+    path.write_text(json.dumps(config))
+    loaded = BlurDiffusionScheduler.from_pretrained(tmp_path)
+    assert loaded.config.sampler == "ddim"
+    loaded.set_timesteps(5)
+    assert loaded.sampler.name == "ddim"
 
 
 def test_scheduler_config_holds_every_process_field():

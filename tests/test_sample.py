@@ -17,6 +17,7 @@ from helpers import PROCESS, RES, STEPS, make_run
 from PIL import Image
 
 import blurdiff.sample_folder as sample_mod
+import blurdiff.samplers as samplers
 from blurdiff.checkpoint import checkpoint_path, save_checkpoint
 from blurdiff.images import upscale_factor
 
@@ -466,8 +467,6 @@ def test_a_huge_n_plans_from_one_listing_of_the_folder(run, tmp_path, monkeypatc
 
 # scripts/sampler_table.py: every sampler at several K, sampled in memory in blurdiff sample's batches
 def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of, monkeypatch, capsys):
-    import blurdiff.samplers as samplers
-
     spec = importlib.util.spec_from_file_location("sampler_table", ROOT / "scripts" / "sampler_table.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -498,3 +497,7 @@ def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of,
     script.main()
     assert json.loads(out.read_text()) == table
     assert "| ddim | 4 |" in capsys.readouterr().out
+    # A table without the batch size (before 0.2 its noise was drawn otherwise) is measured again.
+    out.write_text(json.dumps({k: v for k, v in table.items() if k != "batch_size"}))
+    with pytest.raises(AssertionError, match="sampled again"):
+        script.main()
