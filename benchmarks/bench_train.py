@@ -11,11 +11,15 @@ through the fused op, the network forward and backward, the gradient norm, Adam,
 ``extra_info`` holds steps/s and images/s; the ``process`` benchmarks time everything of a step
 but the network (t and noise draws, q_sample, the MSE loss) and report its share of a whole step
 (``process_share``), so the cost of the blur process next to the UNet is one number.
-Each benchmark runs a few seconds.
+``test_toy_step_fused_adam_and_decode_cache`` times the toy step with ``--fused-adam`` and the
+decode cache (on by default) with one step of the default Adam without the cache between its
+rounds, on the demo's kind of data (webp in an lmdb): ``extra_info["speedup"]`` is the ratio of
+their medians, measured in the same seconds. Each benchmark runs a few seconds.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -24,7 +28,7 @@ import torch
 from PIL import Image
 
 import blurdiff_ops
-from blurdiff.toy_data import toy_image
+from blurdiff.toy_data import make_toy_lmdb, toy_image
 from blurdiff.train import Trainer, build_trainer
 from blurdiff.train_options import TrainOptions
 
@@ -143,3 +147,41 @@ def test_process_share_of_step(benchmark, case, image_folders, tmp_path):
         batch=trainer.global_batch,
     )
     trainer.close()
+
+
+@pytest.fixture(scope="module")
+def toy_lmdb(tmp_path_factory):
+    """The demo's data in small: 512 dead-leaves images, webp in an lmdb, 32x32 (trained at 16x16)."""
+    path = tmp_path_factory.mktemp("toy") / "data"
+    make_toy_lmdb(str(path), 512, 32)
+    return path
+
+
+def test_toy_step_fused_adam_and_decode_cache(benchmark, toy_lmdb, tmp_path):
+    def trainer(name: str, warmup: int, **options) -> Trainer:
+        base = dict(preset="toy", max_steps=10**9, device="cpu", num_workers=0, sample_every=0, ckpt_every=0)
+        t = build_trainer(TrainOptions(data=str(toy_lmdb), out=str(tmp_path / name), progress=False, **base, **options))
+        for _ in range(warmup):
+            _step(t)
+        return t
+
+    eager = trainer("eager", 3, cache_mb=0)
+    fast = trainer("fast", 512 // 16, fused_adam=True)  # one epoch: every image decoded and kept
+    times = []
+
+    def between_rounds():
+        start = time.perf_counter()
+        _step(eager)
+        times.append(time.perf_counter() - start)
+
+    rounds = 40
+    benchmark.group = "toy train step, fused Adam + decode cache, paired"
+    benchmark.pedantic(_step, args=(fast,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=2)
+    eager_median = statistics.median(times[-rounds:])
+    benchmark.extra_info.update(
+        paired={"eager": {"min": min(times[-rounds:]), "median": eager_median}},
+        speedup=eager_median / benchmark.stats.stats.median,
+        threads=torch.get_num_threads(),
+    )
+    eager.close()
+    fast.close()

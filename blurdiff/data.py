@@ -22,6 +22,7 @@ import contextlib
 import errno
 import io
 import logging
+import math
 import operator
 import os
 import re
@@ -52,7 +53,6 @@ __all__ = [
     "open_dataset",
     "is_lmdb_path",
     "resize_no_crop",
-    "pil_to_tensor",
     "epoch_indices",
     "epoch_flips",
     "batches_per_epoch",
@@ -96,13 +96,17 @@ def resize_no_crop(img: Image.Image, resolution) -> Image.Image:
     return img
 
 
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 ``[3, H, W]`` in ``[-1, 1]``."""
+def _image_array(img: Image.Image) -> np.ndarray:
+    """RGB (or grey) PIL image -> uint8 ``[H, W, 3]``, contiguous."""
     arr = np.array(img, dtype=np.uint8)  # a writable copy
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).to(torch.float32)
-    return t.div_(127.5).sub_(1.0)
+    return np.ascontiguousarray(arr)
+
+
+def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in ``[-1, 1]`` (a new tensor)."""
+    return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0)
 
 
 class _EncodedImageDataset(torch.utils.data.Dataset):
@@ -112,21 +116,23 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
     path: str
     kind = "data set"
 
-    def __init__(self, path, resolution, hflip: bool = False):
+    def __init__(self, path, resolution, hflip: bool = False, cache_bytes: int = 0):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"data set path does not exist: {self.path}")
         self.resolution = _as_hw(resolution)
         self.hflip = bool(hflip)
+        self.cache_bytes = cache_bytes  # decoded images kept per process when all fit (0: none)
         # A shared-memory counter, so skips in DataLoader workers are seen by the main process
         # (inherited across fork; shared through torch.multiprocessing's pickler under spawn).
         self._bad_counter = torch.zeros(_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
         self._init_process_state()
 
     # -- per-process state -------------------------------------------------------------------
-    _PER_PROCESS = ("_bad_index", "_warned", "_warned_overflow", "bad_keys")  # not pickled
+    _PER_PROCESS = ("_bad_index", "_warned", "_warned_overflow", "bad_keys", "_decoded")  # not pickled
 
     def _init_process_state(self) -> None:
+        self._decoded: dict[int, np.ndarray] = {}  # index -> uint8 [H, W, 3], when all fit cache_bytes
         self._bad_index: set[int] = set()
         self._warned: set[str] = set()
         self._warned_overflow = False
@@ -149,6 +155,17 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         """Record ``index`` decoded, RGB, resized to the resolution (native size if ``None``);
         raises whatever decoding raises (no skipping)."""
         return resize_no_crop(self._open_image(index), self.resolution)
+
+    def _decoded_array(self, index: int) -> np.ndarray | None:
+        """Record ``index`` as uint8 ``[H, W, 3]``, or None when bad. Kept when the whole data set
+        fits ``cache_bytes``: later epochs skip the decode (the same values: decoding is deterministic)."""
+        if index in self._decoded:
+            return self._decoded[index]
+        img = self._read_or_skip(index)
+        arr = None if img is None else _image_array(img)
+        if arr is not None and self.resolution and len(self) * 3 * math.prod(self.resolution) <= self.cache_bytes:
+            self._decoded[index] = arr
+        return arr
 
     def _read_or_skip(self, index: int) -> Image.Image | None:
         """:meth:`read_image`, or None for a bad record (counted by :meth:`note_bad`)."""
@@ -200,8 +217,8 @@ class _EncodedImageDataset(torch.utils.data.Dataset):
         for _ in range(n):
             if j in self._bad_index:
                 self.note_bad(j)
-            elif (img := self._read_or_skip(j)) is not None:
-                x = pil_to_tensor(img)
+            elif (arr := self._decoded_array(j)) is not None:
+                x = _array_to_tensor(arr)
                 return x.flip(-1).contiguous() if flip else x
             j = (j + 1) % n
         raise UndecodableDataError(f"every one of the {n} records of {self.kind} {self.path} is undecodable")
@@ -295,8 +312,8 @@ class LMDBImageDataset(_EncodedImageDataset):
         super()._init_process_state()
         self._env = self._pid = None
 
-    def __init__(self, path, resolution, hflip: bool = False):
-        super().__init__(path, resolution, hflip)
+    def __init__(self, path, resolution, hflip: bool = False, cache_bytes: int = 0):
+        super().__init__(path, resolution, hflip, cache_bytes)
         p = self.path
         if os.path.isdir(p) and not os.path.isfile(os.path.join(p, "data.mdb")):
             raise FileNotFoundError(f"not an lmdb (no data.mdb in the directory): {p}")
@@ -368,8 +385,8 @@ class ImageFolderDataset(_EncodedImageDataset):
 
     kind = "image folder"
 
-    def __init__(self, path, resolution, hflip: bool = False):
-        super().__init__(path, resolution, hflip)
+    def __init__(self, path, resolution, hflip: bool = False, cache_bytes: int = 0):
+        super().__init__(path, resolution, hflip, cache_bytes)
         p = self.path
         if not os.path.isdir(p):
             raise ValueError(f"not a directory of images: {p}")
@@ -389,16 +406,17 @@ class ImageFolderDataset(_EncodedImageDataset):
             return decode_image(f.read())
 
 
-def open_dataset(path, resolution, hflip: bool = False) -> _EncodedImageDataset:
+def open_dataset(path, resolution, hflip: bool = False, cache_bytes: int = 0) -> _EncodedImageDataset:
     """An :class:`LMDBImageDataset` for an lmdb (a directory holding ``data.mdb``, or a ``.mdb``
-    file), else an :class:`ImageFolderDataset`. A missing path raises ``FileNotFoundError``."""
+    file), else an :class:`ImageFolderDataset`; ``cache_bytes``: keep the decoded images in memory
+    when all fit (uint8, per process). A missing path raises ``FileNotFoundError``."""
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"data set path does not exist: {p}")
     if is_lmdb_path(p):
-        return LMDBImageDataset(p, resolution, hflip)
+        return LMDBImageDataset(p, resolution, hflip, cache_bytes)
     if os.path.isdir(p):
-        return ImageFolderDataset(p, resolution, hflip)
+        return ImageFolderDataset(p, resolution, hflip, cache_bytes)
     raise ValueError(f"not a data set (expected an lmdb directory, a .mdb file or an image folder): {p}")
 
 

@@ -129,7 +129,7 @@ def build_parts(plan: RunPlan) -> TrainingParts:
     process.ops(device)  # backend="fused" without kernels: fail now, not at step 1
 
     # Data first: a missing or empty data set should fail before a big model is built.
-    dataset = open_dataset(opts.data, process.resolution, hflip=preset.hflip)
+    dataset = open_dataset(opts.data, process.resolution, hflip=preset.hflip, cache_bytes=int(opts.cache_mb * 2**20))
     process.data_stats = _data_statistics(process, dataset, plan.checkpoint)
 
     torch.manual_seed(opts.seed)  # the initial weights: the same on every rank
@@ -234,7 +234,7 @@ class Trainer:
         # The ε-predictor of the EMA weights, for samples (the EMA network itself is what is saved).
         self.ema_eps = eps_model(self.ema, self.process, preset.model_output)
         self._ema_params, self._model_params = list(self.ema.parameters()), list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr, fused=opts.fused_adam or None)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
         self.amp_dtype = AMP_DTYPES[opts.amp]
 
@@ -277,8 +277,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # --lr given on resume wins over the saved one
-            group["lr"] = self.options.lr
+        for group in self.optimizer.param_groups:  # --lr and --fused-adam on resume win over the saved ones
+            group.update(lr=self.options.lr, fused=self.options.fused_adam or None)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])

@@ -26,7 +26,7 @@ __all__ = ["AMP_DTYPES", "LR_SCHEDULES", "TrainOptions"]
 _FROM_PRESET = object()
 _TRAJECTORY_DEFAULTS: dict[str, Any] = {
     **dict.fromkeys(("batch_size", "lr", "ema_decay", "warmup_steps", "grad_clip", "lr_schedule"), _FROM_PRESET),
-    **dict(amp="none", seed=0, resolution=None, process_overrides={}, unet_overrides={}),
+    **dict(amp="none", fused_adam=False, seed=0, resolution=None, process_overrides={}, unet_overrides={}),
 }
 
 
@@ -51,6 +51,7 @@ class TrainOptions:
     grad_clip: float | None = None
     lr_schedule: str | None = None
     amp: str | None = None
+    fused_adam: bool | None = None
     seed: int | None = None
     resolution: int | None = None
     process_overrides: dict[str, Any] | None = None
@@ -63,6 +64,7 @@ class TrainOptions:
     health_window: int = 100
     final_check: bool = True
     num_workers: int | None = None
+    cache_mb: float = 1024.0
     device: str | None = None
     backend: str = "auto"
     progress: bool = True
@@ -124,6 +126,8 @@ class TrainOptions:
             raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        if not self.cache_mb >= 0:
+            raise ValueError(f"--cache-mb must be >= 0 (0: off), got {self.cache_mb}")
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
         if device is not None and self.amp == "fp16" and device.type != "cuda":

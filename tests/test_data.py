@@ -398,6 +398,26 @@ def test_image_folder_reader(tmp_path):
     torch.testing.assert_close(g, torch.full_like(g, 200 / 127.5 - 1))
 
 
+def test_decoded_images_are_kept_when_the_data_set_fits_the_budget(toy8, monkeypatch):
+    size = len(open_dataset(toy8, 8)) * 3 * 8 * 8
+    plain, kept, over = (open_dataset(toy8, 8, hflip=True, cache_bytes=b) for b in (0, size, size - 1))
+    reads = {id(d): 0 for d in (plain, kept, over)}
+    for d in (plain, kept, over):
+        monkeypatch.setattr(
+            d, "read_image", lambda i, d=d, read=d.read_image: reads.__setitem__(id(d), reads[id(d)] + 1) or read(i)
+        )
+    n = len(plain)
+    for _ in range(2):  # the second epoch reads what the first kept
+        for i in range(n):
+            for flip in (False, True):
+                want = plain[i, flip]
+                assert torch.equal(kept[i, flip], want) and torch.equal(over[i, flip], want)
+    assert reads[id(kept)] == n and reads[id(plain)] == reads[id(over)] == 4 * n
+    assert len(kept._decoded) == n and not over._decoded and not plain._decoded
+    fresh = open_dataset(toy8, 8, cache_bytes=size)
+    assert fresh[0] is not None and fresh._decoded and not pickle.loads(pickle.dumps(fresh))._decoded  # per process
+
+
 def test_hflip_flips_with_seeded_randomness(tmp_path):
     img = split_image(16, 16, 0.5)  # left black, right white
     Image.fromarray(img).save(tmp_path / "a.png")

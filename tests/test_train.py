@@ -151,6 +151,34 @@ def test_resume_is_bitwise_identical_to_a_straight_run(toy_lmdb, tmp_path):
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
 
 
+def test_fused_adam_resumes_bitwise_and_can_be_switched_on_for_a_run(toy_lmdb, tmp_path):
+    kw = dict(fused_adam=True, ckpt_every=3, max_steps=6)
+    straight = run(opts(toy_lmdb, tmp_path / "straight", **kw))
+    run(opts(toy_lmdb, tmp_path / "halves", **dict(kw, max_steps=3)))
+    resumed = run(opts(toy_lmdb, tmp_path / "halves", resume=True, max_steps=6, ckpt_every=3))  # fused: the run's
+    assert resumed.options.fused_adam is True
+    assert straight.optimizer.param_groups[0]["fused"] is resumed.optimizer.param_groups[0]["fused"] is True
+    a, b = (
+        load_checkpoint(tmp_path / run_dir / "checkpoints" / "ckpt-00000006.pt") for run_dir in ("straight", "halves")
+    )
+    for key in ("model", "ema", "optimizer"):
+        assert_same(a[key], b[key], key)
+    # A run of the default Adam goes on fused when asked (the saved optimizer state does not say
+    # "not fused"), within rounding of the default's trajectory.
+    plain = run(opts(toy_lmdb, tmp_path / "plain", ckpt_every=3, max_steps=3))
+    assert plain.optimizer.param_groups[0]["fused"] is None
+    switched = run(opts(toy_lmdb, tmp_path / "plain", resume=True, max_steps=6, fused_adam=True))
+    assert switched.optimizer.param_groups[0]["fused"] is True
+    for x, y in zip(switched.model.parameters(), straight.model.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+
+def test_the_training_images_are_kept_decoded_within_cache_mb(toy_lmdb, tmp_path):
+    kept = build_parts(plan_run(opts(toy_lmdb, tmp_path / "run"))).dataset
+    off = build_parts(plan_run(opts(toy_lmdb, tmp_path / "off", cache_mb=0))).dataset
+    assert (kept.cache_bytes, off.cache_bytes) == (1024 * 2**20, 0)  # --cache-mb's default, and off
+
+
 def test_checkpoint_contents_load_with_weights_only(toy_lmdb, tmp_path):
     trainer = run(opts(toy_lmdb, tmp_path / "run", max_steps=2))
     path = latest_checkpoint(tmp_path / "run")
@@ -708,6 +736,7 @@ def test_cli_end_to_end(toy_lmdb, tmp_path, cli_main, capsys):
         ({"--preset": "nope"}, "unknown preset 'nope'; valid presets"),
         ({"--amp": "fp16"}, "fp16 needs CUDA"),
         ({"--max-steps": "-1"}, "--max-steps must be >= 0"),
+        ({"--cache-mb": "-1"}, "--cache-mb must be >= 0 (0: off), got -1.0"),
     ],
 )
 def test_cli_bad_input(toy_lmdb, tmp_path, cli_main, capsys, change, message):

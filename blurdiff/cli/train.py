@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="mixed precision for the network: bf16, or fp16 with a GradScaler (CUDA only); default none",
     )
+    g.add_argument(
+        "--fused-adam",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Adam's fused kernel (CPU and CUDA): a faster step, equal to the default within rounding (default off)",
+    )
     g.add_argument("--seed", type=seed_type, default=None, help="seed of weights, data order, t, noise (default 0)")
     g.add_argument("--resolution", type=int, default=None, help="train at this side instead of the preset's")
     add_setting_arguments(p)
@@ -85,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="DataLoader worker processes per training process (default: 4 on CUDA, 0 on the CPU)",
+    )
+    d.add_argument(
+        "--cache-mb",
+        type=float,
+        default=1024.0,
+        help="keep the decoded training images in memory when they fit in this many MiB per process (0: off)",
     )
     d.add_argument(
         "--backend",
