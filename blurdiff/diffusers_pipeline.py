@@ -1,11 +1,7 @@
 """Blur-diffusion sampling as a diffusers pipeline (the optional extra ``pip install "blurdiff[diffusers]"``;
-README "diffusers").
-
-:class:`BlurDiffusionPipeline` pairs a network (a diffusers model that takes diffusers timesteps, or
-the project's UNet in :class:`BlurDiffusionUNet`, which ``save_pretrained``/``from_pretrained`` store
-like any diffusers model) with a :class:`blurdiff.diffusers_scheduler.BlurDiffusionScheduler`, and
-samples as ``Sampler.sample`` does: from the scheduler's prior, one ``scheduler.step`` per kept
-timestep. With the same generator it gives the project's samples bit for bit.
+README "diffusers"): a network (a diffusers model that takes diffusers timesteps, or the project's
+UNet in :class:`BlurDiffusionUNet`) and a :class:`blurdiff.diffusers_scheduler.BlurDiffusionScheduler`,
+sampling as ``Sampler.sample`` does, bit for bit with the same generator.
 """
 
 from __future__ import annotations
@@ -62,9 +58,6 @@ class BlurDiffusionUNet(ModelMixin, ConfigMixin):
     The config is the :class:`blurdiff.unet.UNetConfig` fields plus ``model_output`` (``eps`` or
     ``eps_residual``, :data:`blurdiff.diffusion.MODEL_OUTPUTS`); the weights are the UNet's own
     state dict under ``net.``, saved as safetensors by ``ModelMixin.save_pretrained``.
-
-    ``forward(sample, timestep)`` takes the diffusers timestep ``t_d``, as every diffusers model
-    does, and calls the UNet at the project step ``s = t_d + 1`` it was trained on.
 
     The process is an argument of ``forward``, not part of this model: an ``eps_residual`` network
     adds ε̄_ref (:meth:`blurdiff.diffusion.BlurDiffusion.reference_eps`), which depends on the process

@@ -1,13 +1,6 @@
-"""The blur-diffusion process as a diffusers scheduler (the optional extra ``pip install "blurdiff[diffusers]"``;
-README "diffusers").
-
-:class:`BlurDiffusionScheduler` wraps a :class:`blurdiff.diffusion.BlurDiffusion` and one sampler of
-:mod:`blurdiff.samplers`, so that diffusers-style code (``add_noise``, ``set_timesteps``/``step``,
-``save_pretrained``/``from_pretrained``) drives the project's own process and steps, not an
-isotropic DDPM. diffusers counts timesteps ``0 … N-1``, the project (docs/design.md §1) steps
-``1 … N``: ``t_d = s - 1`` (:func:`to_project_step`, :func:`to_diffusers_timestep`). The prior is not
-isotropic: start from :meth:`BlurDiffusionScheduler.prior_sample`, never ``randn * init_noise_sigma``;
-for the same reason no other scheduler's config is taken (:meth:`BlurDiffusionScheduler.from_config`).
+"""The blur-diffusion process and one of its samplers as a diffusers scheduler (the optional extra
+``pip install "blurdiff[diffusers]"``): timesteps in diffusers numbering ``t_d = s - 1``, the prior
+from :meth:`BlurDiffusionScheduler.prior_sample`, no other scheduler's config (README "diffusers").
 """
 
 from __future__ import annotations
@@ -97,9 +90,7 @@ class BlurDiffusionScheduler(SchedulerMixin, ConfigMixin):
     The config holds the process's arguments (``num_train_timesteps`` is its ``num_timesteps``), the
     sampler (``sampler``, ``spacing``: None picks the project's defaults) and the training data's
     statistics (``data_stats``, the integrators' Gaussian reference): everything needed to rebuild
-    the same process and sampler from ``scheduler_config.json``. Each :meth:`step` is one
-    ``Sampler.step``; the multistep kinds' previous ``(x, ε)`` is kept between calls and dropped
-    by :meth:`set_timesteps`. Timesteps are in diffusers numbering, ``t_d = s - 1``.
+    the same process and sampler from ``scheduler_config.json``.
     """
 
     _compatibles: list[str] = []  # no isotropic scheduler runs this process

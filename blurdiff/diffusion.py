@@ -1,9 +1,7 @@
 """``BlurDiffusion``: the forward process, training loss, the reference score; sampling.
 
-docs/design.md §1: every operator is one ``blurdiff_ops.spectral_lincomb`` over per-frequency tables
-``[N+1, H, W]``, built once in float64 (in log space, so a tiny ``Ā_i`` keeps its relative precision)
-and cached per device (:class:`TableCache`). The samplers (:mod:`blurdiff.samplers`) step:
-``reverse_step`` and ``sample`` are the ``ddpm`` sampler's (design.md §4).
+docs/design.md §1, §4: every operator is one ``blurdiff_ops.spectral_lincomb`` over per-frequency tables
+``[N+1, H, W]``, built once in float64 (in log space, so a tiny ``Ā_i`` keeps its relative precision).
 """
 
 from __future__ import annotations
@@ -221,13 +219,19 @@ class BlurDiffusion:
         warning where there are none); None for the paper's process, whose prior needs none."""
         if self.family == "lee":
             return None
-        if self.data_stats is None:
-            warn_at_caller(
-                f"the {self.family} family's prior is the Gaussian of the data's power, and this process has "
-                f"no data statistics: using a flat spectrum (1 at every frequency). Set process.data_stats"
-            )
-            return torch.ones(self.resolution, dtype=torch.float64)
-        return self.data_stats.reference_var
+        return self._data_power(f"the {self.family} family's prior (the Gaussian of the data's power)")
+
+    def _data_power(self, user: str) -> torch.Tensor:
+        """The data statistics' power per frequency (float64 ``[H, W]``) for ``user`` (the warning's
+        subject), else a flat spectrum with a warning: stable but less accurate."""
+        if self.data_stats is not None:
+            return self.data_stats.reference_var
+        warn_at_caller(
+            f"{user} has no data statistics (a checkpoint from an older version, or a process without "
+            f"data_stats): using a flat spectrum (1 at every frequency), which is stable but less accurate. "
+            f"Set process.data_stats = blurdiff.statistics.estimate_data_statistics(process, batches) to fix this"
+        )
+        return torch.ones(self.resolution, dtype=torch.float64)
 
     # ---------------------------------------------------------------- tables and backends
     def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

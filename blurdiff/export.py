@@ -1,12 +1,9 @@
 """``blurdiff export``: a trained run's network in files any tool reads (README "Exported weights").
 
-The ``blurdiff`` format is ``DIR/model.safetensors``, the EMA (``--no-ema``: the raw) weights exactly
-as the checkpoint holds them, and ``DIR/config.json`` (:func:`_write_blurdiff`): the process, the
-network, the data statistics (JSON writes a float64 as its shortest round-tripping decimal: they
-come back bit for bit) and the source checkpoint's step and SHA-256. :func:`load_export` rebuilds the
-pair with the code :func:`blurdiff.checkpoint.build_from_checkpoint` uses
-(:func:`~blurdiff.checkpoint.build_from_config`), so ``blurdiff sample --export DIR`` makes the
-images of ``blurdiff sample --run RUN`` bit for bit.
+The ``blurdiff`` format's ``config.json`` (:func:`_write_blurdiff`) holds the data statistics as JSON,
+whose float64 is its shortest round-tripping decimal: they come back bit for bit, and
+:func:`load_export` rebuilds the pair with :func:`blurdiff.checkpoint.build_from_config`, the code of
+``build_from_checkpoint``, so ``blurdiff sample --export DIR`` makes ``--run RUN``'s images bit for bit.
 
 Each file is written atomically, the weights first: a folder with an export's ``config.json`` is
 complete, and ``weights_sha256`` catches weights that do not belong to it (an ``--overwrite``

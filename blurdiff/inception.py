@@ -6,10 +6,8 @@ with 1008 classes, other weights, and TensorFlow's pooling: the average pools of
 and parameter names are torchvision's ``Inception3(aux_logits=False, num_classes=1008)``, so the
 published ``pt_inception-2015-12-05-6726825d.pth`` loads with ``strict=True``; ``fc`` is only
 there for that. Input handling is pytorch-fid's (see :class:`FIDInceptionV3`).
-
-Weights are never downloaded (:func:`load_fid_inception`), and only the published file gives FIDs
-comparable with published ones: its sha256 must begin ``6726825d`` (the torch hub prefix in its
-name) unless ``allow_other_weights=True``.
+Weights are never downloaded; only the published file (sha256 ``6726825d…``, the torch hub prefix in
+its name) gives FIDs comparable with published ones (:func:`load_fid_inception`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """A natural-image data set: random crops of the colour photographs scikit-image ships in its wheel.
 
-``blurdiff data photos`` writes them as an LSUN-format lmdb, the format of ``blurdiff data toy``
-(keys: 40-hex ascii ids, values: lossless WEBP). Nothing is downloaded: the nine photographs of
-:data:`PHOTOS` are read from the installed package (``skimage/data/``) and decoded with Pillow.
-scikit-image is an optional extra (:data:`INSTALL_HINT`); without it, or when a photograph is
-missing from it, :class:`PhotosUnavailableError` (an ``ImportError``) or ``FileNotFoundError``
-says what to install.
+``blurdiff data photos`` (README "Natural images") reads the nine photographs of :data:`PHOTOS` from
+the installed package (``skimage/data/``, decoded with Pillow); without scikit-image, or a photograph
+missing from it, :class:`PhotosUnavailableError` (an ``ImportError``) or ``FileNotFoundError``.
 
 Crop ``i`` of a split with a seed is drawn from ``numpy.random.default_rng([seed, split, i])``, so
 it is the same whatever ``n`` is: a photograph, uniformly among the nine; a square side,

@@ -1,12 +1,8 @@
 """The quality yardstick (docs/design.md §5): samples against data, beside the data's own noise floor.
 
-:func:`evaluate` reports each number for the samples against a reference set of data images beside
-the same number for a second, disjoint data set as large (what a perfect generator scores):
-multi-scale sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al. 2018,
-"Progressive Growing of GANs", Table 1; ×10³ as there), the radial spectrum error of
-:mod:`blurdiff.spectrum` (all frequencies but DC, and the upper half), per-channel mean and std,
-and the raw out-of-range fractions (:class:`blurdiff.sample_guard.SampleStats`). Nothing here
-needs downloaded weights. :func:`evaluate_folder` is ``blurdiff eval``.
+The multi-scale sliced Wasserstein distance is Karras et al. 2018 ("Progressive Growing of GANs",
+Table 1; ×10³ as there); the spectrum error is :mod:`blurdiff.spectrum`'s (all frequencies but DC,
+and the upper half). Nothing here needs downloaded weights. :func:`evaluate_folder` is ``blurdiff eval``.
 """
 
 from __future__ import annotations

@@ -14,30 +14,13 @@ batch: a run that made no image binds nothing); resuming with other settings (an
 seed, batch size, sampler, steps, …) is refused. The device and the batch size are checked before
 the folder is touched.
 
-``--export DIR`` samples an export of ``blurdiff export`` (blurdiff/export.py) instead of a
-checkpoint: the same images, bit for bit, as its source checkpoint with the same weights (an
-export holds one set: ``--no-ema`` only for an export of the raw weights). ``sample.json``
-records the source checkpoint, so a folder begun from the checkpoint can be continued from its
-export and back.
+``--export DIR`` samples an export (README "Exported weights": its source checkpoint's images, bit for
+bit); ``sample.json`` records that checkpoint, so a folder begun from it continues from its export and back.
 
-``--npz`` also writes ``DIR/samples_NxHxWx3.npz`` once the folder holds all N images: the N
-PNGs (made now or by an earlier call) in index order as one uint8 ``[N, H, W, 3]`` array under
-the key ``arr_0``, what guided-diffusion's ``evaluations/evaluator.py`` reads.
-
-``--trajectory`` also writes ``DIR/figures/trajectory.png`` (Figure 1: each row one sample, x_N … x_0
-at evenly spaced kept steps) and ``DIR/figures/trajectory_x0.png`` (the predicted x̂_0 at the same
-steps) for the first few images of batch 0 (the rows end with images 000000.png …). ``--grid``
-writes ``DIR/figures/grid.png``, the first (up to 64) images of the folder in one picture.
-
-Samplers (docs/sampling.md): ``ddpm`` (Eq. 12, the paper's; the default with all N steps, and
-only with all N), ``ancestral2m`` (the second-order reverse-SDE integrator; the default with
-``--steps K``), ``ancestral`` (first order), ``ddim`` and ``ddim2m`` (deterministic);
-``--steps K`` keeps K of the N steps, placed by ``--spacing`` (default: the best for the sampler).
-
-Guarded: the statistics of the values before the clamp to [-1, 1] are recorded per batch
-(``DIR/raw_stats.jsonl``), summed into ``DIR/stats.json`` (which ``blurdiff eval`` reads) and
-printed; when they show divergence (non-finite values, more than 1 % beyond ±1.5, or a standard
-deviation 3× the data's) a warning names the checkpoint and the sampler.
+``--npz`` (``DIR/samples_NxHxWx3.npz``: the N PNGs as one uint8 ``[N, H, W, 3]`` array, key ``arr_0``,
+once the folder holds all N), ``--trajectory`` and ``--grid`` (``DIR/figures/``), the samplers and the
+divergence guard (``raw_stats.jsonl``, ``stats.json``): README "Two commands", "Samples you can
+trust" and "Sampling with fewer steps".
 """
 
 from __future__ import annotations

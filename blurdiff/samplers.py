@@ -1,9 +1,7 @@
 """Sampling on all N steps or a strided subset: Eq. 12 (``ddpm``) and two exponential integrators.
 
-docs/sampling.md derives everything here (§1 the kept steps ``N = s_K > … > s_1 ≥ 1``, ``s_0 = 0``;
-§2 ``ddpm``; §4–§6 the integrators around a Gaussian reference of the data's power ``v``; §8 the
-tables, indexed by the *position* ``k`` in the strided sequence, row 0 unused); docs/design.md §4
-lists the samplers. Each step is one ``spectral_lincomb`` beside the network.
+docs/sampling.md derives everything here (the kept steps ``N = s_K > … > s_1 ≥ 1``, ``s_0 = 0``; the
+tables indexed by the *position* ``k`` in that sequence, row 0 unused); docs/design.md §4 lists the samplers.
 
     sampler = make_sampler(process, steps=50, sampler="ancestral")   # or steps=None (all N), or a list
     x0 = sampler.sample(model, (16, 3, 64, 64), generator=g, device="cuda")
@@ -20,7 +18,6 @@ from blurdiff.progress import Progress
 from blurdiff.sample_guard import SampleStats, warn_if_diverged
 from blurdiff.schedules import int_arg
 from blurdiff.tables import TableCache
-from blurdiff.warn import warn_at_caller
 
 __all__ = ["DEFAULT_SPACING", "SAMPLERS", "MULTISTEP", "SPACINGS", "STOCHASTIC", "Sampler"]
 __all__ += ["default_sampler", "make_sampler", "spaced_steps", "strided_steps"]
@@ -82,12 +79,11 @@ def strided_steps(process, count: int, spacing: str = "uniform") -> tuple[int, .
     return tuple(reversed(_distinct_ascending(values, N)))
 
 
-def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
+def _listed_steps(process, steps) -> tuple[int, ...]:
+    """The kept steps of ``steps`` None (all N) or a list of them, descending."""
     N = process.num_timesteps
     if steps is None:
         return tuple(range(N, 0, -1))
-    if isinstance(steps, int) and not isinstance(steps, bool):
-        return strided_steps(process, steps, spacing)
     if isinstance(steps, torch.Tensor):
         steps = steps.tolist()
     if not isinstance(steps, Sequence) or isinstance(steps, str):  # a bool too
@@ -98,7 +94,7 @@ def _resolve_steps(process, steps, spacing: str = "uniform") -> tuple[int, ...]:
     if len(set(seq)) != len(seq):
         raise ValueError(f"steps has repeated entries: {sorted(seq, reverse=True)}")
     seq = sorted(seq, reverse=True)
-    if seq[0] != N or seq[-1] < 1:
+    if seq[0] != N:  # each is at least 1 (int_arg)
         raise ValueError(
             f"steps must lie in 1 … {N} and include {N} (sampling starts from the prior x_N), got "
             f"values in [{seq[-1]}, {seq[0]}]"
@@ -240,19 +236,15 @@ DEFAULT_SPACING = {name: "quadratic" if name in MULTISTEP else "uniform" for nam
 def _resolve(process, steps, sampler: str | None, spacing: str | None) -> tuple[tuple[int, ...], str, str]:
     """(kept timesteps, sampler name, spacing) with the defaults filled: the sampler from the
     number of steps, the spacing from the sampler."""
-    if steps is None:
-        count = process.num_timesteps
-    elif isinstance(steps, int) and not isinstance(steps, bool):
-        count = steps
-    else:
-        count = len(_resolve_steps(process, steps))
-    name = default_sampler(count, process.num_timesteps) if sampler is None else sampler
+    count = steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+    listed = _listed_steps(process, steps) if count is None else None
+    name = default_sampler(len(listed) if listed else count, process.num_timesteps) if sampler is None else sampler
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
     spacing = DEFAULT_SPACING[name] if spacing is None else spacing
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    return _resolve_steps(process, steps, spacing), name, spacing
+    return listed or strided_steps(process, count, spacing), name, spacing
 
 
 def _resolve_reference(process, name: str, reference_var: torch.Tensor | None) -> torch.Tensor | None:
@@ -260,18 +252,9 @@ def _resolve_reference(process, name: str, reference_var: torch.Tensor | None) -
     use one: given, else the process's data statistics, else a flat spectrum with a warning."""
     if name == "ddpm" and process.family == "lee":
         return None  # Eq. 12 and the paper's prior need no reference
-    H, W = process.resolution
     if reference_var is None:
-        stats = getattr(process, "data_stats", None)
-        if stats is None:
-            warn_at_caller(
-                f"the {name} sampler has no data statistics for its Gaussian reference (a checkpoint from an "
-                f"older version, or a process without data_stats): using a flat spectrum (1 at every "
-                f"frequency), which is stable but less accurate. Set process.data_stats = "
-                f"blurdiff.statistics.estimate_data_statistics(process, batches) to fix this"
-            )
-            return torch.ones(H, W, dtype=torch.float64)
-        return stats.reference_var
+        return process._data_power(f"the {name} sampler's Gaussian reference")
+    H, W = process.resolution
     v = torch.as_tensor(reference_var, dtype=torch.float64).cpu()
     if tuple(v.shape) != (H, W) or not torch.isfinite(v).all() or (v <= 0).any():
         raise ValueError(

@@ -1,8 +1,7 @@
 """What a run knows about its data: per-channel mean and std, and the power of every frequency.
 
-The trainer measures these once on the training data and stores them in every checkpoint
-(``state["data_stats"]``). Samplers use the spectral power as their Gaussian reference
-(docs/sampling.md §4), and the divergence guard compares the std of samples with the data's.
+Measured once on the training data, stored in every checkpoint (``state["data_stats"]``); the
+samplers' Gaussian reference and the divergence guard's yardstick (docs/design.md §4).
 """
 
 from __future__ import annotations

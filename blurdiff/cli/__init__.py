@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import UnidentifiedImageError
 
+from blurdiff.data import _first_line  # the one-line form of an error, as the data files report theirs
 from blurdiff.images import UndecodableDataError
 from blurdiff.inception import InceptionWeightsError
 from blurdiff.output_folders import OutputExistsError
@@ -179,7 +180,3 @@ def _describe_os_error(e: OSError) -> str:
     if e.filename2 is not None:
         return f"{e.strerror}: {e.filename} -> {e.filename2}"
     return f"{e.strerror}: {e.filename}"
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
