@@ -68,7 +68,7 @@ class ProcessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """What checkpoints, run configs and exports record: every field but the families', and those of
-        its own family only (the paper's process records none, as before the families existed)."""
+        its own family only (the paper's process records no family field)."""
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ALL_FAMILY_FIELDS}
         if self.family != "lee":
             record.update(family=self.family, **{name: getattr(self, name) for name in _FAMILY_FIELDS[self.family]})

@@ -110,6 +110,7 @@ if _REGISTER:
         torch.library.register_autograd(
             f"blurdiff_ops::{_op}", _transform_backward(_adjoint), setup_context=_transform_setup(_op)
         )
+    del _op, _adjoint
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ import torch
 from blurdiff import BlurDiffusion
 from blurdiff.gaussian_yardstick import BANDS, evaluate_samplers, power_law_spectrum, reference_estimate
 from blurdiff.presets import get_preset
+from blurdiff.quality import load_data_images
 from blurdiff.samplers import SAMPLERS
+from blurdiff.statistics import estimate_data_statistics
 
 
 def main() -> None:
@@ -46,9 +48,6 @@ def main() -> None:
     for name in args.presets:
         process = BlurDiffusion(dataclasses.replace(get_preset(name).process, resolution=args.resolution))
         if args.data:
-            from blurdiff.quality import load_data_images
-            from blurdiff.statistics import estimate_data_statistics
-
             images = load_data_images(args.data, res, 1024, exact=False)
             v = estimate_data_statistics(process, images.split(64)).reference_var
         else:

@@ -16,7 +16,7 @@ noise for every row of a seed, and scored with the quality yardstick against hel
 its noise floor.
 
 The machinery is scripts/table1.py's (``table1.main`` with an :class:`table1.Experiment` per part):
-resumable (run the same command again; finished trainings, sample chunks and scores are kept),
+resumable (run the same command again; finished trainings, sample batches and scores are kept),
 with a timing benchmark, an estimate before the work and progress with an ETA after every task.
 Each part works in ``DIR/toy`` or ``DIR/photos`` (its own ``table.md``, ``figure.png``,
 ``results.json``); this script adds ``DIR/table.md`` (both tables) and ``DIR/figure.png``: each
@@ -52,7 +52,6 @@ from PIL import Image
 from blurdiff.atomic import atomic_path, write_text_atomic
 from blurdiff.diffusion import BlurDiffusion
 from blurdiff.images import grid, upscale_factor
-from blurdiff.presets import get_preset
 from blurdiff.quality import load_data_images
 
 _spec = importlib.util.spec_from_file_location("table1", Path(__file__).resolve().parent / "table1.py")
@@ -106,7 +105,7 @@ def estimate(parts: dict[str, argparse.Namespace]) -> float:
     for part, a in parts.items():
         clock = table1.Clock()
         table1.benchmark(a, clock)
-        N = a.num_timesteps or get_preset(table1.first_preset(a)).process.num_timesteps
+        N = table1.num_timesteps(a)
         runs = [table1.Run(Path(a.out), s, seed, a) for s in a.settings for seed in a.seeds]
         data_left = sum(
             n
