@@ -11,18 +11,27 @@ For batch 16 x 3 x {32, 64}² and each backend:
 Each ``full`` row prints the op's share of the step (op median / full median) and, once both
 backends ran, the reference/fused ratio of the op. CUDA rows are skipped without a GPU.
 
+``test_compiled_sampling``: ``blurdiff sample --compile``'s network (the ``toy`` preset's,
+``CompiledNetwork``) against the eager one, whole ``ancestral2m`` samples at K = 50 of batch 128 on
+the CPU, each compiled sample paired with an eager one between them; ``extra_info`` holds the
+images/s of both, their ratio and the compile time (the first call).
+
 CPU rows run with 1 thread and with 2 (the machine's cores): on a two-core machine that is busy
 with anything else, two-thread timings of small ops measure the scheduler (every parallel region
 waits for a descheduled thread), so compare the 1-thread rows there.
 """
 
 import contextlib
+import statistics
+import time
 
 import pytest
 import torch
 
 import blurdiff_ops
 from blurdiff import BlurDiffusion, ProcessConfig, build_unet
+from blurdiff.devices import CompiledNetwork
+from blurdiff.presets import get_preset
 from blurdiff.samplers import make_sampler
 
 BATCH = 16
@@ -115,3 +124,39 @@ def test_full(benchmark, device, res, backend, capsys):
     with capsys.disabled():
         for line in lines:
             print("\n  " + line, end="")
+
+
+def test_compiled_sampling(benchmark):
+    preset = get_preset("toy")
+    process = BlurDiffusion(preset.process)
+    torch.manual_seed(0)
+    net = build_unet(preset.unet).eval()
+    sampler = make_sampler(process, 50, "ancestral2m")
+    shape = (128, net.config.in_channels, *process.resolution)
+
+    def draw(model):
+        return sampler.sample(model, shape, generator=torch.Generator().manual_seed(0), guard=False)
+
+    compiled = CompiledNetwork(net)
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled(torch.zeros(shape), torch.full(shape[:1], 1))  # compiles
+    compile_s = time.perf_counter() - start
+    eager_times = []
+
+    def between_rounds():
+        start = time.perf_counter()
+        draw(net)
+        eager_times.append(time.perf_counter() - start)
+
+    rounds = 3
+    benchmark.group = "toy sampling, ancestral2m K=50, batch 128, compiled vs eager, paired"
+    benchmark.pedantic(draw, args=(compiled,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1)
+    eager = statistics.median(eager_times[-rounds:])
+    compiled_s = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        compile_s=compile_s,
+        images_per_s={"compiled": shape[0] / compiled_s, "eager": shape[0] / eager},
+        speedup=eager / compiled_s,
+        threads=torch.get_num_threads(),
+    )

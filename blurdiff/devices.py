@@ -4,10 +4,11 @@ device's memory (:func:`check_fits`), checked before a command writes anything."
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
-__all__ = ["available_devices", "check_batch_fits", "check_fits", "resolve_device"]
+__all__ = ["CompiledNetwork", "available_devices", "check_batch_fits", "check_fits", "resolve_device"]
 
 
 def _mps_available() -> bool:
@@ -81,3 +82,26 @@ def check_fits(device: torch.device, need: int, what: str, instead: str) -> None
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+class CompiledNetwork(torch.nn.Module):
+    """``model`` under ``torch.compile`` for fixed shapes: compiled on the first call (tens of
+    seconds on a CPU; inductor keeps what it built in ``TORCHINDUCTOR_CACHE_DIR``, by default under
+    the temporary folder, for later runs). Where the backend cannot compile on this machine (no
+    C++ compiler, say), the first call warns why and the network runs uncompiled."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.config = model, getattr(model, "config", None)
+        self.__dict__["compiled"] = torch.compile(model, dynamic=False)  # not a second submodule
+
+    def forward(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 - dynamo and inductor fail in many ways
+                warnings.warn(
+                    f"torch.compile failed here ({type(e).__name__}); the network runs uncompiled", stacklevel=2
+                )
+                self.__dict__["compiled"] = None
+        return self.model(*args)

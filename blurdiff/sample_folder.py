@@ -43,7 +43,7 @@ import torch
 import blurdiff_ops
 from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from blurdiff.devices import check_batch_fits, resolve_device
+from blurdiff.devices import CompiledNetwork, check_batch_fits, resolve_device
 from blurdiff.export import export_info, load_export
 from blurdiff.images import load_images, save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.presets import get_preset
@@ -164,7 +164,8 @@ def _check_settings(out: Path, settings: dict) -> bool:
             old = json_loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is unreadable ({e}); remove it or pick another --out") from e
-        diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+        keys = [k for k in {**old, **settings} if old.get(k) != settings.get(k)]
+        diff = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in keys]
         if diff:
             raise ValueError(
                 f"{out} already holds samples made with other settings ({'; '.join(diff)}). Repeat "
@@ -276,7 +277,9 @@ class SampleLedger:
     """The resumable ledger of the folder ``out`` of images ``0 … n-1`` (the module docstring):
     ``sample.json`` checked on opening, the complete images, each batch's seed and raw statistics."""
 
-    def __init__(self, out, n: int, source: SampleSource, integrator, seed: int, batch_size: int, device):
+    def __init__(
+        self, out, n: int, source: SampleSource, integrator, seed: int, batch_size: int, device, compiled: bool = False
+    ):
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")
@@ -298,6 +301,7 @@ class SampleLedger:
             "backend": "reference" if source.process.ops(device) is blurdiff_ops.reference else "fused",
             "device": device.type,
             "resolution": list(source.process.resolution),
+            **({"compiled": True} if compiled else {}),  # a key only when set: older folders continue
         }
         # Written once the first batch is made, just before its images: a run that made none (a
         # device or a batch that fails) leaves no ledger to bind the folder.
@@ -450,12 +454,15 @@ def sample_to_folder(
     npz: bool = False,
     settings: Settings | None = None,
     on_plan: Callable[[SamplingPlan], None] | None = None,
+    compile: bool = False,
 ) -> SamplingReport:
     """Sample the newest checkpoint of the run folder ``run`` (or the checkpoint ``ckpt``: a path,
     or a file name inside ``run``; or the export folder ``export`` of ``blurdiff export``) into the
     folder ``out``, as the module docstring describes: ``blurdiff sample``, whose options these
     keywords are (``ema=False`` is ``--no-ema``; ``None``: a checkpoint's EMA weights, the weights
-    an export holds; ``npz=True`` is ``--npz``).
+    an export holds; ``npz=True`` is ``--npz``; ``compile=True`` is ``--compile``: the network under
+    :class:`blurdiff.devices.CompiledNetwork`, whose samples equal the eager ones within float
+    rounding, so the folder records it and is continued only with it).
 
     ``settings`` (``--set``/``--config``, :func:`blurdiff.settings.parse_settings`): its ``sampler``
     section gives ``steps``/``sampler``/``spacing`` where those are None (another value is an
@@ -493,7 +500,7 @@ def sample_to_folder(
     H, W = process.resolution
     check_batch_fits(device, batch_size, (model.config.in_channels + model.config.model_channels) * H * W)
 
-    ledger = SampleLedger(out, n, source, integrator, seed, batch_size, device)
+    ledger = SampleLedger(out, n, source, integrator, seed, batch_size, device, compiled=compile)
     out = ledger.out
     plan = SamplingPlan(
         checkpoint=path,
@@ -516,7 +523,8 @@ def sample_to_folder(
 
     t0 = time.perf_counter()
     rows_frames = (trajectory_samples, trajectory_frames) if trajectory else None
-    written, trajectory_paths = sample_into(ledger, integrator, model, trajectory=rows_frames, quiet=quiet)
+    network = CompiledNetwork(model) if compile else model
+    written, trajectory_paths = sample_into(ledger, integrator, network, trajectory=rows_frames, quiet=quiet)
     seconds = time.perf_counter() - t0
     data_std = process.data_stats.std if process.data_stats is not None else None
     stats, unknown, reasons = ledger.summarize(path, integrator, data_std)

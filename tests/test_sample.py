@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -501,3 +502,42 @@ def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of,
     out.write_text(json.dumps({k: v for k, v in table.items() if k != "batch_size"}))
     with pytest.raises(AssertionError, match="sampled again"):
         script.main()
+
+
+# --compile: the network under torch.compile, recorded in the folder
+def _pixels(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*.png"))])
+
+
+def test_compile_falls_back_with_a_warning_and_binds_the_folder(run, tmp_path, monkeypatch):
+    kw = dict(run=run, n=4, steps=5, batch_size=4, device="cpu", quiet=True)
+    sample_mod.sample_to_folder(out=tmp_path / "eager", **kw)
+
+    def cannot_compile(model, **options):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", cannot_compile)
+    with pytest.warns(UserWarning, match=r"torch.compile failed here \(RuntimeError\); the network runs uncompiled"):
+        sample_mod.sample_to_folder(out=tmp_path / "compiled", compile=True, **kw)
+    assert np.array_equal(_pixels(tmp_path / "compiled"), _pixels(tmp_path / "eager"))
+    assert json.loads((tmp_path / "compiled" / "sample.json").read_text())["compiled"] is True
+    # A folder is continued only as it was begun (compiled samples equal eager ones within rounding).
+    for folder, again in (("eager", True), ("compiled", False)):
+        (tmp_path / folder / "000003.png").unlink()
+        with pytest.raises(ValueError, match="compiled: (None there, True now|True there, None now)"):
+            sample_mod.sample_to_folder(out=tmp_path / folder, compile=again, **kw)
+
+
+@pytest.mark.slow
+def test_compiled_samples_equal_the_eager_ones_within_rounding(run, tmp_path):
+    kw = dict(run=run, n=4, steps=5, batch_size=4, device="cpu", quiet=True)
+    eager = sample_mod.sample_to_folder(out=tmp_path / "eager", **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = sample_mod.sample_to_folder(out=tmp_path / "compiled", compile=True, **kw)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]  # it did compile
+    assert np.abs(_pixels(tmp_path / "compiled") - _pixels(tmp_path / "eager")).max() <= 1
+    assert compiled.raw.summary()["overall_std"] == pytest.approx(eager.raw.summary()["overall_std"], rel=1e-4)
