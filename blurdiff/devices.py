@@ -1,5 +1,5 @@
-"""The device a command runs on (:func:`resolve_device`), and whether what it needs fits in the
-device's memory (:func:`check_fits`), checked before a command writes anything."""
+"""The device a command runs on (:func:`resolve_device`), whether what it needs fits in its memory
+(:func:`check_fits`, before a command writes anything), and a network compiled for it."""
 
 from __future__ import annotations
 
