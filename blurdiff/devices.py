@@ -1,14 +1,20 @@
 """The device a command runs on (:func:`resolve_device`), whether what it needs fits in its memory
-(:func:`check_fits`, before a command writes anything), and a network compiled for it."""
+(:func:`check_fits`, before a command writes anything), and how a network runs there: in a mixed
+precision (:class:`Autocast`), compiled (:class:`CompiledNetwork`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
 import torch
 
-__all__ = ["CompiledNetwork", "available_devices", "check_batch_fits", "check_fits", "resolve_device"]
+__all__ = ["AMP_DTYPES", "Autocast", "CompiledNetwork", "autocast", "available_devices", "check_batch_fits"]
+__all__ += ["check_fits", "resolve_device"]
+
+#: The mixed precisions a network can run in (``--amp``): their torch dtypes (none: as it is).
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _mps_available() -> bool:
@@ -105,3 +111,21 @@ class CompiledNetwork(torch.nn.Module):
                 )
                 self.__dict__["compiled"] = None
         return self.model(*args)
+
+
+class Autocast(torch.nn.Module):
+    """``net`` run in the mixed precision ``dtype`` (None: as it is); what wraps it (the
+    ``eps_residual`` reference) stays in the data's precision."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(x_t.device.type, self.dtype):
+            return self.net(x_t, t)
+
+
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """Mixed precision ``dtype`` on ``device_type`` within the block (None: none)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)

@@ -29,7 +29,7 @@ import torch
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
-from blurdiff.devices import check_batch_fits, resolve_device
+from blurdiff.devices import AMP_DTYPES, Autocast, autocast, check_batch_fits, resolve_device
 from blurdiff.diffusion import BlurDiffusion, eps_model
 from blurdiff.distributed import (
     data_parallel,
@@ -47,7 +47,7 @@ from blurdiff.run_folder import run_lock
 from blurdiff.sample_guard import SampleStats, divergence_reasons
 from blurdiff.statistics import DEFAULT_IMAGES, DataStatistics, estimate_data_statistics
 from blurdiff.train_log import MetricsLog, Window
-from blurdiff.train_options import AMP_DTYPES, TrainOptions
+from blurdiff.train_options import TrainOptions
 from blurdiff.unet import UNET_PRESETS, build_unet
 
 log = logging.getLogger("blurdiff.train")
@@ -164,24 +164,6 @@ def _data_statistics(process: BlurDiffusion, dataset, checkpoint: dict[str, Any]
 # --------------------------------------------------------------------------- The trainer
 
 
-class _Autocast(torch.nn.Module):
-    """``net`` run in the mixed precision ``dtype`` (None: as it is); what wraps it (the
-    ``eps_residual`` reference) stays in the data's precision."""
-
-    def __init__(self, net: torch.nn.Module, dtype: torch.dtype | None):
-        super().__init__()
-        self.net, self.dtype = net, dtype
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with _autocast(x_t.device.type, self.dtype):
-            return self.net(x_t, t)
-
-
-def _autocast(device_type: str, dtype: torch.dtype | None):
-    """Mixed precision ``dtype`` on ``device_type`` within the block (None: none)."""
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
-
-
 class Trainer:
     """Trains a process's ε-network on a data set: owns the model, its EMA, the optimizer, the data
     position, checkpoints and logs.
@@ -256,7 +238,7 @@ class Trainer:
 
         self.ddp_model = data_parallel(self.model, self.device, world_size)
         # The ε-predictor trained: the network in the run's mixed precision, its output given its meaning.
-        self.train_eps = eps_model(_Autocast(self.ddp_model, self.amp_dtype), self.process, preset.model_output)
+        self.train_eps = eps_model(Autocast(self.ddp_model, self.amp_dtype), self.process, preset.model_output)
         num_workers = opts.num_workers if opts.num_workers is not None else (4 if self.device.type == "cuda" else 0)
         self.loader = infinite_loader(
             dataset,
@@ -422,7 +404,7 @@ class Trainer:
         H, W = self.process.resolution
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
-        with torch.no_grad(), _autocast(self.device.type, self.amp_dtype):
+        with torch.no_grad(), autocast(self.device.type, self.amp_dtype):
             x = self.process.sample(
                 self.ema_eps,
                 shape,
@@ -464,7 +446,7 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
 
         def ema_eps(x, t):
-            with _autocast(self.device.type, self.amp_dtype):
+            with autocast(self.device.type, self.amp_dtype):
                 return self.ema_eps(x, t)
 
         images = self.process.sample(ema_eps, shape, generator=generator, device=self.device)

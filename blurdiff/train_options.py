@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
+from blurdiff.devices import AMP_DTYPES
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import get_preset
 from blurdiff.settings import parse_settings
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCHEDULES = ("constant", "cosine")
 
-__all__ = ["AMP_DTYPES", "LR_SCHEDULES", "TrainOptions"]
+__all__ = ["LR_SCHEDULES", "TrainOptions"]
 
 # Options that shape the training trajectory: left unset (None), they come from the checkpoint
 # when resuming, else from the preset (or the default here), so that `--resume` alone continues

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import blurdiff.train
 from blurdiff.checkpoint import checkpoint_dir
 from blurdiff.cli import add_setting_arguments, configure_logging, run_command, seed_type
+from blurdiff.devices import AMP_DTYPES
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import PRESETS
 from blurdiff.train import NonFiniteLossError, train
-from blurdiff.train_options import AMP_DTYPES, LR_SCHEDULES, TrainOptions
+from blurdiff.train_options import LR_SCHEDULES, TrainOptions
 
 HELP = "train a blur-diffusion model"
 DESCRIPTION = blurdiff.train.__doc__
