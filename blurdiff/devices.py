@@ -11,7 +11,7 @@ import warnings
 import torch
 
 __all__ = ["AMP_DTYPES", "Autocast", "CompiledNetwork", "autocast", "available_devices", "check_batch_fits"]
-__all__ += ["check_fits", "resolve_device"]
+__all__ += ["amp_dtype", "check_fits", "resolve_device", "sampling_network"]
 
 #: The mixed precisions a network can run in (``--amp``): their torch dtypes (none: as it is).
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -113,13 +113,21 @@ class CompiledNetwork(torch.nn.Module):
         return self.model(*args)
 
 
+def amp_dtype(amp: str) -> torch.dtype | None:
+    """The dtype of the mixed precision ``amp`` (``--amp``; None for ``none``); a ValueError naming
+    the choices for another name."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
 class Autocast(torch.nn.Module):
     """``net`` run in the mixed precision ``dtype`` (None: as it is); what wraps it (the
     ``eps_residual`` reference) stays in the data's precision."""
 
     def __init__(self, net: torch.nn.Module, dtype: torch.dtype | None):
         super().__init__()
-        self.net, self.dtype = net, dtype
+        self.net, self.dtype, self.config = net, dtype, getattr(net, "config", None)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast(x_t.device.type, self.dtype):
@@ -129,3 +137,10 @@ class Autocast(torch.nn.Module):
 def autocast(device_type: str, dtype: torch.dtype | None):
     """Mixed precision ``dtype`` on ``device_type`` within the block (None: none)."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
+def sampling_network(model: torch.nn.Module, amp: str = "none", compile: bool = False) -> torch.nn.Module:
+    """``model`` as sampling runs it: in the mixed precision ``amp`` (a key of :data:`AMP_DTYPES`;
+    ε comes back in the caller's dtype), under ``torch.compile`` (:class:`CompiledNetwork`) or both."""
+    network = model if amp_dtype(amp) is None else Autocast(model, amp_dtype(amp))
+    return CompiledNetwork(network) if compile else network

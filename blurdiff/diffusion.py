@@ -14,6 +14,7 @@ import torch
 
 import blurdiff_ops
 from blurdiff.bases import check_basis_args, check_resolution, make_basis
+from blurdiff.devices import sampling_network
 from blurdiff.families import check_family_args, hoogeboom_tables, rissanen_tables
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import F_MAX_LIMIT, blur_f, check_tables_fit, int_arg, noise_betas, real_arg
@@ -384,13 +385,17 @@ class BlurDiffusion:
         sampler: str | None = None,
         guard: bool = True,
         spacing: str | None = None,
+        amp: str = "none",
+        compile: bool = False,
     ) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps`` (a count
         K, placed by ``spacing``, or a list) with ``sampler`` (:func:`blurdiff.samplers.make_sampler`).
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
-        warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`)."""
+        warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`).
+        ``amp`` and ``compile``: the network in a mixed precision and under ``torch.compile``
+        (:func:`blurdiff.devices.sampling_network`, ``blurdiff sample --amp/--compile``)."""
         return make_sampler(self, steps, sampler, spacing).sample(
-            model, shape, generator, device, dtype, progress, callback, guard
+            sampling_network(model, amp, compile), shape, generator, device, dtype, progress, callback, guard
         )
 
 
@@ -416,7 +421,8 @@ class ReferenceResidual(torch.nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.net(x_t, t)
-        ref = self.process.reference_eps(x_t, t)
+        with torch.autocast(x_t.device.type, enabled=False):  # the reference in the data's precision
+            ref = self.process.reference_eps(x_t, t)
         return ref + out.to(ref.dtype)
 
 

@@ -43,7 +43,7 @@ import torch
 import blurdiff_ops
 from blurdiff.atomic import file_sha256, remove_stale, write_text_atomic
 from blurdiff.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from blurdiff.devices import CompiledNetwork, check_batch_fits, resolve_device
+from blurdiff.devices import amp_dtype, check_batch_fits, resolve_device, sampling_network
 from blurdiff.export import export_info, load_export
 from blurdiff.images import load_images, save_grid, save_npz, save_png, save_strips, upscale_factor
 from blurdiff.presets import get_preset
@@ -278,7 +278,16 @@ class SampleLedger:
     ``sample.json`` checked on opening, the complete images, each batch's seed and raw statistics."""
 
     def __init__(
-        self, out, n: int, source: SampleSource, integrator, seed: int, batch_size: int, device, compiled: bool = False
+        self,
+        out,
+        n: int,
+        source: SampleSource,
+        integrator,
+        seed: int,
+        batch_size: int,
+        device,
+        compiled: bool = False,
+        amp: str = "none",
     ):
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -301,7 +310,9 @@ class SampleLedger:
             "backend": "reference" if source.process.ops(device) is blurdiff_ops.reference else "fused",
             "device": device.type,
             "resolution": list(source.process.resolution),
-            **({"compiled": True} if compiled else {}),  # a key only when set: older folders continue
+            # Keys only when set: older folders continue.
+            **({"compiled": True} if compiled else {}),
+            **({"amp": amp} if amp != "none" else {}),
         }
         # Written once the first batch is made, just before its images: a run that made none (a
         # device or a batch that fails) leaves no ledger to bind the folder.
@@ -455,14 +466,16 @@ def sample_to_folder(
     settings: Settings | None = None,
     on_plan: Callable[[SamplingPlan], None] | None = None,
     compile: bool = False,
+    amp: str = "none",
 ) -> SamplingReport:
     """Sample the newest checkpoint of the run folder ``run`` (or the checkpoint ``ckpt``: a path,
     or a file name inside ``run``; or the export folder ``export`` of ``blurdiff export``) into the
     folder ``out``, as the module docstring describes: ``blurdiff sample``, whose options these
     keywords are (``ema=False`` is ``--no-ema``; ``None``: a checkpoint's EMA weights, the weights
-    an export holds; ``npz=True`` is ``--npz``; ``compile=True`` is ``--compile``: the network under
-    :class:`blurdiff.devices.CompiledNetwork`, whose samples equal the eager ones within float
-    rounding, so the folder records it and is continued only with it).
+    an export holds; ``npz=True`` is ``--npz``; ``compile=True`` is ``--compile`` and ``amp`` is
+    ``--amp``: the network under ``torch.compile`` and in a mixed precision
+    (:func:`blurdiff.devices.sampling_network`), whose samples equal the float32 eager ones within
+    rounding, so the folder records them and is continued only with them).
 
     ``settings`` (``--set``/``--config``, :func:`blurdiff.settings.parse_settings`): its ``sampler``
     section gives ``steps``/``sampler``/``spacing`` where those are None (another value is an
@@ -480,6 +493,7 @@ def sample_to_folder(
         raise ValueError("--trajectory-samples must be >= 1 and --trajectory-frames >= 2")
     if export is not None and (run is not None or ckpt is not None):
         raise ValueError("give --export DIR or --run RUN/--ckpt FILE, not both")
+    amp_dtype(amp)  # a wrong name fails before anything is loaded or written
     settings = settings or {}
     steps, sampler, spacing = (
         _from_settings(settings.get("sampler", {}), name, given)
@@ -500,7 +514,7 @@ def sample_to_folder(
     H, W = process.resolution
     check_batch_fits(device, batch_size, (model.config.in_channels + model.config.model_channels) * H * W)
 
-    ledger = SampleLedger(out, n, source, integrator, seed, batch_size, device, compiled=compile)
+    ledger = SampleLedger(out, n, source, integrator, seed, batch_size, device, compiled=compile, amp=amp)
     out = ledger.out
     plan = SamplingPlan(
         checkpoint=path,
@@ -523,7 +537,7 @@ def sample_to_folder(
 
     t0 = time.perf_counter()
     rows_frames = (trajectory_samples, trajectory_frames) if trajectory else None
-    network = CompiledNetwork(model) if compile else model
+    network = sampling_network(model, amp, compile)
     written, trajectory_paths = sample_into(ledger, integrator, network, trajectory=rows_frames, quiet=quiet)
     seconds = time.perf_counter() - t0
     data_std = process.data_stats.std if process.data_stats is not None else None

@@ -29,7 +29,7 @@ import torch
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
-from blurdiff.devices import AMP_DTYPES, Autocast, autocast, check_batch_fits, resolve_device
+from blurdiff.devices import Autocast, CompiledNetwork, amp_dtype, autocast, check_batch_fits, resolve_device
 from blurdiff.diffusion import BlurDiffusion, eps_model
 from blurdiff.distributed import (
     data_parallel,
@@ -218,7 +218,7 @@ class Trainer:
         self._ema_params, self._model_params = list(self.ema.parameters()), list(self.model.parameters())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr, fused=opts.fused_adam or None)
         self.scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
-        self.amp_dtype = AMP_DTYPES[opts.amp]
+        self.amp_dtype = amp_dtype(opts.amp)
 
         # Randomness. `generator` draws t and the noise of the *global* batch (the same stream on
         # every rank; each rank keeps its slice), so a run on G processes draws what one process
@@ -238,7 +238,8 @@ class Trainer:
 
         self.ddp_model = data_parallel(self.model, self.device, world_size)
         # The ε-predictor trained: the network in the run's mixed precision, its output given its meaning.
-        self.train_eps = eps_model(Autocast(self.ddp_model, self.amp_dtype), self.process, preset.model_output)
+        network = CompiledNetwork(self.ddp_model) if opts.compile else self.ddp_model
+        self.train_eps = eps_model(Autocast(network, self.amp_dtype), self.process, preset.model_output)
         num_workers = opts.num_workers if opts.num_workers is not None else (4 if self.device.type == "cuda" else 0)
         self.loader = infinite_loader(
             dataset,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from blurdiff.devices import AMP_DTYPES
+from blurdiff.devices import amp_dtype
 from blurdiff.diffusion import BACKENDS
 from blurdiff.presets import get_preset
 from blurdiff.settings import parse_settings
@@ -26,7 +26,9 @@ __all__ = ["LR_SCHEDULES", "TrainOptions"]
 _FROM_PRESET = object()
 _TRAJECTORY_DEFAULTS: dict[str, Any] = {
     **dict.fromkeys(("batch_size", "lr", "ema_decay", "warmup_steps", "grad_clip", "lr_schedule"), _FROM_PRESET),
-    **dict(amp="none", fused_adam=False, seed=0, resolution=None, process_overrides={}, unet_overrides={}),
+    **dict(
+        amp="none", fused_adam=False, compile=False, seed=0, resolution=None, process_overrides={}, unet_overrides={}
+    ),
 }
 
 
@@ -52,6 +54,7 @@ class TrainOptions:
     lr_schedule: str | None = None
     amp: str | None = None
     fused_adam: bool | None = None
+    compile: bool | None = None
     seed: int | None = None
     resolution: int | None = None
     process_overrides: dict[str, Any] | None = None
@@ -124,8 +127,7 @@ class TrainOptions:
             raise ValueError(f"--warmup-steps must be >= 0 (0: off), got {self.warmup_steps}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        amp_dtype(self.amp)
         if not self.cache_mb >= 0:
             raise ValueError(f"--cache-mb must be >= 0 (0: off), got {self.cache_mb}")
         if self.backend not in BACKENDS:

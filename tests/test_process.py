@@ -9,8 +9,10 @@ from independent import Process
 
 from blurdiff import BlurDiffusion, ProcessConfig
 from blurdiff.bases import gaussian_kernel_1d
+from blurdiff.devices import Autocast
 from blurdiff.diffusion import ReferenceResidual, eps_model
 from blurdiff.schedules import noise_betas
+from blurdiff.statistics import DataStatistics
 
 T_CHECK = [1, 2, 10, 500, 1000]
 
@@ -195,3 +197,46 @@ def test_eps_model_gives_the_output_its_meaning():
     assert isinstance(wrapped, ReferenceResidual) and wrapped.net is net
     with pytest.raises(ValueError, match="unknown model_output 'x0'"):
         eps_model(net, proc, "x0")
+
+
+class _Conv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        return 0.1 * self.conv(x)
+
+
+def test_sample_with_the_network_in_bf16_or_compiled(monkeypatch):
+    proc = BlurDiffusion(ProcessConfig(8, num_timesteps=10), backend="reference")
+    torch.manual_seed(0)
+    net = _Conv()
+
+    def draw(**kw):
+        return proc.sample(net, (2, 3, 8, 8), generator=torch.Generator().manual_seed(3), guard=False, **kw)
+
+    fp32 = draw()
+    bf16 = draw(amp="bf16")
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # the network ran in bf16 ...
+    torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.05)  # ... within its rounding
+    with pytest.raises(ValueError, match=r"--amp must be one of \['bf16', 'fp16', 'none'\], got 'fp8'"):
+        draw(amp="fp8")
+
+    def cannot_compile(model, **options):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", cannot_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed here"):
+        assert torch.equal(draw(compile=True), fp32)  # compile=True reaches the network: its fallback ran
+
+
+def test_the_residual_reference_stays_in_float32_under_autocast():
+    proc = BlurDiffusion(ProcessConfig(8, num_timesteps=10), backend="reference")  # matmuls: autocast would cast
+    proc.data_stats = DataStatistics(1, [0.0] * 3, [0.5] * 3, torch.rand(8, 8, dtype=torch.float64) + 0.1)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 7])
+    wrapped = Autocast(ReferenceResidual(lambda x, t: torch.zeros_like(x), proc), torch.bfloat16)
+    assert torch.equal(wrapped(x, t), proc.reference_eps(x, t))

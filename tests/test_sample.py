@@ -531,6 +531,23 @@ def test_compile_falls_back_with_a_warning_and_binds_the_folder(run, tmp_path, m
             sample_mod.sample_to_folder(out=tmp_path / folder, compile=again, **kw)
 
 
+def test_amp_bf16_samples_equal_float32_within_its_rounding_and_bind_the_folder(run, tmp_path):
+    kw = dict(run=run, n=4, steps=5, batch_size=4, device="cpu", quiet=True)
+    fp32 = sample_mod.sample_to_folder(out=tmp_path / "fp32", **kw)
+    bf16 = sample_mod.sample_to_folder(out=tmp_path / "bf16", amp="bf16", **kw)
+    diff = np.abs(_pixels(tmp_path / "bf16") - _pixels(tmp_path / "fp32"))
+    assert 0 < diff.max() <= 8 and diff.mean() < 1  # the network ran in bf16, close to float32
+    assert bf16.raw.summary()["overall_std"] == pytest.approx(fp32.raw.summary()["overall_std"], rel=0.02)
+    assert json.loads((tmp_path / "bf16" / "sample.json").read_text())["amp"] == "bf16"
+    for folder, again in (("fp32", "bf16"), ("bf16", "none")):
+        (tmp_path / folder / "000003.png").unlink()
+        with pytest.raises(ValueError, match="amp: (None there, 'bf16' now|'bf16' there, None now)"):
+            sample_mod.sample_to_folder(out=tmp_path / folder, amp=again, **kw)
+    with pytest.raises(ValueError, match=r"--amp must be one of \['bf16', 'fp16', 'none'\], got 'fp8'"):
+        sample_mod.sample_to_folder(out=tmp_path / "bad", amp="fp8", **kw)
+    assert not (tmp_path / "bad").exists()  # refused before the folder is made
+
+
 @pytest.mark.slow
 def test_compiled_samples_equal_the_eager_ones_within_rounding(run, tmp_path):
     kw = dict(run=run, n=4, steps=5, batch_size=4, device="cpu", quiet=True)

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lmdb
@@ -171,6 +172,39 @@ def test_fused_adam_resumes_bitwise_and_can_be_switched_on_for_a_run(toy_lmdb, t
     assert switched.optimizer.param_groups[0]["fused"] is True
     for x, y in zip(switched.model.parameters(), straight.model.parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+
+def _cannot_compile(model, **options):
+    def fail(*args):
+        raise RuntimeError("no C++ compiler")
+
+    return fail
+
+
+def test_compile_falls_back_with_a_warning_and_is_kept_on_resume(toy_lmdb, tmp_path, monkeypatch):
+    eager = run(opts(toy_lmdb, tmp_path / "eager", max_steps=3))
+    monkeypatch.setattr(torch, "compile", _cannot_compile)
+    with pytest.warns(UserWarning, match=r"torch.compile failed here \(RuntimeError\); the network runs uncompiled"):
+        fallback = run(opts(toy_lmdb, tmp_path / "compiled", max_steps=3, ckpt_every=3, compile=True))
+    for x, y in zip(fallback.model.parameters(), eager.model.parameters()):
+        assert torch.equal(x, y)  # the uncompiled network trained, step for step
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["train"]["compile"] is True
+    with pytest.warns(UserWarning, match="torch.compile failed here"):
+        resumed = run(opts(toy_lmdb, tmp_path / "compiled", resume=True, max_steps=4))
+    assert resumed.options.compile is True  # a trajectory option: the run's own on --resume
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run_within_rounding(toy_lmdb, tmp_path):
+    eager = run(opts(toy_lmdb, tmp_path / "eager", max_steps=3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = run(opts(toy_lmdb, tmp_path / "compiled", max_steps=3, compile=True))
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]  # it did compile
+    for x, y in zip(compiled.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+    losses = [m["loss"] for m in metrics(tmp_path / "compiled")]
+    assert losses == pytest.approx([m["loss"] for m in metrics(tmp_path / "eager")], rel=1e-4)
 
 
 def test_the_training_images_are_kept_decoded_within_cache_mb(toy_lmdb, tmp_path):

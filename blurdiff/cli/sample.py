@@ -7,6 +7,7 @@ import sys
 
 import blurdiff.sample_folder
 from blurdiff.cli import add_checkpoint_arguments, add_setting_arguments, seed_type
+from blurdiff.devices import AMP_DTYPES
 from blurdiff.sample_folder import SamplingPlan, SamplingReport, sample_to_folder
 from blurdiff.samplers import SAMPLERS, SPACINGS
 from blurdiff.settings import SECTIONS, parse_settings
@@ -70,6 +71,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run the network under torch.compile: compiled once (tens of seconds on a CPU), then faster; "
         "samples equal within float rounding (the folder records it)",
     )
+    p.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        default="none",
+        help="the network in mixed precision: bf16 (fast on GPUs and CPUs with bf16 units) or fp16; samples "
+        "equal float32's within its rounding (the folder records it)",
+    )
     p.add_argument("--trajectory-samples", type=int, default=4, help="rows of the trajectory figures")
     p.add_argument("--trajectory-frames", type=int, default=10, help="columns of the trajectory figures")
     p.add_argument(
@@ -104,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         npz=args.npz,
         compile=args.compile,
+        amp=args.amp,
         settings=parse_settings(args.set, args.config, sections=SECTIONS),
         on_plan=_print_plan,
     )

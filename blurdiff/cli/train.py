@@ -62,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Adam's fused kernel (CPU and CUDA): a faster step, equal to the default within rounding (default off)",
     )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the network under torch.compile (compiled on the first step: a minute on a CPU); equal to the "
+        "default within rounding (default off)",
+    )
     g.add_argument("--seed", type=seed_type, default=None, help="seed of weights, data order, t, noise (default 0)")
     g.add_argument("--resolution", type=int, default=None, help="train at this side instead of the preset's")
     add_setting_arguments(p)
