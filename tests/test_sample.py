@@ -483,7 +483,7 @@ def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of,
     for row in table["rows"]:
         assert all(len(row[k]) == 2 for k in ("swd_avg", "spectrum_error", "channel_std_error", "std", "verdicts"))
     printed = capsys.readouterr().out
-    assert "| ddim | 4 |" in printed and "data noise floor: swd_avg" in printed
+    assert "| ddim | 4 | none |" in printed and "data noise floor: swd_avg" in printed
     # A cell's samples are blurdiff sample's with that seed and batch size, before the PNG rounding.
     report = sample_mod.sample_to_folder(
         run=run, n=16, out=tmp_path / "s", sampler="ddim", steps=4, seed=1, batch_size=8, device="cpu", quiet=True
@@ -497,11 +497,21 @@ def test_sampler_table_scores_every_cell_and_resumes(run, tmp_path, toy_lmdb_of,
     monkeypatch.setattr(samplers.Sampler, "sample", refuse)
     script.main()
     assert json.loads(out.read_text()) == table
-    assert "| ddim | 4 |" in capsys.readouterr().out
+    assert "| ddim | 4 | none |" in capsys.readouterr().out
     # A table without the batch size (before 0.2 its noise was drawn otherwise) is measured again.
     out.write_text(json.dumps({k: v for k, v in table.items() if k != "batch_size"}))
     with pytest.raises(AssertionError, match="sampled again"):
         script.main()
+    # --amp: a row per precision, on the same seeds.
+    monkeypatch.undo()
+    amp_argv = argv + ["--json", tmp_path / "amp.json", "--samplers", "ddim", "--steps", 4, "--seeds", 0]
+    monkeypatch.setattr(sys, "argv", ["sampler_table.py", *map(str, amp_argv + ["--amp", "none", "bf16"])])
+    script.main()
+    rows = {(r["sampler"], r["K"], r.get("amp")): r for r in json.loads((tmp_path / "amp.json").read_text())["rows"]}
+    assert list(rows) == [("ddim", 4, "none"), ("ddim", 4, "bf16")]
+    assert rows[("ddim", 4, "none")]["std"] == table["rows"][1]["std"][:1]  # seed 0: the same cell
+    bf16 = rows[("ddim", 4, "bf16")]["std"]
+    assert bf16 != table["rows"][1]["std"][:1] and bf16 == pytest.approx(table["rows"][1]["std"][:1], rel=0.02)
 
 
 # --compile: the network under torch.compile, recorded in the folder
