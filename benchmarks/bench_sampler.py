@@ -11,10 +11,11 @@ For batch 16 x 3 x {32, 64}² and each backend:
 Each ``full`` row prints the op's share of the step (op median / full median) and, once both
 backends ran, the reference/fused ratio of the op. CUDA rows are skipped without a GPU.
 
-``test_compiled_sampling``: ``blurdiff sample --compile``'s network (the ``toy`` preset's,
-``CompiledNetwork``) against the eager one, whole ``ancestral2m`` samples at K = 50 of batch 128 on
-the CPU, each compiled sample paired with an eager one between them; ``extra_info`` holds the
-images/s of both, their ratio and the compile time (the first call).
+``test_sampling_against_eager``: whole ``ancestral2m`` samples at K = 50 with the network as
+``blurdiff sample --compile``, ``--amp bf16`` or both run it (``sampling_network``), each paired
+with a sample of the eager float32 network between them: the ``toy`` preset's network at batch 128
+on the CPU, ``adm-lsun64``'s at batch 16 on CUDA. ``extra_info`` holds the images/s of both, their
+ratio and the first call's time (the compile time).
 
 CPU rows run with 1 thread and with 2 (the machine's cores): on a two-core machine that is busy
 with anything else, two-thread timings of small ops measure the scheduler (every parallel region
@@ -30,7 +31,7 @@ import torch
 
 import blurdiff_ops
 from blurdiff import BlurDiffusion, ProcessConfig, build_unet
-from blurdiff.devices import CompiledNetwork
+from blurdiff.devices import sampling_network
 from blurdiff.presets import get_preset
 from blurdiff.samplers import make_sampler
 
@@ -126,22 +127,40 @@ def test_full(benchmark, device, res, backend, capsys):
             print("\n  " + line, end="")
 
 
-def test_compiled_sampling(benchmark):
-    preset = get_preset("toy")
+# name: (preset, device, batch) of the end-to-end sampling benchmark
+SAMPLING_CASES = {"toy-cpu": ("toy", "cpu", 128), "adm-lsun64-cuda": ("lsun64-quartic", "cuda", 16)}
+# name: sampling_network's options, against the eager float32 network
+SAMPLING_VARIANTS = {
+    "compiled": dict(compile=True),
+    "bf16": dict(amp="bf16"),
+    "compiled-bf16": dict(compile=True, amp="bf16"),
+}
+
+
+@pytest.mark.parametrize("variant", SAMPLING_VARIANTS)
+@pytest.mark.parametrize(
+    "case", [pytest.param(name, marks=[_CUDA] if "cuda" in name else []) for name in SAMPLING_CASES]
+)
+def test_sampling_against_eager(benchmark, case, variant):
+    preset_name, device, batch = SAMPLING_CASES[case]
+    preset = get_preset(preset_name)
     process = BlurDiffusion(preset.process)
     torch.manual_seed(0)
-    net = build_unet(preset.unet).eval()
+    net = build_unet(preset.unet).to(device).eval()
     sampler = make_sampler(process, 50, "ancestral2m")
-    shape = (128, net.config.in_channels, *process.resolution)
+    shape = (batch, net.config.in_channels, *process.resolution)
 
     def draw(model):
-        return sampler.sample(model, shape, generator=torch.Generator().manual_seed(0), guard=False)
+        x = sampler.sample(model, shape, generator=torch.Generator(device).manual_seed(0), device=device, guard=False)
+        _sync(device)
+        return x
 
-    compiled = CompiledNetwork(net)
+    fast = sampling_network(net, **SAMPLING_VARIANTS[variant])
     start = time.perf_counter()
     with torch.no_grad():
-        compiled(torch.zeros(shape), torch.full(shape[:1], 1))  # compiles
-    compile_s = time.perf_counter() - start
+        fast(torch.zeros(shape, device=device), torch.full(shape[:1], 1, device=device))  # compiles
+    _sync(device)
+    first_call_s = time.perf_counter() - start
     eager_times = []
 
     def between_rounds():
@@ -150,13 +169,13 @@ def test_compiled_sampling(benchmark):
         eager_times.append(time.perf_counter() - start)
 
     rounds = 3
-    benchmark.group = "toy sampling, ancestral2m K=50, batch 128, compiled vs eager, paired"
-    benchmark.pedantic(draw, args=(compiled,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.group = f"{case} sampling, ancestral2m K=50, batch {batch}: {variant} vs eager float32, paired"
+    benchmark.pedantic(draw, args=(fast,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1)
     eager = statistics.median(eager_times[-rounds:])
-    compiled_s = benchmark.stats.stats.median
+    median = benchmark.stats.stats.median
     benchmark.extra_info.update(
-        compile_s=compile_s,
-        images_per_s={"compiled": shape[0] / compiled_s, "eager": shape[0] / eager},
-        speedup=eager / compiled_s,
+        first_call_s=first_call_s,  # the compile time, for the compiled variants
+        images_per_s={variant: batch / median, "eager": batch / eager},
+        speedup=eager / median,
         threads=torch.get_num_threads(),
     )

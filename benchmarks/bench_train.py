@@ -11,10 +11,10 @@ through the fused op, the network forward and backward, the gradient norm, Adam,
 ``extra_info`` holds steps/s and images/s; the ``process`` benchmarks time everything of a step
 but the network (t and noise draws, q_sample, the MSE loss) and report its share of a whole step
 (``process_share``), so the cost of the blur process next to the UNet is one number.
-``test_toy_step_fused_adam_and_decode_cache`` times the toy step with ``--fused-adam`` and the
-decode cache (on by default) with one step of the default Adam without the cache between its
-rounds, on the demo's kind of data (webp in an lmdb): ``extra_info["speedup"]`` is the ratio of
-their medians, measured in the same seconds. Each benchmark runs a few seconds.
+``test_toy_step_against_eager`` times the toy step with ``--fused-adam`` and the decode cache (on
+by default), or with ``--compile``, with one step of the default (Adam, no cache, eager) between
+its rounds, on the demo's kind of data (webp in an lmdb): ``extra_info["speedup"]`` is the ratio
+of their medians, measured in the same seconds. Each benchmark runs a few seconds.
 """
 
 from __future__ import annotations
@@ -157,16 +157,25 @@ def toy_lmdb(tmp_path_factory):
     return path
 
 
-def test_toy_step_fused_adam_and_decode_cache(benchmark, toy_lmdb, tmp_path):
-    def trainer(name: str, warmup: int, **options) -> Trainer:
+# name: (the options against the default step's, warm-up steps: one epoch fills the decode cache)
+TOY_VARIANTS = {"fused-adam+cache": (dict(fused_adam=True), 512 // 16), "compiled": (dict(compile=True, cache_mb=0), 3)}
+
+
+@pytest.mark.parametrize("variant", TOY_VARIANTS)
+def test_toy_step_against_eager(benchmark, variant, toy_lmdb, tmp_path):
+    def trainer(name: str, warmup: int, **options) -> tuple[Trainer, float]:
         base = dict(preset="toy", max_steps=10**9, device="cpu", num_workers=0, sample_every=0, ckpt_every=0)
         t = build_trainer(TrainOptions(data=str(toy_lmdb), out=str(tmp_path / name), progress=False, **base, **options))
+        start = time.perf_counter()
+        _step(t)  # compiles, for the compiled variant
+        first = time.perf_counter() - start
         for _ in range(warmup):
             _step(t)
-        return t
+        return t, first
 
-    eager = trainer("eager", 3, cache_mb=0)
-    fast = trainer("fast", 512 // 16, fused_adam=True)  # one epoch: every image decoded and kept
+    options, warmup = TOY_VARIANTS[variant]
+    eager, _ = trainer("eager", 3, cache_mb=0)
+    fast, first_step_s = trainer("fast", warmup, **options)
     times = []
 
     def between_rounds():
@@ -175,12 +184,15 @@ def test_toy_step_fused_adam_and_decode_cache(benchmark, toy_lmdb, tmp_path):
         times.append(time.perf_counter() - start)
 
     rounds = 40
-    benchmark.group = "toy train step, fused Adam + decode cache, paired"
+    benchmark.group = f"toy train step, {variant} vs the default, paired"
     benchmark.pedantic(_step, args=(fast,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=2)
-    eager_median = statistics.median(times[-rounds:])
+    eager_median, median = statistics.median(times[-rounds:]), benchmark.stats.stats.median
     benchmark.extra_info.update(
         paired={"eager": {"min": min(times[-rounds:]), "median": eager_median}},
-        speedup=eager_median / benchmark.stats.stats.median,
+        steps_per_s={variant: 1 / median, "eager": 1 / eager_median},
+        images_per_s={variant: fast.global_batch / median, "eager": eager.global_batch / eager_median},
+        speedup=eager_median / median,
+        first_step_s=first_step_s,  # the compile time, for the compiled variant
         threads=torch.get_num_threads(),
     )
     eager.close()
