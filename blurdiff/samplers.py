@@ -361,24 +361,114 @@ class Sampler:
         progress: bool = False,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         guard: bool = True,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Sample from the prior ``x_N`` down the kept steps; returns ``x_0`` (not clamped).
-        ``callback`` and ``guard``: as in :meth:`BlurDiffusion.sample` (``callback``'s step is ``s_k``)."""
+        ``callback`` and ``guard``: as in :meth:`BlurDiffusion.sample` (``callback``'s step is ``s_k``).
+        ``cuda_graph``: the step (network and op) captured once as a CUDA graph and replayed K times,
+        the same samples as without it (:func:`_graph_loop`); a ValueError off CUDA devices."""
         proc = self.process
         x = proc.prior_sample(shape, generator, device, dtype, self.reference_var)
+        if cuda_graph and x.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, got {x.device.type}")
         desc = f"sampling ({self.name}, {self.K}/{proc.num_timesteps} steps)"
-        prev = None
         with Progress(self.K, desc, unit="step", enabled=progress) as bar:
-            for n, s in enumerate(self.timesteps):
-                eps = model(x, torch.full((shape[0],), s, dtype=torch.int64, device=x.device)).to(x.dtype)
-                if callback is not None:
-                    callback(s, x, eps)
-                x, prev = self.step(x, eps, self.K - n, generator=generator, prev=prev), (x, eps)
-                bar.update(1)
+            if cuda_graph:
+                x = _graph_loop(self, model, x, generator, callback, bar)
+            else:
+                prev = None
+                for n, s in enumerate(self.timesteps):
+                    eps = model(x, torch.full((shape[0],), s, dtype=torch.int64, device=x.device)).to(x.dtype)
+                    if callback is not None:
+                        callback(s, x, eps)
+                    x, prev = self.step(x, eps, self.K - n, generator=generator, prev=prev), (x, eps)
+                    bar.update(1)
         if guard:
             stats = proc.data_stats
             warn_if_diverged(SampleStats.of(x), stats.std if stats is not None else None, f"{self!r}")
         return x
+
+
+class _CudaGraph:
+    """The CUDA part of :func:`_graph_loop` (the CPU tests put a fake in its place): ``body`` (no
+    arguments, returns tensors) run eagerly on a side stream, as torch requires before a capture
+    (lazy state: the tables on the device, library handles, workspaces), then captured once."""
+
+    WARMUP = 3  # torch.cuda.make_graphed_callables' default
+
+    def __init__(self, generator: torch.Generator | None):
+        self.graph = torch.cuda.CUDAGraph()
+        if generator is not None:  # the default generator is registered by every capture
+            self.graph.register_generator_state(generator)
+
+    def capture(self, body: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """The tensors ``body`` returned while captured: each :meth:`replay` writes into them."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(self.graph):
+            outputs = body()
+        return outputs
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def _graph_loop(sampler: Sampler, model: Callable, x: torch.Tensor, generator, callback, bar) -> torch.Tensor:
+    """The loop of :meth:`Sampler.sample` from the prior ``x`` with its step captured once and
+    replayed K times: the same samples, callbacks and progress as the eager loop.
+
+    The graph reads static buffers that the loop sets between replays: ``x`` (``x_{s_k}``), ``t``
+    (``s_k``) and ``k`` for each sample, and for the multistep kinds the step before's ``x`` and ε.
+    The eager loop's first step takes ``prev = (x, ε)`` with coefficients ±0; here ``x_prev`` is
+    ``x`` and ``eps_prev`` 0. The kernels (and the reference) sum the inputs' terms from +0, so the
+    sum is never -0 and adding ±0·F(0) or ±0·F(ε) leaves it unchanged: the same bits whenever F(ε)
+    is finite (else the ε term itself is not). Nothing in the step reads the device back
+    (blurdiff_ops skips its range check of ``t`` while a capture is underway).
+
+    Random numbers: the op takes its Philox (seed, offset) from the generator through
+    ``philox_cuda_state``. A capture does not advance the generator; each replay reads its current
+    offset and advances it by what the captured step drew, as an eager step does. The warm-up runs
+    draw as eager steps do, so the generator's state is put back as the prior left it before the
+    first replay: the K replays then draw at the eager loop's K offsets.
+    """
+    multistep = sampler.name in MULTISTEP
+    B, device = x.shape[0], x.device
+    rng = generator if generator is not None else _default_generator(device)
+    t = torch.full((B,), sampler.timesteps[0], dtype=torch.int64, device=device)
+    k = torch.full((B,), sampler.K, dtype=torch.int64, device=device)
+    x_prev, eps_prev = (x.clone(), torch.zeros_like(x)) if multistep else (None, None)
+    prev = (x_prev, eps_prev) if multistep else None
+
+    def body():
+        eps = model(x, t).to(x.dtype)
+        return eps, sampler.step(x, eps, k, generator=generator, prev=prev)
+
+    state = rng.get_state()
+    graph = _CudaGraph(generator)
+    eps, x_out = graph.capture(body)
+    rng.set_state(state)
+    for n, s in enumerate(sampler.timesteps):
+        if n:  # the step before's output is this step's input, and (multistep) its prev
+            if multistep:
+                x_prev.copy_(x)
+                eps_prev.copy_(eps)
+            x.copy_(x_out)
+            t.fill_(s)
+            k.fill_(sampler.K - n)
+        graph.replay()
+        if callback is not None:  # tensors of its own, as the eager loop's (the buffers change)
+            callback(s, x.clone(), eps.clone())
+        bar.update(1)
+    return x_out.clone()
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """The generator that ops on ``device`` draw from when given none."""
+    return torch.cuda.default_generators[device.index] if device.type == "cuda" else torch.default_generator
 
 
 def make_sampler(

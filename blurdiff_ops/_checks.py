@@ -26,6 +26,13 @@ def table_dtype_for(data_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if data_dtype == torch.float64 else torch.float32
 
 
+def _capturing(t: torch.Tensor) -> bool:
+    # Reading t back would end a CUDA graph's capture with an error; the captured indexing by t
+    # asserts on the device instead (as the CUDA kernels always do), and the graph's first run
+    # is an eager one on the same values (blurdiff.samplers._CudaGraph's warm-up).
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _fail(op: str, msg: str) -> None:
     raise ValueError(f"blurdiff_ops.{op}: {msg}")
 
@@ -164,7 +171,7 @@ def check_tables(
         _fail(op, f"t is on {t.device} but the inputs are on {device}")
     if B > 0 and T == 0:
         _fail(op, "coefs has no rows (T = 0), so no t can index it")
-    if check_t_range and B > 0 and t.device.type != "meta":
+    if check_t_range and B > 0 and t.device.type != "meta" and not _capturing(t):
         lo, hi = (int(v) for v in torch.aminmax(t))
         if lo < 0 or hi >= T:
             _fail(op, f"t must lie in [0, {T - 1}] (the rows of coefs), got values in [{lo}, {hi}]")
