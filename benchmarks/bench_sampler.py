@@ -179,3 +179,45 @@ def test_sampling_against_eager(benchmark, case, variant):
         speedup=eager / median,
         threads=torch.get_num_threads(),
     )
+
+
+@_CUDA
+def test_cuda_graph_sampling(benchmark):
+    """``Sampler.sample(cuda_graph=True)`` against the eager loop on the GPU: the ``toy`` preset's
+    network, whole ``ancestral2m`` samples at K = 50 of batch 128, each graphed sample paired with
+    an eager one between them (a graphed sample's time includes its capture); ``extra_info`` holds
+    the images/s of both and their ratio."""
+    preset = get_preset("toy")
+    process = BlurDiffusion(preset.process)
+    torch.manual_seed(0)
+    net = build_unet(preset.unet).cuda().eval()
+    sampler = make_sampler(process, 50, "ancestral2m")
+    shape = (128, net.config.in_channels, *process.resolution)
+
+    def draw(cuda_graph):
+        x = sampler.sample(
+            net,
+            shape,
+            generator=torch.Generator("cuda").manual_seed(0),
+            device="cuda",
+            guard=False,
+            cuda_graph=cuda_graph,
+        )
+        torch.cuda.synchronize()
+        return x
+
+    eager_times = []
+
+    def between_rounds():
+        start = time.perf_counter()
+        draw(False)
+        eager_times.append(time.perf_counter() - start)
+
+    rounds = 5
+    benchmark.group = "toy sampling on CUDA, ancestral2m K=50, batch 128, CUDA graph vs eager, paired"
+    benchmark.pedantic(draw, args=(True,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1)
+    eager = statistics.median(eager_times[-rounds:])
+    graph_s = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        images_per_s={"cuda_graph": shape[0] / graph_s, "eager": shape[0] / eager}, speedup=eager / graph_s
+    )
