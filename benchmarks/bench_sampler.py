@@ -12,10 +12,11 @@ Each ``full`` row prints the op's share of the step (op median / full median) an
 backends ran, the reference/fused ratio of the op. CUDA rows are skipped without a GPU.
 
 ``test_sampling_against_eager``: whole ``ancestral2m`` samples at K = 50 with the network as
-``blurdiff sample --compile``, ``--amp bf16`` or both run it (``sampling_network``), each paired
-with a sample of the eager float32 network between them: the ``toy`` preset's network at batch 128
-on the CPU, ``adm-lsun64``'s at batch 16 on CUDA. ``extra_info`` holds the images/s of both, their
-ratio and the first call's time (the compile time).
+``blurdiff sample --compile``, ``--amp bf16`` or both run it (``sampling_network``), or (CUDA
+only) the loop captured as a CUDA graph (``Sampler.sample(cuda_graph=True)``; a sample's time
+includes its capture), each paired with a sample of the eager float32 loop between them: the
+``toy`` preset's network at batch 128 on the CPU, ``adm-lsun64``'s at batch 16 on CUDA.
+``extra_info`` holds the images/s of both, their ratio and the first call's time (the compile time).
 
 CPU rows run with 1 thread and with 2 (the machine's cores): on a two-core machine that is busy
 with anything else, two-thread timings of small ops measure the scheduler (every parallel region
@@ -129,11 +130,13 @@ def test_full(benchmark, device, res, backend, capsys):
 
 # name: (preset, device, batch) of the end-to-end sampling benchmark
 SAMPLING_CASES = {"toy-cpu": ("toy", "cpu", 128), "adm-lsun64-cuda": ("lsun64-quartic", "cuda", 16)}
-# name: sampling_network's options, against the eager float32 network
+# name: (sampling_network's options, Sampler.sample's), against the eager float32 network's loop;
+# cheapest first (the GPU check has a time limit)
 SAMPLING_VARIANTS = {
-    "compiled": dict(compile=True),
-    "bf16": dict(amp="bf16"),
-    "compiled-bf16": dict(compile=True, amp="bf16"),
+    "bf16": (dict(amp="bf16"), {}),
+    "cuda-graph": ({}, dict(cuda_graph=True)),  # CUDA only
+    "compiled": (dict(compile=True), {}),
+    "compiled-bf16": (dict(compile=True, amp="bf16"), {}),
 }
 
 
@@ -143,6 +146,9 @@ SAMPLING_VARIANTS = {
 )
 def test_sampling_against_eager(benchmark, case, variant):
     preset_name, device, batch = SAMPLING_CASES[case]
+    network_options, sample_options = SAMPLING_VARIANTS[variant]
+    if sample_options.get("cuda_graph") and device != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device")
     preset = get_preset(preset_name)
     process = BlurDiffusion(preset.process)
     torch.manual_seed(0)
@@ -150,12 +156,13 @@ def test_sampling_against_eager(benchmark, case, variant):
     sampler = make_sampler(process, 50, "ancestral2m")
     shape = (batch, net.config.in_channels, *process.resolution)
 
-    def draw(model):
-        x = sampler.sample(model, shape, generator=torch.Generator(device).manual_seed(0), device=device, guard=False)
+    def draw(model, **options):
+        g = torch.Generator(device).manual_seed(0)
+        x = sampler.sample(model, shape, generator=g, device=device, guard=False, **options)
         _sync(device)
         return x
 
-    fast = sampling_network(net, **SAMPLING_VARIANTS[variant])
+    fast = sampling_network(net, **network_options)
     start = time.perf_counter()
     with torch.no_grad():
         fast(torch.zeros(shape, device=device), torch.full(shape[:1], 1, device=device))  # compiles
@@ -170,7 +177,9 @@ def test_sampling_against_eager(benchmark, case, variant):
 
     rounds = 3
     benchmark.group = f"{case} sampling, ancestral2m K=50, batch {batch}: {variant} vs eager float32, paired"
-    benchmark.pedantic(draw, args=(fast,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        draw, args=(fast,), kwargs=sample_options, setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1
+    )
     eager = statistics.median(eager_times[-rounds:])
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(
@@ -178,46 +187,4 @@ def test_sampling_against_eager(benchmark, case, variant):
         images_per_s={variant: batch / median, "eager": batch / eager},
         speedup=eager / median,
         threads=torch.get_num_threads(),
-    )
-
-
-@_CUDA
-def test_cuda_graph_sampling(benchmark):
-    """``Sampler.sample(cuda_graph=True)`` against the eager loop on the GPU: the ``toy`` preset's
-    network, whole ``ancestral2m`` samples at K = 50 of batch 128, each graphed sample paired with
-    an eager one between them (a graphed sample's time includes its capture); ``extra_info`` holds
-    the images/s of both and their ratio."""
-    preset = get_preset("toy")
-    process = BlurDiffusion(preset.process)
-    torch.manual_seed(0)
-    net = build_unet(preset.unet).cuda().eval()
-    sampler = make_sampler(process, 50, "ancestral2m")
-    shape = (128, net.config.in_channels, *process.resolution)
-
-    def draw(cuda_graph):
-        x = sampler.sample(
-            net,
-            shape,
-            generator=torch.Generator("cuda").manual_seed(0),
-            device="cuda",
-            guard=False,
-            cuda_graph=cuda_graph,
-        )
-        torch.cuda.synchronize()
-        return x
-
-    eager_times = []
-
-    def between_rounds():
-        start = time.perf_counter()
-        draw(False)
-        eager_times.append(time.perf_counter() - start)
-
-    rounds = 5
-    benchmark.group = "toy sampling on CUDA, ancestral2m K=50, batch 128, CUDA graph vs eager, paired"
-    benchmark.pedantic(draw, args=(True,), setup=between_rounds, rounds=rounds, iterations=1, warmup_rounds=1)
-    eager = statistics.median(eager_times[-rounds:])
-    graph_s = benchmark.stats.stats.median
-    benchmark.extra_info.update(
-        images_per_s={"cuda_graph": shape[0] / graph_s, "eager": shape[0] / eager}, speedup=eager / graph_s
     )

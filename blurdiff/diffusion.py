@@ -387,15 +387,25 @@ class BlurDiffusion:
         spacing: str | None = None,
         amp: str = "none",
         compile: bool = False,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Sample from the prior down to ``x_0``: all N steps of Eq. 12 by default, or ``steps`` (a count
         K, placed by ``spacing``, or a list) with ``sampler`` (:func:`blurdiff.samplers.make_sampler`).
         ``callback(i, x_i, eps_pred)`` is called before each step (for trajectories). ``guard``
         warns when the result looks diverged (:class:`blurdiff.sample_guard.SamplesDivergedWarning`).
         ``amp`` and ``compile``: the network in a mixed precision and under ``torch.compile``
-        (:func:`blurdiff.devices.sampling_network`, ``blurdiff sample --amp/--compile``)."""
+        (:func:`blurdiff.devices.sampling_network`, ``blurdiff sample --amp/--compile``);
+        ``cuda_graph``: the step replayed as a CUDA graph (:meth:`blurdiff.samplers.Sampler.sample`)."""
         return make_sampler(self, steps, sampler, spacing).sample(
-            sampling_network(model, amp, compile), shape, generator, device, dtype, progress, callback, guard
+            sampling_network(model, amp, compile),
+            shape,
+            generator,
+            device,
+            dtype,
+            progress,
+            callback,
+            guard,
+            cuda_graph,
         )
 
 

@@ -365,11 +365,14 @@ class SampleLedger:
         return stats, unknown, reasons
 
 
-def sample_into(ledger: SampleLedger, integrator, model, *, trajectory=None, quiet=False, on_batch=None):
+def sample_into(
+    ledger: SampleLedger, integrator, model, *, trajectory=None, quiet=False, on_batch=None, cuda_graph=False
+):
     """The loop: every batch of ``ledger`` that misses an image, sampled by ``integrator`` and saved,
     then ``on_batch(b, images written)``. ``trajectory`` (rows, frames): batch 0's figures too,
     sampling it again if complete (the same images). Returns the number of images written and the
-    trajectory figures' paths (None without ``trajectory``)."""
+    trajectory figures' paths (None without ``trajectory``). ``cuda_graph``: each batch's steps replayed
+    as a CUDA graph (:meth:`blurdiff.samplers.Sampler.sample`: the same images)."""
     todo = ledger.todo()
     rows, frames = trajectory or (0, 0)
     if rows and 0 not in todo:  # batch 0 again (the same images), only for its trajectory
@@ -391,7 +394,9 @@ def sample_into(ledger: SampleLedger, integrator, model, *, trajectory=None, qui
 
             gen = torch.Generator(device=ledger.device)
             gen.manual_seed(batch_seed(ledger.seed, b * ledger.batch_size, ledger.batch_size))
-            x = integrator.sample(model, shape, generator=gen, device=ledger.device, callback=callback, guard=False)
+            x = integrator.sample(
+                model, shape, generator=gen, device=ledger.device, callback=callback, guard=False, cuda_graph=cuda_graph
+            )
             k = ledger.save(b, x)
             if record is not None:
                 trajectory_paths = record.save(ledger.out / FIGURES, x)
@@ -467,6 +472,7 @@ def sample_to_folder(
     on_plan: Callable[[SamplingPlan], None] | None = None,
     compile: bool = False,
     amp: str = "none",
+    cuda_graph: bool = False,
 ) -> SamplingReport:
     """Sample the newest checkpoint of the run folder ``run`` (or the checkpoint ``ckpt``: a path,
     or a file name inside ``run``; or the export folder ``export`` of ``blurdiff export``) into the
@@ -475,7 +481,8 @@ def sample_to_folder(
     an export holds; ``npz=True`` is ``--npz``; ``compile=True`` is ``--compile`` and ``amp`` is
     ``--amp``: the network under ``torch.compile`` and in a mixed precision
     (:func:`blurdiff.devices.sampling_network`), whose samples equal the float32 eager ones within
-    rounding, so the folder records them and is continued only with them).
+    rounding, so the folder records them and is continued only with them); ``cuda_graph=True`` is
+    ``--cuda-graph``: each batch's steps captured once as a CUDA graph and replayed, the same images.
 
     ``settings`` (``--set``/``--config``, :func:`blurdiff.settings.parse_settings`): its ``sampler``
     section gives ``steps``/``sampler``/``spacing`` where those are None (another value is an
@@ -494,12 +501,14 @@ def sample_to_folder(
     if export is not None and (run is not None or ckpt is not None):
         raise ValueError("give --export DIR or --run RUN/--ckpt FILE, not both")
     amp_dtype(amp)  # a wrong name fails before anything is loaded or written
+    device = resolve_device(device)
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, got --device {device}")
     settings = settings or {}
     steps, sampler, spacing = (
         _from_settings(settings.get("sampler", {}), name, given)
         for name, given in (("steps", steps), ("name", sampler), ("spacing", spacing))
     )
-    device = resolve_device(device)
     source = load_source(run, ckpt, export, preset, ema, backend, device)
     path, process, model = source.path, source.process, source.model
     check_against_run(
@@ -538,7 +547,9 @@ def sample_to_folder(
     t0 = time.perf_counter()
     rows_frames = (trajectory_samples, trajectory_frames) if trajectory else None
     network = sampling_network(model, amp, compile)
-    written, trajectory_paths = sample_into(ledger, integrator, network, trajectory=rows_frames, quiet=quiet)
+    written, trajectory_paths = sample_into(
+        ledger, integrator, network, trajectory=rows_frames, quiet=quiet, cuda_graph=cuda_graph
+    )
     seconds = time.perf_counter() - t0
     data_std = process.data_stats.std if process.data_stats is not None else None
     stats, unknown, reasons = ledger.summarize(path, integrator, data_std)

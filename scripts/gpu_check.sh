@@ -38,7 +38,7 @@ python -c "import blurdiff_ops as b; assert b.kernels_available('cuda'), 'CUDA k
 
 step "CUDA tests"
 BLURDIFF_REQUIRE_KERNELS=1 BLURDIFF_REQUIRE_CUDA_KERNELS=1 timeout 240 python -m pytest -q -m cuda \
-  tests/test_kernels.py tests/test_cuda_graphs.py 2>&1 | tee "$OUT/tests.log" | tail -5 | tee -a "$OUT/report.md"
+  tests/test_kernels.py tests/test_cuda_graphs.py tests/test_sample.py 2>&1 | tee "$OUT/tests.log" | tail -5 | tee -a "$OUT/report.md"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
@@ -69,13 +69,20 @@ if python -c "import pytest_benchmark" 2>/dev/null; then
   timeout 240 python -m pytest -q benchmarks/bench_ops.py -k cuda --benchmark-only \
     --benchmark-json="$OUT/bench_ops.json" >"$OUT/bench.log" 2>&1 || status=1
   python benchmarks/report.py "$OUT/bench_ops.json" | tee -a "$OUT/report.md"
-  timeout 120 python -m pytest -q benchmarks/bench_sampler.py -k test_cuda_graph_sampling --benchmark-only \
-    --benchmark-json="$OUT/bench_graphs.json" >>"$OUT/bench.log" 2>&1 || status=1
-  python - "$OUT/bench_graphs.json" <<'EOF' | tee -a "$OUT/report.md"
+  # End to end: adm-lsun64's train step (fp32, bf16) and sampling (bf16, CUDA graph, compiled), each
+  # sampling variant paired with the eager float32 loop.
+  timeout 300 python -m pytest -q benchmarks/bench_train.py benchmarks/bench_sampler.py \
+    -k "cuda and (test_train_step or against_eager)" --benchmark-only \
+    --benchmark-json="$OUT/bench_e2e.json" >>"$OUT/bench.log" 2>&1 || status=1
+  python - "$OUT/bench_e2e.json" <<'EOF' | tee -a "$OUT/report.md"
 import json, sys
 for b in json.load(open(sys.argv[1]))["benchmarks"]:
-    e, rate = b["extra_info"], b["extra_info"]["images_per_s"]
-    print(f"{b['group']}: {rate['cuda_graph']:.0f} images/s graphed, {rate['eager']:.0f} eager, speedup {e['speedup']:.2f}x")
+    e = b["extra_info"]
+    if "speedup" in e:
+        rates = ", ".join(f"{k} {v:.1f}" for k, v in e["images_per_s"].items())
+        print(f"{b['name']}: images/s {rates}; speedup {e['speedup']:.2f}x, first call {e['first_call_s']:.1f} s")
+    else:
+        print(f"{b['name']}: {e['steps_per_s']:.2f} steps/s, {e['images_per_s']:.0f} images/s")
 EOF
 else
   echo "pytest-benchmark missing: benchmarks skipped" | tee -a "$OUT/report.md"; status=1

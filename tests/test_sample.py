@@ -558,6 +558,21 @@ def test_amp_bf16_samples_equal_float32_within_its_rounding_and_bind_the_folder(
     assert not (tmp_path / "bad").exists()  # refused before the folder is made
 
 
+def test_cuda_graph_is_refused_off_cuda_before_the_folder_is_made(run, tmp_path):
+    with pytest.raises(ValueError, match="--cuda-graph needs a CUDA device, got --device cpu"):
+        sample_mod.sample_to_folder(run=run, n=4, out=tmp_path / "s", device="cpu", cuda_graph=True, quiet=True)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_folder_holds_the_eager_images(run, tmp_path):
+    kw = dict(run=run, n=8, steps=5, batch_size=4, device="cuda", quiet=True)
+    sample_mod.sample_to_folder(out=tmp_path / "eager", **kw)
+    sample_mod.sample_to_folder(out=tmp_path / "graph", cuda_graph=True, **kw)
+    assert np.array_equal(_pixels(tmp_path / "graph"), _pixels(tmp_path / "eager"))
+
+
 @pytest.mark.slow
 def test_compiled_samples_equal_the_eager_ones_within_rounding(run, tmp_path):
     kw = dict(run=run, n=4, steps=5, batch_size=4, device="cpu", quiet=True)

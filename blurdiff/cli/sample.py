@@ -78,6 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the network in mixed precision: bf16 (fast on GPUs and CPUs with bf16 units) or fp16; samples "
         "equal float32's within its rounding (the folder records it)",
     )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="on a CUDA device: each batch's steps (network and op) captured once as a CUDA graph and "
+        "replayed, for less launch overhead; the same images",
+    )
     p.add_argument("--trajectory-samples", type=int, default=4, help="rows of the trajectory figures")
     p.add_argument("--trajectory-frames", type=int, default=10, help="columns of the trajectory figures")
     p.add_argument(
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         npz=args.npz,
         compile=args.compile,
         amp=args.amp,
+        cuda_graph=args.cuda_graph,
         settings=parse_settings(args.set, args.config, sections=SECTIONS),
         on_plan=_print_plan,
     )
