@@ -150,6 +150,10 @@ def _from_settings(section: dict, name: str, given):
     return section[name]
 
 
+class OtherSettingsError(ValueError):
+    """The folder holds samples made with other settings (its ``sample.json`` says which)."""
+
+
 def _check_settings(out: Path, settings: dict) -> bool:
     """Check that ``DIR/sample.json`` agrees with ``settings``; True when the folder has no binding
     ledger yet, and the caller writes one once its first batch is made.
@@ -167,7 +171,7 @@ def _check_settings(out: Path, settings: dict) -> bool:
         keys = [k for k in {**old, **settings} if old.get(k) != settings.get(k)]
         diff = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in keys]
         if diff:
-            raise ValueError(
+            raise OtherSettingsError(
                 f"{out} already holds samples made with other settings ({'; '.join(diff)}). Repeat "
                 f"those settings to continue, or pick another --out"
             )

@@ -56,7 +56,14 @@ from blurdiff.photos import make_photos_lmdb
 from blurdiff.presets import get_preset
 from blurdiff.quality import evaluate, load_data_images
 from blurdiff.run_folder import RunInUseError
-from blurdiff.sample_folder import SampleLedger, complete_images, image_name, load_source, sample_into
+from blurdiff.sample_folder import (
+    OtherSettingsError,
+    SampleLedger,
+    complete_images,
+    image_name,
+    load_source,
+    sample_into,
+)
 from blurdiff.sample_guard import SETTINGS_FILE, SampleStats
 from blurdiff.samplers import make_sampler
 from blurdiff.schedules import PAPER_F_MAX
@@ -450,7 +457,7 @@ def sample_run(run: Run, sampler_name: str, loaded, args, clock: Clock, report):
     cpu = torch.device("cpu")
     try:
         ledger = SampleLedger(folder, args.n, source, sampler, run.seed, args.sample_batch, cpu)
-    except ValueError:  # samples of another checkpoint or sampler: made again
+    except OtherSettingsError:  # samples of another checkpoint or sampler: made again (any other error stops)
         shutil.rmtree(folder)
         ledger = SampleLedger(folder, args.n, source, sampler, run.seed, args.sample_batch, cpu)
     t0 = [time.perf_counter()]

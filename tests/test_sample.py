@@ -7,6 +7,7 @@ Checkpoints are made here in the documented format (blurdiff/checkpoint.py): a t
 import contextlib
 import importlib.util
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -207,6 +208,20 @@ def test_batch_seed_depends_on_seed_first_and_batch_size():
 
     seeds = {batch_seed(s, f, b) for s in (0, 1) for f in (0, 5) for b in (5, 6)}
     assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_only_other_settings_are_an_other_settings_error(run, tmp_path):
+    kw = dict(run=run, n=2, steps=5, batch_size=2, device="cpu", quiet=True)
+    sample_mod.sample_to_folder(out=tmp_path / "s", **kw)
+    with pytest.raises(sample_mod.OtherSettingsError, match="other settings .*seed: 0 there, 9 now"):
+        sample_mod.sample_to_folder(out=tmp_path / "s", seed=9, **kw)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    shutil.copy(tmp_path / "s" / "000000.png", foreign / "000000.png")
+    with pytest.raises(ValueError, match="holds numbered PNGs but no sample.json: not a folder this command") as e:
+        sample_mod.sample_to_folder(out=foreign, **kw)
+    assert not isinstance(e.value, sample_mod.OtherSettingsError)  # scripts/table1.py remakes only the former
+    assert (foreign / "000000.png").is_file()
 
 
 def test_other_settings_are_refused_in_the_same_folder(run, tmp_path, capsys):
