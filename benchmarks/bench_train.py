@@ -175,7 +175,7 @@ def test_toy_step_against_eager(benchmark, variant, toy_lmdb, tmp_path):
 
     options, warmup = TOY_VARIANTS[variant]
     eager, _ = trainer("eager", 3, cache_mb=0)
-    fast, first_step_s = trainer("fast", warmup, **options)
+    fast, first_call_s = trainer("fast", warmup, **options)
     times = []
 
     def between_rounds():
@@ -192,7 +192,7 @@ def test_toy_step_against_eager(benchmark, variant, toy_lmdb, tmp_path):
         steps_per_s={variant: 1 / median, "eager": 1 / eager_median},
         images_per_s={variant: fast.global_batch / median, "eager": eager.global_batch / eager_median},
         speedup=eager_median / median,
-        first_step_s=first_step_s,  # the compile time, for the compiled variant
+        first_call_s=first_call_s,  # the compile time, for the compiled variant
         threads=torch.get_num_threads(),
     )
     eager.close()

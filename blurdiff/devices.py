@@ -4,13 +4,12 @@ precision (:class:`Autocast`), compiled (:class:`CompiledNetwork`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 
 import torch
 
-__all__ = ["AMP_DTYPES", "Autocast", "CompiledNetwork", "autocast", "available_devices", "check_batch_fits"]
+__all__ = ["AMP_DTYPES", "Autocast", "CompiledNetwork", "available_devices", "check_batch_fits"]
 __all__ += ["amp_dtype", "check_fits", "resolve_device", "sampling_network"]
 
 #: The mixed precisions a network can run in (``--amp``): their torch dtypes (none: as it is).
@@ -94,23 +93,27 @@ class CompiledNetwork(torch.nn.Module):
     """``model`` under ``torch.compile`` for fixed shapes: compiled on the first call (tens of
     seconds on a CPU; inductor keeps what it built in ``TORCHINDUCTOR_CACHE_DIR``, by default under
     the temporary folder, for later runs). Where the backend cannot compile on this machine (no
-    C++ compiler, say), the first call warns why and the network runs uncompiled."""
+    C++ compiler, say), the first call warns why and the network runs uncompiled. An error after
+    the first call has compiled (the network's own, or the backward's compile in training) is raised."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model, self.config = model, getattr(model, "config", None)
+        self.model, self.config, self.compiled_once = model, getattr(model, "config", None), False
         self.__dict__["compiled"] = torch.compile(model, dynamic=False)  # not a second submodule
 
     def forward(self, *args):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args)
-            except Exception as e:  # noqa: BLE001 - dynamo and inductor fail in many ways
-                warnings.warn(
-                    f"torch.compile failed here ({type(e).__name__}); the network runs uncompiled", stacklevel=2
-                )
-                self.__dict__["compiled"] = None
-        return self.model(*args)
+        if self.compiled is None:
+            return self.model(*args)
+        if self.compiled_once:
+            return self.compiled(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as e:  # noqa: BLE001 - dynamo and inductor fail in many ways
+            warnings.warn(f"torch.compile failed here ({type(e).__name__}); the network runs uncompiled", stacklevel=2)
+            self.__dict__["compiled"] = None
+            return self.model(*args)
+        self.compiled_once = True
+        return out
 
 
 def amp_dtype(amp: str) -> torch.dtype | None:
@@ -122,21 +125,19 @@ def amp_dtype(amp: str) -> torch.dtype | None:
 
 
 class Autocast(torch.nn.Module):
-    """``net`` run in the mixed precision ``dtype`` (None: as it is); what wraps it (the
-    ``eps_residual`` reference) stays in the data's precision."""
+    """``net`` run under autocast to the mixed precision ``dtype`` (None: as it is). The UNet hands
+    ε back in its input's dtype, and :class:`blurdiff.diffusion.ReferenceResidual` keeps its
+    Gaussian reference in the data's precision, inside or outside this."""
 
     def __init__(self, net: torch.nn.Module, dtype: torch.dtype | None):
         super().__init__()
         self.net, self.dtype, self.config = net, dtype, getattr(net, "config", None)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with autocast(x_t.device.type, self.dtype):
+        if self.dtype is None:
             return self.net(x_t, t)
-
-
-def autocast(device_type: str, dtype: torch.dtype | None):
-    """Mixed precision ``dtype`` on ``device_type`` within the block (None: none)."""
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+        with torch.autocast(x_t.device.type, dtype=self.dtype):
+            return self.net(x_t, t)
 
 
 def sampling_network(model: torch.nn.Module, amp: str = "none", compile: bool = False) -> torch.nn.Module:

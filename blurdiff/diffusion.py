@@ -6,6 +6,7 @@ docs/design.md §1, §4: every operator is one ``blurdiff_ops.spectral_lincomb``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -431,8 +432,10 @@ class ReferenceResidual(torch.nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.net(x_t, t)
-        with torch.autocast(x_t.device.type, enabled=False):  # the reference in the data's precision
-            ref = self.process.reference_eps(x_t, t)
+        device = x_t.device.type
+        in_autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        with torch.autocast(device, enabled=False) if in_autocast else contextlib.nullcontext():
+            ref = self.process.reference_eps(x_t, t)  # in the data's precision
         return ref + out.to(ref.dtype)
 
 

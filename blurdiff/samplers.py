@@ -374,7 +374,8 @@ class Sampler:
         desc = f"sampling ({self.name}, {self.K}/{proc.num_timesteps} steps)"
         with Progress(self.K, desc, unit="step", enabled=progress) as bar:
             if cuda_graph:
-                x = _graph_loop(self, model, x, generator, callback, bar)
+                with torch.cuda.device(x.device):  # streams and the graph are the current device's
+                    x = _graph_loop(self, model, x, generator, callback, bar)
             else:
                 prev = None
                 for n, s in enumerate(self.timesteps):

@@ -29,7 +29,7 @@ import torch
 from blurdiff.atomic import remove_stale, write_text_atomic
 from blurdiff.checkpoint import checkpoint_dir, checkpoint_path, prune_checkpoints, save_checkpoint
 from blurdiff.data import infinite_loader, open_dataset
-from blurdiff.devices import Autocast, CompiledNetwork, amp_dtype, autocast, check_batch_fits, resolve_device
+from blurdiff.devices import Autocast, CompiledNetwork, amp_dtype, check_batch_fits, resolve_device
 from blurdiff.diffusion import BlurDiffusion, eps_model
 from blurdiff.distributed import (
     data_parallel,
@@ -405,16 +405,16 @@ class Trainer:
         H, W = self.process.resolution
         shape = (n or self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
-        with torch.no_grad(), autocast(self.device.type, self.amp_dtype):
-            x = self.process.sample(
-                self.ema_eps,
-                shape,
-                generator=generator,
-                device=self.device,
-                steps=steps,
-                sampler="ancestral",
-                guard=False,
-            )
+        x = self.process.sample(
+            self.ema_eps,
+            shape,
+            generator=generator,
+            device=self.device,
+            steps=steps,
+            sampler="ancestral",
+            guard=False,
+            amp=self.options.amp,
+        )
         return divergence_reasons(SampleStats.of(x.float()), self.process.data_stats.std)
 
     def health_report(self) -> tuple[bool, str]:
@@ -445,12 +445,7 @@ class Trainer:
         H, W = self.process.resolution
         shape = (self.options.sample_n, self.model.config.in_channels, H, W)
         generator = torch.Generator(self.device).manual_seed(self.options.seed)
-
-        def ema_eps(x, t):
-            with autocast(self.device.type, self.amp_dtype):
-                return self.ema_eps(x, t)
-
-        images = self.process.sample(ema_eps, shape, generator=generator, device=self.device)
+        images = self.process.sample(self.ema_eps, shape, generator=generator, device=self.device, amp=self.options.amp)
         path = self.run_dir / "samples" / f"step-{self.step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_grid(images, path)

@@ -28,8 +28,8 @@ def table_dtype_for(data_dtype: torch.dtype) -> torch.dtype:
 
 def _capturing(t: torch.Tensor) -> bool:
     # Reading t back would end a CUDA graph's capture with an error; the captured indexing by t
-    # asserts on the device instead (as the CUDA kernels always do), and the graph's first run
-    # is an eager one on the same values (blurdiff.samplers._CudaGraph's warm-up).
+    # asserts on the device instead (as the CUDA kernels always do), and a capture comes after
+    # eager warm-up runs, which check.
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 

@@ -53,6 +53,15 @@ def make_run(root: Path, preset="toy", step=100) -> Path:
     return root
 
 
+def cannot_compile(model, **options):
+    """``torch.compile`` where the backend cannot compile: the compiled function fails when called."""
+
+    def fail(*args):
+        raise RuntimeError("no C++ compiler")
+
+    return fail
+
+
 def flip_bytes_inside(path, tensor: torch.Tensor, n: int = 64) -> None:
     """Flip the lowest bit of ``n`` bytes in the middle of ``tensor``'s data in the file ``path``."""
     data = bytearray(path.read_bytes())

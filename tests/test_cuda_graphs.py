@@ -14,6 +14,7 @@ import torch
 
 import blurdiff_ops
 from blurdiff import BlurDiffusion, ProcessConfig, build_unet, samplers
+from blurdiff.devices import sampling_network
 from blurdiff.presets import get_preset
 from blurdiff.samplers import SAMPLERS, make_sampler
 from blurdiff.statistics import DataStatistics
@@ -183,3 +184,24 @@ def test_cuda_graph_on_the_reference_ops():
     sampler, net = _toy("ancestral2m", backend="reference")
     (plain, plain_seen, plain_rng), (graphed, graph_seen, graph_rng) = _run_both(sampler, net, True)
     assert torch.equal(graphed, plain) and _same_sequence(graph_seen, plain_seen) and torch.equal(graph_rng, plain_rng)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_graph_with_the_network_in_bf16():
+    sampler, net = _toy("ancestral2m")
+    (plain, plain_seen, _), (graphed, graph_seen, _) = _run_both(sampler, sampling_network(net, "bf16"), True)
+    assert torch.equal(graphed, plain) and _same_sequence(graph_seen, plain_seen)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_graph_on_a_device_that_is_not_the_current_one():
+    sampler, net = _toy("ancestral2m")
+    net = net.to("cuda:1")
+    results = []
+    for cuda_graph in (False, True):
+        g = torch.Generator("cuda:1").manual_seed(11)
+        x = sampler.sample(net, (16, 3, 16, 16), generator=g, device="cuda:1", guard=False, cuda_graph=cuda_graph)
+        results.append(x)
+    assert torch.cuda.current_device() == 0 and torch.equal(results[1], results[0])

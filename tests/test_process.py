@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import cannot_compile
 from independent import Process
 
 from blurdiff import BlurDiffusion, ProcessConfig
@@ -223,12 +224,6 @@ def test_sample_with_the_network_in_bf16_or_compiled(monkeypatch):
     with pytest.raises(ValueError, match=r"--amp must be one of \['bf16', 'fp16', 'none'\], got 'fp8'"):
         draw(amp="fp8")
 
-    def cannot_compile(model, **options):
-        def fail(*args):
-            raise RuntimeError("no C++ compiler")
-
-        return fail
-
     monkeypatch.setattr(torch, "compile", cannot_compile)
     with pytest.warns(UserWarning, match="torch.compile failed here"):
         assert torch.equal(draw(compile=True), fp32)  # compile=True reaches the network: its fallback ran
@@ -238,5 +233,6 @@ def test_the_residual_reference_stays_in_float32_under_autocast():
     proc = BlurDiffusion(ProcessConfig(8, num_timesteps=10), backend="reference")  # matmuls: autocast would cast
     proc.data_stats = DataStatistics(1, [0.0] * 3, [0.5] * 3, torch.rand(8, 8, dtype=torch.float64) + 0.1)
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 7])
-    wrapped = Autocast(ReferenceResidual(lambda x, t: torch.zeros_like(x), proc), torch.bfloat16)
-    assert torch.equal(wrapped(x, t), proc.reference_eps(x, t))
+    residual = ReferenceResidual(lambda x, t: torch.zeros_like(x), proc)
+    assert torch.equal(Autocast(residual, torch.bfloat16)(x, t), proc.reference_eps(x, t))
+    assert residual(x.to("meta"), t.to("meta")).shape == x.shape  # a device type without autocast

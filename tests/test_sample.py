@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PROCESS, RES, STEPS, make_run
+from helpers import PROCESS, RES, STEPS, cannot_compile, make_run
 from PIL import Image
 
 import blurdiff.sample_folder as sample_mod
 import blurdiff.samplers as samplers
 from blurdiff.checkpoint import checkpoint_path, save_checkpoint
+from blurdiff.devices import CompiledNetwork
 from blurdiff.images import upscale_factor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -538,12 +539,6 @@ def test_compile_falls_back_with_a_warning_and_binds_the_folder(run, tmp_path, m
     kw = dict(run=run, n=4, steps=5, batch_size=4, device="cpu", quiet=True)
     sample_mod.sample_to_folder(out=tmp_path / "eager", **kw)
 
-    def cannot_compile(model, **options):
-        def fail(*args):
-            raise RuntimeError("no C++ compiler")
-
-        return fail
-
     monkeypatch.setattr(torch, "compile", cannot_compile)
     with pytest.warns(UserWarning, match=r"torch.compile failed here \(RuntimeError\); the network runs uncompiled"):
         sample_mod.sample_to_folder(out=tmp_path / "compiled", compile=True, **kw)
@@ -554,6 +549,34 @@ def test_compile_falls_back_with_a_warning_and_binds_the_folder(run, tmp_path, m
         (tmp_path / folder / "000003.png").unlink()
         with pytest.raises(ValueError, match="compiled: (None there, True now|True there, None now)"):
             sample_mod.sample_to_folder(out=tmp_path / folder, compile=again, **kw)
+
+
+def test_command_line_amp_and_cuda_graph(run, tmp_path, capsys):
+    assert sample(run, tmp_path / "s", 2, "--steps", 5, "--amp", "bf16") == 0
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["amp"] == "bf16"
+    capsys.readouterr()
+    assert sample(run, tmp_path / "g", 2, "--cuda-graph", "--device", "cpu") == 2
+    assert "--cuda-graph needs a CUDA device, got --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_compiled_network_falls_back_only_on_its_first_call(monkeypatch):
+    def compiles_then_fails(model, **options):
+        calls = []
+
+        def run(*args):
+            calls.append(args)
+            if len(calls) > 1:
+                raise RuntimeError("out of memory")
+            return model(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compiles_then_fails)
+    net, x = CompiledNetwork(torch.nn.Identity()), torch.ones(2)
+    assert torch.equal(net(x), x)  # it compiled: what fails later is the network's own error ...
+    with pytest.raises(RuntimeError, match="out of memory"):
+        net(x)  # ... raised, not hidden behind an uncompiled run
 
 
 def test_amp_bf16_samples_equal_float32_within_its_rounding_and_bind_the_folder(run, tmp_path):

@@ -25,7 +25,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-from helpers import flip_bytes_inside
+from helpers import cannot_compile, flip_bytes_inside
 from PIL import Image
 
 import blurdiff_ops
@@ -174,16 +174,9 @@ def test_fused_adam_resumes_bitwise_and_can_be_switched_on_for_a_run(toy_lmdb, t
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
 
 
-def _cannot_compile(model, **options):
-    def fail(*args):
-        raise RuntimeError("no C++ compiler")
-
-    return fail
-
-
 def test_compile_falls_back_with_a_warning_and_is_kept_on_resume(toy_lmdb, tmp_path, monkeypatch):
     eager = run(opts(toy_lmdb, tmp_path / "eager", max_steps=3))
-    monkeypatch.setattr(torch, "compile", _cannot_compile)
+    monkeypatch.setattr(torch, "compile", cannot_compile)
     with pytest.warns(UserWarning, match=r"torch.compile failed here \(RuntimeError\); the network runs uncompiled"):
         fallback = run(opts(toy_lmdb, tmp_path / "compiled", max_steps=3, ckpt_every=3, compile=True))
     for x, y in zip(fallback.model.parameters(), eager.model.parameters()):
