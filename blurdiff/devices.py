@@ -143,5 +143,6 @@ class Autocast(torch.nn.Module):
 def sampling_network(model: torch.nn.Module, amp: str = "none", compile: bool = False) -> torch.nn.Module:
     """``model`` as sampling runs it: in the mixed precision ``amp`` (a key of :data:`AMP_DTYPES`;
     ε comes back in the caller's dtype), under ``torch.compile`` (:class:`CompiledNetwork`) or both."""
-    network = model if amp_dtype(amp) is None else Autocast(model, amp_dtype(amp))
+    dtype = amp_dtype(amp)
+    network = model if dtype is None else Autocast(model, dtype)
     return CompiledNetwork(network) if compile else network
